@@ -1,0 +1,158 @@
+"""The few pieces of ComfyUI the nodes use, with stand-ins when ComfyUI is absent.
+
+Inside ComfyUI, ``folder_paths``, ``comfy.model_management`` and ``comfy.utils`` are top-level
+modules that already exist when custom nodes are imported. Tests and the CLI run without them,
+so every use goes through this module, which falls back to plain behaviour (a temp folder, no
+progress bar, never interrupted).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+log = logging.getLogger(__name__)
+
+try:  # pragma: no cover - exercised only inside ComfyUI
+    import folder_paths  # type: ignore[import-not-found]
+except ImportError:
+    folder_paths = None
+
+try:  # pragma: no cover - exercised only inside ComfyUI
+    import comfy.model_management as model_management  # type: ignore[import-not-found]
+except ImportError:
+    model_management = None
+
+try:  # pragma: no cover - exercised only inside ComfyUI
+    from comfy.utils import ProgressBar  # type: ignore[import-not-found]
+except ImportError:
+    ProgressBar = None
+
+FOLDER_NAME = "selva"
+# Released checkpoints are .pth/.pt, Hugging Face snapshots bring .bin/.safetensors/.json and
+# tokenizer files. Listed explicitly: a folder registered by extra_model_paths.yaml alone
+# would otherwise have no extensions and list nothing.
+MODEL_EXTENSIONS = frozenset({".pth", ".pt", ".bin", ".safetensors", ".json", ".model", ".txt"})
+
+
+def in_comfyui() -> bool:
+    return folder_paths is not None
+
+
+# ----------------------------------------------------------------------------- model folders
+def register_models_folder(fp: Any = None) -> None:
+    """Register ``models/selva`` with ComfyUI, keeping paths from extra_model_paths.yaml.
+
+    ComfyUI reads extra_model_paths.yaml before loading custom nodes, so a ``selva:`` entry
+    there already exists (with no extensions); its paths stay first, ours is appended.
+    """
+    fp = fp if fp is not None else folder_paths
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, FOLDER_NAME)
+    table = fp.folder_names_and_paths
+    if FOLDER_NAME in table:
+        paths, exts = table[FOLDER_NAME]
+        paths = list(paths)
+        if default not in paths:
+            paths.append(default)
+        table[FOLDER_NAME] = (paths, set(exts) | set(MODEL_EXTENSIONS))
+    else:
+        table[FOLDER_NAME] = ([default], set(MODEL_EXTENSIONS))
+
+
+def candidate_models_dirs() -> list[Path]:
+    """Every folder that may hold SelVA weights, most preferred first."""
+    if folder_paths is not None and FOLDER_NAME in folder_paths.folder_names_and_paths:
+        return [Path(p) for p in folder_paths.get_folder_paths(FOLDER_NAME)]
+    from ..selva.weights import default_models_dir
+
+    return [default_models_dir()]
+
+
+def pick_models_dir(relative_files: Iterable[str], candidates: Optional[list[Path]] = None) -> Path:
+    """The candidate folder holding most of ``relative_files`` (the first one when none has any).
+
+    Downloads go to the chosen folder, so a user who points extra_model_paths.yaml at a big
+    disk gets the weights there.
+    """
+    candidates = candidates if candidates is not None else candidate_models_dirs()
+    rels = list(relative_files)
+    best, best_count = candidates[0], -1
+    for directory in candidates:
+        count = sum((directory / rel).is_file() for rel in rels)
+        if count > best_count:
+            best, best_count = directory, count
+    return best
+
+
+def temp_dir() -> Path:
+    """The system temp folder: ComfyUI empties its own temp folder at start-up, which would
+    throw the feature cache away every session."""
+    return Path(tempfile.gettempdir())
+
+
+# ---------------------------------------------------------------------------- device / VRAM
+def torch_device() -> Optional[str]:
+    """ComfyUI's chosen device (respects --cpu, --directml...), or None to let the core pick."""
+    if model_management is None:
+        return None
+    try:
+        return str(model_management.get_torch_device())
+    except Exception as e:  # a broken device set-up should not hide our own error messages
+        log.warning("Could not ask ComfyUI for its device (%s); choosing one ourselves.", e)
+        return None
+
+
+def make_room(device: Optional[str], bytes_needed: int) -> None:
+    """Ask ComfyUI to unload its own models until ``bytes_needed`` fit on ``device``."""
+    if model_management is None or device is None or not device.startswith(("cuda", "xpu", "mps")):
+        return
+    import torch
+
+    try:
+        model_management.free_memory(bytes_needed, torch.device(device))
+    except Exception as e:
+        log.warning("ComfyUI could not free VRAM for SelVA: %s", e)
+
+
+def empty_cache() -> None:
+    """Return cached VRAM to the system after a run."""
+    if model_management is not None:
+        model_management.soft_empty_cache()
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------- progress / interrupt
+def processing_interrupted() -> bool:
+    return bool(model_management is not None and model_management.processing_interrupted())
+
+
+def interrupt_exception() -> Optional[type]:
+    """ComfyUI's own "interrupted" exception, so a cancel shows as a cancel, not an error."""
+    if model_management is None:
+        return None
+    return getattr(model_management, "InterruptProcessingException", None)
+
+
+class StageProgress:
+    """Feeds (stage, done, total) reports into one ComfyUI progress bar per stage."""
+
+    def __init__(self, bar_factory: Optional[Callable[[int], Any]] = None) -> None:
+        self._factory = bar_factory if bar_factory is not None else ProgressBar
+        self._stage: Optional[str] = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self._stage = stage
+            self._bar = self._factory(max(int(total), 1)) if self._factory is not None else None
+            log.debug("SelVA stage: %s", stage)
+        if self._bar is not None:
+            self._bar.update_absolute(int(done), max(int(total), 1))

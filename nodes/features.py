@@ -1,0 +1,136 @@
+"""SelVA Feature Extractor: video + prompt -> conditioning features, cached on disk."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from . import comfy_compat
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
+from .video_input import resolve_video
+
+log = logging.getLogger(__name__)
+
+CACHE_SUBDIR = "selva_features"
+
+
+def cache_directory(cache_dir: str) -> Path:
+    """The folder for cached features: the given one, or ``<system temp>/selva_features``."""
+    text = (cache_dir or "").strip()
+    return Path(text).expanduser() if text else comfy_compat.temp_dir() / CACHE_SUBDIR
+
+
+def as_mask_stack(mask: Any) -> Any:
+    """ComfyUI MASK (H, W) or (N, H, W) -> (N, H, W) float; the core checks sizes and counts."""
+    if mask is None:
+        return None
+    import torch
+
+    from ..selva.errors import SelvaError
+
+    if not isinstance(mask, torch.Tensor):
+        raise SelvaError(f"mask must be a ComfyUI MASK tensor, got {type(mask).__name__}.")
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() == 4 and mask.shape[-1] == 1:  # some nodes emit (N, H, W, 1)
+        mask = mask[..., 0]
+    if mask.dim() != 3 or mask.shape[0] == 0:
+        raise SelvaError(f"mask must be shaped (height, width) or (frames, height, width); got "
+                         f"{tuple(mask.shape)}.")
+    return mask.float()
+
+
+def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
+                     duration: float = 0.0, cache_dir: str = "", video_info: Any = None,
+                     mask: Any = None, mask_strength: float = 1.0, mask_clip: bool = True,
+                     mask_sync: bool = True, hooks: Any = None) -> tuple[Any, float]:
+    """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
+
+    Returns the features and the real frame rate of the video.
+    """
+    from ..selva.features import FeatureCache
+
+    hooks = hooks if hooks is not None else make_hooks()
+    src = resolve_video(video, video_info, fps)
+    source = src.frames if src.frames is not None else src.stream
+    prepared = model.prepare(source, src.fps, duration=duration if duration > 0 else None,
+                             mask=as_mask_stack(mask), mask_strength=float(mask_strength),
+                             mask_clip=bool(mask_clip), mask_sync=bool(mask_sync))
+    key = model.feature_cache_key(prepared, prompt)
+    cache = FeatureCache(cache_directory(cache_dir))
+    feats = cache.get(key)
+    if feats is not None:
+        log.info("SelVA features loaded from the cache (%s)", cache.path(key))
+    else:
+        feats = model.encode(prepared, prompt, hooks)
+        cache.put(key, feats)
+    return feats, float(feats.fps)
+
+
+class SelvaFeatureExtractor:
+    DESCRIPTION = ("Encodes a video and a text prompt into SelVA conditioning features (T5, "
+                   "CLIP text, text-conditioned sync features). Results are cached on disk, so a "
+                   "re-run with the same inputs skips the encoders.")
+    CATEGORY = CATEGORY
+    FUNCTION = "extract"
+    RETURN_TYPES = (FEATURES_TYPE, "FLOAT", "STRING")
+    RETURN_NAMES = ("features", "fps", "prompt")
+    OUTPUT_TOOLTIPS = (
+        "Conditioning features for the SelVA Sampler.",
+        "The real frame rate of the video (for muxing the audio back, e.g. Create Video).",
+        "The prompt the features were made with.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
+                "video": (VIDEO_TYPE, {
+                    "tooltip": "The video: an IMAGE batch (e.g. VHS Load Video) or a VIDEO from "
+                               "core Load Video (decoded in a stream, memory-friendly)."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "What to hear: the sound source to generate, e.g. 'dog barking'. "
+                               "SelVA uses it to pick the matching events in the video."}),
+                "fps": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.001,
+                    "tooltip": "Frame rate of an IMAGE batch. 0 = take it from video_info or the "
+                               "VIDEO. Frames are resampled from this rate to 8 and 25 fps."}),
+                "duration": ("FLOAT", {
+                    "default": 8.0, "min": 0.0, "max": 600.0, "step": 0.1,
+                    "tooltip": "Seconds of audio to prepare for, from the start of the video. 0 = "
+                               "the whole video. Longer than the video is clamped (with a warning). "
+                               "The models were trained on 8 s."}),
+                "cache_dir": ("STRING", {
+                    "default": "",
+                    "tooltip": "Folder for cached features (.npz). Empty = the system temp folder."}),
+                "mask_strength": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "How strongly the mask hides the background: 0 = no effect, 1 = "
+                               "background fully replaced with neutral grey."}),
+                "mask_clip": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Apply the mask to the frames seen by CLIP (8 fps path)."}),
+                "mask_sync": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Apply the mask to the frames seen by the sync encoder (25 fps path)."}),
+            },
+            "optional": {
+                "video_info": ("VHS_VIDEOINFO", {
+                    "tooltip": "VHS video info: its loaded_fps sets the frame rate of the frames."}),
+                "mask": ("MASK", {
+                    "tooltip": "Where the sound source is (1 = keep, 0 = background). One frame = "
+                               "a static mask; or one mask per video frame, same size as the video."}),
+            },
+        }
+
+    def extract(self, model: Any, video: Any, prompt: str, fps: float, duration: float,
+                cache_dir: str, mask_strength: float, mask_clip: bool, mask_sync: bool,
+                video_info: Optional[dict] = None, mask: Any = None) -> tuple[Any, float, str]:
+        with comfy_run():
+            feats, rate = extract_features(
+                model, video, prompt, fps=fps, duration=duration, cache_dir=cache_dir,
+                video_info=video_info, mask=mask, mask_strength=mask_strength,
+                mask_clip=mask_clip, mask_sync=mask_sync)
+        return feats, rate, prompt

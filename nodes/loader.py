@@ -1,0 +1,134 @@
+"""SelVA Model Loader: builds a :class:`SelvaPipeline` from the weights in ``models/selva``."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from . import comfy_compat
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+
+log = logging.getLogger(__name__)
+
+# The last pipeline built, so a graph edit elsewhere (which makes ComfyUI re-run the loader when
+# its cache was dropped) does not reload gigabytes of weights. One entry: SelVA models are big.
+_CACHE_LOCK = threading.Lock()
+_LOADED: dict[tuple, Any] = {}
+
+
+def _variant_names() -> list[str]:
+    from ..selva.variants import VARIANTS
+
+    return list(VARIANTS)
+
+
+def _choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from ..selva.offload import OFFLOAD_STRATEGIES, PRECISIONS
+
+    return PRECISIONS, OFFLOAD_STRATEGIES
+
+
+def _weight_paths(variant: str, clip_frames: bool) -> list[str]:
+    """Relative paths of the variant's checkpoint files (to find the folder that holds them)."""
+    from ..selva import weights
+
+    try:
+        files = weights.required_files(variant, clip_frames=clip_frames)
+    except Exception as e:  # an unknown variant is reported properly by the pipeline itself
+        log.debug("required_files(%s) failed: %s", variant, e)
+        return []
+    return [getattr(f, "path", "") for f in files if getattr(f, "path", "")]
+
+
+def _weight_bytes(variant: str, clip_frames: bool, precision: str) -> int:
+    from ..selva import weights
+
+    try:
+        files = weights.required_files(variant, clip_frames=clip_frames)
+    except Exception:
+        return 0
+    total = sum(int(getattr(f, "size_bytes", 0) or 0) for f in files)
+    return total // 2 if precision in ("bf16", "fp16") else total  # sizes are fp32 bytes
+
+
+def models_dir_for(variant: str, clip_frames: bool) -> Path:
+    return comfy_compat.pick_models_dir(_weight_paths(variant, clip_frames))
+
+
+def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_frames: bool = False,
+                  models_dir: Optional[Path] = None) -> Any:
+    """Build (or reuse) the pipeline for these options."""
+    from ..selva.pipeline import LoadOptions, SelvaPipeline
+
+    device = comfy_compat.torch_device()
+    models_dir = models_dir if models_dir is not None else models_dir_for(variant, clip_frames)
+    options = LoadOptions(variant=variant, precision=precision, offload=offload_strategy,
+                          device=device, models_dir=models_dir, clip_frames=clip_frames)
+    key = (variant, precision, offload_strategy, device, str(models_dir), clip_frames)
+    with _CACHE_LOCK:
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
+        for old in _LOADED.values():  # free the previous model before loading another one
+            old.release()
+        _LOADED.clear()
+        comfy_compat.empty_cache()
+        comfy_compat.make_room(device, _weight_bytes(variant, clip_frames, precision))
+        log.info("Loading SelVA %s (%s, offload %s) from %s", variant, precision,
+                 offload_strategy, models_dir)
+        pipeline = SelvaPipeline.load(options, hooks=make_hooks())
+        _LOADED[key] = pipeline
+        return pipeline
+
+
+def clear_cache() -> None:
+    """Drop the remembered pipeline (tests; freeing memory)."""
+    with _CACHE_LOCK:
+        for old in _LOADED.values():
+            old.release()
+        _LOADED.clear()
+
+
+class SelvaModelLoader:
+    DESCRIPTION = ("Loads a SelVA model (video encoder, generator, audio VAE, vocoder, text "
+                   "encoders) from models/selva, downloading missing weights on first use.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded SelVA pipeline; connect it to the Feature Extractor, Sampler, "
+                       "VAE Roundtrip and Spectral Matcher.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        precisions, strategies = _choices()
+        return {
+            "required": {
+                "variant": (_variant_names(), {
+                    "default": "small_16k",
+                    "tooltip": "Model size and output rate: small_16k (16 kHz) or small/medium/"
+                               "large_44k (44.1 kHz). Larger models need more VRAM and time."}),
+                "precision": (list(precisions), {
+                    "default": "bf16",
+                    "tooltip": "Compute precision. bf16 is the official choice; a GPU without bf16 "
+                               "falls back to fp16 (with a warning). fp32 is slowest and exact."}),
+                "offload_strategy": (list(strategies), {
+                    "default": "auto",
+                    "tooltip": "keep_in_vram: every part stays on the GPU. offload_to_cpu: each part "
+                               "visits the GPU only while it runs (less VRAM, slower). auto: "
+                               "keep_in_vram when at least 16 GB of VRAM are free."}),
+            },
+            "optional": {
+                "clip_frames": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Feed CLIP image features of the video to the generator. Off (the "
+                               "official demo's behaviour) uses the learned empty CLIP sequence "
+                               "and does not load CLIP's image tower."}),
+            },
+        }
+
+    def load(self, variant: str, precision: str, offload_strategy: str,
+             clip_frames: bool = False) -> tuple[Any]:
+        with comfy_run():
+            return (load_pipeline(variant, precision, offload_strategy, clip_frames),)

@@ -1,0 +1,94 @@
+"""SelVA Sampler: features -> audio (rectified-flow sampling, VAE decode, vocoder)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_output, comfy_run, make_hooks
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1  # seed + i for batch variations must stay within torch.Generator's range
+MAX_BATCH = 16
+
+
+def generate_audio(model: Any, features: Any, *, prompt: str = "", negative_prompt: str = "",
+                   duration: float = 0.0, steps: int = 25, cfg_strength: float = 4.5,
+                   seed: int = 0, normalize: bool = True, target_lufs: float = -27.0,
+                   batch_size: int = 1, hooks: Any = None) -> dict:
+    """ComfyUI AUDIO holding ``batch_size`` variations (variation i = seed + i)."""
+    from ..selva.audio import loudness_normalize
+
+    hooks = hooks if hooks is not None else make_hooks()
+    wave = model.generate(
+        features, prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
+        duration=duration if duration > 0 else None, steps=int(steps),
+        cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size), hooks=hooks)
+    if normalize:
+        wave = loudness_normalize(wave, model.sample_rate, float(target_lufs))
+    return audio_output(wave, model.sample_rate)
+
+
+class SelvaSampler:
+    DESCRIPTION = ("Generates audio for the video from SelVA features: rectified-flow sampling "
+                   "with classifier-free guidance, then VAE decoding and the vocoder.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("AUDIO",)
+    RETURN_NAMES = ("audio",)
+    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate (16 kHz or 44.1 kHz), "
+                       "mono, one batch entry per variation.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
+                "features": (FEATURES_TYPE, {"tooltip": "Features from SelVA Feature Extractor."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "Text prompt. Empty = the prompt stored in the features; a different "
+                               "one re-encodes the text (the video is not decoded again)."}),
+                "negative_prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "Sounds to steer away from, e.g. 'music, speech'. Empty = none."}),
+                "duration": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 600.0, "step": 0.1,
+                    "tooltip": "Seconds of audio. 0 = the duration of the features; longer than the "
+                               "features is clamped."}),
+                "steps": ("INT", {
+                    "default": 25, "min": 1, "max": 200,
+                    "tooltip": "Euler sampling steps (official: 25). More is slower, rarely better."}),
+                "cfg_strength": ("FLOAT", {
+                    "default": 4.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                    "tooltip": "Classifier-free guidance strength (official: 4.5). Higher follows "
+                               "video and prompt more closely; too high sounds harsh."}),
+                "seed": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SEED,
+                    "tooltip": "Noise seed; the same seed and inputs give the same audio."}),
+                "normalize": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Loudness-normalise to target_lufs (ITU-R BS.1770), never clipping."}),
+                "batch_size": ("INT", {
+                    "default": 1, "min": 1, "max": MAX_BATCH,
+                    "tooltip": "Variations made in one batched pass; variation i equals a single "
+                               "run with seed + i."}),
+            },
+            "optional": {
+                "target_lufs": ("FLOAT", {
+                    "default": -27.0, "min": -70.0, "max": -5.0, "step": 0.5,
+                    "tooltip": "Loudness target in LUFS when normalize is on. A gain cap keeps "
+                               "peaks inside [-1, 1], so loud targets may fall short."}),
+            },
+        }
+
+    def sample(self, model: Any, features: Any, prompt: str, negative_prompt: str,
+               duration: float, steps: int, cfg_strength: float, seed: int, normalize: bool,
+               batch_size: int, target_lufs: Optional[float] = -27.0) -> tuple[dict]:
+        with comfy_run():
+            audio = generate_audio(
+                model, features, prompt=prompt, negative_prompt=negative_prompt,
+                duration=duration, steps=steps, cfg_strength=cfg_strength, seed=seed,
+                normalize=normalize, target_lufs=-27.0 if target_lufs is None else target_lufs,
+                batch_size=batch_size)
+        return (audio,)
