@@ -1,0 +1,157 @@
+"""Everything the sampler needs from a video and a prompt, and its on-disk cache.
+
+A :class:`Features` holds the encoder outputs for one clip (T5 and CLIP text features of the
+prompt, the text-conditioned sync features, optional CLIP frame features) plus the 25 fps sync
+frames as uint8. SelVA's sync features depend on the prompt, so keeping the frames lets the
+sampler re-encode them when it is given a different prompt, without touching the video again.
+Saved as ``.npz`` (no pickles: plain arrays and a JSON header).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from .errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "selva-features"
+FORMAT_VERSION = 1
+_REQUIRED = ("text_t5", "text_t5_mask", "text_clip", "sync_features", "sync_frames_u8")
+_TENSORS = _REQUIRED + ("clip_features", "sync_weight")
+
+
+@dataclass
+class Features:
+    variant: str
+    prompt: str
+    duration: float  # seconds the features cover
+    fps: float  # frame rate of the source video
+    text_t5: torch.Tensor  # (1, L, 768) T5 features of ``prompt``, no supplementary tokens
+    text_t5_mask: torch.Tensor  # (1, L) 1 where ``text_t5`` holds a real token
+    text_clip: torch.Tensor  # (1, 77, 1024) per-token CLIP text features of ``prompt``
+    sync_features: torch.Tensor  # (1, S * 8, 768) TextSynchformer output for ``prompt``
+    sync_frames_u8: torch.Tensor  # (T, 224, 224, 3) the 25 fps frames the sync features came from
+    clip_features: Optional[torch.Tensor] = None  # (1, Tc, 1024) CLIP frame features, if used
+    sync_weight: Optional[torch.Tensor] = None  # (1 | T, 224, 224) mask blend weight, if masked
+
+    @property
+    def uses_clip_frames(self) -> bool:
+        return self.clip_features is not None
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a reader never sees a half-written file, an old one stays until done."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: _to_numpy(getattr(self, name)) for name in _TENSORS
+                  if getattr(self, name) is not None}
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
+                  "prompt": self.prompt, "duration": self.duration, "fps": self.fps}
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> "Features":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode("utf-8"))
+                arrays = {k: torch.from_numpy(np.array(data[k])) for k in _TENSORS if k in data.files}
+        except FileNotFoundError:
+            raise SelvaError(f"Features file {path} does not exist.") from None
+        except Exception as e:
+            raise SelvaError(f"{path} is not a readable SelVA features file ({e}); extract the "
+                             f"features again.") from e
+        if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+            raise SelvaError(f"{path} is not a SelVA features file of version {FORMAT_VERSION} "
+                             f"(found {header.get('format')} v{header.get('version')}); extract "
+                             f"the features again.")
+        missing = [name for name in _REQUIRED if name not in arrays]
+        if missing:
+            raise SelvaError(f"{path} lacks {', '.join(missing)}; extract the features again.")
+        return cls(variant=header["variant"], prompt=header["prompt"],
+                   duration=float(header["duration"]), fps=float(header["fps"]), **arrays)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        t = t.float()  # bf16 has no numpy dtype; fp32 holds bf16/fp16 values exactly
+    return t.numpy()
+
+
+# ----------------------------------------------------------------------------- cache keys
+def content_hash(parts: Iterable[Any]) -> str:
+    """A digest of every byte of every part (tensors by dtype, shape and full content)."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            h.update(memoryview(t.numpy()).cast("B"))
+        elif isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            h.update(f"N{a.dtype}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+        else:
+            h.update(("V" + json.dumps(part, sort_keys=True, default=str)).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- cache
+class FeatureCache:
+    """Features on disk, one ``<key>.npz`` per entry.
+
+    A cache must never break a run: an unreadable entry is set aside (renamed ``*.corrupt``, so
+    nothing is destroyed) and recomputed; an unwritable directory only costs the cache.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.npz"
+
+    def get(self, key: str) -> Optional[Features]:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return Features.load(path)
+        except SelvaError as e:
+            aside = path.with_suffix(".corrupt")
+            log.warning("Ignoring unreadable feature cache entry %s (%s); recomputing.", path, e)
+            try:
+                os.replace(path, aside)
+            except OSError:
+                pass
+            return None
+
+    def put(self, key: str, features: Features) -> Optional[Path]:
+        path = self.path(key)
+        try:
+            features.save(path)
+        except OSError as e:
+            log.warning("Could not write the feature cache %s (%s); continuing without caching.",
+                        path, e)
+            return None
+        return path

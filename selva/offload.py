@@ -1,0 +1,162 @@
+"""Where each stage of the pipeline lives, and when it moves: the one place for device/dtype policy.
+
+Strategies:
+
+* ``keep_in_vram``: every stage is moved to the compute device once and stays there.
+* ``offload_to_cpu``: stages wait on the CPU; each moves to the compute device only while it runs,
+  then goes back and the accelerator's cache is emptied. Slower, but peak VRAM is one stage.
+* ``auto``: ``keep_in_vram`` when the device has at least 16 GB free, else ``offload_to_cpu``.
+  On a CPU-only machine both are the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+OFFLOAD_STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
+AUTO_KEEP_MIN_FREE_BYTES = 16 * 1024**3
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pick_device(requested: Optional[str] = None) -> torch.device:
+    """``requested`` if given, else CUDA, then Apple MPS, then the CPU."""
+    if requested:
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SelvaError(f"Device {requested} was asked for but CUDA is not available.")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise SelvaError(f"Device {requested} was asked for but Apple MPS is not available.")
+    elif torch.cuda.is_available():
+        dev = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        dev = torch.device("mps")
+    else:
+        dev = torch.device("cpu")
+    if dev.type == "mps":
+        # Ops MPS lacks (some FFT and interpolation variants) run on the CPU instead of failing.
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``precision`` on ``device`` (bf16 without hardware support -> fp16)."""
+    if precision not in _DTYPES:
+        raise SelvaError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("This GPU has no bf16 support: using fp16 instead (overflow-prone parts stay fp32).")
+        return torch.float16
+    return _DTYPES[precision]
+
+
+def free_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "mps":
+        try:
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+        except (AttributeError, RuntimeError):
+            return None
+    return None
+
+
+def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = None) -> bool:
+    """Whether stages should go back to the CPU after running."""
+    if strategy not in OFFLOAD_STRATEGIES:
+        raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
+                         f"{', '.join(OFFLOAD_STRATEGIES)}.")
+    if device.type == "cpu" or strategy == "keep_in_vram":
+        return False
+    if strategy == "offload_to_cpu":
+        return True
+    free = free_bytes(device) if free is None else free
+    keep = free is not None and free >= AUTO_KEEP_MIN_FREE_BYTES
+    log.info("Offload auto: %s free on %s -> %s", "unknown" if free is None else f"{free / 1024**3:.1f} GB",
+             device, "keep_in_vram" if keep else "offload_to_cpu")
+    return not keep
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+@dataclass
+class Stage:
+    module: nn.Module
+    dtype: torch.dtype
+
+
+@dataclass
+class OffloadManager:
+    """Owns the pipeline's networks and moves them between the CPU and the compute device.
+
+    ``make_room(bytes, device)`` lets a host application (ComfyUI's model management) evict its
+    own models before a stage is moved to the accelerator.
+    """
+
+    device: torch.device
+    offload: bool
+    make_room: Optional[Callable[[int, torch.device], None]] = None
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+    @property
+    def home(self) -> torch.device:
+        return torch.device("cpu") if self.offload else self.device
+
+    def add(self, name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
+        module = module.eval().requires_grad_(False).to(self.home, dtype)
+        self.stages[name] = Stage(module, dtype)
+        return module
+
+    def get(self, name: str) -> nn.Module:
+        try:
+            return self.stages[name].module
+        except KeyError:
+            raise SelvaError(f"Stage {name!r} is not loaded in this pipeline.") from None
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.stages[name].dtype
+
+    def has(self, name: str) -> bool:
+        return name in self.stages
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[nn.Module]:
+        """The stage's module on the compute device for the duration of the block."""
+        stage = self.stages.get(name)
+        if stage is None:
+            raise SelvaError(f"Stage {name!r} is not loaded in this pipeline.")
+        if self.offload:
+            if self.make_room is not None:
+                self.make_room(module_bytes(stage.module), self.device)
+            stage.module.to(self.device)
+        try:
+            yield stage.module
+        finally:
+            if self.offload:
+                stage.module.to("cpu")
+                empty_cache(self.device)
+
+    def release(self) -> None:
+        """Move every stage to the CPU and free the accelerator's cache."""
+        for stage in self.stages.values():
+            stage.module.to("cpu")
+        empty_cache(self.device)
+
+
+def module_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))

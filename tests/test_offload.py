@@ -1,0 +1,58 @@
+"""Device, precision and offload policy."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from comfyui_selva.selva import offload as O
+from comfyui_selva.selva.errors import SelvaError
+
+
+def test_pick_device_on_cpu_machine():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("accelerator present")
+    assert O.pick_device().type == "cpu"
+    with pytest.raises(SelvaError, match="CUDA"):
+        O.pick_device("cuda")
+
+
+def test_resolve_dtype():
+    cpu = torch.device("cpu")
+    assert O.resolve_dtype("fp32", cpu) == torch.float32
+    assert O.resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert O.resolve_dtype("fp16", cpu) == torch.float16
+    with pytest.raises(SelvaError, match="precision"):
+        O.resolve_dtype("int8", cpu)
+
+
+def test_resolve_offload_rules():
+    cuda = torch.device("cuda")
+    assert O.resolve_offload("keep_in_vram", cuda, free=0) is False
+    assert O.resolve_offload("offload_to_cpu", cuda, free=10**12) is True
+    assert O.resolve_offload("auto", cuda, free=16 * 1024**3) is False
+    assert O.resolve_offload("auto", cuda, free=8 * 1024**3) is True
+    assert O.resolve_offload("offload_to_cpu", torch.device("cpu")) is False
+    with pytest.raises(SelvaError, match="offload"):
+        O.resolve_offload("sometimes", cuda)
+
+
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+
+def test_manager_stage_dtype_and_moves(monkeypatch):
+    moves = []
+    mgr = O.OffloadManager(device=torch.device("cpu"), offload=True,
+                           make_room=lambda n, d: moves.append(("room", n)))
+    m = mgr.add("probe", Probe(), torch.bfloat16)
+    assert m.w.dtype == torch.bfloat16 and not m.w.requires_grad and not m.training
+    with mgr.use("probe") as inner:
+        assert inner is m
+    assert moves == [("room", 6)]  # 3 bf16 values
+    with pytest.raises(SelvaError, match="nope"):
+        with mgr.use("nope"):
+            pass
+    assert O.module_bytes(Probe()) == 12
