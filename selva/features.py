@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 FORMAT = "selva-features"
 FORMAT_VERSION = 1
 _REQUIRED = ("text_t5", "text_t5_mask", "text_clip", "sync_features", "sync_frames_u8")
-_TENSORS = _REQUIRED + ("clip_features", "sync_weight")
+_TENSORS = _REQUIRED + ("clip_features", "sync_mask")
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Features:
     sync_features: torch.Tensor  # (1, S * 8, 768) TextSynchformer output for ``prompt``
     sync_frames_u8: torch.Tensor  # (T, 224, 224, 3) the 25 fps frames the sync features came from
     clip_features: Optional[torch.Tensor] = None  # (1, Tc, 1024) CLIP frame features, if used
-    sync_weight: Optional[torch.Tensor] = None  # (1 | T, 224, 224) mask blend weight, if masked
+    sync_mask: Optional[torch.Tensor] = None  # (1 | T, 224, 224) mask applied to the sync frames
+    mask_strength: float = 1.0
 
     @property
     def uses_clip_frames(self) -> bool:
@@ -55,7 +56,8 @@ class Features:
         arrays = {name: _to_numpy(getattr(self, name)) for name in _TENSORS
                   if getattr(self, name) is not None}
         header = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
-                  "prompt": self.prompt, "duration": self.duration, "fps": self.fps}
+                  "prompt": self.prompt, "duration": self.duration, "fps": self.fps,
+                  "mask_strength": self.mask_strength}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
         try:
@@ -86,7 +88,8 @@ class Features:
         if missing:
             raise SelvaError(f"{path} lacks {', '.join(missing)}; extract the features again.")
         return cls(variant=header["variant"], prompt=header["prompt"],
-                   duration=float(header["duration"]), fps=float(header["fps"]), **arrays)
+                   duration=float(header["duration"]), fps=float(header["fps"]),
+                   mask_strength=float(header.get("mask_strength", 1.0)), **arrays)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

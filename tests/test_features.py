@@ -18,7 +18,7 @@ def make_features(clip=True, weight=True) -> Features:
         text_clip=torch.randn(1, 77, 1024), sync_features=torch.randn(1, 40, 768).bfloat16(),
         sync_frames_u8=torch.randint(0, 255, (50, 224, 224, 3), dtype=torch.uint8),
         clip_features=torch.randn(1, 16, 1024) if clip else None,
-        sync_weight=torch.rand(1, 224, 224) if weight else None)
+        sync_mask=torch.rand(1, 224, 224) if weight else None, mask_strength=0.7)
 
 
 @pytest.mark.parametrize("optional", [True, False])
@@ -30,7 +30,8 @@ def test_save_load_roundtrip(tmp_path, optional):
     assert torch.equal(g.sync_features, f.sync_features.float())  # bf16 values kept exactly
     assert torch.equal(g.sync_frames_u8, f.sync_frames_u8) and g.sync_frames_u8.dtype == torch.uint8
     assert torch.equal(g.text_t5_mask, f.text_t5_mask)
-    assert g.uses_clip_frames == optional and (g.sync_weight is not None) == optional
+    assert g.uses_clip_frames == optional and (g.sync_mask is not None) == optional
+    assert g.mask_strength == 0.7
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
