@@ -72,14 +72,15 @@ class SelvaSpectralMatcher:
     FUNCTION = "match"
     RETURN_TYPES = ("AUDIO",)
     RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The equalised audio (same rate, channels and length).",)
+    OUTPUT_TOOLTIPS = ("The equalised audio at the model's sample rate (other rates are resampled "
+                       "first), same channels.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": (MODEL_TYPE, {"tooltip": "The pipeline whose VAE statistics give the target "
                                               "spectral profile."}),
-            "audio": ("AUDIO", {"tooltip": _AUDIO_TOOLTIP}),
+            "audio": ("AUDIO", {"tooltip": _AUDIO_TOOLTIP + " Resampled to the model's rate."}),
             "strength": ("FLOAT", {
                 "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                 "tooltip": "0 = unchanged, 1 = the full correction (gains are capped at +-12 dB)."}),
@@ -89,5 +90,5 @@ class SelvaSpectralMatcher:
         wave, rate = audio_input(audio)
         with comfy_run():
             out = model.spectral_match(wave, rate, strength=float(strength))
-        return (audio_output(out, rate),)
+        return (audio_output(out, model.sample_rate),)
 

@@ -106,15 +106,14 @@ def torch_device() -> Optional[str]:
         return None
 
 
-def make_room(device: Optional[str], bytes_needed: int) -> None:
-    """Ask ComfyUI to unload its own models until ``bytes_needed`` fit on ``device``."""
-    if model_management is None or device is None or not device.startswith(("cuda", "xpu", "mps")):
+def make_room_for_stage(bytes_needed: int, device: Any) -> None:
+    """Before a SelVA stage moves to the GPU: ask ComfyUI to unload its own models until
+    ``bytes_needed`` fit (the core calls this; outside ComfyUI it does nothing)."""
+    if model_management is None or getattr(device, "type", str(device)) == "cpu":
         return
-    import torch
-
     try:
-        model_management.free_memory(bytes_needed, torch.device(device))
-    except Exception as e:
+        model_management.free_memory(int(bytes_needed), device)
+    except Exception as e:  # never fail a run because ComfyUI could not unload something
         log.warning("ComfyUI could not free VRAM for SelVA: %s", e)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from . import comfy_compat
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
-from .video_input import resolve_video
+from .video_input import resolve_video, stream_as_path
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,14 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
 
     hooks = hooks if hooks is not None else make_hooks()
     src = resolve_video(video, video_info, fps)
-    source = src.frames if src.frames is not None else src.stream
-    prepared = model.prepare(source, src.fps, duration=duration if duration > 0 else None,
-                             mask=as_mask_stack(mask), mask_strength=float(mask_strength),
-                             mask_clip=bool(mask_clip), mask_sync=bool(mask_sync))
+    common = dict(duration=duration if duration > 0 else None, mask=as_mask_stack(mask),
+                  mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
+                  mask_sync=bool(mask_sync))
+    if src.frames is not None:
+        prepared = model.prepare(src.frames, src.fps, **common)
+    else:
+        with stream_as_path(src.stream) as path:
+            prepared = model.prepare(video_path=path, **common)
     key = model.feature_cache_key(prepared, prompt)
     cache = FeatureCache(cache_directory(cache_dir))
     feats = cache.get(key)
@@ -95,8 +99,9 @@ class SelvaFeatureExtractor:
                                "SelVA uses it to pick the matching events in the video."}),
                 "fps": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.001,
-                    "tooltip": "Frame rate of an IMAGE batch. 0 = take it from video_info or the "
-                               "VIDEO. Frames are resampled from this rate to 8 and 25 fps."}),
+                    "tooltip": "Frame rate of an IMAGE batch (0 = from video_info). Frames are "
+                               "resampled from it to 8 and 25 fps. A VIDEO from Load Video uses "
+                               "its own timestamps."}),
                 "duration": ("FLOAT", {
                     "default": 8.0, "min": 0.0, "max": 600.0, "step": 0.1,
                     "tooltip": "Seconds of audio to prepare for, from the start of the video. 0 = "

@@ -41,17 +41,6 @@ def _weight_paths(variant: str, clip_frames: bool) -> list[str]:
     return [getattr(f, "path", "") for f in files if getattr(f, "path", "")]
 
 
-def _weight_bytes(variant: str, clip_frames: bool, precision: str) -> int:
-    from ..selva import weights
-
-    try:
-        files = weights.required_files(variant, clip_frames=clip_frames)
-    except Exception:
-        return 0
-    total = sum(int(getattr(f, "size_bytes", 0) or 0) for f in files)
-    return total // 2 if precision in ("bf16", "fp16") else total  # sizes are fp32 bytes
-
-
 def models_dir_for(variant: str, clip_frames: bool) -> Path:
     return comfy_compat.pick_models_dir(_weight_paths(variant, clip_frames))
 
@@ -74,10 +63,10 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
             old.release()
         _LOADED.clear()
         comfy_compat.empty_cache()
-        comfy_compat.make_room(device, _weight_bytes(variant, clip_frames, precision))
         log.info("Loading SelVA %s (%s, offload %s) from %s", variant, precision,
                  offload_strategy, models_dir)
-        pipeline = SelvaPipeline.load(options, hooks=make_hooks())
+        pipeline = SelvaPipeline.load(options, hooks=make_hooks(),
+                                      make_room=comfy_compat.make_room_for_stage)
         _LOADED[key] = pipeline
         return pipeline
 

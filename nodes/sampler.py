@@ -64,7 +64,7 @@ class SelvaSampler:
                     "tooltip": "Classifier-free guidance strength (official: 4.5). Higher follows "
                                "video and prompt more closely; too high sounds harsh."}),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED,
+                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Noise seed; the same seed and inputs give the same audio."}),
                 "normalize": ("BOOLEAN", {
                     "default": True,

@@ -10,9 +10,14 @@ Two kinds of input:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
 
 from ..selva.errors import SelvaError
 
@@ -81,19 +86,41 @@ def _video_object_source(video: Any) -> VideoSource:
 def resolve_video(video: Any, video_info: Any = None, fps: float = 0.0) -> VideoSource:
     """Decide what to decode and at which rate.
 
-    The rate comes from, in order: VHS ``video_info`` (what the frames really are after any
-    frame skipping), the ``fps`` input when above 0, the VIDEO's own rate. An IMAGE batch with
-    none of these is refused: guessing would silently misalign sound and picture.
+    For an IMAGE batch the rate comes from VHS ``video_info`` (what the frames really are
+    after any frame skipping), else the ``fps`` input; with neither it is refused, since
+    guessing would silently misalign sound and picture. A file-backed VIDEO is decoded by its
+    own timestamps (exact even for variable frame rates), so both are ignored for it.
     """
     if video is None:
         raise SelvaError("No video connected to the SelVA Feature Extractor.")
     src = _image_source(video) if _is_image_batch(video) else _video_object_source(video)
+    if src.frames is None:
+        return src
     info_rate = fps_from_video_info(video_info)
     if info_rate is not None:
         src.fps = info_rate
     elif fps and fps > 0:
         src.fps = float(fps)
-    if src.fps is None and src.frames is not None:
+    if src.fps is None:
         raise SelvaError("The frame rate of the IMAGE batch is unknown: connect video_info (VHS) "
                          "or set fps to the video's frame rate.")
     return src
+
+
+@contextlib.contextmanager
+def stream_as_path(stream: Any) -> Iterator[Path]:
+    """A filesystem path for a VIDEO's stream source (an in-memory one is spooled to a temp file)."""
+    if isinstance(stream, (str, os.PathLike)):
+        yield Path(stream)
+        return
+    if not hasattr(stream, "read"):
+        raise SelvaError(f"Cannot read a video from a {type(stream).__name__}.")
+    if hasattr(stream, "seek"):
+        stream.seek(0)
+    fd, tmp = tempfile.mkstemp(prefix="selva_video_", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(stream, f)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

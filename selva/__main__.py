@@ -1,0 +1,4 @@
+"""``python -m selva ...``: see :mod:`selva.cli`."""
+from .cli import main
+
+raise SystemExit(main())
