@@ -1,0 +1,528 @@
+"""Video frames for SelVA: frame selection, resizing, masking and streaming decode.
+
+SelVA looks at a video twice: CLIP sees 384x384 frames at 8 fps and the sync encoder sees
+224x224 frames at 25 fps. Both streams are picked from the same source frames by one rule: the
+output frame ``k`` of a stream at ``r`` fps (time ``k / r``) is the first source frame whose time
+is at or after ``k / r``. The reference evaluates that rule with accumulated floats, which drops
+the last frame of an exact-length 25 fps clip; here every comparison is exact (``Fraction``), so
+such a clip keeps all its frames. Apart from that, frame counts and the duration clamp follow the
+reference's ``load_video``.
+
+The float version is not only a lost last frame: at 25 fps the accumulated slot time drifts just
+above the frame times, so e.g. a 25 fps source loses frames 6 and 18 (their neighbours fill in)
+and every later sync slot gets the next frame. ``reference_rounding=True`` reproduces that float
+arithmetic (selection and duration clamp) for parity checks against the reference.
+
+Layout: frame stacks handed around inside the package are ``(T, 3, H, W)``; inputs may be
+``(T, H, W, 3)`` as ComfyUI IMAGE tensors and decoded frames are.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+CLIP_FPS = 8
+CLIP_SIZE = 384
+SYNC_FPS = 25
+SYNC_SIZE = 224
+SYNC_SEGMENT_FRAMES = 16  # the sync encoder reads 16-frame segments: less video than that is unusable
+MIN_DURATION = SYNC_SEGMENT_FRAMES / SYNC_FPS
+
+# Float times and rates are snapped to the nearest fraction with at most this denominator, so that
+# 0.12 s means 3/25 s exactly and 29.97002997 fps means 30000/1001.
+_MAX_DENOMINATOR = 1_000_000
+_RESIZE_CHUNK = 16  # source frames converted and resized at a time (bounds temporary memory)
+
+Number = Union[int, float, Fraction]
+
+
+def _exact(value: Number, what: str) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return Fraction(int(value))
+    value = float(value)
+    if not math.isfinite(value):
+        raise SelvaError(f"{what} must be a finite number, got {value}.")
+    return Fraction(value).limit_denominator(_MAX_DENOMINATOR)
+
+
+def _positive_rate(fps: Number, what: str = "fps") -> Fraction:
+    rate = _exact(fps, what)
+    if rate <= 0:
+        raise SelvaError(f"{what} must be positive, got {float(rate)}.")
+    return rate
+
+
+# ------------------------------------------------------------------------------ frame selection
+class _RateSelector:
+    """Online form of the selection rule for one output rate (frames must arrive in time order)."""
+
+    def __init__(self, fps: Fraction):
+        self.fps = fps
+        self.indices: list[int] = []
+
+    def feed(self, index: int, time: Fraction) -> int:
+        """Give this source frame to every still-empty output slot at or before ``time``."""
+        taken = 0
+        while len(self.indices) <= time * self.fps:  # slot time len/fps <= time, exactly
+            self.indices.append(index)
+            taken += 1
+        return taken
+
+
+class _FloatRateSelector:
+    """The reference's arithmetic: slot times accumulated as floats, compared with float times."""
+
+    def __init__(self, fps: Fraction):
+        self.step = 1 / float(fps)
+        self.next = 0.0
+        self.indices: list[int] = []
+
+    def feed(self, index: int, time: float) -> int:
+        taken = 0
+        while time >= self.next:
+            self.indices.append(index)
+            self.next += self.step
+            taken += 1
+        return taken
+
+
+def _selector(fps: Number, reference_rounding: bool):
+    return _FloatRateSelector(Fraction(fps)) if reference_rounding else _RateSelector(Fraction(fps))
+
+
+class _Timeline:
+    """Time arithmetic of one mode: exact fractions, or the reference's floats."""
+
+    def __init__(self, reference_rounding: bool):
+        self.reference = reference_rounding
+
+    def time(self, value: Number, what: str = "time"):
+        if self.reference:
+            value = float(value)
+            if not math.isfinite(value):
+                raise SelvaError(f"{what} must be a finite number, got {value}.")
+            return value
+        return _exact(value, what)
+
+    def constant_rate_times(self, n: int, fps: Number) -> list:
+        if self.reference:
+            return [i / float(fps) for i in range(n)]  # as the reference's frame.time would be
+        rate = _positive_rate(fps)
+        return [Fraction(i) / rate for i in range(n)]
+
+    def given_times(self, frame_times: Sequence[Number]) -> list:
+        times = [self.time(t, "frame time") for t in frame_times]
+        for i in range(1, len(times)):
+            if times[i] < times[i - 1]:
+                raise SelvaError(f"Frame times must not decrease: frame {i} is at {float(times[i]):.6f} s, "
+                                 f"before frame {i - 1} at {float(times[i - 1]):.6f} s.")
+        return times
+
+
+class _Walk:
+    """Feeds frames in time order to the 8 fps and 25 fps selectors, honouring the end time."""
+
+    def __init__(self, end, reference_rounding: bool):
+        self.end = end
+        self.clip = _selector(CLIP_FPS, reference_rounding)
+        self.sync = _selector(SYNC_FPS, reference_rounding)
+        self.last_time = None
+        self.finished = False  # a frame past the end was seen
+
+    def feed(self, index: int, time) -> tuple[int, int]:
+        """How many clip and sync slots this frame fills (the reference's skip/stop rules)."""
+        if time < 0:
+            return 0, 0
+        if self.end is not None and time > self.end:
+            self.finished = True
+            return 0, 0
+        self.last_time = time
+        return self.clip.feed(index, time), self.sync.feed(index, time)
+
+
+def indices_for_times(frame_times: Sequence[Number], dst_fps: Number, duration: Number, *,
+                      reference_rounding: bool = False) -> list[int]:
+    """Source frame index for each output frame at ``dst_fps`` over ``duration`` seconds.
+
+    ``frame_times`` are the source frames' presentation times in seconds (any frame rate, even a
+    variable one). Output frame ``k`` takes the first frame at or after ``k / dst_fps``; frames
+    after ``duration`` are never used. Fewer than ``floor(dst_fps * duration)`` indices come back
+    when the video ends first.
+    """
+    _positive_rate(dst_fps, "dst_fps")
+    line = _Timeline(reference_rounding)
+    end = line.time(duration, "duration")
+    if end < 0:
+        raise SelvaError(f"duration must not be negative, got {float(end)}.")
+    selector = _selector(_exact(dst_fps, "dst_fps"), reference_rounding)
+    for index, time in enumerate(line.given_times(frame_times)):
+        if time < 0:
+            continue
+        if time > end:
+            break
+        selector.feed(index, time)
+    count = int(float(dst_fps) * end) if reference_rounding else math.floor(_exact(dst_fps, "dst_fps") * end)
+    return selector.indices[:count]
+
+
+def resample_indices(n_frames: int, src_fps: Number, dst_fps: Number, duration: Number, *,
+                     reference_rounding: bool = False) -> list[int]:
+    """Like :func:`indices_for_times` for a constant-rate source (frame ``i`` at ``i / src_fps``)."""
+    _positive_rate(src_fps, "src_fps")
+    times = _Timeline(reference_rounding).constant_rate_times(int(n_frames), src_fps)
+    return indices_for_times(times, dst_fps, duration, reference_rounding=reference_rounding)
+
+
+def _too_short(duration: float) -> SelvaError:
+    return SelvaError(
+        f"The video is too short: SelVA needs at least {SYNC_SEGMENT_FRAMES} frames at {SYNC_FPS} fps "
+        f"({MIN_DURATION:.2f} s), but only {duration:.3f} s could be used. Use a longer clip or a "
+        f"longer duration.")
+
+
+def _settle(clip_idx: list[int], sync_idx: list[int], requested, user_asked: bool,
+            reference_rounding: bool) -> tuple[list[int], list[int], float]:
+    """Clamp the duration to what both streams cover and cut them to it, as load_video does.
+
+    In reference mode the clamp and the ``int(fps * duration)`` cuts use the reference's floats.
+    """
+    if reference_rounding:
+        duration = float(requested)
+        for n, fps in ((len(clip_idx), float(CLIP_FPS)), (len(sync_idx), float(SYNC_FPS))):
+            if n / fps < duration:
+                duration = n / fps
+        n_clip, n_sync = int(float(CLIP_FPS) * duration), int(float(SYNC_FPS) * duration)
+    else:
+        duration = min(requested, Fraction(len(clip_idx), CLIP_FPS), Fraction(len(sync_idx), SYNC_FPS))
+        n_clip, n_sync = math.floor(CLIP_FPS * duration), math.floor(SYNC_FPS * duration)
+    if duration < requested:
+        report = log.warning if user_asked else log.debug
+        report("Video covers only %.3f s; using that instead of the requested %.3f s.",
+               float(duration), float(requested))
+    if n_sync < SYNC_SEGMENT_FRAMES:
+        raise _too_short(float(duration))
+    return clip_idx[:n_clip], sync_idx[:n_sync], float(duration)
+
+
+def _finish(walk: _Walk, requested, interval, reference_rounding: bool):
+    """Settle a finished walk; without a requested duration the whole video counts."""
+    if walk.last_time is None:
+        raise SelvaError(f"No video frame lies inside the requested time span; SelVA needs at least "
+                         f"{MIN_DURATION:.2f} s of video.")
+    if requested is not None:
+        target = requested
+    else:
+        # a video lasts until its last frame has been shown for one frame interval
+        target = walk.last_time + (interval if interval is not None else 0)
+    return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None, reference_rounding)
+
+
+def _typical_interval(times: Sequence) -> Optional[Number]:
+    gaps = sorted(b - a for a, b in zip(times, times[1:]) if b > a)
+    return gaps[len(gaps) // 2] if gaps else None
+
+
+# -------------------------------------------------------------------------------- pixel helpers
+def resize_uint8(frames_u8: torch.Tensor, size: int) -> torch.Tensor:
+    """Square bicubic antialiased resize of uint8 frames, returned as ``(T, 3, size, size)`` uint8.
+
+    Bit-identical to torchvision's ``v2.Resize((size, size), BICUBIC, antialias=True)`` on a uint8
+    tensor on the CPU, which hands uint8 straight to ``interpolate``'s native uint8 kernel. Input
+    ``(T, H, W, 3)`` or ``(T, 3, H, W)``; a trailing dimension of 3 is read as channels-last.
+    The work is always done on the CPU because that kernel is what the reference ran.
+    """
+    if frames_u8.dtype != torch.uint8:
+        raise SelvaError(f"resize_uint8 needs uint8 frames, got {frames_u8.dtype}.")
+    if frames_u8.ndim != 4:
+        raise SelvaError(f"Expected a (T, H, W, 3) or (T, 3, H, W) frame stack, got shape {tuple(frames_u8.shape)}.")
+    thwc = frames_u8 if frames_u8.shape[-1] == 3 else frames_u8.permute(0, 2, 3, 1)
+    if thwc.shape[-1] != 3:
+        raise SelvaError(f"Expected RGB frames (3 channels), got shape {tuple(frames_u8.shape)}.")
+    if min(thwc.shape[1], thwc.shape[2]) < 1:
+        raise SelvaError(f"Frames have an empty size: {tuple(frames_u8.shape)}.")
+    # The reference resizes HWC frames viewed as NCHW (channels-last memory); feed the kernel the
+    # same layout so that it takes the same code path.
+    nchw = thwc.cpu().contiguous().permute(0, 3, 1, 2)
+    if nchw.shape[-2:] == (size, size):
+        return nchw.contiguous()
+    if nchw.shape[0] == 0:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    out = F.interpolate(nchw, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return out.contiguous()
+
+
+def to_float01(frames_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1], computed as torchvision's ToDtype(float32, scale=True)."""
+    return frames_u8.to(torch.float32).mul_(1.0 / 255)
+
+
+def normalize_sync(frames01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1] for the sync encoder: (x - 0.5) / 0.5."""
+    return (frames01 - 0.5) / 0.5
+
+
+def _to_uint8_thwc(frames: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE floats in [0, 1] -> uint8 by round(x * 255) (half to even), clamped.
+
+    Frames decoded from a video and divided by 255 come back to their exact original bytes;
+    uint8 input passes through untouched.
+    """
+    if frames.dtype == torch.uint8:
+        return frames
+    if not frames.is_floating_point():
+        raise SelvaError(f"Frames must be uint8 or float in [0, 1], got {frames.dtype}.")
+    scaled = frames.to(torch.float32) * 255
+    if not bool(torch.isfinite(scaled).all()):
+        raise SelvaError("Frames contain NaN or infinite values.")
+    return scaled.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------------- masks
+def apply_mask(frames01: torch.Tensor, mask: torch.Tensor, strength: float) -> torch.Tensor:
+    """Grey out the background (mask 0) of ``(T, 3, H, W)`` frames in [0, 1].
+
+    ``mask`` is ``(1 or T, H', W')`` in [0, 1] (1 = keep); it is resized bilinearly to the frame
+    size. Per pixel ``w = 1 - strength * (1 - mask)`` and ``out = x * w + 0.5 * (1 - w)``, so
+    strength 0 changes nothing and a full-strength background becomes exactly 0.5 (0 after
+    :func:`normalize_sync`).
+    """
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise SelvaError(f"Mask strength must be between 0 and 1, got {strength}.")
+    if frames01.ndim != 4:
+        raise SelvaError(f"apply_mask expects (T, 3, H, W) frames, got shape {tuple(frames01.shape)}.")
+    mask = _mask_stack(mask)
+    t, _, h, w = frames01.shape
+    if mask.shape[0] not in (1, t):
+        raise SelvaError(f"The mask has {mask.shape[0]} frames; expected 1 (static) or {t}.")
+    if strength == 0.0:
+        return frames01
+    m = mask.to(device=frames01.device, dtype=torch.float32)
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    keep = 1.0 - strength * (1.0 - m.clamp(0.0, 1.0))
+    keep = keep[:, None]  # broadcast over the colour channels
+    out = frames01.to(torch.float32) * keep + 0.5 * (1.0 - keep)
+    return out.to(frames01.dtype)
+
+
+def _mask_stack(mask: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise SelvaError(f"A mask must be (H, W) or (frames, H, W), got shape {tuple(mask.shape)}.")
+    if mask.shape[0] == 0 or mask.shape[1] == 0 or mask.shape[2] == 0:
+        raise SelvaError(f"The mask is empty (shape {tuple(mask.shape)}).")
+    if mask.dtype == torch.bool or not mask.is_floating_point():
+        mask = mask.to(torch.float32)
+    return mask
+
+
+def mask_for_indices(mask: Union[torch.Tensor, np.ndarray], indices: Sequence[int],
+                     n_source_frames: Optional[int]) -> torch.Tensor:
+    """Pick the mask frames that go with the selected source frames (a 1-frame mask is static)."""
+    mask = _mask_stack(mask)
+    n = mask.shape[0]
+    if n == 1:
+        return mask
+    if n_source_frames is not None and n != n_source_frames:
+        raise SelvaError(f"The mask has {n} frames but the video has {n_source_frames}; give a mask with "
+                         f"1 frame (static) or one per video frame.")
+    if indices and max(indices) >= n:
+        raise SelvaError(f"The mask has {n} frames but frame {max(indices)} of the video is used.")
+    return mask[list(indices)]
+
+
+# ------------------------------------------------------------------------------- prepared video
+@dataclass(frozen=True)
+class PreparedFrames:
+    """The two frame streams SelVA needs, as resized uint8 ``(T, 3, H, W)`` stacks."""
+
+    clip_u8: torch.Tensor  # (Tc, 3, 384, 384), 8 fps
+    sync_u8: torch.Tensor  # (Ts, 3, 224, 224), 25 fps
+    duration: float  # seconds the result covers (may be shorter than requested)
+    fps: Optional[float]  # source frame rate (estimated when only frame times were known)
+    clip_indices: tuple[int, ...]  # source frame used for each clip frame
+    sync_indices: tuple[int, ...]  # source frame used for each sync frame
+    n_source_frames: Optional[int]  # None when decoding stopped before the end of the file
+
+    def clip_frames(self, mask=None, mask_strength: float = 1.0) -> torch.Tensor:
+        """CLIP input: float32 in [0, 1], optionally with the background greyed out."""
+        x = to_float01(self.clip_u8)
+        if mask is not None:
+            x = apply_mask(x, mask_for_indices(mask, self.clip_indices, self.n_source_frames), mask_strength)
+        return x
+
+    def sync_frames(self, mask=None, mask_strength: float = 1.0) -> torch.Tensor:
+        """Sync encoder input: float32 in [-1, 1], optionally with the background greyed out."""
+        x = to_float01(self.sync_u8)
+        if mask is not None:
+            x = apply_mask(x, mask_for_indices(mask, self.sync_indices, self.n_source_frames), mask_strength)
+        return normalize_sync(x)
+
+
+def _frame_stack(frames: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    frames = torch.as_tensor(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise SelvaError(f"Expected frames as (T, H, W, 3) RGB, got shape {tuple(frames.shape)}.")
+    if frames.shape[0] == 0:
+        raise SelvaError(f"The video has no frames; SelVA needs at least {MIN_DURATION:.2f} s.")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise SelvaError(f"Frames have an empty size: {tuple(frames.shape)}.")
+    return frames
+
+
+def _resize_selected(frames: torch.Tensor, clip_idx: list[int], sync_idx: list[int]):
+    """Convert and resize only the source frames that are used, each once."""
+    used = sorted(set(clip_idx) | set(sync_idx))
+    clip_of: dict[int, torch.Tensor] = {}
+    sync_of: dict[int, torch.Tensor] = {}
+    clip_set, sync_set = set(clip_idx), set(sync_idx)
+    for start in range(0, len(used), _RESIZE_CHUNK):
+        chunk = used[start:start + _RESIZE_CHUNK]
+        u8 = _to_uint8_thwc(frames[chunk])
+        for wanted, size, store in ((clip_set, CLIP_SIZE, clip_of), (sync_set, SYNC_SIZE, sync_of)):
+            rows = [j for j, i in enumerate(chunk) if i in wanted]
+            if rows:
+                resized = resize_uint8(u8[rows], size)
+                for r, j in enumerate(rows):
+                    store[chunk[j]] = resized[r]
+    return _stack(clip_of, clip_idx, CLIP_SIZE), _stack(sync_of, sync_idx, SYNC_SIZE)
+
+
+def _stack(by_index: dict[int, torch.Tensor], indices: Sequence[int], size: int) -> torch.Tensor:
+    if not indices:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.stack([by_index[i] for i in indices])
+
+
+def _requested(duration: Optional[Number], line: _Timeline):
+    if not duration:
+        return None
+    requested = line.time(duration, "duration")
+    if requested < 0:
+        raise SelvaError(f"duration must not be negative, got {float(requested)}.")
+    return requested
+
+
+def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number] = None,
+                   duration: Optional[Number] = None, *,
+                   frame_times: Optional[Sequence[Number]] = None,
+                   reference_rounding: bool = False) -> PreparedFrames:
+    """Select, convert and resize an in-memory ``(T, H, W, 3)`` video for SelVA.
+
+    ``frames`` are uint8 or float in [0, 1] (ComfyUI IMAGE). Give ``fps`` for a constant frame
+    rate or ``frame_times`` (seconds, one per frame) for any other. ``duration`` None or 0 uses
+    the whole video; a longer duration than the video is clamped (with a warning).
+    ``reference_rounding`` selects frames with the reference's float arithmetic (parity checks).
+    """
+    frames = _frame_stack(frames)
+    n = frames.shape[0]
+    line = _Timeline(reference_rounding)
+    if fps is not None:
+        _positive_rate(fps)
+    if frame_times is not None:
+        if len(frame_times) != n:
+            raise SelvaError(f"Got {len(frame_times)} frame times for {n} frames.")
+        times = line.given_times(frame_times)
+    elif fps is not None:
+        times = line.constant_rate_times(n, fps)
+    else:
+        raise SelvaError("prepare_frames needs the frame rate (fps) or the frame times.")
+    interval = line.time(1 / _exact(fps, "fps")) if fps is not None else _typical_interval(times)
+    requested = _requested(duration, line)
+
+    walk = _Walk(requested, reference_rounding)
+    for i, t in enumerate(times):
+        walk.feed(i, t)
+        if walk.finished:
+            break
+    clip_idx, sync_idx, used = _finish(walk, requested, interval, reference_rounding)
+    clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx)
+    rate = float(fps) if fps is not None else (1 / float(interval) if interval else None)
+    return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=rate,
+                          clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n)
+
+
+# ------------------------------------------------------------------------------------ decoding
+def _frame_time(frame, index: int, rate: Optional[Fraction], line: _Timeline):
+    if frame.pts is not None and frame.time_base is not None:
+        if line.reference:
+            return frame.time  # the float the reference compares
+        return Fraction(frame.pts) * Fraction(frame.time_base)
+    if rate is not None:
+        return line.time(Fraction(index) / rate)
+    raise SelvaError(f"Frame {index} has no timestamp and the stream has no frame rate.")
+
+
+def decode_video(path: Union[str, Path], duration: Optional[Number] = None, start: Number = 0.0, *,
+                 reference_rounding: bool = False) -> PreparedFrames:
+    """Decode a video file frame by frame, keeping only the frames SelVA uses.
+
+    Each frame's presentation time decides whether it is used; used frames are converted to RGB
+    and resized to 384 / 224 uint8 at once, so memory holds only the two small streams.
+    ``start`` skips that many seconds (times are then counted from ``start``); ``duration`` None
+    or 0 = to the end of the file. Frame indices in the result count every decoded frame.
+    """
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a hard requirement of the pack
+        raise SelvaError("Decoding video files needs PyAV: pip install av") from e
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"Video file not found: {path}")
+    line = _Timeline(reference_rounding)
+    offset = line.time(start, "start")
+    requested = _requested(duration, line)
+
+    walk = _Walk(requested, reference_rounding)
+    clip_of: dict[int, torch.Tensor] = {}
+    sync_of: dict[int, torch.Tensor] = {}
+    n_seen, rate = 0, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise SelvaError(f"{path} has no video stream.")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            guessed = stream.guessed_rate or stream.average_rate
+            rate = Fraction(guessed) if guessed else None
+            for frame in container.decode(stream):
+                index = n_seen
+                n_seen += 1
+                to_clip, to_sync = walk.feed(index, _frame_time(frame, index, rate, line) - offset)
+                if walk.finished:
+                    break
+                if to_clip or to_sync:
+                    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))[None]
+                    if to_clip:
+                        clip_of[index] = resize_uint8(rgb, CLIP_SIZE)[0]
+                    if to_sync:
+                        sync_of[index] = resize_uint8(rgb, SYNC_SIZE)[0]
+    except SelvaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise SelvaError(f"Could not decode {path}: {e}") from e
+
+    interval = line.time(1 / rate) if rate is not None else None
+    clip_idx, sync_idx, used = _finish(walk, requested, interval, reference_rounding)
+    return PreparedFrames(clip_u8=_stack(clip_of, clip_idx, CLIP_SIZE),
+                          sync_u8=_stack(sync_of, sync_idx, SYNC_SIZE), duration=used,
+                          fps=float(rate) if rate is not None else None,
+                          clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx),
+                          n_source_frames=None if walk.finished else n_seen)

@@ -1,0 +1,382 @@
+"""Frame selection, resizing, masking and decoding (selva/video.py)."""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from comfyui_selva.selva import video as V
+from comfyui_selva.selva.errors import SelvaError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # these tensors are small: on a busy machine thread hand-offs cost more than the work
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ the reference, re-implemented
+def official_select(times, list_of_fps, end_sec):
+    """read_frames()' rule as the reference evaluates it: float accumulation of 1/fps."""
+    out = [[] for _ in list_of_fps]
+    nxt = [0.0 for _ in list_of_fps]
+    delta = [1 / f for f in list_of_fps]
+    for i, t in enumerate(times):
+        if t < 0:
+            continue
+        if t > end_sec:
+            break
+        for j in range(len(list_of_fps)):
+            while t >= nxt[j]:
+                out[j].append(i)
+                nxt[j] += delta[j]
+    return out
+
+
+def official_preprocess(frames_u8, fps, duration, times=None):
+    """load_video()'s transforms and duration clamp on in-memory uint8 (T, H, W, 3) frames."""
+    if times is None:
+        times = [i / fps for i in range(frames_u8.shape[0])]
+    clip_i, sync_i = official_select(times, [8.0, 25.0], duration)
+    clip_t = v2.Compose([v2.Resize((384, 384), interpolation=v2.InterpolationMode.BICUBIC),
+                         v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    sync_t = v2.Compose([v2.Resize((224, 224), interpolation=v2.InterpolationMode.BICUBIC),
+                         v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                         v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
+    src = torch.from_numpy(frames_u8)
+    clip = clip_t(src[clip_i].permute(0, 3, 1, 2))
+    sync = sync_t(src[sync_i].permute(0, 3, 1, 2))
+    if clip.shape[0] / 8.0 < duration:
+        duration = clip.shape[0] / 8.0
+    if sync.shape[0] / 25.0 < duration:
+        duration = sync.shape[0] / 25.0
+    return clip[:int(8.0 * duration)], sync[:int(25.0 * duration)], duration
+
+
+def random_video(n, h=48, w=64, seed=0):
+    g = np.random.default_rng(seed)
+    return g.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------ selection
+def test_exact_length_25fps_clip_keeps_every_frame():
+    assert V.resample_indices(50, 25, 25, 2.0) == list(range(50))
+
+
+def test_reference_float_rule_differs_only_where_floats_tie():
+    """The reference's accumulated 1/25 drifts above the frame times: it is not just the last frame.
+
+    Every slot time k/25 coincides with a frame time, so float rounding decides each one; the
+    reference skips frames 6 and 18 (a neighbour fills in), shifts every slot from 18 on by one
+    frame and loses the last slot. ``reference_rounding=True`` reproduces it exactly.
+    """
+    times = [i / 25 for i in range(50)]
+    ref = official_select(times, [25.0], 2.0)[0]
+    assert len(ref) == 49
+    assert ref[:6] == list(range(6)) and ref[6:8] == [7, 7] and ref[8:18] == list(range(8, 18))
+    assert ref[18:] == list(range(19, 50))
+    ours = V.resample_indices(50, 25, 25, 2.0)
+    assert [k for k in range(49) if ours[k] != ref[k]] == [6] + list(range(18, 49))
+    assert all(abs(ours[k] - ref[k]) <= 1 for k in range(49))  # never more than one frame apart
+    assert V.resample_indices(50, 25, 25, 2.0, reference_rounding=True) == ref
+    # at 8 fps the step 1/8 is exact in binary: both rules agree
+    assert V.resample_indices(50, 25, 8, 2.0) == official_select(times, [8.0], 2.0)[0]
+
+
+def test_8fps_from_25fps_matches_reference_where_floats_are_unambiguous():
+    n = 250
+    ours = V.resample_indices(n, 25, 8, 10.0)
+    ref = official_select([i / 25 for i in range(n)], [8.0], 10.0)[0]
+    assert len(ours) == 80
+    compared = 0
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        if (k * 25) % 8 == 0:  # slot time k/8 coincides with a frame time: float rounding decides
+            continue
+        assert a == b, k
+        compared += 1
+    assert compared > 60
+    assert ours[:5] == [0, 4, 7, 10, 13]  # ceil(k * 25 / 8)
+
+
+def test_never_first_n_frames_for_other_rates():
+    # 30 fps source at 25 fps: frames are skipped, not truncated
+    idx = V.resample_indices(60, 30, 25, 2.0)
+    assert len(idx) == 50 and idx[-1] > 50
+    assert idx[:7] == [0, 2, 3, 4, 5, 6, 8]  # ceil(k * 30 / 25)
+    # 10 fps source at 25 fps: frames repeat
+    assert V.resample_indices(20, 10, 25, 1.0)[:6] == [0, 1, 1, 2, 2, 2]
+
+
+def test_fractional_rate_is_exact():
+    # NTSC 29.97 as a float snaps to 30000/1001
+    idx = V.resample_indices(300, 30000 / 1001, 25, 10.0)
+    expected = [-(-k * 30000 // (1001 * 25)) for k in range(250)]  # ceil(k * fps / 25)
+    assert idx == expected
+
+
+def test_variable_frame_rate_uses_timestamps():
+    times = [0.0, 0.01, 0.1, 0.35, 0.4, 0.9]
+    # slots at 0, .125, .25, .375, .5, .625, .75, .875: the first frame at or after each
+    assert V.indices_for_times(times, 8, 1.0) == [0, 3, 3, 4, 5, 5, 5, 5]
+    assert V.indices_for_times(times, 8, 0.5) == [0, 3, 3, 4]
+    with pytest.raises(SelvaError, match="must not decrease"):
+        V.indices_for_times([0.0, 0.2, 0.1], 8, 1.0)
+
+
+# ------------------------------------------------------------------------------------- resizing
+@pytest.mark.parametrize("shape,size", [((3, 48, 64), 384), ((3, 48, 64), 224), ((2, 37, 53), 224),
+                                        ((2, 301, 500), 384), ((2, 500, 301), 224), ((1, 384, 384), 384),
+                                        ((2, 241, 427), 384)])
+def test_resize_is_bit_identical_to_torchvision(shape, size):
+    t, h, w = shape
+    thwc = torch.from_numpy(random_video(t, h, w, seed=h * w))
+    ref = v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(
+        thwc.permute(0, 3, 1, 2))
+    ours = V.resize_uint8(thwc, size)
+    assert ours.dtype == torch.uint8 and ours.shape == (t, 3, size, size)
+    assert torch.equal(ours, ref)
+    # channels-first input and one frame at a time give the same bytes
+    assert torch.equal(V.resize_uint8(thwc.permute(0, 3, 1, 2).contiguous(), size), ref)
+    assert torch.equal(V.resize_uint8(thwc[-1:], size)[0], ref[-1])
+
+
+def test_resize_rejects_float():
+    with pytest.raises(SelvaError, match="uint8"):
+        V.resize_uint8(torch.zeros(1, 8, 8, 3), 16)
+
+
+def test_float_conversions_match_torchvision():
+    u8 = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
+    x01 = V.to_float01(u8)
+    assert torch.equal(x01, v2.ToDtype(torch.float32, scale=True)(u8))
+    assert torch.equal(V.normalize_sync(x01), v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)(x01))
+
+
+# -------------------------------------------------------------------------------- prepare_frames
+def test_prepare_keeps_the_frame_the_reference_drops():
+    frames = random_video(50)  # exactly 2 s at 25 fps
+    ref_clip, ref_sync, ref_dur = official_preprocess(frames, 25.0, 8.0)
+    p = V.prepare_frames(frames, fps=25, duration=8.0)
+    # the reference keeps 49 sync frames (1.96 s) and so only int(8 * 1.96) = 15 clip frames
+    assert ref_sync.shape[0] == 49 and ref_clip.shape[0] == 15 and ref_dur == pytest.approx(1.96)
+    assert p.sync_u8.shape == (50, 3, 224, 224) and p.clip_u8.shape == (16, 3, 384, 384)
+    assert p.duration == 2.0 and p.fps == 25.0
+    assert p.sync_indices == tuple(range(50)) and p.clip_indices[:3] == (0, 4, 7)
+    # our sync frame i is source frame i: every reference sync frame appears, bit for bit
+    ref_idx = official_select([i / 25 for i in range(50)], [25.0], 8.0)[0]
+    sync = p.sync_frames()
+    for k in range(49):
+        assert torch.equal(sync[ref_idx[k]], ref_sync[k])
+    assert torch.equal(p.clip_frames()[:15], ref_clip)
+
+
+@pytest.mark.parametrize("fps,n,duration", [(25.0, 50, 8.0), (25.0, 60, 2.0), (30.0, 47, 1.3),
+                                            (24.0, 40, 8.0), (50.0, 70, 1.0), (12.5, 30, 8.0)])
+def test_reference_rounding_is_bit_identical_to_the_reference(fps, n, duration):
+    frames = random_video(n, 24, 32, seed=n)
+    ref_clip, ref_sync, ref_dur = official_preprocess(frames, fps, duration)
+    p = V.prepare_frames(frames, fps=fps, duration=duration, reference_rounding=True)
+    assert p.duration == ref_dur
+    assert torch.equal(p.clip_frames(), ref_clip) and torch.equal(p.sync_frames(), ref_sync)
+
+
+def test_prepare_equals_reference_wherever_the_same_frame_is_chosen():
+    frames = random_video(40, 30, 40, seed=3)  # 30 fps, 1.33 s, asked for 1.0 s
+    ref_clip, ref_sync, ref_dur = official_preprocess(frames, 30.0, 1.0)
+    p = V.prepare_frames(frames, fps=30, duration=1.0)
+    assert p.duration == ref_dur == 1.0
+    assert torch.equal(p.clip_frames(), ref_clip)  # 1/8 is exact in binary: same frames
+    ref_idx = official_select([i / 30 for i in range(40)], [25.0], 1.0)[0]
+    same = [k for k in range(25) if ref_idx[k] == p.sync_indices[k]]
+    assert 0 < len(same) < 25  # the float drift moves some slots to the next frame
+    assert torch.equal(p.sync_frames()[same], ref_sync[same])
+
+
+def test_whole_video_and_clamping(caplog):
+    frames = random_video(51, 16, 16)  # 2.04 s at 25 fps
+    whole = V.prepare_frames(frames, fps=25)
+    assert whole.duration == 2.04 and whole.clip_u8.shape[0] == 16 and whole.sync_u8.shape[0] == 51
+    assert V.prepare_frames(frames, fps=25, duration=0).duration == 2.04
+    # as load_video: 16 clip frames (0 .. 15/8 s) cover only 2.0 s of a 2.0 s + 1 frame video
+    trimmed = V.prepare_frames(frames[:50], fps=25)
+    assert trimmed.duration == 2.0 and trimmed.clip_u8.shape[0] == 16 and trimmed.sync_u8.shape[0] == 50
+    ten_fps = V.prepare_frames(frames[:20], fps=10)  # 2 s at 10 fps: 48 sync slots up to 1.9 s
+    assert (ten_fps.duration, ten_fps.clip_u8.shape[0], ten_fps.sync_u8.shape[0]) == (1.92, 15, 48)
+    short = V.prepare_frames(frames, fps=25, duration=1.5)
+    assert (short.duration, short.clip_u8.shape[0], short.sync_u8.shape[0]) == (1.5, 12, 37)
+    with caplog.at_level(logging.WARNING, logger=V.__name__):
+        long = V.prepare_frames(frames, fps=25, duration=8.0)
+    assert long.duration == 2.04 and "covers only 2.040 s" in caplog.text
+
+
+def test_too_short_or_empty_video_is_an_error():
+    with pytest.raises(SelvaError, match="at least 16 frames"):
+        V.prepare_frames(random_video(15, 8, 8), fps=25)
+    with pytest.raises(SelvaError, match="at least 16 frames"):
+        V.prepare_frames(random_video(50, 8, 8), fps=25, duration=0.5)
+    # 16 frames (0.64 s) are not enough: the 8 fps stream then covers only 5 / 8 s; 17 are
+    with pytest.raises(SelvaError, match="only 0.625 s"):
+        V.prepare_frames(random_video(16, 8, 8), fps=25)
+    assert V.prepare_frames(random_video(17, 8, 8), fps=25).sync_u8.shape[0] == 17
+    with pytest.raises(SelvaError, match="no frames"):
+        V.prepare_frames(np.zeros((0, 8, 8, 3), np.uint8), fps=25)
+    with pytest.raises(SelvaError, match="fps"):
+        V.prepare_frames(random_video(20, 8, 8))
+
+
+def test_float_frames_give_the_same_bytes_as_uint8():
+    u8 = random_video(20, 20, 24)
+    from_float = V.prepare_frames(torch.from_numpy(u8).float() / 255, fps=25)
+    from_u8 = V.prepare_frames(u8, fps=25)
+    assert torch.equal(from_float.clip_u8, from_u8.clip_u8) and torch.equal(from_float.sync_u8, from_u8.sync_u8)
+    # out-of-range floats clamp, halves round to even
+    x = torch.tensor([-0.1, 1.2, 0.5 / 255, 1.5 / 255]).reshape(1, 1, 4, 1).expand(1, 1, 4, 3)
+    assert V._to_uint8_thwc(x)[0, 0, :, 0].tolist() == [0, 255, 0, 2]
+
+
+def test_frame_times_variant_matches_constant_rate():
+    frames = random_video(30, 8, 8)
+    by_fps = V.prepare_frames(frames, fps=25)
+    by_times = V.prepare_frames(frames, frame_times=[i / 25 for i in range(30)])
+    assert by_times.clip_indices == by_fps.clip_indices and by_times.sync_indices == by_fps.sync_indices
+    assert by_times.duration == by_fps.duration and by_times.fps == pytest.approx(25.0)
+
+
+# ----------------------------------------------------------------------------------------- masks
+def test_mask_blend():
+    x = torch.rand(2, 3, 8, 8)
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, :4] = 1.0
+    assert torch.equal(V.apply_mask(x, mask, 0.0), x)
+    full = V.apply_mask(x, mask, 1.0)
+    assert torch.equal(full[..., :4], x[..., :4])
+    assert bool((full[..., 4:] == 0.5).all())
+    assert bool((V.normalize_sync(full)[..., 4:] == 0).all())
+    half = V.apply_mask(x, mask, 0.25)
+    assert torch.allclose(half[..., 4:], x[..., 4:] * 0.75 + 0.5 * 0.25)
+
+
+def test_mask_is_resized_to_the_frame():
+    x = torch.rand(1, 3, 16, 32)
+    mask = torch.zeros(4, 8)
+    mask[:, :4] = 1
+    out = V.apply_mask(x, mask, 1.0)
+    assert torch.equal(out[..., :14], x[..., :14])
+    assert bool((out[..., 18:] == 0.5).all())
+
+
+def test_mask_errors():
+    x = torch.rand(3, 3, 8, 8)
+    with pytest.raises(SelvaError, match="2 frames"):
+        V.apply_mask(x, torch.ones(2, 8, 8), 1.0)
+    with pytest.raises(SelvaError, match="empty"):
+        V.apply_mask(x, torch.ones(1, 0, 8), 1.0)
+    with pytest.raises(SelvaError, match="strength"):
+        V.apply_mask(x, torch.ones(1, 8, 8), 1.5)
+
+
+def test_mask_follows_the_selected_frames():
+    frames = random_video(50, 8, 8)
+    p = V.prepare_frames(frames, fps=25)
+    # mask frame i keeps the left i/50 of the image: the kept area tells which mask frame was used
+    mask = torch.zeros(50, 1, 50)
+    for i in range(50):
+        mask[i, :, :i] = 1.0
+    picked = V.mask_for_indices(mask, p.clip_indices, p.n_source_frames)
+    assert [int(m.sum()) for m in picked] == list(p.clip_indices)
+    clip = p.clip_frames(mask=mask)
+    assert bool((clip[0] == 0.5).all())  # frame 0: empty mask, all background
+    static = p.sync_frames(mask=torch.ones(1, 4, 4), mask_strength=1.0)
+    assert torch.equal(static, p.sync_frames())
+    with pytest.raises(SelvaError, match="49 frames but the video has 50"):
+        p.clip_frames(mask=torch.ones(49, 8, 8))
+
+
+# -------------------------------------------------------------------------------------- decoding
+PALETTE = [(int(r), int(g), int(b)) for r, g, b in
+           np.random.default_rng(7).integers(16, 240, size=(50, 3))]
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    """64x48, 25 fps, 2 s; frame i is a flat colour PALETTE[i]."""
+    path = tmp_path_factory.mktemp("video") / "colours.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.bit_rate = 4_000_000
+        for colour in PALETTE:
+            img = np.empty((48, 64, 3), np.uint8)
+            img[:] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def decode_all(path):
+    frames, times = [], []
+    with av.open(str(path)) as c:
+        for f in c.decode(c.streams.video[0]):
+            frames.append(f.to_ndarray(format="rgb24"))
+            times.append(Fraction(f.pts) * f.time_base)
+    return np.stack(frames), times
+
+
+def nearest_colour(frame_chw):
+    mean = frame_chw.float().mean(dim=(1, 2))
+    d = ((torch.tensor(PALETTE, dtype=torch.float32) - mean) ** 2).sum(1)
+    return int(d.argmin())
+
+
+def test_decode_counts_and_content(mp4):
+    p = V.decode_video(mp4)
+    assert p.sync_u8.shape == (50, 3, 224, 224) and p.clip_u8.shape == (16, 3, 384, 384)
+    assert p.duration == 2.0 and p.fps == 25.0 and p.n_source_frames == 50
+    assert [nearest_colour(f) for f in p.sync_u8] == list(range(50))
+    assert [nearest_colour(f) for f in p.clip_u8] == list(p.clip_indices)
+
+
+def test_decode_matches_prepare_frames_on_the_same_frames(mp4):
+    frames, times = decode_all(mp4)
+    for kw in ({}, {"duration": 1.0}, {"duration": 9.0}):
+        a = V.decode_video(mp4, **kw)
+        b = V.prepare_frames(frames, fps=25, frame_times=times, **kw)
+        assert a.duration == b.duration and a.clip_indices == b.clip_indices
+        assert a.sync_indices == b.sync_indices
+        assert torch.equal(a.clip_u8, b.clip_u8) and torch.equal(a.sync_u8, b.sync_u8)
+    one = V.decode_video(mp4, duration=1.0)
+    assert (one.clip_u8.shape[0], one.sync_u8.shape[0], one.n_source_frames) == (8, 25, None)
+
+
+def test_decode_reference_rounding_matches_reference_reader(mp4):
+    frames, times = decode_all(mp4)
+    float_times = [float(t) for t in times]
+    ref_clip, ref_sync, ref_dur = official_preprocess(frames, None, 8.0, times=float_times)
+    p = V.decode_video(mp4, duration=8.0, reference_rounding=True)
+    assert (p.duration, p.sync_u8.shape[0], p.clip_u8.shape[0]) == (ref_dur, 49, 15)
+    assert torch.equal(p.clip_frames(), ref_clip) and torch.equal(p.sync_frames(), ref_sync)
+
+
+def test_decode_with_start(mp4):
+    p = V.decode_video(mp4, start=0.8)
+    assert p.duration == pytest.approx(1.2) and p.sync_indices[:2] == (20, 21)
+    assert nearest_colour(p.sync_u8[0]) == 20
+
+
+def test_decode_errors(tmp_path):
+    with pytest.raises(SelvaError, match="not found"):
+        V.decode_video(tmp_path / "missing.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 10)
+    with pytest.raises(SelvaError, match="junk.mp4"):
+        V.decode_video(junk)
