@@ -43,6 +43,7 @@ MIN_DURATION = SYNC_SEGMENT_FRAMES / SYNC_FPS
 # Float times and rates are snapped to the nearest fraction with at most this denominator, so that
 # 0.12 s means 3/25 s exactly and 29.97002997 fps means 30000/1001.
 _MAX_DENOMINATOR = 1_000_000
+_MASK_SNAP = 1e-5
 _RESIZE_CHUNK = 16  # source frames converted and resized at a time (bounds temporary memory)
 
 Number = Union[int, float, Fraction]
@@ -311,13 +312,26 @@ def apply_mask(frames01: torch.Tensor, mask: torch.Tensor, strength: float) -> t
         raise SelvaError(f"The mask has {mask.shape[0]} frames; expected 1 (static) or {t}.")
     if strength == 0.0:
         return frames01
-    m = mask.to(device=frames01.device, dtype=torch.float32)
-    if m.shape[-2:] != (h, w):
-        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[:, 0]
-    keep = 1.0 - strength * (1.0 - m.clamp(0.0, 1.0))
+    m = _resize_mask_to(mask.to(device=frames01.device), h, w)
+    keep = 1.0 - strength * (1.0 - m)
     keep = keep[:, None]  # broadcast over the colour channels
     out = frames01.to(torch.float32) * keep + 0.5 * (1.0 - keep)
     return out.to(frames01.dtype)
+
+
+def resize_mask(mask: Union[torch.Tensor, np.ndarray], size: int) -> torch.Tensor:
+    """``(H, W)`` or ``(N, H, W)`` mask -> ``(N, size, size)`` float32 in [0, 1], bilinear."""
+    return _resize_mask_to(_mask_stack(mask), size, size)
+
+
+def _resize_mask_to(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    m = mask.to(torch.float32)
+    if m.shape[-2:] != (h, w):
+        # antialiased so that a fine mask shrunk to 224 keeps its area, not a sampled grid of it
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+        # the filter weights sum to 1 only up to rounding: keep fully kept / fully masked areas exact
+        m = torch.where(m > 1 - _MASK_SNAP, 1.0, torch.where(m < _MASK_SNAP, 0.0, m))
+    return m.clamp(0.0, 1.0)
 
 
 def _mask_stack(mask: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:

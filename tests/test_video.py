@@ -273,6 +273,18 @@ def test_mask_is_resized_to_the_frame():
     assert bool((out[..., 18:] == 0.5).all())
 
 
+def test_resize_mask():
+    mask = torch.zeros(2, 10, 20, dtype=torch.bool)
+    mask[1, :, :10] = True
+    out = V.resize_mask(mask, 8)
+    assert out.shape == (2, 8, 8) and out.dtype == torch.float32
+    assert bool((out[0] == 0).all()) and bool((out[1, :, :3] == 1).all()) and bool((out[1, :, 5:] == 0).all())
+    assert V.resize_mask(torch.rand(6, 6), 6).shape == (1, 6, 6)
+    # a mask already at the frame size gives the same result as one resized inside apply_mask
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(V.apply_mask(x, out, 0.7), V.apply_mask(x, mask, 0.7))
+
+
 def test_mask_errors():
     x = torch.rand(3, 3, 8, 8)
     with pytest.raises(SelvaError, match="2 frames"):
