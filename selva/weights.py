@@ -86,8 +86,9 @@ HUB: dict[str, HubSnapshot] = {s.key: s for s in (
     HubSnapshot("clip", "apple/DFN5B-CLIP-ViT-H-14-384",
                 ("open_clip_config.json", "open_clip_pytorch_model.bin"), 3_946_859_524),
     HubSnapshot("t5", "google/flan-t5-base",
-                ("config.json", "model.safetensors", "spiece.model", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"), 990_345_064),
+                # the fast tokenizer reads tokenizer.json; spiece.model is not needed
+                ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"), 990_345_064),
     HubSnapshot("bigvgan_v2_44k", "nvidia/bigvgan_v2_44khz_128band_512x",
                 ("config.json", "bigvgan_generator.pt"), 488_988_403),
 )}
