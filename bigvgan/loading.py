@@ -1,0 +1,193 @@
+"""Load the released BigVGAN generators strictly, folding weight norm into plain weights.
+
+Both released files store every conv as weight-norm factors, under the old spelling
+``<m>.weight_g`` / ``<m>.weight_v`` (``torch.nn.utils.weight_norm``) or the new one
+``<m>.parametrizations.weight.original0`` / ``original1`` (``torch.nn.utils.parametrizations``).
+The reference loads them into weight-normed layers and then calls ``remove_weight_norm()``; here
+the pair is folded into ``<m>.weight`` first (``torch._weight_norm``, the very function both torch
+spellings evaluate, so the numbers are identical) and the result is loaded with ``strict=True``.
+A file that already holds plain ``<m>.weight`` (weight norm removed before saving) loads as is.
+
+Networks are built on the meta device and the file's tensors are assigned, so loading never holds
+a randomly initialised copy next to the real weights.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+
+try:
+    from ..selva.errors import SelvaError
+except ImportError:  # the core run as top-level packages (python -m selva)
+    from selva.errors import SelvaError
+
+from .v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
+from .v2 import BigVGANv2, BigVGANv2Config
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+V2_CONFIG_NAME = "config.json"
+V2_WEIGHTS_NAME = "bigvgan_generator.pt"
+
+# (gain suffix, direction suffix) of each weight-norm spelling
+_WEIGHT_NORM_SPELLINGS = (
+    (".weight_g", ".weight_v"),
+    (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+)
+
+
+def read_checkpoint(path: PathLike) -> Any:
+    """``torch.load`` (weights only, onto the CPU) with failures reported as SelvaError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged archives
+        raise SelvaError(
+            f"could not read checkpoint {path} ({type(exc).__name__}: {exc}); the file is "
+            "probably truncated or not a PyTorch checkpoint - download it again") from exc
+
+
+def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
+    """Replace every weight-norm (gain, direction) pair by the plain ``<m>.weight`` it encodes."""
+    out: dict[str, torch.Tensor] = {}
+    pairs: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        for spelling in _WEIGHT_NORM_SPELLINGS:
+            hit = next((i for i, suffix in enumerate(spelling) if key.endswith(suffix)), None)
+            if hit is not None:
+                prefix = key[: -len(spelling[hit])]
+                slot = pairs.setdefault(prefix, {})
+                if hit in slot:
+                    raise SelvaError(f"{source}: {prefix} holds weight-norm factors twice "
+                                     "(both old and new spellings)")
+                slot[hit] = value
+                break
+        else:
+            out[key] = value
+    for prefix, slot in pairs.items():
+        if len(slot) != 2:
+            raise SelvaError(f"{source}: {prefix} has only half of its weight-norm pair; "
+                             "the file is damaged or not a BigVGAN generator")
+        if f"{prefix}.weight" in out:
+            raise SelvaError(f"{source}: {prefix} has both a plain weight and weight-norm factors")
+        gain, direction = slot[0], slot[1]
+        if direction.is_meta:
+            # shape-only tensors (strict-load checks): the arithmetic would be wasted time
+            out[f"{prefix}.weight"] = torch.empty_like(direction)
+            continue
+        # dim=0: the norm is taken over all but the first axis, as both torch APIs default to
+        folded = torch._weight_norm(direction.float(), gain.float(), 0)
+        out[f"{prefix}.weight"] = folded.to(direction.dtype)
+    return out
+
+
+def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Human-readable list of key / shape differences, or None when the state fits exactly."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {expected[k]}"
+                   for k in sorted(set(expected) & set(state))
+                   if tuple(state[k].shape) != expected[k]]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", wrong_shape)):
+        if items:
+            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+            problems.append(f"{len(items)} {label} ({shown})")
+    return "; ".join(problems) or None
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
+                      what: str) -> None:
+    """Strict load with a SelvaError naming the file and the mismatch instead of a partial load.
+
+    When the network lives on the meta device the tensors are assigned rather than copied.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise SelvaError(f"{source} is not a state dict of tensors; is it the right file?")
+    problem = describe_mismatch(model, state)
+    if problem:
+        raise SelvaError(f"{source} does not fit the {what} network: {problem}. Check that the "
+                         "file is the one this model/sample rate needs.")
+    on_meta = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict(state, strict=True, assign=on_meta)
+
+
+def _generator_state(obj: Any, *, source: str) -> Mapping[str, torch.Tensor]:
+    """The generator's state dict from the file's ``{'generator': state_dict}`` structure.
+
+    A bare state dict (already unwrapped by the caller) is accepted as well.
+    """
+    if isinstance(obj, Mapping) and "generator" in obj:
+        obj = obj["generator"]
+    if not isinstance(obj, Mapping):
+        raise SelvaError(f"{source} does not hold a BigVGAN generator state dict")
+    return obj
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_generator(model: nn.Module, obj: Any, *, source: str, what: str) -> nn.Module:
+    """Fold weight norm, then load strictly into an already built (meta or real) generator."""
+    state = fold_weight_norm(_generator_state(obj, source=source), source=source)
+    load_state_strict(model, state, source=source, what=what)
+    return _finish(model)
+
+
+def load_bigvgan_v1(path_or_state: PathLike | Mapping[str, Any],
+                    cfg: BigVGANv1Config = BIGVGAN_V1_16K, *,
+                    source: str | None = None) -> BigVGANv1:
+    """BigVGAN v1 from ``best_netG.pt`` (a path, or what ``torch.load`` returned for it)."""
+    if isinstance(path_or_state, (str, os.PathLike)):
+        source = source or str(path_or_state)
+        obj = read_checkpoint(path_or_state)
+    else:
+        source = source or "BigVGAN v1 state dict"
+        obj = path_or_state
+    with torch.device("meta"):
+        model = BigVGANv1(cfg)
+    log.debug("loading BigVGAN v1 from %s", source)
+    return load_generator(model, obj, source=source, what="BigVGAN v1 (16 kHz)")
+
+
+def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
+    path = Path(snapshot_dir) / V2_CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return BigVGANv2Config.from_json(data)
+    except FileNotFoundError as exc:
+        raise SelvaError(f"BigVGAN v2 config not found: {path}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SelvaError(f"BigVGAN v2 config {path} is unusable: {exc}") from exc
+
+
+def load_bigvgan_v2_state(obj: Any, cfg: BigVGANv2Config, *,
+                          source: str = "BigVGAN v2 state dict") -> BigVGANv2:
+    """BigVGAN v2 from an already read ``{'generator': state_dict}`` object and its config."""
+    with torch.device("meta"):
+        model = BigVGANv2(cfg)
+    log.debug("loading BigVGAN v2 from %s", source)
+    return load_generator(model, obj, source=source, what="BigVGAN v2 (44.1 kHz)")
+
+
+def load_bigvgan_v2(snapshot_dir: PathLike) -> BigVGANv2:
+    """BigVGAN v2 from a hub snapshot folder holding config.json and bigvgan_generator.pt."""
+    cfg = read_bigvgan_v2_config(snapshot_dir)
+    weights = Path(snapshot_dir) / V2_WEIGHTS_NAME
+    return load_bigvgan_v2_state(read_checkpoint(weights), cfg, source=str(weights))

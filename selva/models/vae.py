@@ -1,0 +1,534 @@
+"""SelVA's 1-D mel-spectrogram VAE (``ext_weights/v1-16.pth``, ``ext_weights/v1-44.pth``).
+
+Built from EDM2-style magnitude-preserving layers: convolutions without bias whose weights are
+normalised per output channel, pixel-norm at the start of every residual block, SiLU divided by
+0.596 and residual sums that keep unit variance. The released files store the *raw* conv weights;
+the normalisation (``remove_weight_norm``) is applied once right after loading, as the reference
+does before inference.
+
+Layouts (channels first throughout):
+    mel     [B, data_dim, T]       log-mel from ``selva.models.mel`` (T even)
+    moments [B, 2 * embed_dim, T/2] -> mean, logvar [B, embed_dim, T/2]
+    latent  [B, embed_dim, T/2]    what ``decode`` takes. SelVA's generator works on
+                                   [B, L, embed_dim] sequences; transpose(1, 2) before decode,
+                                   exactly as the reference's FeaturesUtils.decode does.
+The VAE works in a normalised mel space: ``encode`` subtracts data_mean and divides by data_std
+(per mel band) first, ``decode`` undoes it at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+# Normalisation eps of the magnitude-preserving layers.
+_NORM_EPS = 1e-4
+# SiLU's output std for unit-normal input; dividing by it keeps activations at unit magnitude.
+_SILU_GAIN = 0.596
+# Residual blend weight of the branch (mp_sum with t=0.3).
+_RES_BLEND = 0.3
+# logvar is clamped to this range before exp(), as in the reference's Gaussian posterior.
+_LOGVAR_RANGE = (-30.0, 20.0)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    data_dim: int  # mel bands
+    embed_dim: int  # latent channels
+    hidden_dim: int
+    ch_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    # levels that get self-attention after each block (3 is out of range for three levels: the
+    # released nets only have the attention in the middle block) and that halve time
+    attn_layers: tuple[int, ...] = (3,)
+    down_layers: tuple[int, ...] = (0,)
+    kernel_size: int = 3
+    clip_act: float = 256.0
+
+    @property
+    def time_downsample(self) -> int:
+        return 2 ** len(self.down_layers)
+
+
+VAE_16K = VAEConfig(data_dim=80, embed_dim=20, hidden_dim=384)
+VAE_44K = VAEConfig(data_dim=128, embed_dim=40, hidden_dim=512)
+
+# Per-band statistics of the training log-mels; they are also stored in the released files (as the
+# persistent buffers data_mean / data_std), which is what a load uses. Nets of other sizes (tests)
+# start from mean 0 / std 1.
+_MEAN_80 = (
+    -1.6058, -1.3676, -1.2520, -1.2453, -1.2078, -1.2224, -1.2419, -1.2439, -1.2922, -1.2927,
+    -1.3170, -1.3543, -1.3401, -1.3836, -1.3907, -1.3912, -1.4313, -1.4152, -1.4527, -1.4728,
+    -1.4568, -1.5101, -1.5051, -1.5172, -1.5623, -1.5373, -1.5746, -1.5687, -1.6032, -1.6131,
+    -1.6081, -1.6331, -1.6489, -1.6489, -1.6700, -1.6738, -1.6953, -1.6969, -1.7048, -1.7280,
+    -1.7361, -1.7495, -1.7658, -1.7814, -1.7889, -1.8064, -1.8221, -1.8377, -1.8417, -1.8643,
+    -1.8857, -1.8929, -1.9173, -1.9379, -1.9531, -1.9673, -1.9824, -2.0042, -2.0215, -2.0436,
+    -2.0766, -2.1064, -2.1418, -2.1855, -2.2319, -2.2767, -2.3161, -2.3572, -2.3954, -2.4282,
+    -2.4659, -2.5072, -2.5552, -2.6074, -2.6584, -2.7107, -2.7634, -2.8266, -2.8981, -2.9673,
+)
+_STD_80 = (
+    1.0291, 1.0411, 1.0043, 0.9820, 0.9677, 0.9543, 0.9450, 0.9392, 0.9343, 0.9297, 0.9276, 0.9263,
+    0.9242, 0.9254, 0.9232, 0.9281, 0.9263, 0.9315, 0.9274, 0.9247, 0.9277, 0.9199, 0.9188, 0.9194,
+    0.9160, 0.9161, 0.9146, 0.9161, 0.9100, 0.9095, 0.9145, 0.9076, 0.9066, 0.9095, 0.9032, 0.9043,
+    0.9038, 0.9011, 0.9019, 0.9010, 0.8984, 0.8983, 0.8986, 0.8961, 0.8962, 0.8978, 0.8962, 0.8973,
+    0.8993, 0.8976, 0.8995, 0.9016, 0.8982, 0.8972, 0.8974, 0.8949, 0.8940, 0.8947, 0.8936, 0.8939,
+    0.8951, 0.8956, 0.9017, 0.9167, 0.9436, 0.9690, 1.0003, 1.0225, 1.0381, 1.0491, 1.0545, 1.0604,
+    1.0761, 1.0929, 1.1089, 1.1196, 1.1176, 1.1156, 1.1117, 1.1070,
+)
+_MEAN_128 = (
+    -3.3462, -2.6723, -2.4893, -2.3143, -2.2664, -2.3317, -2.1802, -2.4006, -2.2357, -2.4597,
+    -2.3717, -2.4690, -2.5142, -2.4919, -2.6610, -2.5047, -2.7483, -2.5926, -2.7462, -2.7033,
+    -2.7386, -2.8112, -2.7502, -2.9594, -2.7473, -3.0035, -2.8891, -2.9922, -2.9856, -3.0157,
+    -3.1191, -2.9893, -3.1718, -3.0745, -3.1879, -3.2310, -3.1424, -3.2296, -3.2791, -3.2782,
+    -3.2756, -3.3134, -3.3509, -3.3750, -3.3951, -3.3698, -3.4505, -3.4509, -3.5089, -3.4647,
+    -3.5536, -3.5788, -3.5867, -3.6036, -3.6400, -3.6747, -3.7072, -3.7279, -3.7283, -3.7795,
+    -3.8259, -3.8447, -3.8663, -3.9182, -3.9605, -3.9861, -4.0105, -4.0373, -4.0762, -4.1121,
+    -4.1488, -4.1874, -4.2461, -4.3170, -4.3639, -4.4452, -4.5282, -4.6297, -4.7019, -4.7960,
+    -4.8700, -4.9507, -5.0303, -5.0866, -5.1634, -5.2342, -5.3242, -5.4053, -5.4927, -5.5712,
+    -5.6464, -5.7052, -5.7619, -5.8410, -5.9188, -6.0103, -6.0955, -6.1673, -6.2362, -6.3120,
+    -6.3926, -6.4797, -6.5565, -6.6511, -6.8130, -6.9961, -7.1275, -7.2457, -7.3576, -7.4663,
+    -7.6136, -7.7469, -7.8815, -8.0132, -8.1515, -8.3071, -8.4722, -8.7418, -9.3975, -9.6628,
+    -9.7671, -9.8863, -9.9992, -10.0860, -10.1709, -10.5418, -11.2795, -11.3861,
+)
+_STD_128 = (
+    2.3804, 2.4368, 2.3772, 2.3145, 2.2803, 2.2510, 2.2316, 2.2083, 2.1996, 2.1835, 2.1769, 2.1659,
+    2.1631, 2.1618, 2.1540, 2.1606, 2.1571, 2.1567, 2.1612, 2.1579, 2.1679, 2.1683, 2.1634, 2.1557,
+    2.1668, 2.1518, 2.1415, 2.1449, 2.1406, 2.1350, 2.1313, 2.1415, 2.1281, 2.1352, 2.1219, 2.1182,
+    2.1327, 2.1195, 2.1137, 2.1080, 2.1179, 2.1036, 2.1087, 2.1036, 2.1015, 2.1068, 2.0975, 2.0991,
+    2.0902, 2.1015, 2.0857, 2.0920, 2.0893, 2.0897, 2.0910, 2.0881, 2.0925, 2.0873, 2.0960, 2.0900,
+    2.0957, 2.0958, 2.0978, 2.0936, 2.0886, 2.0905, 2.0845, 2.0855, 2.0796, 2.0840, 2.0813, 2.0817,
+    2.0838, 2.0840, 2.0917, 2.1061, 2.1431, 2.1976, 2.2482, 2.3055, 2.3700, 2.4088, 2.4372, 2.4609,
+    2.4731, 2.4847, 2.5072, 2.5451, 2.5772, 2.6147, 2.6529, 2.6596, 2.6645, 2.6726, 2.6803, 2.6812,
+    2.6899, 2.6916, 2.6931, 2.6998, 2.7062, 2.7262, 2.7222, 2.7158, 2.7041, 2.7485, 2.7491, 2.7451,
+    2.7485, 2.7233, 2.7297, 2.7233, 2.7145, 2.6958, 2.6788, 2.6439, 2.6007, 2.4786, 2.2469, 2.1877,
+    2.1392, 2.0717, 2.0107, 1.9676, 1.9140, 1.7102, 0.9101, 0.7164,
+)
+_MEL_STATS = {80: (_MEAN_80, _STD_80), 128: (_MEAN_128, _STD_128)}
+
+
+# ----------------------------------------------------------------------------------------------
+# magnitude-preserving primitives
+
+
+def mp_normalize(x: torch.Tensor, dim: Union[int, Sequence[int], None] = None,
+                 eps: float = _NORM_EPS) -> torch.Tensor:
+    """Scale x so its RMS over ``dim`` (default: all but the first axis) is one.
+
+    The norm is accumulated in fp32 (fp16 sums of squares overflow), the division in x's dtype.
+    """
+    if dim is None:
+        dim = list(range(1, x.ndim))
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+    # ||x|| * sqrt(n_reduced / n_total) = ||x|| / sqrt(count per norm) = RMS
+    norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))
+    return x / norm.to(x.dtype)
+
+
+def mp_silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x) / _SILU_GAIN
+
+
+def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Blend (1 - t) * a + t * b, rescaled back to unit variance for independent inputs."""
+    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t ** 2)
+
+
+class MPConv1D(nn.Module):
+    """Bias-free 1-D conv whose weight is unit-normalised per output channel before use.
+
+    ``remove_weight_norm`` bakes that normalisation (and the 1/sqrt(fan_in) scale) into
+    ``weight`` once; forward refuses to run before it, since raw weights give garbage.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size))
+        self.weight_norm_removed = False
+
+    def forward(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.weight_norm_removed:
+            raise RuntimeError("MPConv1D used before remove_weight_norm(); load weights through "
+                               "load_vae_weights or call AudioVAE.remove_weight_norm()")
+        w = self.weight if gain is None else self.weight * gain
+        return F.conv1d(x, w, padding=(w.shape[-1] // 2,))
+
+    @torch.no_grad()
+    def remove_weight_norm(self) -> None:
+        if self.weight_norm_removed:
+            return
+        if self.weight.is_meta:
+            # shape-only network (strict-load checks): nothing to compute
+            self.weight_norm_removed = True
+            return
+        w = mp_normalize(self.weight.to(torch.float32))
+        w = w / math.sqrt(w[0].numel())
+        # rebind rather than copy_: after an assign-load the old storage may belong to the
+        # caller's state dict, which must stay raw (loading it twice would normalise twice)
+        self.weight.data = w.to(self.weight.dtype)
+        self.weight_norm_removed = True
+
+
+# ----------------------------------------------------------------------------------------------
+# blocks
+
+
+class ResnetBlock1D(nn.Module):
+    def __init__(self, *, in_dim: int, out_dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.conv1 = MPConv1D(in_dim, out_dim, kernel_size)
+        self.conv2 = MPConv1D(out_dim, out_dim, kernel_size)
+        if in_dim != out_dim:
+            self.nin_shortcut = MPConv1D(in_dim, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = mp_normalize(x, dim=1)  # pixel norm over channels
+        h = self.conv1(mp_silu(x))
+        h = self.conv2(mp_silu(h))
+        if self.in_dim != self.out_dim:
+            x = self.nin_shortcut(x)
+        return mp_sum(x, h, _RES_BLEND)
+
+
+class AttnBlock1D(nn.Module):
+    """Single-head self-attention over time with cosine-normalised q, k, v."""
+
+    def __init__(self, channels: int, num_heads: int = 1) -> None:
+        super().__init__()
+        self.in_channels = channels
+        self.num_heads = num_heads
+        self.qkv = MPConv1D(channels, channels * 3, 1)
+        self.proj_out = MPConv1D(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, length = x.shape
+        y = self.qkv(x)
+        # qkv channels are interleaved per channel: index = (head, c, [q|k|v])
+        y = y.reshape(b, self.num_heads, -1, 3, length)
+        q, k, v = mp_normalize(y, dim=2).unbind(3)  # each [B, heads, C, L]
+        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                           v.transpose(-1, -2))  # [B, heads, L, C]
+        h = h.transpose(-1, -2).reshape(b, -1, length)
+        return mp_sum(x, self.proj_out(h), _RES_BLEND)
+
+
+class Downsample1D(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = MPConv1D(channels, channels, 1)
+        self.conv2 = MPConv1D(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.avg_pool1d(self.conv1(x), kernel_size=2, stride=2))
+
+
+class Upsample1D(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = MPConv1D(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest-exact"))
+
+
+class _Level(nn.Module):
+    """One resolution level: residual blocks, optional attention after each, optional resample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
+
+    def run_blocks(self, h: torch.Tensor, clip: float) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn) > 0:
+                h = self.attn[i](h)
+            h = h.clamp(-clip, clip)
+        return h
+
+
+class _Middle(nn.Module):
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock1D(in_dim=channels, out_dim=channels, kernel_size=kernel_size)
+        self.attn_1 = AttnBlock1D(channels)
+        self.block_2 = ResnetBlock1D(in_dim=channels, out_dim=channels, kernel_size=kernel_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h)))
+
+
+class Encoder1D(nn.Module):
+    """Normalised mel [B, data_dim, T] -> moments [B, 2 * embed_dim, T / 2**len(down_layers)]."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip_act = cfg.clip_act
+        dim, k = cfg.hidden_dim, cfg.kernel_size
+        self.conv_in = MPConv1D(cfg.data_dim, dim, k)
+        self.down = nn.ModuleList()
+        ch = dim
+        for level, mult in enumerate(cfg.ch_mult):
+            stage = _Level()
+            for _ in range(cfg.num_res_blocks):
+                stage.block.append(ResnetBlock1D(in_dim=ch, out_dim=dim * mult, kernel_size=k))
+                ch = dim * mult
+                if level in cfg.attn_layers:
+                    stage.attn.append(AttnBlock1D(ch))
+            if level in cfg.down_layers:
+                stage.downsample = Downsample1D(ch)
+            self.down.append(stage)
+        self.mid = _Middle(ch, k)
+        self.conv_out = MPConv1D(ch, 2 * cfg.embed_dim, k)
+        # scalar gain on the output conv, trained from 0 (multiplies the weight by 1 + gain)
+        self.learnable_gain = nn.Parameter(torch.zeros([]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level, stage in enumerate(self.down):
+            h = stage.run_blocks(h, self.clip_act)
+            if level in self.cfg.down_layers:
+                h = stage.downsample(h)
+        h = self.mid(h).clamp(-self.clip_act, self.clip_act)
+        return self.conv_out(mp_silu(h), gain=self.learnable_gain + 1)
+
+
+class Decoder1D(nn.Module):
+    """Latent [B, embed_dim, L] -> normalised mel [B, data_dim, L * 2**len(down_layers)]."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip_act = cfg.clip_act
+        dim, k = cfg.hidden_dim, cfg.kernel_size
+        # level i upsamples where encoder level i - 1 downsampled (mirror image)
+        self.up_levels = tuple(i + 1 for i in cfg.down_layers)
+        ch = dim * cfg.ch_mult[-1]
+        self.conv_in = MPConv1D(cfg.embed_dim, ch, k)
+        # the reference builds these blocks with the default kernel size 3
+        self.mid = _Middle(ch, 3)
+        levels: list[_Level] = []
+        for level in reversed(range(len(cfg.ch_mult))):
+            stage = _Level()
+            for _ in range(cfg.num_res_blocks + 1):
+                stage.block.append(ResnetBlock1D(in_dim=ch, out_dim=dim * cfg.ch_mult[level]))
+                ch = dim * cfg.ch_mult[level]
+                if level in cfg.attn_layers:
+                    stage.attn.append(AttnBlock1D(ch))
+            if level in self.up_levels:
+                stage.upsample = Upsample1D(ch)
+            levels.insert(0, stage)
+        # indexed by level (up.0 is the finest), matching the checkpoint keys
+        self.up = nn.ModuleList(levels)
+        self.conv_out = MPConv1D(ch, cfg.data_dim, k)
+        self.learnable_gain = nn.Parameter(torch.zeros([]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid(h).clamp(-self.clip_act, self.clip_act)
+        for level in reversed(range(len(self.up))):
+            stage = self.up[level]
+            h = stage.run_blocks(h, self.clip_act)
+            if level in self.up_levels:
+                h = stage.upsample(h)
+        return self.conv_out(mp_silu(h), gain=self.learnable_gain + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# posterior and the VAE
+
+
+@dataclass
+class GaussianPosterior:
+    """Diagonal Gaussian over the latent, [B, embed_dim, L] each."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @classmethod
+    def from_moments(cls, moments: torch.Tensor) -> "GaussianPosterior":
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        return cls(mean, logvar.clamp(*_LOGVAR_RANGE))
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        # drawn like the reference: one normal_ over a tensor shaped like the mean
+        noise = torch.empty_like(self.mean).normal_(generator=generator)
+        return self.mean + self.std * noise
+
+
+class AudioVAE(nn.Module):
+    """The mel VAE. ``need_encoder=False`` builds the decoder only (the 16k/44k pipelines decode
+    generated latents and never encode, saving ~40% of the weights)."""
+
+    def __init__(self, cfg: VAEConfig, *, need_encoder: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_dim = cfg.embed_dim
+        mean, std = _MEL_STATS.get(cfg.data_dim, ((0.0,) * cfg.data_dim, (1.0,) * cfg.data_dim))
+        self.register_buffer("data_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1))
+        self.register_buffer("data_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1))
+        self.encoder: Optional[Encoder1D] = Encoder1D(cfg) if need_encoder else None
+        self.decoder = Decoder1D(cfg)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.encoder is not None
+
+    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.data_mean) / self.data_std
+
+    def unnormalize(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel * self.data_std + self.data_mean
+
+    def encode(self, mel: torch.Tensor, normalize: bool = True) -> GaussianPosterior:
+        """Log-mel [B, data_dim, T] -> posterior over latents [B, embed_dim, T / 2]."""
+        if self.encoder is None:
+            raise SelvaError("this VAE was loaded without its encoder (decoder-only mode)")
+        if normalize:
+            mel = self.normalize(mel)
+        return GaussianPosterior.from_moments(self.encoder(mel))
+
+    def decode(self, latent: torch.Tensor, unnormalize: bool = True) -> torch.Tensor:
+        """Latent [B, embed_dim, L] (channels first) -> log-mel [B, data_dim, 2 L]."""
+        if latent.ndim != 3 or latent.shape[1] != self.cfg.embed_dim:
+            raise ValueError(f"expected a latent [B, {self.cfg.embed_dim}, L], got "
+                             f"{tuple(latent.shape)} (transpose a [B, L, C] sequence first)")
+        mel = self.decoder(latent)
+        return self.unnormalize(mel) if unnormalize else mel
+
+    def mp_convs(self) -> Iterator[MPConv1D]:
+        return (m for m in self.modules() if isinstance(m, MPConv1D))
+
+    def remove_weight_norm(self) -> "AudioVAE":
+        """Bake the per-channel weight normalisation in (once; later calls do nothing)."""
+        for conv in self.mp_convs():
+            conv.remove_weight_norm()
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+PathLike = Union[str, os.PathLike]
+
+
+def _read_checkpoint(path: PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"VAE checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged archives raise many different types
+        raise SelvaError(
+            f"could not read VAE checkpoint {path} ({type(exc).__name__}: {exc}); the file is "
+            "probably truncated or not a PyTorch checkpoint - download it again") from exc
+
+
+def _shape_problems(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor]) -> str:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{k}: file {tuple(got[k].shape)} vs network {tuple(expected[k])}"
+             for k in sorted(set(expected) & set(got)) if got[k].shape != expected[k]]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", wrong)):
+        if items:
+            parts.append(f"{len(items)} {label} ({', '.join(items[:5])}"
+                         f"{', ...' if len(items) > 5 else ''})")
+    return "; ".join(parts)
+
+
+def _encoder_shapes(cfg: VAEConfig) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        enc = Encoder1D(cfg)
+    return {f"encoder.{k}": v.shape for k, v in enc.state_dict().items()}
+
+
+def _load_raw(model: AudioVAE, sd: Mapping[str, Any], *, source: str) -> None:
+    """Strict key/shape check and load of the raw (not yet normalised) weights."""
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SelvaError(f"{source} is not a state dict of tensors; is it the VAE file?")
+    state = dict(sd)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if not model.has_encoder:
+        expected.update(_encoder_shapes(model.cfg))
+    problem = _shape_problems(expected, state)
+    if problem:
+        raise SelvaError(f"{source} does not fit the VAE (data_dim={model.cfg.data_dim}, "
+                         f"embed_dim={model.cfg.embed_dim}): {problem}. Use the v1-16 file for "
+                         "16 kHz models and v1-44 for 44.1 kHz ones.")
+    if not model.has_encoder:
+        # verified above; the decoder-only network has no place for them
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    on_meta = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict(state, strict=True, assign=on_meta)
+    for conv in model.mp_convs():
+        conv.weight_norm_removed = False  # fresh raw weights
+
+
+def _finish(model: AudioVAE) -> AudioVAE:
+    model.remove_weight_norm()
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_vae_weights(model: AudioVAE, sd: Mapping[str, Any], *, source: str,
+                     need_encoder: bool = True) -> AudioVAE:
+    """Strictly load a released VAE state dict into ``model`` and bake in the weight norm.
+
+    Every key and shape must match. ``need_encoder=False`` drops the encoder after the strict
+    load of the whole file, as the reference does; a model built without an encoder still has
+    the file's ``encoder.*`` entries checked against the full architecture, then left out. On a
+    meta-device model the tensors are assigned (no copy); ``sd`` itself is never modified.
+    """
+    if need_encoder and not model.has_encoder:
+        raise ValueError("need_encoder=True needs a model built with its encoder")
+    _load_raw(model, sd, source=source)
+    if not need_encoder and model.encoder is not None:
+        model.encoder = None
+    return _finish(model)
+
+
+def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
+             need_encoder: bool = True, source: Optional[str] = None) -> AudioVAE:
+    """Build the VAE for ``cfg`` and load ``v1-16.pth`` / ``v1-44.pth`` (path or loaded dict).
+
+    The network is built on the meta device and takes over the file's tensors, so no randomly
+    initialised copy is ever allocated.
+    """
+    with torch.device("meta"):
+        model = AudioVAE(cfg, need_encoder=need_encoder)
+    if isinstance(path_or_state, (str, os.PathLike)):
+        source = source or str(path_or_state)
+        log.debug("loading VAE from %s (encoder: %s)", source, need_encoder)
+        sd = _read_checkpoint(path_or_state)
+        _load_raw(model, sd, source=source)
+        # the file's dict is ours: dropping it lets each raw weight be freed as soon as its
+        # normalised replacement exists (peak ~ one file, not two)
+        del sd
+    else:
+        _load_raw(model, path_or_state, source=source or "VAE state dict")
+    return _finish(model)
