@@ -29,20 +29,23 @@ def _choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return PRECISIONS, OFFLOAD_STRATEGIES
 
 
-def _weight_paths(variant: str, clip_frames: bool) -> list[str]:
-    """Relative paths of the variant's checkpoint files (to find the folder that holds them)."""
-    from ..selva import weights
+def _weight_paths(variant: str) -> list[str]:
+    """Relative paths of everything the variant reads (to find the folder that holds them)."""
+    from ..selva.errors import SelvaError
+    from ..selva.loading import required_files, required_snapshots
+    from ..selva.variants import get_variant
 
     try:
-        files = weights.required_files(variant, clip_frames=clip_frames)
-    except Exception as e:  # an unknown variant is reported properly by the pipeline itself
-        log.debug("required_files(%s) failed: %s", variant, e)
+        spec = get_variant(variant)
+    except SelvaError:  # reported properly when the pipeline loads
         return []
-    return [getattr(f, "path", "") for f in files if getattr(f, "path", "")]
+    paths = [wf.path for wf in required_files(spec)]
+    paths += [f"hf/{snap.local_name}/{name}" for snap in required_snapshots(spec) for name in snap.files]
+    return paths
 
 
-def models_dir_for(variant: str, clip_frames: bool) -> Path:
-    return comfy_compat.pick_models_dir(_weight_paths(variant, clip_frames))
+def models_dir_for(variant: str) -> Path:
+    return comfy_compat.pick_models_dir(_weight_paths(variant))
 
 
 def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_frames: bool = False,
@@ -51,7 +54,7 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
     from ..selva.pipeline import LoadOptions, SelvaPipeline
 
     device = comfy_compat.torch_device()
-    models_dir = models_dir if models_dir is not None else models_dir_for(variant, clip_frames)
+    models_dir = models_dir if models_dir is not None else models_dir_for(variant)
     options = LoadOptions(variant=variant, precision=precision, offload=offload_strategy,
                           device=device, models_dir=models_dir, clip_frames=clip_frames)
     key = (variant, precision, offload_strategy, device, str(models_dir), clip_frames)

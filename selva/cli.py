@@ -306,13 +306,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .pipeline import SelvaPipeline
+    """Fetch (and verify) every file the variant needs, without loading any network."""
+    from .loading import resolve_all
+    from .variants import get_variant
+    from .weights import default_models_dir
 
-    # Loading resolves (downloads and verifies) every file the variant needs, then proves they
-    # load; that is the only reliable "complete" check.
-    pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
-    log.info("All weights for %s are in %s", args.variant, pipe.options.models_dir)
-    pipe.release()
+    models_dir = args.models_dir or default_models_dir()
+    paths = resolve_all(get_variant(args.variant), models_dir, allow_download=not args.offline)
+    for key, path in sorted(paths.items()):
+        log.info("%-16s %s", key, path)
+    log.info("All weights for %s are available.", args.variant)
     return 0
 
 
