@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -227,8 +227,11 @@ def _finish(walk: _Walk, requested, interval, reference_rounding: bool):
     if requested is not None:
         target = requested
     else:
-        # a video lasts until its last frame has been shown for one frame interval
-        target = walk.last_time + (interval if interval is not None else 0)
+        # a video lasts until its last frame has been shown for one frame interval; summed
+        # exactly even in reference mode, so that 1.96 + 0.04 is 2.0 and not a hair off it
+        target = Fraction(walk.last_time) + Fraction(interval if interval is not None else 0)
+        if reference_rounding:
+            target = float(target)
     return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None, reference_rounding)
 
 

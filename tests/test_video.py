@@ -186,6 +186,10 @@ def test_reference_rounding_is_bit_identical_to_the_reference(fps, n, duration):
     p = V.prepare_frames(frames, fps=fps, duration=duration, reference_rounding=True)
     assert p.duration == ref_dur
     assert torch.equal(p.clip_frames(), ref_clip) and torch.equal(p.sync_frames(), ref_sync)
+    if duration > n / fps:  # asking for more than the video = asking for the whole video
+        whole = V.prepare_frames(frames, fps=fps, reference_rounding=True)
+        assert whole.duration == ref_dur and whole.sync_indices == p.sync_indices
+        assert whole.clip_indices == p.clip_indices
 
 
 def test_prepare_equals_reference_wherever_the_same_frame_is_chosen():
