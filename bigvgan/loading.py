@@ -37,11 +37,20 @@ PathLike = Union[str, os.PathLike]
 V2_CONFIG_NAME = "config.json"
 V2_WEIGHTS_NAME = "bigvgan_generator.pt"
 
-# (gain suffix, direction suffix) of each weight-norm spelling
+# (gain name, direction name) of each weight-norm spelling, as the last parts of a key
 _WEIGHT_NORM_SPELLINGS = (
-    (".weight_g", ".weight_v"),
-    (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
 )
+
+
+def _weight_norm_part(key: str) -> tuple[str, int] | None:
+    """(module prefix incl. its trailing dot, 0 for gain / 1 for direction) or None."""
+    for spelling in _WEIGHT_NORM_SPELLINGS:
+        for slot, name in enumerate(spelling):
+            if key == name or key.endswith("." + name):
+                return key[: -len(name)], slot
+    return None
 
 
 def read_checkpoint(path: PathLike) -> Any:
@@ -62,32 +71,30 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[
     out: dict[str, torch.Tensor] = {}
     pairs: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in state.items():
-        for spelling in _WEIGHT_NORM_SPELLINGS:
-            hit = next((i for i, suffix in enumerate(spelling) if key.endswith(suffix)), None)
-            if hit is not None:
-                prefix = key[: -len(spelling[hit])]
-                slot = pairs.setdefault(prefix, {})
-                if hit in slot:
-                    raise SelvaError(f"{source}: {prefix} holds weight-norm factors twice "
-                                     "(both old and new spellings)")
-                slot[hit] = value
-                break
-        else:
+        part = _weight_norm_part(key)
+        if part is None:
             out[key] = value
-    for prefix, slot in pairs.items():
-        if len(slot) != 2:
-            raise SelvaError(f"{source}: {prefix} has only half of its weight-norm pair; "
+            continue
+        prefix, slot = part
+        factors = pairs.setdefault(prefix, {})
+        if slot in factors:
+            raise SelvaError(f"{source}: {prefix}weight holds weight-norm factors twice "
+                             "(both old and new spellings)")
+        factors[slot] = value
+    for prefix, factors in pairs.items():
+        name = f"{prefix}weight"
+        if len(factors) != 2:
+            raise SelvaError(f"{source}: {name} has only half of its weight-norm pair; "
                              "the file is damaged or not a BigVGAN generator")
-        if f"{prefix}.weight" in out:
-            raise SelvaError(f"{source}: {prefix} has both a plain weight and weight-norm factors")
-        gain, direction = slot[0], slot[1]
+        if name in out:
+            raise SelvaError(f"{source}: {name} is stored both plain and as weight-norm factors")
+        gain, direction = factors[0], factors[1]
         if direction.is_meta:
             # shape-only tensors (strict-load checks): the arithmetic would be wasted time
-            out[f"{prefix}.weight"] = torch.empty_like(direction)
+            out[name] = torch.empty_like(direction)
             continue
         # dim=0: the norm is taken over all but the first axis, as both torch APIs default to
-        folded = torch._weight_norm(direction.float(), gain.float(), 0)
-        out[f"{prefix}.weight"] = folded.to(direction.dtype)
+        out[name] = torch._weight_norm(direction.float(), gain.float(), 0).to(direction.dtype)
     return out
 
 
