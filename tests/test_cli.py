@@ -1,0 +1,164 @@
+"""``python -m selva``: argument handling, weights errors, and a full run on tiny models."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfy_pack import REPO_ROOT, pack_module
+from node_helpers import frames, tiny_models_dir, write_video
+
+cli = pack_module("selva.cli")
+
+
+def run_module(*args, env=None, timeout=120):
+    """``python -m selva ...`` from the repository root: selva is then a top-level package."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "selva", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    out = run_module("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("generate", "download", "features"):
+        assert command in out.stdout
+    gen = run_module("generate", "--help")
+    for option in ("--video", "--prompt", "--out", "--negative-prompt", "--variant", "--precision",
+                   "--offload", "--duration", "--steps", "--cfg", "--seed", "--batch-size",
+                   "--no-normalize", "--target-lufs", "--models-dir", "--cache-dir", "--clip-frames",
+                   "--mux"):
+        assert option in gen.stdout, option
+
+
+def test_download_offline_lists_every_missing_file(tmp_path):
+    out = run_module("download", "--variant", "small_16k", "--models-dir", str(tmp_path / "m"),
+                     "--offline", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert out.returncode == 1
+    assert out.stdout == ""
+    for name in ("video_enc_sup_5.pth", "generator_small_16k_sup_5.pth", "v1-16.pth", "best_netG.pt",
+                 "flan-t5-base", "DFN5B-CLIP-ViT-H-14-384"):
+        assert name in out.stderr, name
+    assert "https://huggingface.co/jnwnlee/SelVA/resolve/main/weights/video_enc_sup_5.pth" in out.stderr
+
+
+def test_missing_arguments_are_usage_errors():
+    out = run_module("generate", "--prompt", "x")
+    assert out.returncode == 2 and "--video" in out.stderr
+
+
+# ------------------------------------------------------------------------------- tiny models
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tiny_models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("cli") / "in.mp4", frames(2.0, seed=3), fps=25)
+
+
+def _common(models_dir):
+    return ["--variant", "tiny_16k", "--precision", "fp32", "--device", "cpu", "--models-dir",
+            str(models_dir), "--offline"]
+
+
+def _read_audio(path):
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        rate = stream.sample_rate
+        samples = sum(f.samples for f in c.decode(stream))
+    return rate, samples
+
+
+def test_generate_writes_audio_and_a_muxed_video(models_dir, video_file, tmp_path):
+    out = tmp_path / "out" / "sound.wav"
+    mux = tmp_path / "out" / "with_sound.mp4"
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "a dog barking", "--out",
+                   str(out), "--mux", str(mux), "--steps", "2", "--seed", "1", "--duration", "0",
+                   "--negative-prompt", "music", "--cache-dir", str(tmp_path / "cache"),
+                   *_common(models_dir)])
+    assert rc == 0
+    assert (root.level, list(root.handlers)) == before
+    rate, samples = _read_audio(out)
+    spec = pack_module("selva.variants").VARIANTS["tiny_16k"]
+    assert rate == 16000 and samples == spec.seq_lengths(2.0).audio_samples
+    import av
+
+    with av.open(str(mux)) as c:
+        kinds = sorted(s.type for s in c.streams)
+        assert kinds == ["audio", "video"]
+        assert c.streams.video[0].codec_context.name == "mpeg4"  # copied, not re-encoded
+        n_video = sum(1 for _ in c.decode(video=0))
+    assert n_video == 50
+    assert list((tmp_path / "cache").glob("*.npz")), "--cache-dir should keep the features"
+
+
+def test_batch_writes_numbered_files(models_dir, video_file, tmp_path):
+    out = tmp_path / "batch.flac"
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "rain", "--out", str(out),
+                   "--steps", "1", "--batch-size", "2", "--duration", "1", *_common(models_dir)])
+    assert rc == 0
+    for i in range(2):
+        rate, samples = _read_audio(tmp_path / f"batch_{i}.flac")
+        assert rate == 16000 and samples > 0
+    assert not out.exists()
+
+
+def test_features_command_writes_a_loadable_file(models_dir, video_file, tmp_path):
+    out = tmp_path / "feats.npz"
+    rc = cli.main(["features", "--video", str(video_file), "--prompt", "a dog barking", "--out", str(out),
+                   "--duration", "1.5", *_common(models_dir)])
+    assert rc == 0
+    feats = pack_module("selva.features").Features.load(out)
+    assert feats.prompt == "a dog barking" and feats.duration == pytest.approx(1.5)
+
+
+def test_errors_are_reported_not_raised(models_dir, tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        rc = cli.main(["generate", "--video", str(tmp_path / "missing.mp4"), "--prompt", "x", "--out",
+                       str(tmp_path / "o.wav"), *_common(models_dir)])
+    assert rc == 1
+    rc = cli.main(["generate", "--video", str(tmp_path / "missing.mp4"), "--prompt", "x", "--out",
+                   str(tmp_path / "o.xyz"), *_common(models_dir)])
+    assert rc == 1
+
+
+def test_mask_image_is_read_as_a_static_mask(models_dir, video_file, tmp_path):
+    import av
+    import numpy as np
+
+    mask_png = tmp_path / "mask.png"
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, 32:] = 255
+    with av.open(str(mask_png), "w", format="image2") as c:
+        s = c.add_stream("png", rate=1)
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb24"
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    mask = cli._read_mask(mask_png)
+    assert mask.shape == (1, 48, 64)
+    assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 0, -1]) == 1.0
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "x", "--out", str(tmp_path / "m.wav"),
+                   "--mask", str(mask_png), "--steps", "1", "--duration", "1", *_common(models_dir)])
+    assert rc == 0
+
+
+def test_write_audio_formats(tmp_path):
+    wave = 0.2 * torch.sin(torch.linspace(0, 400, 8000))[None]
+    for suffix in (".wav", ".flac", ".m4a"):
+        path = cli.write_audio(tmp_path / f"a{suffix}", wave, 16000)
+        rate, samples = _read_audio(path)
+        assert rate == 16000 and samples >= 8000
+    with pytest.raises(pack_module("selva.errors").SelvaError):
+        cli.write_audio(tmp_path / "a.xyz", wave, 16000)
