@@ -4,9 +4,9 @@ Skipped unless ``COMFYUI_DIR`` points at a ComfyUI checkout (its requirements in
 Python running pytest). ComfyUI runs on the CPU, listening on 127.0.0.1 only, with a temporary
 base directory whose ``custom_nodes/`` links to this repository, so the checkout is not touched.
 
-Real weights cannot be downloaded here, so the test writes full-size random-valued VAE and
-vocoder files (from the checkpoint manifest) into a folder it registers through an
-``extra_model_paths.yaml``: the VAE roundtrip workflow runs on those. With
+Real weights cannot be downloaded here, so the test writes full-size random-valued small_16k
+files (from the checkpoint manifest; tiny T5 / CLIP snapshots) into a folder it registers
+through an ``extra_model_paths.yaml``: the VAE roundtrip workflow runs on those. With
 ``SELVA_TEST_MODELS_DIR`` pointing at a complete models folder, the generation workflow runs too.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_pack import FRONTEND_ONLY, REPO_ROOT, load_pack
+from comfy_pack import FRONTEND_ONLY, REPO_ROOT, load_pack, pack_module
 from node_helpers import frames, write_video
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
@@ -83,11 +83,22 @@ class Comfy:
         raise AssertionError(f"workflow did not finish in {timeout} s:\n{self.log_tail()}")
 
 
+# Full-size random files from the manifest; the VAE roundtrip computes with the VAE and vocoder.
+RANDOM_FILES = ("ext_weights/v1-16.pth", "ext_weights/best_netG.pt", "weights/video_enc_sup_5.pth",
+                "weights/generator_small_16k_sup_5.pth")
+
+
 def _write_random_weights(models_dir: Path) -> None:
-    """Full-size VAE and vocoder files with random values, in the released layout."""
+    """Everything small_16k loads, in the released layout.
+
+    The loader builds every network up front, so the encoders must exist too: T5 and CLIP
+    snapshots can't be derived from the manifest (tokenizers), so tiny ones stand in; the
+    roundtrip never runs them.
+    """
+    import tiny
     from manifest import state_dict_for
 
-    for rel in ("ext_weights/v1-16.pth", "ext_weights/best_netG.pt"):
+    for rel in RANDOM_FILES:
         path = models_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         state = state_dict_for(rel, device="cpu")
@@ -96,6 +107,9 @@ def _write_random_weights(models_dir: Path) -> None:
             t.mul_(0.02)
         torch.save(state, path)
         del state
+    hub = pack_module("selva.weights").HUB
+    tiny.write_t5(models_dir / "hf" / hub["t5"].local_name)
+    tiny.write_clip(models_dir / "hf" / hub["clip"].local_name)
 
 
 def _tensors(obj):
@@ -232,8 +246,6 @@ def test_bundled_workflows_use_only_known_nodes(object_info):
 def test_vae_roundtrip_workflow_saves_audio(comfy, object_info):
     """The weights exist only in the extra_model_paths.yaml folder, so this also shows that the
     pack honours it."""
-    from comfy_pack import pack_module
-
     cli = pack_module("selva.cli")
     t = torch.arange(22050) / 22050
     tone = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.2 * torch.sin(2 * torch.pi * 660 * t)])
