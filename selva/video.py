@@ -3,15 +3,11 @@
 SelVA looks at a video twice: CLIP sees 384x384 frames at 8 fps and the sync encoder sees
 224x224 frames at 25 fps. Both streams are picked from the same source frames by one rule: the
 output frame ``k`` of a stream at ``r`` fps (time ``k / r``) is the first source frame whose time
-is at or after ``k / r``. The reference evaluates that rule with accumulated floats, which drops
-the last frame of an exact-length 25 fps clip; here every comparison is exact (``Fraction``), so
-such a clip keeps all its frames. Apart from that, frame counts and the duration clamp follow the
-reference's ``load_video``.
-
-The float version is not only a lost last frame: at 25 fps the accumulated slot time drifts just
-above the frame times, so e.g. a 25 fps source loses frames 6 and 18 (their neighbours fill in)
-and every later sync slot gets the next frame. ``reference_rounding=True`` reproduces that float
-arithmetic (selection and duration clamp) for parity checks against the reference.
+is at or after ``k / r``. The official reader accumulates ``1 / fps`` in floats, which shifts
+some 25 fps frames and drops the last frame of an exact-length 25 fps clip; we deliberately use
+exact timing (``Fraction``) so every frame we are given is used, and parity is checked on
+identical frames. Frame counts and the duration clamp otherwise follow the reference's
+``load_video``.
 
 Layout: frame stacks handed around inside the package are ``(T, 3, H, W)``; inputs may be
 ``(T, H, W, 3)`` as ComfyUI IMAGE tensors and decoded frames are.
@@ -84,67 +80,31 @@ class _RateSelector:
         return taken
 
 
-class _FloatRateSelector:
-    """The reference's arithmetic: slot times accumulated as floats, compared with float times."""
-
-    def __init__(self, fps: Fraction):
-        self.step = 1 / float(fps)
-        self.next = 0.0
-        self.indices: list[int] = []
-
-    def feed(self, index: int, time: float) -> int:
-        taken = 0
-        while time >= self.next:
-            self.indices.append(index)
-            self.next += self.step
-            taken += 1
-        return taken
+def _constant_rate_times(n: int, fps: Number) -> list[Fraction]:
+    rate = _positive_rate(fps)
+    return [Fraction(i) / rate for i in range(n)]
 
 
-def _selector(fps: Number, reference_rounding: bool):
-    return _FloatRateSelector(Fraction(fps)) if reference_rounding else _RateSelector(Fraction(fps))
-
-
-class _Timeline:
-    """Time arithmetic of one mode: exact fractions, or the reference's floats."""
-
-    def __init__(self, reference_rounding: bool):
-        self.reference = reference_rounding
-
-    def time(self, value: Number, what: str = "time"):
-        if self.reference:
-            value = float(value)
-            if not math.isfinite(value):
-                raise SelvaError(f"{what} must be a finite number, got {value}.")
-            return value
-        return _exact(value, what)
-
-    def constant_rate_times(self, n: int, fps: Number) -> list:
-        if self.reference:
-            return [i / float(fps) for i in range(n)]  # as the reference's frame.time would be
-        rate = _positive_rate(fps)
-        return [Fraction(i) / rate for i in range(n)]
-
-    def given_times(self, frame_times: Sequence[Number]) -> list:
-        times = [self.time(t, "frame time") for t in frame_times]
-        for i in range(1, len(times)):
-            if times[i] < times[i - 1]:
-                raise SelvaError(f"Frame times must not decrease: frame {i} is at {float(times[i]):.6f} s, "
-                                 f"before frame {i - 1} at {float(times[i - 1]):.6f} s.")
-        return times
+def _given_times(frame_times: Sequence[Number]) -> list[Fraction]:
+    times = [_exact(t, "frame time") for t in frame_times]
+    for i in range(1, len(times)):
+        if times[i] < times[i - 1]:
+            raise SelvaError(f"Frame times must not decrease: frame {i} is at {float(times[i]):.6f} s, "
+                             f"before frame {i - 1} at {float(times[i - 1]):.6f} s.")
+    return times
 
 
 class _Walk:
     """Feeds frames in time order to the 8 fps and 25 fps selectors, honouring the end time."""
 
-    def __init__(self, end, reference_rounding: bool):
+    def __init__(self, end: Optional[Fraction]):
         self.end = end
-        self.clip = _selector(CLIP_FPS, reference_rounding)
-        self.sync = _selector(SYNC_FPS, reference_rounding)
-        self.last_time = None
+        self.clip = _RateSelector(Fraction(CLIP_FPS))
+        self.sync = _RateSelector(Fraction(SYNC_FPS))
+        self.last_time: Optional[Fraction] = None
         self.finished = False  # a frame past the end was seen
 
-    def feed(self, index: int, time) -> tuple[int, int]:
+    def feed(self, index: int, time: Fraction) -> tuple[int, int]:
         """How many clip and sync slots this frame fills (the reference's skip/stop rules)."""
         if time < 0:
             return 0, 0
@@ -155,8 +115,7 @@ class _Walk:
         return self.clip.feed(index, time), self.sync.feed(index, time)
 
 
-def indices_for_times(frame_times: Sequence[Number], dst_fps: Number, duration: Number, *,
-                      reference_rounding: bool = False) -> list[int]:
+def indices_for_times(frame_times: Sequence[Number], dst_fps: Number, duration: Number) -> list[int]:
     """Source frame index for each output frame at ``dst_fps`` over ``duration`` seconds.
 
     ``frame_times`` are the source frames' presentation times in seconds (any frame rate, even a
@@ -164,28 +123,24 @@ def indices_for_times(frame_times: Sequence[Number], dst_fps: Number, duration: 
     after ``duration`` are never used. Fewer than ``floor(dst_fps * duration)`` indices come back
     when the video ends first.
     """
-    _positive_rate(dst_fps, "dst_fps")
-    line = _Timeline(reference_rounding)
-    end = line.time(duration, "duration")
+    rate = _positive_rate(dst_fps, "dst_fps")
+    end = _exact(duration, "duration")
     if end < 0:
         raise SelvaError(f"duration must not be negative, got {float(end)}.")
-    selector = _selector(_exact(dst_fps, "dst_fps"), reference_rounding)
-    for index, time in enumerate(line.given_times(frame_times)):
+    selector = _RateSelector(rate)
+    for index, time in enumerate(_given_times(frame_times)):
         if time < 0:
             continue
         if time > end:
             break
         selector.feed(index, time)
-    count = int(float(dst_fps) * end) if reference_rounding else math.floor(_exact(dst_fps, "dst_fps") * end)
-    return selector.indices[:count]
+    return selector.indices[:math.floor(rate * end)]
 
 
-def resample_indices(n_frames: int, src_fps: Number, dst_fps: Number, duration: Number, *,
-                     reference_rounding: bool = False) -> list[int]:
+def resample_indices(n_frames: int, src_fps: Number, dst_fps: Number, duration: Number) -> list[int]:
     """Like :func:`indices_for_times` for a constant-rate source (frame ``i`` at ``i / src_fps``)."""
     _positive_rate(src_fps, "src_fps")
-    times = _Timeline(reference_rounding).constant_rate_times(int(n_frames), src_fps)
-    return indices_for_times(times, dst_fps, duration, reference_rounding=reference_rounding)
+    return indices_for_times(_constant_rate_times(int(n_frames), src_fps), dst_fps, duration)
 
 
 def _too_short(duration: float) -> SelvaError:
@@ -195,21 +150,11 @@ def _too_short(duration: float) -> SelvaError:
         f"longer duration.")
 
 
-def _settle(clip_idx: list[int], sync_idx: list[int], requested, user_asked: bool,
-            reference_rounding: bool) -> tuple[list[int], list[int], float]:
-    """Clamp the duration to what both streams cover and cut them to it, as load_video does.
-
-    In reference mode the clamp and the ``int(fps * duration)`` cuts use the reference's floats.
-    """
-    if reference_rounding:
-        duration = float(requested)
-        for n, fps in ((len(clip_idx), float(CLIP_FPS)), (len(sync_idx), float(SYNC_FPS))):
-            if n / fps < duration:
-                duration = n / fps
-        n_clip, n_sync = int(float(CLIP_FPS) * duration), int(float(SYNC_FPS) * duration)
-    else:
-        duration = min(requested, Fraction(len(clip_idx), CLIP_FPS), Fraction(len(sync_idx), SYNC_FPS))
-        n_clip, n_sync = math.floor(CLIP_FPS * duration), math.floor(SYNC_FPS * duration)
+def _settle(clip_idx: list[int], sync_idx: list[int], requested: Fraction,
+            user_asked: bool) -> tuple[list[int], list[int], float]:
+    """Clamp the duration to what both streams cover and cut them to it, as load_video does."""
+    duration = min(requested, Fraction(len(clip_idx), CLIP_FPS), Fraction(len(sync_idx), SYNC_FPS))
+    n_clip, n_sync = math.floor(CLIP_FPS * duration), math.floor(SYNC_FPS * duration)
     if duration < requested:
         report = log.warning if user_asked else log.debug
         report("Video covers only %.3f s; using that instead of the requested %.3f s.",
@@ -219,7 +164,7 @@ def _settle(clip_idx: list[int], sync_idx: list[int], requested, user_asked: boo
     return clip_idx[:n_clip], sync_idx[:n_sync], float(duration)
 
 
-def _finish(walk: _Walk, requested, interval, reference_rounding: bool):
+def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction]):
     """Settle a finished walk; without a requested duration the whole video counts."""
     if walk.last_time is None:
         raise SelvaError(f"No video frame lies inside the requested time span; SelVA needs at least "
@@ -227,15 +172,12 @@ def _finish(walk: _Walk, requested, interval, reference_rounding: bool):
     if requested is not None:
         target = requested
     else:
-        # a video lasts until its last frame has been shown for one frame interval; summed
-        # exactly even in reference mode, so that 1.96 + 0.04 is 2.0 and not a hair off it
-        target = Fraction(walk.last_time) + Fraction(interval if interval is not None else 0)
-        if reference_rounding:
-            target = float(target)
-    return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None, reference_rounding)
+        # a video lasts until its last frame has been shown for one frame interval
+        target = walk.last_time + (interval if interval is not None else 0)
+    return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None)
 
 
-def _typical_interval(times: Sequence) -> Optional[Number]:
+def _typical_interval(times: Sequence[Fraction]) -> Optional[Fraction]:
     gaps = sorted(b - a for a, b in zip(times, times[1:]) if b > a)
     return gaps[len(gaps) // 2] if gaps else None
 
@@ -428,10 +370,10 @@ def _stack(by_index: dict[int, torch.Tensor], indices: Sequence[int], size: int)
     return torch.stack([by_index[i] for i in indices])
 
 
-def _requested(duration: Optional[Number], line: _Timeline):
+def _requested(duration: Optional[Number]) -> Optional[Fraction]:
     if not duration:
         return None
-    requested = line.time(duration, "duration")
+    requested = _exact(duration, "duration")
     if requested < 0:
         raise SelvaError(f"duration must not be negative, got {float(requested)}.")
     return requested
@@ -439,56 +381,50 @@ def _requested(duration: Optional[Number], line: _Timeline):
 
 def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number] = None,
                    duration: Optional[Number] = None, *,
-                   frame_times: Optional[Sequence[Number]] = None,
-                   reference_rounding: bool = False) -> PreparedFrames:
+                   frame_times: Optional[Sequence[Number]] = None) -> PreparedFrames:
     """Select, convert and resize an in-memory ``(T, H, W, 3)`` video for SelVA.
 
     ``frames`` are uint8 or float in [0, 1] (ComfyUI IMAGE). Give ``fps`` for a constant frame
     rate or ``frame_times`` (seconds, one per frame) for any other. ``duration`` None or 0 uses
     the whole video; a longer duration than the video is clamped (with a warning).
-    ``reference_rounding`` selects frames with the reference's float arithmetic (parity checks).
     """
     frames = _frame_stack(frames)
     n = frames.shape[0]
-    line = _Timeline(reference_rounding)
-    if fps is not None:
-        _positive_rate(fps)
+    rate = _positive_rate(fps) if fps is not None else None
     if frame_times is not None:
         if len(frame_times) != n:
             raise SelvaError(f"Got {len(frame_times)} frame times for {n} frames.")
-        times = line.given_times(frame_times)
-    elif fps is not None:
-        times = line.constant_rate_times(n, fps)
+        times = _given_times(frame_times)
+    elif rate is not None:
+        times = _constant_rate_times(n, rate)
     else:
         raise SelvaError("prepare_frames needs the frame rate (fps) or the frame times.")
-    interval = line.time(1 / _exact(fps, "fps")) if fps is not None else _typical_interval(times)
-    requested = _requested(duration, line)
+    interval = 1 / rate if rate is not None else _typical_interval(times)
+    requested = _requested(duration)
 
-    walk = _Walk(requested, reference_rounding)
+    walk = _Walk(requested)
     for i, t in enumerate(times):
         walk.feed(i, t)
         if walk.finished:
             break
-    clip_idx, sync_idx, used = _finish(walk, requested, interval, reference_rounding)
+    clip_idx, sync_idx, used = _finish(walk, requested, interval)
     clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx)
-    rate = float(fps) if fps is not None else (1 / float(interval) if interval else None)
-    return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=rate,
+    src_fps = float(fps) if fps is not None else (1 / float(interval) if interval else None)
+    return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=src_fps,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n)
 
 
 # ------------------------------------------------------------------------------------ decoding
-def _frame_time(frame, index: int, rate: Optional[Fraction], line: _Timeline):
+def _frame_time(frame, index: int, rate: Optional[Fraction]) -> Fraction:
     if frame.pts is not None and frame.time_base is not None:
-        if line.reference:
-            return frame.time  # the float the reference compares
         return Fraction(frame.pts) * Fraction(frame.time_base)
     if rate is not None:
-        return line.time(Fraction(index) / rate)
+        return Fraction(index) / rate
     raise SelvaError(f"Frame {index} has no timestamp and the stream has no frame rate.")
 
 
-def decode_video(path: Union[str, Path], duration: Optional[Number] = None, start: Number = 0.0, *,
-                 reference_rounding: bool = False) -> PreparedFrames:
+def decode_video(path: Union[str, Path], duration: Optional[Number] = None,
+                 start: Number = 0.0) -> PreparedFrames:
     """Decode a video file frame by frame, keeping only the frames SelVA uses.
 
     Each frame's presentation time decides whether it is used; used frames are converted to RGB
@@ -503,11 +439,10 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None, star
     path = Path(path)
     if not path.is_file():
         raise SelvaError(f"Video file not found: {path}")
-    line = _Timeline(reference_rounding)
-    offset = line.time(start, "start")
-    requested = _requested(duration, line)
+    offset = _exact(start, "start")
+    requested = _requested(duration)
 
-    walk = _Walk(requested, reference_rounding)
+    walk = _Walk(requested)
     clip_of: dict[int, torch.Tensor] = {}
     sync_of: dict[int, torch.Tensor] = {}
     n_seen, rate = 0, None
@@ -522,7 +457,7 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None, star
             for frame in container.decode(stream):
                 index = n_seen
                 n_seen += 1
-                to_clip, to_sync = walk.feed(index, _frame_time(frame, index, rate, line) - offset)
+                to_clip, to_sync = walk.feed(index, _frame_time(frame, index, rate) - offset)
                 if walk.finished:
                     break
                 if to_clip or to_sync:
@@ -536,8 +471,8 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None, star
     except (av.FFmpegError, OSError, ValueError) as e:
         raise SelvaError(f"Could not decode {path}: {e}") from e
 
-    interval = line.time(1 / rate) if rate is not None else None
-    clip_idx, sync_idx, used = _finish(walk, requested, interval, reference_rounding)
+    interval = 1 / rate if rate is not None else None
+    clip_idx, sync_idx, used = _finish(walk, requested, interval)
     return PreparedFrames(clip_u8=_stack(clip_of, clip_idx, CLIP_SIZE),
                           sync_u8=_stack(sync_of, sync_idx, SYNC_SIZE), duration=used,
                           fps=float(rate) if rate is not None else None,
