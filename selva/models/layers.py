@@ -5,20 +5,21 @@ unchanged with ``strict=True``.
 
 Precision policy (float16 only; float32 and bfloat16 run exactly the reference arithmetic):
 
-* float16 tops out at 65504. The residual streams of the transformers, LayerNorm/RMSNorm
-  statistics, the adaLN ``x * (1 + scale) + shift`` products and the gated-MLP product
-  ``silu(w1 x) * w3 x`` are the places where values can leave that range (residual streams grow
-  with depth; the gate product squares the activation scale). Those are computed in float32.
-* Matrix products stay in the weights' dtype (that is where half precision pays off). Our
-  ``Linear`` / ``ChannelLastConv1d`` cast their input to the weight dtype, clamping to the finite
-  float16 range first so that a large-but-finite float32 value cannot turn into ``inf``.
+* float16 tops out at 65504. The residual streams of the transformers (they grow with depth),
+  LayerNorm/RMSNorm statistics and the adaLN ``x * (1 + scale) + shift`` products are computed
+  in float32; the generator carries its streams in float32 when its weights are float16.
+* The gated-MLP product ``silu(w1 x) * w3 x`` squares the activation scale and is the first
+  value to overflow. It is formed in float32 and scaled down by an exact power of two before
+  ``w2`` runs in float16; the result is scaled back in float32 (MLP/ConvMLP then return float32).
+* Other matrix products stay in the weights' dtype (that is where half precision pays off). Our
+  ``Linear`` / ``ChannelLastConv1d`` cast their input to the weight dtype, saturating at the
+  float16 range so that a large-but-finite float32 value cannot turn into ``inf``.
 * Attention logits need no special care: q and k are RMS-normalised per head before the product,
   so ``|q.k| / sqrt(d)`` is bounded by the norm weights, and SDPA subtracts the row max anyway.
 * Rotary position embedding is always applied in float32 (as the reference does).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -99,11 +100,27 @@ def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _gate(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """``silu(a) * b``; the product of two activations is what overflows float16 first."""
-    if out_dtype != torch.float16:
-        return F.silu(a) * b
-    return cast_to(F.silu(a.float()) * b.float(), out_dtype)
+# Largest magnitude the float16 copy of the gate product may have: leaves w2's sum over ~2k
+# hidden channels plenty of headroom below 65504.
+_FP16_GATE_BOUND = 2.0**8
+
+
+def _swiglu(w1: nn.Module, w2: nn.Module, w3: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``w2(silu(w1 x) * w3 x)``.
+
+    Under float16 weights the product of two activations is what overflows first. It is formed in
+    float32 and divided by a power of two (exact) so that its float16 copy stays small; w2's
+    output is multiplied back in float32 and returned as float32. The scale is a tensor, so
+    there is no host synchronisation.
+    """
+    x = cast_to(x, w1.weight.dtype)
+    a, b = w1(x), w3(x)
+    if w2.weight.dtype != torch.float16:
+        return w2(F.silu(a) * b)
+    hidden = F.silu(a.float()) * b.float()
+    peak = hidden.abs().amax().clamp(min=1.0)
+    scale = torch.exp2(torch.ceil(torch.log2(peak / _FP16_GATE_BOUND)).clamp(min=0.0))
+    return w2((hidden / scale).to(torch.float16)).float() * scale
 
 
 class MLP(nn.Module):
@@ -117,8 +134,7 @@ class MLP(nn.Module):
         self.w3 = Linear(dim, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = cast_to(x, self.w1.weight.dtype)
-        return self.w2(_gate(self.w1(x), self.w3(x), self.w2.weight.dtype))
+        return _swiglu(self.w1, self.w2, self.w3, x)
 
 
 class ConvMLP(nn.Module):
@@ -142,8 +158,7 @@ class ConvMLP(nn.Module):
         self.w3 = conv(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = cast_to(x, self.w1.weight.dtype)
-        return self.w2(_gate(self.w1(x), self.w3(x), self.w2.weight.dtype))
+        return _swiglu(self.w1, self.w2, self.w3, x)
 
 
 def feed_forward(dim: int, mlp_ratio: float, kernel_size: int, padding: int) -> nn.Module:
