@@ -1,0 +1,370 @@
+"""The small public API shared by the ComfyUI nodes and the CLI.
+
+    pipe = SelvaPipeline.load(LoadOptions(variant="small_16k", precision="bf16"))
+    feats = pipe.extract_features_from_video("clip.mp4", "a dog barking")
+    audio = pipe.generate(feats, negative_prompt="music", seed=42)   # (1, 1, T) at pipe.sample_rate
+
+Generation follows the official demo step by step (same encoders, same order, same noise), so the
+same weights, inputs and seed give the official audio.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import audio as audio_ops
+from . import video as video_ops
+from .errors import SelvaError
+from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
+from .hooks import Hooks, or_default
+from .models.generator import Conditions, SelvaGenerator
+from .models.text_synch import TextSynchformer
+from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
+from .sampling import euler_sample, initial_noise
+from .variants import SYNC_FPS, VariantSpec, get_variant
+from .weights import default_models_dir
+
+log = logging.getLogger(__name__)
+
+Frames = Union[torch.Tensor, "numpy.ndarray"]  # noqa: F821 - (T, H, W, 3) uint8 or float [0, 1]
+
+
+@dataclass
+class LoadOptions:
+    variant: str = "small_16k"
+    precision: str = "bf16"  # bf16 | fp16 | fp32
+    offload: str = "auto"  # auto | keep_in_vram | offload_to_cpu
+    device: Optional[str] = None  # None: CUDA, then MPS, then CPU
+    models_dir: Optional[Path] = None  # None: $SELVA_MODELS_DIR or ./models/selva
+    clip_frames: bool = False  # official demo: False (the generator's learned empty CLIP sequence)
+    allow_download: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """Frames chosen and resized for both encoders, with their masks: no network ran yet."""
+
+    frames: video_ops.PreparedFrames
+    sync_mask: Optional[torch.Tensor] = None  # (1 | Ts, 224, 224) in [0, 1], 1 = keep
+    clip_mask: Optional[torch.Tensor] = None  # (1 | Tc, 384, 384)
+    mask_strength: float = 1.0
+
+    @property
+    def duration(self) -> float:
+        return self.frames.duration
+
+
+def _masks_for(frames: video_ops.PreparedFrames, mask: Optional[torch.Tensor], strength: float,
+               mask_clip: bool, mask_sync: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The mask frames that go with the chosen sync / clip frames, at the encoders' sizes."""
+    if mask is None or strength == 0:
+        return None, None
+    # Selecting validates the mask against the video even when a path is switched off.
+    sync = video_ops.mask_for_indices(mask, frames.sync_indices, frames.n_source_frames)
+    clip = video_ops.mask_for_indices(mask, frames.clip_indices, frames.n_source_frames)
+    return (video_ops.resize_mask(sync, video_ops.SYNC_SIZE) if mask_sync else None,
+            video_ops.resize_mask(clip, video_ops.CLIP_SIZE) if mask_clip else None)
+
+
+@dataclass
+class _Text:
+    t5: torch.Tensor
+    t5_mask: torch.Tensor
+    clip: torch.Tensor
+
+
+class SelvaPipeline:
+    """All SelVA networks for one variant, with their device policy."""
+
+    def __init__(self, variant: VariantSpec, options: LoadOptions, manager: OffloadManager,
+                 dtype: torch.dtype):
+        self.variant = variant
+        self.options = options
+        self.manager = manager
+        self.dtype = dtype
+        self._vae_encoder_loader: Optional[Callable[[], None]] = None
+
+    # ------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, options: LoadOptions, hooks: Optional[Hooks] = None,
+             make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
+        """Resolve (download if needed) and load every network the options call for."""
+        from .loading import load_networks
+
+        spec = get_variant(options.variant)
+        device = pick_device(options.device)
+        dtype = resolve_dtype(options.precision, device)
+        offload = resolve_offload(options.offload, device)
+        models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
+        options = replace(options, models_dir=models_dir)
+        manager = OffloadManager(device=device, offload=offload, make_room=make_room)
+        pipe = cls(spec, options, manager, dtype)
+        load_networks(pipe, hooks=or_default(hooks))
+        log.info("SelVA %s loaded on %s (%s, %s)", spec.name, device, options.precision,
+                 "offload_to_cpu" if offload else "keep_in_vram")
+        return pipe
+
+    @property
+    def sample_rate(self) -> int:
+        return self.variant.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.manager.device
+
+    def stage_dtype(self, stage: str) -> torch.dtype:
+        return self.manager.dtype(stage)
+
+    def release(self) -> None:
+        self.manager.release()
+
+    # ---------------------------------------------------------------------------- features
+    def prepare(self, frames: Optional[Frames] = None, fps: Optional[float] = None, *,
+                video_path: Optional[Union[str, Path]] = None, duration: Optional[float] = None,
+                mask: Optional[torch.Tensor] = None, mask_strength: float = 1.0,
+                mask_clip: bool = True, mask_sync: bool = True) -> PreparedInput:
+        """Pick and resize frames (from memory or streamed from a file): the cheap part."""
+        if not 0.0 <= mask_strength <= 1.0:
+            raise SelvaError(f"mask_strength must be within [0, 1], got {mask_strength}.")
+        if (frames is None) == (video_path is None):
+            raise SelvaError("Give either frames (with their fps) or a video file, not both.")
+        if video_path is not None:
+            prepared = video_ops.decode_video(video_path, duration=duration or None)
+        else:
+            if fps is None or fps <= 0:
+                raise SelvaError(f"The video's frame rate must be positive, got {fps}. Connect the "
+                                 f"loader's video_info or set fps.")
+            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None)
+        sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength, mask_clip, mask_sync)
+        return PreparedInput(prepared, sync_mask, clip_mask, float(mask_strength))
+
+    def feature_cache_key(self, prepared: PreparedInput, prompt: str) -> str:
+        """Digest of everything that changes the features (all pixels and mask values included)."""
+        fr = prepared.frames
+        use_clip = self.options.clip_frames
+        return content_hash([
+            "features", FORMAT_VERSION, self.variant.name, self.options.precision, use_clip,
+            prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
+            prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
+        ])
+
+    def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
+        """Run the encoders: T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames."""
+        hooks = or_default(hooks)
+        text = self._encode_text(prompt, hooks)
+        sync_features = self._encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
+                                          prepared.mask_strength, text, hooks)
+        clip_features = None
+        if self.options.clip_frames:
+            clip_in = prepared.frames.clip_frames(prepared.clip_mask, prepared.mask_strength)
+            clip_features = self._encode_clip_frames(clip_in, hooks)
+        return Features(variant=self.variant.name, prompt=prompt, duration=prepared.duration,
+                        fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
+                        text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
+                        sync_features=sync_features.float().cpu(),
+                        sync_frames_u8=prepared.frames.sync_u8.permute(0, 2, 3, 1).contiguous(),
+                        clip_features=None if clip_features is None else clip_features.float().cpu(),
+                        sync_mask=prepared.sync_mask, mask_strength=prepared.mask_strength)
+
+    def extract_features(self, frames: Frames, fps: float, prompt: str, *,
+                         duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
+                         mask_strength: float = 1.0, mask_clip: bool = True, mask_sync: bool = True,
+                         cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None) -> Features:
+        prepared = self.prepare(frames, fps, duration=duration, mask=mask, mask_strength=mask_strength,
+                                mask_clip=mask_clip, mask_sync=mask_sync)
+        return self._cached_encode(prepared, prompt, cache, hooks)
+
+    def extract_features_from_video(self, path: Union[str, Path], prompt: str, *,
+                                    duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
+                                    mask_strength: float = 1.0, mask_clip: bool = True,
+                                    mask_sync: bool = True, cache: Optional[FeatureCache] = None,
+                                    hooks: Optional[Hooks] = None) -> Features:
+        prepared = self.prepare(video_path=path, duration=duration, mask=mask, mask_strength=mask_strength,
+                                mask_clip=mask_clip, mask_sync=mask_sync)
+        return self._cached_encode(prepared, prompt, cache, hooks)
+
+    def _cached_encode(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
+                       hooks: Optional[Hooks]) -> Features:
+        if cache is None:
+            return self.encode(prepared, prompt, hooks)
+        key = self.feature_cache_key(prepared, prompt)
+        hit = cache.get(key)
+        if hit is not None:
+            log.info("Features loaded from cache %s", cache.path(key))
+            return hit
+        features = self.encode(prepared, prompt, hooks)
+        cache.put(key, features)
+        return features
+
+    # ----------------------------------------------------------------------------- encoders
+    def _encode_text(self, prompt: str, hooks: Hooks) -> _Text:
+        with self.manager.use("t5") as t5:
+            t5_f, t5_mask = t5.encode([prompt])
+        hooks.step("text", 1, 2)
+        clip_text = self._encode_clip_text([prompt])
+        hooks.step("text", 2, 2)
+        return _Text(t5_f, t5_mask, clip_text)
+
+    def _encode_clip_text(self, texts: list[str]) -> torch.Tensor:
+        with self.manager.use("clip") as clip:
+            return clip.encode_text(texts)
+
+    def _encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
+                     mask_strength: float, text: _Text, hooks: Hooks) -> torch.Tensor:
+        frames01 = video_ops.to_float01(sync_u8_tchw)
+        if sync_mask is not None:
+            frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
+        frames = video_ops.normalize_sync(frames01)
+        with self.manager.use("text_synch") as net:
+            net: TextSynchformer
+            text_f = text.t5.to(self.device, net.dtype)
+            text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
+            return net.encode(frames[None].to(self.device, net.dtype), text_f, text_mask,
+                              on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+
+    def _encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks) -> torch.Tensor:
+        with self.manager.use("clip") as clip:
+            return clip.encode_frames(frames01[None].to(self.device, self.stage_dtype("clip")),
+                                      batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
+
+    def _features_for_prompt(self, features: Features, prompt: Optional[str], hooks: Hooks) -> Features:
+        """``features`` re-encoded for another prompt (SelVA's sync features depend on the text)."""
+        if not prompt or prompt == features.prompt:
+            return features
+        log.info("Prompt differs from the one the features were extracted with: re-encoding text "
+                 "and sync features for %r", prompt)
+        text = self._encode_text(prompt, hooks)
+        frames_tchw = features.sync_frames_u8.permute(0, 3, 1, 2)
+        sync = self._encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
+        return replace(features, prompt=prompt, text_t5=text.t5.float().cpu(),
+                       text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
+                       sync_features=sync.float().cpu())
+
+    # ---------------------------------------------------------------------------- generation
+    def generate(self, features: Features, *, prompt: Optional[str] = None, negative_prompt: str = "",
+                 duration: Optional[float] = None, steps: int = 25, cfg_strength: float = 4.5,
+                 seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """Audio for ``features``: (batch_size, 1, samples) float32 on the CPU at ``sample_rate``.
+
+        Variation ``i`` of a batch equals a single run with ``seed + i``.
+        """
+        hooks = or_default(hooks)
+        latent = self.sample_latent(features, prompt=prompt, negative_prompt=negative_prompt,
+                                    duration=duration, steps=steps, cfg_strength=cfg_strength,
+                                    seed=seed, batch_size=batch_size, hooks=hooks)
+        wave = self.decode(latent, hooks)
+        audio_ops.assert_finite(wave, self.options.precision)
+        return wave
+
+    def sample_latent(self, features: Features, *, prompt: Optional[str] = None,
+                      negative_prompt: str = "", duration: Optional[float] = None, steps: int = 25,
+                      cfg_strength: float = 4.5, seed: int = 0, batch_size: int = 1,
+                      hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """The generator's output latent (batch_size, L, C), un-normalised, before the VAE."""
+        hooks = or_default(hooks)
+        if steps < 1:
+            raise SelvaError(f"steps must be at least 1, got {steps}.")
+        if batch_size < 1:
+            raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
+        features = self._features_for_prompt(features, prompt, hooks)
+        seq = self.variant.seq_lengths(self._duration_for(features, duration))
+        neg_clip = self._encode_clip_text([negative_prompt])
+        return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
+
+    def _duration_for(self, features: Features, duration: Optional[float]) -> float:
+        if not duration:
+            return features.duration
+        if duration > features.duration + 1e-9:
+            log.warning("Duration %.2f s is longer than the %.2f s the features cover; using %.2f s.",
+                        duration, features.duration, features.duration)
+            return features.duration
+        return float(duration)
+
+    def _conditions_inputs(self, features: Features, seq, batch: int):
+        gen_dtype = self.stage_dtype("generator")
+        sync = features.sync_features[:, :seq.sync]
+        if sync.shape[1] != seq.sync:
+            raise SelvaError(f"The features hold {features.sync_features.shape[1]} sync tokens but "
+                             f"{seq.duration:.2f} s needs {seq.sync}: extract the features again.")
+        clip = None
+        if features.clip_features is not None:
+            clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype).expand(batch, -1, -1)
+        return (clip, sync.to(self.device, gen_dtype).expand(batch, -1, -1),
+                features.text_clip.to(self.device, gen_dtype).expand(batch, -1, -1))
+
+    def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
+                seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
+        with self.manager.use("generator") as gen:
+            gen: SelvaGenerator
+            gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
+            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
+            if clip_f is None:
+                clip_f = gen.empty_clip_sequence(batch)
+            dtype = self.stage_dtype("generator")
+            x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
+            uncond: Conditions = gen.empty_conditions(
+                batch, negative_text_clip_f=neg_clip.to(self.device, dtype).expand(batch, -1, -1))
+            x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength), x0, steps,
+                              on_step=lambda d, n: hooks.step("sampling", d, n))
+            return gen.unnormalize(x1)
+
+    def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU."""
+        hooks = or_default(hooks)
+        with self.manager.use("vae") as vae:
+            mel = vae.decode(latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2))
+        hooks.step("decode", 1, 2)
+        with self.manager.use("vocoder") as vocoder:
+            wave = vocoder(mel.to(self.device, self.stage_dtype("vocoder")))
+        hooks.step("decode", 2, 2)
+        return wave.float().cpu()
+
+    # ---------------------------------------------------------------------- audio utilities
+    def log_mel(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """(B, C, T) any rate -> log-mel (B * C, n_mels, frames) as the VAE sees it."""
+        wave = audio_ops.resample(audio_ops.check_waveform(waveform), sample_rate, self.sample_rate)
+        b, c, t = wave.shape
+        with self.manager.use("mel") as mel:
+            return mel(wave.reshape(b * c, t).to(self.device)).float().cpu()
+
+    def vae_roundtrip(self, waveform: torch.Tensor, sample_rate: int,
+                      hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """Encode audio with the VAE and decode it again: hear what the VAE + vocoder keep.
+
+        Any rate and channel count in; (B, C, T') at the model's rate out, channel by channel.
+        """
+        hooks = or_default(hooks)
+        b, c = waveform.shape[:2]
+        mel = self.log_mel(waveform, sample_rate)
+        self._ensure_vae_encoder()
+        with self.manager.use("vae") as vae:
+            latent = vae.encode(mel.to(self.device, self.stage_dtype("vae"))).mode()
+        hooks.step("vae encode", 1, 1)
+        wave = self.decode(latent.transpose(1, 2), hooks)
+        return wave.reshape(b, c, -1)
+
+    def _ensure_vae_encoder(self) -> None:
+        if self._vae_encoder_loader is not None:
+            self._vae_encoder_loader()
+            self._vae_encoder_loader = None
+
+    def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float) -> torch.Tensor:
+        """Per-band EQ toward the spectral profile the VAE was trained on (its data mean).
+
+        Works at the model's rate (other rates are resampled first); returns (B, C, T).
+        """
+        wave = audio_ops.resample(audio_ops.check_waveform(waveform), sample_rate, self.sample_rate)
+        b, c, _ = wave.shape
+        mel = self.manager.get("mel")
+        cfg = self.variant.mel
+        profile = self.log_mel(wave, self.sample_rate).reshape(b, c, cfg.num_mels, -1).mean(dim=1)
+        target = self.manager.get("vae").data_mean.detach().float().cpu().reshape(-1)
+        log_to_db = 20.0 if cfg.log == "log10" else 20.0 / math.log(10.0)
+        return audio_ops.spectral_match(wave, profile, target, mel.mel_basis.detach().float().cpu(),
+                                        cfg.n_fft, strength, log_to_db=log_to_db)
