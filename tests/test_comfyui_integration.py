@@ -30,8 +30,11 @@ from node_helpers import frames, write_video
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 MODELS_DIR = os.environ.get("SELVA_TEST_MODELS_DIR", "")
-pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
-                                reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+pytestmark = [
+    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+                       reason="set COMFYUI_DIR to a ComfyUI checkout to run"),
+    pytest.mark.timeout(2400),  # start-up, full-size weights and CPU inference are slow
+]
 
 STARTUP_TIMEOUT = 300
 RUN_TIMEOUT = 900
