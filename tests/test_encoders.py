@@ -232,3 +232,21 @@ def test_t5_wrong_files_raise(t5_dir, tmp_path):
     (bad / "model.safetensors").unlink()
     with pytest.raises(SelvaError, match=r"lacks model\.safetensors"):
         T5TextEncoder.from_pretrained(bad)
+
+
+def test_t5_tokenizes_exactly_as_its_tokenizer_json(t5_dir, tmp_path):
+    """The file's pipeline is the spec (the reference's transformers reads it as is): a
+    pre-tokenizer that adds no prefix space must not get one from the T5 tokenizer class."""
+    from tokenizers import Tokenizer
+
+    d = tmp_path / "t5never"
+    shutil.copytree(t5_dir, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never",
+                             "split": True}
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    enc = T5TextEncoder.from_pretrained(d)
+    expected = Tokenizer.from_file(str(d / "tokenizer.json")).encode(PROMPTS[0]).ids
+    assert enc.tokenizer(PROMPTS[0]).input_ids == expected
+    with_prefix = Tokenizer.from_file(str(t5_dir / "tokenizer.json")).encode(PROMPTS[0]).ids
+    assert expected != with_prefix  # the edit matters: "a" vs "\u2581a"

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # the fast tokenizer needs one of them
+TOKENIZER_FILES = ("tokenizer.json",)
 # Decoder-side tensors of the full checkpoint: not part of the encoder, dropped on purpose.
 DROPPED_PREFIXES = ("decoder.", "lm_head.")
 
@@ -40,10 +40,13 @@ class T5TextEncoder(nn.Module):
         """Load from a local snapshot of ``google/flan-t5-base`` (nothing is downloaded here)."""
         directory = Path(directory)
         _require_files(directory)
-        from transformers import T5EncoderModel, T5TokenizerFast
+        from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
         try:
-            tokenizer = T5TokenizerFast.from_pretrained(str(directory), local_files_only=True)
+            # The generic fast tokenizer runs tokenizer.json exactly as written. transformers 5's
+            # T5 tokenizer class rebuilds parts of the pipeline (its pre-tokenizer's prefix-space
+            # rule), which can tokenize differently from the file and from the reference.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:
             raise SelvaError(f"Cannot read the T5 tokenizer in {directory}: {e}") from e
         weights = directory / WEIGHTS_FILE
@@ -110,8 +113,9 @@ def _require_files(directory: Path) -> None:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise SelvaError(f"T5 snapshot {directory} lacks {name}: download google/flan-t5-base again.")
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        raise SelvaError(f"T5 snapshot {directory} has no tokenizer ({' or '.join(TOKENIZER_FILES)}).")
+    for name in TOKENIZER_FILES:
+        if not (directory / name).is_file():
+            raise SelvaError(f"T5 snapshot {directory} lacks {name}: download google/flan-t5-base again.")
 
 
 def _check_loading_info(info: dict, weights: Path) -> None:
