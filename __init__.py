@@ -3,6 +3,13 @@
 ComfyUI imports this folder as a package and reads the two tables below. Heavy libraries
 (transformers, open_clip) load only when a model is loaded, not at start-up.
 """
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__ or getattr(__spec__, "parent", None):  # Python resolves "." from either
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Loaded as a plain file, not as a package: pytest does this with a checkout whose folder
+    # name is not a valid package name (it runs every package __init__ above the tests). There
+    # is no package to import the nodes from, and nothing here needs them.
+    NODE_CLASS_MAPPINGS = {}
+    NODE_DISPLAY_NAME_MAPPINGS = {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
