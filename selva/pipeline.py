@@ -15,13 +15,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 
 from . import audio as audio_ops
 from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
-from .hooks import Hooks, or_default
+from .hooks import NO_HOOKS, Hooks, or_default
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
@@ -31,7 +32,7 @@ from .weights import default_models_dir
 
 log = logging.getLogger(__name__)
 
-Frames = Union[torch.Tensor, "numpy.ndarray"]  # noqa: F821 - (T, H, W, 3) uint8 or float [0, 1]
+Frames = Union[torch.Tensor, np.ndarray]  # (T, H, W, 3) uint8, or float in [0, 1]
 
 
 @dataclass
@@ -72,7 +73,9 @@ def _masks_for(frames: video_ops.PreparedFrames, mask: Optional[torch.Tensor], s
 
 
 @dataclass
-class _Text:
+class TextFeatures:
+    """One prompt, encoded: T5 per-token features with their mask, CLIP per-token features."""
+
     t5: torch.Tensor
     t5_mask: torch.Tensor
     clip: torch.Tensor
@@ -156,13 +159,13 @@ class SelvaPipeline:
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
         """Run the encoders: T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames."""
         hooks = or_default(hooks)
-        text = self._encode_text(prompt, hooks)
-        sync_features = self._encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
+        text = self.encode_text(prompt, hooks)
+        sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                           prepared.mask_strength, text, hooks)
         clip_features = None
         if self.options.clip_frames:
             clip_in = prepared.frames.clip_frames(prepared.clip_mask, prepared.mask_strength)
-            clip_features = self._encode_clip_frames(clip_in, hooks)
+            clip_features = self.encode_clip_frames(clip_in, hooks)
         return Features(variant=self.variant.name, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
                         text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
@@ -202,20 +205,22 @@ class SelvaPipeline:
         return features
 
     # ----------------------------------------------------------------------------- encoders
-    def _encode_text(self, prompt: str, hooks: Hooks) -> _Text:
+    def encode_text(self, prompt: str, hooks: Hooks = NO_HOOKS) -> TextFeatures:
         with self.manager.use("t5") as t5:
             t5_f, t5_mask = t5.encode([prompt])
         hooks.step("text", 1, 2)
-        clip_text = self._encode_clip_text([prompt])
+        clip_text = self.encode_clip_text([prompt])
         hooks.step("text", 2, 2)
-        return _Text(t5_f, t5_mask, clip_text)
+        return TextFeatures(t5_f, t5_mask, clip_text)
 
-    def _encode_clip_text(self, texts: list[str]) -> torch.Tensor:
+    def encode_clip_text(self, texts: list[str]) -> torch.Tensor:
+        """Per-token CLIP text features (B, 77, D), unit length, as the generator takes them."""
         with self.manager.use("clip") as clip:
             return clip.encode_text(texts)
 
-    def _encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
-                     mask_strength: float, text: _Text, hooks: Hooks) -> torch.Tensor:
+    def encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
+                    mask_strength: float, text: TextFeatures, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
+        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224)."""
         frames01 = video_ops.to_float01(sync_u8_tchw)
         if sync_mask is not None:
             frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
@@ -227,7 +232,8 @@ class SelvaPipeline:
             return net.encode(frames[None].to(self.device, net.dtype), text_f, text_mask,
                               on_batch=lambda d, n: hooks.step("sync encoder", d, n))
 
-    def _encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks) -> torch.Tensor:
+    def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
+        """CLIP image features (1, T, D) of 8 fps frames (T, 3, 384, 384) in [0, 1]."""
         with self.manager.use("clip") as clip:
             return clip.encode_frames(frames01[None].to(self.device, self.stage_dtype("clip")),
                                       batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
@@ -238,9 +244,9 @@ class SelvaPipeline:
             return features
         log.info("Prompt differs from the one the features were extracted with: re-encoding text "
                  "and sync features for %r", prompt)
-        text = self._encode_text(prompt, hooks)
+        text = self.encode_text(prompt, hooks)
         frames_tchw = features.sync_frames_u8.permute(0, 3, 1, 2)
-        sync = self._encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
+        sync = self.encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
         return replace(features, prompt=prompt, text_t5=text.t5.float().cpu(),
                        text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
                        sync_features=sync.float().cpu())
@@ -273,7 +279,7 @@ class SelvaPipeline:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
         features = self._features_for_prompt(features, prompt, hooks)
         seq = self.variant.seq_lengths(self._duration_for(features, duration))
-        neg_clip = self._encode_clip_text([negative_prompt])
+        neg_clip = self.encode_clip_text([negative_prompt])
         return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:

@@ -34,6 +34,14 @@ _register_pack()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def pytest_configure(config):
+    import torch
+
+    # The test networks are tiny: one thread avoids hand-off overhead that dominates their run
+    # time on a busy machine, and makes float sums come out the same on every machine.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     import torch
