@@ -17,15 +17,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
 
 try:
     from ..selva.errors import SelvaError
+    from ..selva.models.state_dicts import load_strict
+    from ..selva.weights import load_checkpoint
 except ImportError:  # the core run as top-level packages (python -m selva)
     from selva.errors import SelvaError
+    from selva.models.state_dicts import load_strict
+    from selva.weights import load_checkpoint
 
 from .v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
 from .v2 import BigVGANv2, BigVGANv2Config
@@ -51,19 +55,6 @@ def _weight_norm_part(key: str) -> tuple[str, int] | None:
             if key == name or key.endswith("." + name):
                 return key[: -len(name)], slot
     return None
-
-
-def read_checkpoint(path: PathLike) -> Any:
-    """``torch.load`` (weights only, onto the CPU) with failures reported as SelvaError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelvaError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged archives
-        raise SelvaError(
-            f"could not read checkpoint {path} ({type(exc).__name__}: {exc}); the file is "
-            "probably truncated or not a PyTorch checkpoint - download it again") from exc
 
 
 def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
@@ -98,40 +89,6 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[
     return out
 
 
-def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """Human-readable list of key / shape differences, or None when the state fits exactly."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {expected[k]}"
-                   for k in sorted(set(expected) & set(state))
-                   if tuple(state[k].shape) != expected[k]]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", wrong_shape)):
-        if items:
-            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
-            problems.append(f"{len(items)} {label} ({shown})")
-    return "; ".join(problems) or None
-
-
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
-                      what: str) -> None:
-    """Strict load with a SelvaError naming the file and the mismatch instead of a partial load.
-
-    When the network lives on the meta device the tensors are assigned rather than copied.
-    """
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
-        raise SelvaError(f"{source} is not a state dict of tensors; is it the right file?")
-    problem = describe_mismatch(model, state)
-    if problem:
-        raise SelvaError(f"{source} does not fit the {what} network: {problem}. Check that the "
-                         "file is the one this model/sample rate needs.")
-    on_meta = any(t.is_meta for t in model.state_dict().values())
-    model.load_state_dict(state, strict=True, assign=on_meta)
-
-
 def _generator_state(obj: Any, *, source: str) -> Mapping[str, torch.Tensor]:
     """The generator's state dict from the file's ``{'generator': state_dict}`` structure.
 
@@ -153,8 +110,18 @@ def _finish(model: nn.Module) -> nn.Module:
 def load_generator(model: nn.Module, obj: Any, *, source: str, what: str) -> nn.Module:
     """Fold weight norm, then load strictly into an already built (meta or real) generator."""
     state = fold_weight_norm(_generator_state(obj, source=source), source=source)
-    load_state_strict(model, state, source=source, what=what)
+    load_strict(model, state, source=source, what=f"{what} network",
+                hint="SelVA's 16 kHz models use ext_weights/best_netG.pt (v1), the 44.1 kHz "
+                     "ones nvidia/bigvgan_v2_44khz_128band_512x (v2).")
     return _finish(model)
+
+
+def _build_and_load(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str) -> nn.Module:
+    # built on meta: the file's tensors are assigned, never copied over a random initialisation
+    with torch.device("meta"):
+        model = build()
+    log.debug("loading %s from %s", what, source)
+    return load_generator(model, obj, source=source, what=what)
 
 
 def load_bigvgan_v1(path_or_state: PathLike | Mapping[str, Any],
@@ -163,14 +130,11 @@ def load_bigvgan_v1(path_or_state: PathLike | Mapping[str, Any],
     """BigVGAN v1 from ``best_netG.pt`` (a path, or what ``torch.load`` returned for it)."""
     if isinstance(path_or_state, (str, os.PathLike)):
         source = source or str(path_or_state)
-        obj = read_checkpoint(path_or_state)
+        obj = load_checkpoint(path_or_state)
     else:
         source = source or "BigVGAN v1 state dict"
         obj = path_or_state
-    with torch.device("meta"):
-        model = BigVGANv1(cfg)
-    log.debug("loading BigVGAN v1 from %s", source)
-    return load_generator(model, obj, source=source, what="BigVGAN v1 (16 kHz)")
+    return _build_and_load(lambda: BigVGANv1(cfg), obj, source=source, what="BigVGAN v1 (16 kHz)")
 
 
 def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
@@ -187,14 +151,11 @@ def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
 def load_bigvgan_v2_state(obj: Any, cfg: BigVGANv2Config, *,
                           source: str = "BigVGAN v2 state dict") -> BigVGANv2:
     """BigVGAN v2 from an already read ``{'generator': state_dict}`` object and its config."""
-    with torch.device("meta"):
-        model = BigVGANv2(cfg)
-    log.debug("loading BigVGAN v2 from %s", source)
-    return load_generator(model, obj, source=source, what="BigVGAN v2 (44.1 kHz)")
+    return _build_and_load(lambda: BigVGANv2(cfg), obj, source=source, what="BigVGAN v2 (44.1 kHz)")
 
 
 def load_bigvgan_v2(snapshot_dir: PathLike) -> BigVGANv2:
     """BigVGAN v2 from a hub snapshot folder holding config.json and bigvgan_generator.pt."""
     cfg = read_bigvgan_v2_config(snapshot_dir)
     weights = Path(snapshot_dir) / V2_WEIGHTS_NAME
-    return load_bigvgan_v2_state(read_checkpoint(weights), cfg, source=str(weights))
+    return load_bigvgan_v2_state(load_checkpoint(weights), cfg, source=str(weights))

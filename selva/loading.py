@@ -18,6 +18,7 @@ from .errors import SelvaError
 from .hooks import Hooks
 from .models.generator import SelvaGenerator, load_generator_weights
 from .models.mel import MelConverter
+from .models.state_dicts import unset_tensors
 from .models.text_synch import TextSynchformer, load_text_synch_weights
 from .models.vae import load_vae
 
@@ -81,7 +82,7 @@ def _load_file_into(build: Callable[[], nn.Module], load: Callable[..., None], p
     with torch.device("meta"):
         net = build()
     load(net, W.load_checkpoint(path), source=str(path), **kwargs)
-    leftover = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
+    leftover = unset_tensors(net)
     if leftover:  # a loader that forgot a derived buffer: fail loudly rather than compute on air
         raise SelvaError(f"Internal error: {path} left {len(leftover)} tensors unset ({leftover[:3]}).")
     return net

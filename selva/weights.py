@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from .errors import SelvaError
+from .models.state_dicts import require_tensors
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +250,12 @@ def check_available(files: Iterable[WeightFile], snapshots: Iterable[HubSnapshot
 def load_checkpoint(path: Path) -> Any:
     """``torch.load`` a checkpoint safely (``weights_only=True``) onto the CPU.
 
-    A file that can't be unpickled is reported with what to do, never half-loaded.
+    This is the one place SelVA reads a checkpoint: a missing file, or one that can't be
+    unpickled, is reported as a SelvaError naming it, with what to do.
     """
     path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"Checkpoint not found: {path}. Download it again or check the path.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as first:
@@ -272,6 +276,5 @@ def state_dict_of(obj: Any, path: Path, top_key: Optional[str] = None) -> dict:
             raise SelvaError(f"{path} is not the expected checkpoint: it should hold a dict with "
                              f"'{top_key}', found {found}.")
         obj = obj[top_key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SelvaError(f"{path} is not a state dict of tensors: is it the right file?")
+    require_tensors(obj, source=str(path), what="expected checkpoint")
     return obj

@@ -296,12 +296,12 @@ def test_only_the_named_derived_keys_are_dropped():
     load_generator_weights(meta_generator(SMALL_16K), extra, source=path)
 
     unknown = dict(sd, **{"t_embed.freqs_extra": torch.empty(3, device="meta")})
-    with pytest.raises(SelvaError, match="unexpected keys .*t_embed.freqs_extra"):
+    with pytest.raises(SelvaError, match="1 unexpected key: t_embed.freqs_extra"):
         load_generator_weights(meta_generator(SMALL_16K), unknown, source=path)
 
     truncated = dict(sd)
     del truncated["final_layer.conv.weight"]
-    with pytest.raises(SelvaError, match="missing keys .*final_layer.conv.weight"):
+    with pytest.raises(SelvaError, match="1 missing key: final_layer.conv.weight"):
         load_generator_weights(meta_generator(SMALL_16K), truncated, source=path)
 
 

@@ -165,7 +165,7 @@ def test_missing_video_key_raises_and_nothing_is_written():
     src = MotionFormer(TINY)
     _randomise(src)
     sd = {f"vfeat_extractor.{k}": v for k, v in src.state_dict().items() if k != "norm.bias"}
-    with pytest.raises(SelvaError, match="missing 1 keys: norm.bias"):
+    with pytest.raises(SelvaError, match="1 missing key: norm.bias"):
         load_synchformer_backbone(m, sd, source="tiny.pth")
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k])

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SelvaError
+from ..models.state_dicts import check_fit, shapes_of, unset_tensors
 from ..weights import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -160,10 +161,9 @@ def load_clip_weights(model: nn.Module, state_dict: dict, source: str, image: bo
     All names and shapes are checked against the full architecture; with ``image=False`` the
     image tower is then removed from ``model`` and its tensors are never read.
     """
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise SelvaError(f"{source} is not a state dict of tensors: is it the open_clip CLIP file?")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _check_keys(expected, state_dict, source)
+    expected = shapes_of(model.state_dict())
+    check_fit(expected, state_dict, source=source, what=f"CLIP architecture in its {CONFIG_FILE}",
+              hint="Is it the open_clip file of apple/DFN5B-CLIP-ViT-H-14-384?")
     if not image:
         del model.visual
     wanted = {k for k in expected if image or not k.startswith(IMAGE_PREFIX)}
@@ -174,28 +174,9 @@ def load_clip_weights(model: nn.Module, state_dict: dict, source: str, image: bo
     model.load_state_dict(tensors, strict=True, assign=True)
     _rebuild_causal_mask(model)
     # anything still on the meta device that the file did not provide would compute on air
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                if t.is_meta and n not in tensors]
+    leftover = unset_tensors(model, ignore=tensors.keys())
     if leftover:
         raise SelvaError(f"Internal error: loading {source} left tensors unset: {leftover[:3]}.")
-
-
-def _check_keys(expected: dict, state_dict: dict, source: str) -> None:
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} with the wrong shape (e.g. {k}: file {tuple(state_dict[k].shape)}, "
-                         f"expected {expected[k]})")
-        raise SelvaError(f"{source} does not match the CLIP architecture in its {CONFIG_FILE}: "
-                         f"{'; '.join(parts)}. Is it the right, complete file?")
 
 
 def _rebuild_causal_mask(model: nn.Module) -> None:

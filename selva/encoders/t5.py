@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import SelvaError
+from ..models.state_dicts import mismatch_error, problem_report
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,14 @@ def _require_files(directory: Path) -> None:
 
 def _check_loading_info(info: dict, weights: Path) -> None:
     """Fail on anything but the decoder-side tensors the encoder does not use."""
-    problems = []
-    if info.get("missing_keys"):
-        problems.append(f"missing {sorted(info['missing_keys'])[:5]}")
-    if info.get("mismatched_keys"):
-        problems.append(f"wrong shape {[k[0] if isinstance(k, tuple) else k for k in info['mismatched_keys']][:5]}")
-    stray = [k for k in info.get("unexpected_keys", ()) if not k.startswith(DROPPED_PREFIXES)]
-    if stray:
-        problems.append(f"unexpected {sorted(stray)[:5]}")
+    # transformers lists each wrong shape as (key, shape in the file, shape in the network)
+    report = problem_report(
+        missing=info.get("missing_keys") or (),
+        unexpected=[k for k in info.get("unexpected_keys", ()) if not k.startswith(DROPPED_PREFIXES)],
+        wrong_shape=[tuple(k[:3]) for k in info.get("mismatched_keys") or ()])
+    problems = [report] if report else []
     if info.get("error_msgs"):
         problems.append(f"errors {list(info['error_msgs'])[:3]}")
     if problems:
-        raise SelvaError(f"{weights} does not fit the flan-t5-base encoder: {'; '.join(problems)}.")
+        raise mismatch_error("; ".join(problems), source=str(weights), what="flan-t5-base encoder",
+                             hint="Is it google/flan-t5-base's model.safetensors?")

@@ -19,6 +19,7 @@ from ..errors import SelvaError
 from .layers import (MLP, ChannelLastConv1d, ConvMLP, FinalBlock, JointBlock, Linear,
                      MMDitSingleBlock, TimestepEmbedder, cast_to, compute_dtype,
                      compute_rope_rotations)
+from .state_dicts import is_on_meta, load_strict, require_tensors, shapes_of
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +378,6 @@ def _describe(shapes: Mapping[str, tuple[int, ...]]) -> Optional[str]:
             f"{len(joint)} joint + {len(fused)} fused blocks")
 
 
-def _first(items, n: int = 5) -> str:
-    items = sorted(items)
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
 def load_generator_weights(model: SelvaGenerator, state_dict: Mapping[str, torch.Tensor], *,
                            source: str) -> None:
     """Strictly load a released generator state dict into ``model``.
@@ -391,35 +386,15 @@ def load_generator_weights(model: SelvaGenerator, state_dict: Mapping[str, torch
     raises ``SelvaError`` naming ``source`` and what the file looks like. A network built on the
     meta device takes the tensors as they are (``assign=True``); a real network copies them.
     """
-    if not isinstance(state_dict, Mapping):
-        raise SelvaError(f"{source}: expected a generator state dict, got {type(state_dict).__name__}")
+    state_dict = require_tensors(state_dict, source=source, what="generator")
     sd = {k: v for k, v in state_dict.items() if k not in DERIVED_KEYS}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-
-    missing = expected.keys() - found.keys()
-    unexpected = (found.keys() - expected.keys()) | set(not_tensors)
-    wrong_shape = [f"{k} {found[k]} vs {expected[k]}" for k in expected.keys() & found.keys()
-                   if found[k] != expected[k]]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({_first(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} shape mismatches ({_first(wrong_shape, 3)})")
-        file_desc = _describe(found) or "not a SelVA generator state dict"
-        want = _describe(expected)
-        raise SelvaError(f"{source} does not fit the generator: it looks like {file_desc}, but "
-                         f"the network is {want}. " + "; ".join(parts) +
-                         ". Pick the generator file that matches the chosen variant.")
-
-    model_is_meta = any(p.is_meta for p in model.parameters())
-    if not model_is_meta and any(v.is_meta for v in sd.values()):
-        raise SelvaError(f"{source}: the state dict holds no data (meta tensors)")
-    model.load_state_dict(sd, strict=True, assign=model_is_meta)
-    if model_is_meta and not any(p.is_meta for p in model.parameters()):
+    file_desc = _describe(shapes_of(sd)) or "not a SelVA generator state dict"
+    want = _describe(shapes_of(model.state_dict()))
+    # Naming both architectures tells the user which variant the file belongs to.
+    hint = None if file_desc == want else (f"It looks like {file_desc}, but the network is {want}: "
+                                           "pick the generator file of the chosen variant.")
+    model_is_meta = is_on_meta(model)
+    load_strict(model, sd, source=source, what="generator", hint=hint)
+    if model_is_meta and not is_on_meta(model):
         model.refresh_derived_buffers()
     log.debug("loaded generator weights from %s", source)

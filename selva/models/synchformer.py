@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import SelvaError
 from .layers import cast_to, upcast_half
+from .state_dicts import load_strict, preview, require_tensors
 
 log = logging.getLogger(__name__)
 
@@ -294,41 +295,6 @@ SYNCHFORMER_DISCARDED_PREFIXES = ("afeat_extractor.", "vproj.", "aproj.", "trans
 SYNCHFORMER_VIDEO_PREFIX = "vfeat_extractor."
 
 
-def _preview(keys, limit: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def strict_load(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
-                what: str) -> None:
-    """Load ``state_dict`` into ``module`` with every key and shape checked first.
-
-    Raises SelvaError naming ``source`` before anything is written, so a wrong file never leaves
-    a half-loaded network. Works on the meta device (full-size tests) by assigning tensors.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise SelvaError(f"{source}: expected a state dict for the {what}, got {type(state_dict).__name__}")
-    own = module.state_dict()
-    missing = own.keys() - state_dict.keys()
-    unexpected = state_dict.keys() - own.keys()
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {_preview(unexpected)}")
-        raise SelvaError(f"{source} does not match the {what}: " + "; ".join(parts)
-                         + ". Is this the right file?")
-    wrong_shape = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-                   for k, v in own.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
-    if wrong_shape:
-        raise SelvaError(f"{source} does not match the {what}: wrong shapes for "
-                         f"{len(wrong_shape)} tensors: {'; '.join(wrong_shape[:5])}. Is this the right file?")
-    on_meta = any(t.is_meta for t in own.values())
-    module.load_state_dict(state_dict, strict=True, assign=on_meta)
-
-
 def load_synchformer_backbone(model: MotionFormer, state_dict: Mapping[str, torch.Tensor], *,
                               source: str) -> None:
     """Load the video extractor out of the released Synchformer state dict.
@@ -337,8 +303,7 @@ def load_synchformer_backbone(model: MotionFormer, state_dict: Mapping[str, torc
     ``vfeat_extractor.`` are stripped of it and loaded strictly; any other key means the file is
     not a Synchformer checkpoint and is an error.
     """
-    if not isinstance(state_dict, Mapping):
-        raise SelvaError(f"{source}: expected a Synchformer state dict, got {type(state_dict).__name__}")
+    state_dict = require_tensors(state_dict, source=source, what="Synchformer checkpoint")
     video: dict[str, torch.Tensor] = {}
     unknown = []
     for key, tensor in state_dict.items():
@@ -347,8 +312,8 @@ def load_synchformer_backbone(model: MotionFormer, state_dict: Mapping[str, torc
         elif not key.startswith(SYNCHFORMER_DISCARDED_PREFIXES):
             unknown.append(key)
     if unknown:
-        raise SelvaError(f"{source} is not a Synchformer state dict: unknown keys {_preview(unknown)}")
+        raise SelvaError(f"{source} is not a Synchformer state dict: unknown keys {preview(unknown)}")
     dropped = len(state_dict) - len(video)
     log.debug("%s: loading %d video-extractor tensors, dropping %d audio/sync-head tensors",
               source, len(video), dropped)
-    strict_load(model, video, source=source, what="Synchformer video extractor (MotionFormer)")
+    load_strict(model, video, source=source, what="Synchformer video extractor (MotionFormer)")

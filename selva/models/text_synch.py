@@ -19,8 +19,8 @@ from torch import nn
 
 from ..errors import SelvaError
 from .layers import MLP, MMCrossAttentionBlock
-from .synchformer import (MOTIONFORMER_224, MotionFormer, MotionFormerConfig, load_synchformer_backbone,
-                          strict_load)
+from .state_dicts import load_strict
+from .synchformer import MOTIONFORMER_224, MotionFormer, MotionFormerConfig, load_synchformer_backbone
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def load_text_synch_weights(model: TextSynchformer, state_dict: Mapping[str, tor
     The official loader keeps only its known prefixes, and the released file holds exactly
     those; so here every key must belong to the network: anything else is an error, not dropped.
     """
-    strict_load(model, state_dict, source=source, what="TextSynch video encoder")
+    load_strict(model, state_dict, source=source, what="TextSynch video encoder")
 
 
 def init_backbone_from_synchformer(model: TextSynchformer, synchformer_state_dict: Mapping[str, torch.Tensor],

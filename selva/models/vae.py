@@ -21,7 +21,6 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SelvaError
+from ..weights import load_checkpoint
+from .state_dicts import check_fit, load_strict, shapes_of
 
 log = logging.getLogger(__name__)
 
@@ -434,32 +435,6 @@ class AudioVAE(nn.Module):
 PathLike = Union[str, os.PathLike]
 
 
-def _read_checkpoint(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise SelvaError(f"VAE checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged archives raise many different types
-        raise SelvaError(
-            f"could not read VAE checkpoint {path} ({type(exc).__name__}: {exc}); the file is "
-            "probably truncated or not a PyTorch checkpoint - download it again") from exc
-
-
-def _shape_problems(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor]) -> str:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = [f"{k}: file {tuple(got[k].shape)} vs network {tuple(expected[k])}"
-             for k in sorted(set(expected) & set(got)) if got[k].shape != expected[k]]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", wrong)):
-        if items:
-            parts.append(f"{len(items)} {label} ({', '.join(items[:5])}"
-                         f"{', ...' if len(items) > 5 else ''})")
-    return "; ".join(parts)
-
-
 def _encoder_shapes(cfg: VAEConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):
         enc = Encoder1D(cfg)
@@ -468,22 +443,17 @@ def _encoder_shapes(cfg: VAEConfig) -> dict[str, torch.Size]:
 
 def _load_raw(model: AudioVAE, sd: Mapping[str, Any], *, source: str) -> None:
     """Strict key/shape check and load of the raw (not yet normalised) weights."""
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise SelvaError(f"{source} is not a state dict of tensors; is it the VAE file?")
-    state = dict(sd)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    what = f"VAE (data_dim={model.cfg.data_dim}, embed_dim={model.cfg.embed_dim})"
+    hint = "Use the v1-16 file for 16 kHz models and v1-44 for 44.1 kHz ones."
+    state = sd
     if not model.has_encoder:
+        # The decoder-only network has no place for the encoder: check those entries against the
+        # full architecture first, then leave them out.
+        expected = shapes_of(model.state_dict())
         expected.update(_encoder_shapes(model.cfg))
-    problem = _shape_problems(expected, state)
-    if problem:
-        raise SelvaError(f"{source} does not fit the VAE (data_dim={model.cfg.data_dim}, "
-                         f"embed_dim={model.cfg.embed_dim}): {problem}. Use the v1-16 file for "
-                         "16 kHz models and v1-44 for 44.1 kHz ones.")
-    if not model.has_encoder:
-        # verified above; the decoder-only network has no place for them
-        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    on_meta = any(t.is_meta for t in model.state_dict().values())
-    model.load_state_dict(state, strict=True, assign=on_meta)
+        check_fit(expected, sd, source=source, what=what, hint=hint)
+        state = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    load_strict(model, state, source=source, what=what, hint=hint)
     for conv in model.mp_convs():
         conv.weight_norm_removed = False  # fresh raw weights
 
@@ -524,7 +494,7 @@ def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
     if isinstance(path_or_state, (str, os.PathLike)):
         source = source or str(path_or_state)
         log.debug("loading VAE from %s (encoder: %s)", source, need_encoder)
-        sd = _read_checkpoint(path_or_state)
+        sd = load_checkpoint(path_or_state)
         _load_raw(model, sd, source=source)
         # the file's dict is ours: dropping it lets each raw weight be freed as soon as its
         # normalised replacement exists (peak ~ one file, not two)
