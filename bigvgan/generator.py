@@ -32,6 +32,16 @@ class GeneratorConfig(Protocol):
     use_tanh_at_final: bool
 
 
+class UpsamplingHop:
+    """Config mixin: waveform samples per mel frame, the product of the upsampling rates."""
+
+    upsample_rates: Sequence[int]
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.upsample_rates)
+
+
 def _same_padding(kernel_size: int, dilation: int) -> int:
     return (kernel_size * dilation - dilation) // 2
 

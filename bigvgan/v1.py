@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .generator import BigVGANGenerator
+from .generator import BigVGANGenerator, UpsamplingHop
 
 
 @dataclass(frozen=True)
-class BigVGANv1Config:
+class BigVGANv1Config(UpsamplingHop):
     num_mels: int = 80
     upsample_rates: tuple[int, ...] = (4, 4, 2, 2, 2, 2)
     upsample_kernel_sizes: tuple[int, ...] = (8, 8, 4, 4, 4, 4)
@@ -30,13 +30,6 @@ class BigVGANv1Config:
     @property
     def use_tanh_at_final(self) -> bool:
         return True
-
-    @property
-    def hop_length(self) -> int:
-        out = 1
-        for rate in self.upsample_rates:
-            out *= rate
-        return out
 
 
 # The values of the reference's bigvgan_vocoder.yml (hop 256 at 16 kHz).

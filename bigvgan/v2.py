@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .generator import BigVGANGenerator
+from .generator import BigVGANGenerator, UpsamplingHop
 
 
 @dataclass(frozen=True)
-class BigVGANv2Config:
+class BigVGANv2Config(UpsamplingHop):
     num_mels: int
     upsample_rates: tuple[int, ...]
     upsample_kernel_sizes: tuple[int, ...]
@@ -44,13 +44,6 @@ class BigVGANv2Config:
             tuple(int(v) for v in d) for d in kwargs["resblock_dilation_sizes"])
         kwargs["resblock"] = str(kwargs.get("resblock", "1"))
         return cls(**kwargs)
-
-    @property
-    def hop_length(self) -> int:
-        out = 1
-        for rate in self.upsample_rates:
-            out *= rate
-        return out
 
 
 # nvidia/bigvgan_v2_44khz_128band_512x (its config.json): hop 512, no final bias, clamp not tanh.
