@@ -15,7 +15,6 @@ from torch import nn
 
 from . import weights as W
 from .errors import SelvaError
-from .hooks import Hooks
 from .models.generator import SelvaGenerator, load_generator_weights
 from .models.mel import MelConverter
 from .models.state_dicts import unset_tensors
@@ -66,7 +65,10 @@ def required_snapshots(spec: "VariantSpec") -> list[W.HubSnapshot]:
 
 
 def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> dict[str, Path]:
-    """Paths of every file and snapshot the variant needs; one error lists everything missing."""
+    """Paths of every file and snapshot the variant needs (downloading what is missing).
+
+    Without downloads, one error lists everything missing.
+    """
     files, snaps = required_files(spec), required_snapshots(spec)
     if not allow_download or W.downloads_disabled():
         missing = W.check_available(files, snaps, models_dir)
@@ -75,6 +77,21 @@ def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> 
     paths = {wf.key: W.resolve_file(wf, models_dir, allow_download=allow_download) for wf in files}
     paths.update({s.key: W.resolve_snapshot(s, models_dir, allow_download=allow_download) for s in snaps})
     return paths
+
+
+def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> None:
+    """Download what the variant needs, or, with downloads off, warn about what is missing.
+
+    A stage whose files are missing fails when it is first used, with the list of what to get and
+    where to put it; so e.g. the VAE round trip runs with just the VAE and vocoder files.
+    """
+    if allow_download and not W.downloads_disabled():
+        resolve_all(spec, models_dir, allow_download=True)
+        return
+    missing = W.check_available(required_files(spec), required_snapshots(spec), models_dir)
+    if missing:
+        log.warning("Some SelVA weights are missing; the stages that need them will fail:\n%s",
+                    "\n".join(missing))
 
 
 def _load_file_into(build: Callable[[], nn.Module], load: Callable[..., None], path: Path,
@@ -88,51 +105,77 @@ def _load_file_into(build: Callable[[], nn.Module], load: Callable[..., None], p
     return net
 
 
-def load_networks(pipe: "SelvaPipeline", hooks: Hooks) -> None:
-    """Resolve, load and register every stage of ``pipe`` with its offload manager."""
-    from .encoders.clip import ClipEncoder
-    from .encoders.t5 import T5TextEncoder
+class StageBuilders:
+    """How to build each stage of one pipeline from the files (each resolved when first needed)."""
 
-    spec, opts, mgr = pipe.variant, pipe.options, pipe.manager
+    def __init__(self, spec: "VariantSpec", models_dir: Path, allow_download: bool, clip_frames: bool):
+        self.spec = spec
+        self.models_dir = Path(models_dir)
+        self.allow_download = allow_download
+        self.clip_frames = clip_frames
+
+    def _file(self, key: str) -> Path:
+        try:
+            return W.resolve_file(W.FILES[key], self.models_dir, allow_download=self.allow_download)
+        except W.MissingWeightsError:
+            raise self._everything_missing() from None
+
+    def _snapshot(self, key: str) -> Path:
+        try:
+            return W.resolve_snapshot(W.HUB[key], self.models_dir, allow_download=self.allow_download)
+        except W.MissingWeightsError:
+            raise self._everything_missing() from None
+
+    def _everything_missing(self) -> W.MissingWeightsError:
+        # One message with every missing file of the variant, so that one trip fixes them all.
+        return W.missing_error(W.check_available(required_files(self.spec), required_snapshots(self.spec),
+                                                 self.models_dir))
+
+    def t5(self) -> nn.Module:
+        from .encoders.t5 import T5TextEncoder
+
+        return T5TextEncoder.from_pretrained(self._snapshot("t5"))
+
+    def clip(self) -> nn.Module:
+        from .encoders.clip import ClipEncoder
+
+        return ClipEncoder.from_pretrained(self._snapshot("clip"), image=self.clip_frames)
+
+    def text_synch(self) -> nn.Module:
+        return _load_file_into(lambda: TextSynchformer(self.spec.text_synch), load_text_synch_weights,
+                               self._file(self.spec.video_enc_file))
+
+    def generator(self) -> nn.Module:
+        seq = self.spec.seq_lengths(_DEFAULT_DURATION)
+        return _load_file_into(
+            lambda: SelvaGenerator(self.spec.generator, latent_seq_len=seq.latent, clip_seq_len=seq.clip,
+                                   sync_seq_len=seq.sync),
+            load_generator_weights, self._file(self.spec.generator_file))
+
+    def vae(self, need_encoder: bool = False) -> nn.Module:
+        # The encoder is only needed for the VAE round trip: leave it out unless asked for.
+        return load_vae(self._file(self.spec.vae_file), self.spec.vae, need_encoder=need_encoder)
+
+    def vocoder(self) -> nn.Module:
+        if self.spec.vocoder != "bigvgan_v1":
+            return load_bigvgan_v2(self._snapshot(self.spec.vocoder_snapshot))
+        path = self._file(self.spec.vocoder_file)
+        cfg = self.spec.vocoder_config
+        return (load_bigvgan_v1(path, source=str(path)) if cfg is None
+                else load_bigvgan_v1(path, cfg, source=str(path)))
+
+    def mel(self) -> nn.Module:
+        return MelConverter(self.spec.mel)
+
+
+STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")
+
+
+def register_stages(pipe: "SelvaPipeline") -> StageBuilders:
+    """Register every stage of ``pipe`` with its offload manager, to be built on first use."""
+    opts = pipe.options
+    builders = StageBuilders(pipe.variant, Path(opts.models_dir), opts.allow_download, opts.clip_frames)
     dtypes = stage_dtypes(pipe.dtype)
-    paths = resolve_all(spec, Path(opts.models_dir), opts.allow_download)
-    seq = spec.seq_lengths(_DEFAULT_DURATION)
-    total = 7
-    hooks.step("loading", 0, total)
-
-    mgr.add("t5", T5TextEncoder.from_pretrained(paths["t5"]), dtypes["t5"])
-    hooks.step("loading", 1, total)
-    mgr.add("clip", ClipEncoder.from_pretrained(paths["clip"], image=opts.clip_frames), dtypes["clip"])
-    hooks.step("loading", 2, total)
-    video_enc = paths[spec.video_enc_file]
-    mgr.add("text_synch", _load_file_into(lambda: TextSynchformer(spec.text_synch),
-                                          load_text_synch_weights, video_enc), dtypes["text_synch"])
-    hooks.step("loading", 3, total)
-    mgr.add("generator", _load_file_into(
-        lambda: SelvaGenerator(spec.generator, latent_seq_len=seq.latent, clip_seq_len=seq.clip,
-                               sync_seq_len=seq.sync),
-        load_generator_weights, paths[spec.generator_file]), dtypes["generator"])
-    hooks.step("loading", 4, total)
-
-    vae_path = paths[spec.vae_file]
-    mgr.add("vae", load_vae(vae_path, spec.vae, need_encoder=False), dtypes["vae"])
-    pipe._vae_encoder_loader = lambda: _reload_vae_with_encoder(pipe, vae_path, dtypes["vae"])
-    hooks.step("loading", 5, total)
-    if spec.vocoder == "bigvgan_v1":
-        path = paths[spec.vocoder_file]
-        cfg = spec.vocoder_config
-        vocoder = load_bigvgan_v1(path, source=str(path)) if cfg is None else \
-            load_bigvgan_v1(path, cfg, source=str(path))
-    else:
-        vocoder = load_bigvgan_v2(paths[spec.vocoder_snapshot])
-    mgr.add("vocoder", vocoder, dtypes["vocoder"])
-    hooks.step("loading", 6, total)
-    mgr.add("mel", MelConverter(spec.mel), dtypes["mel"])
-    hooks.step("loading", 7, total)
-
-
-def _reload_vae_with_encoder(pipe: "SelvaPipeline", path: Path, dtype: torch.dtype) -> None:
-    """The VAE with its encoder (only the VAE round trip needs it), replacing the decoder-only one."""
-    spec = pipe.variant
-    log.info("Loading the VAE encoder from %s for the round trip", path)
-    pipe.manager.add("vae", load_vae(path, spec.vae, need_encoder=True), dtype)
+    for name in STAGES:
+        pipe.manager.add_lazy(name, getattr(builders, name), dtypes[name])
+    return builders

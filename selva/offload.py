@@ -96,14 +96,17 @@ def empty_cache(device: torch.device) -> None:
 
 @dataclass
 class Stage:
-    module: nn.Module
     dtype: torch.dtype
+    module: Optional[nn.Module] = None
+    build: Optional[Callable[[], nn.Module]] = None  # builds ``module`` on first use
 
 
 @dataclass
 class OffloadManager:
     """Owns the pipeline's networks and moves them between the CPU and the compute device.
 
+    Stages are registered eagerly (:meth:`add`) or as builders (:meth:`add_lazy`) that run the
+    first time the stage is used, so a graph that never samples never loads the generator.
     ``make_room(bytes, device)`` lets a host application (ComfyUI's model management) evict its
     own models before a stage is moved to the accelerator.
     """
@@ -117,44 +120,60 @@ class OffloadManager:
     def home(self) -> torch.device:
         return torch.device("cpu") if self.offload else self.device
 
+    def _place(self, module: nn.Module, dtype: torch.dtype) -> nn.Module:
+        return module.eval().requires_grad_(False).to(self.home, dtype)
+
     def add(self, name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
-        module = module.eval().requires_grad_(False).to(self.home, dtype)
-        self.stages[name] = Stage(module, dtype)
+        module = self._place(module, dtype)
+        self.stages[name] = Stage(dtype, module)
         return module
 
+    def add_lazy(self, name: str, build: Callable[[], nn.Module], dtype: torch.dtype) -> None:
+        self.stages[name] = Stage(dtype, build=build)
+
+    def _stage(self, name: str) -> Stage:
+        stage = self.stages.get(name)
+        if stage is None:
+            raise SelvaError(f"Stage {name!r} is not part of this pipeline.")
+        return stage
+
     def get(self, name: str) -> nn.Module:
-        try:
-            return self.stages[name].module
-        except KeyError:
-            raise SelvaError(f"Stage {name!r} is not loaded in this pipeline.") from None
+        """The stage's module (built now if it was registered lazily), wherever it lives."""
+        stage = self._stage(name)
+        if stage.module is None:
+            log.info("Loading %s", name)
+            stage.module = self._place(stage.build(), stage.dtype)
+        return stage.module
 
     def dtype(self, name: str) -> torch.dtype:
-        return self.stages[name].dtype
+        return self._stage(name).dtype
 
     def has(self, name: str) -> bool:
         return name in self.stages
 
+    def is_loaded(self, name: str) -> bool:
+        return name in self.stages and self.stages[name].module is not None
+
     @contextlib.contextmanager
     def use(self, name: str) -> Iterator[nn.Module]:
         """The stage's module on the compute device for the duration of the block."""
-        stage = self.stages.get(name)
-        if stage is None:
-            raise SelvaError(f"Stage {name!r} is not loaded in this pipeline.")
+        module = self.get(name)
         if self.offload:
             if self.make_room is not None:
-                self.make_room(module_bytes(stage.module), self.device)
-            stage.module.to(self.device)
+                self.make_room(module_bytes(module), self.device)
+            module.to(self.device)
         try:
-            yield stage.module
+            yield module
         finally:
             if self.offload:
-                stage.module.to("cpu")
+                module.to("cpu")
                 empty_cache(self.device)
 
     def release(self) -> None:
-        """Move every stage to the CPU and free the accelerator's cache."""
+        """Move every loaded stage to the CPU and free the accelerator's cache."""
         for stage in self.stages.values():
-            stage.module.to("cpu")
+            if stage.module is not None:
+                stage.module.to("cpu")
         empty_cache(self.device)
 
 

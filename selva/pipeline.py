@@ -90,14 +90,14 @@ class SelvaPipeline:
         self.options = options
         self.manager = manager
         self.dtype = dtype
-        self._vae_encoder_loader: Optional[Callable[[], None]] = None
+        self._builders = None  # set by load(): rebuilds the VAE with its encoder when needed
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, options: LoadOptions, hooks: Optional[Hooks] = None,
              make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
-        """Resolve (download if needed) and load every network the options call for."""
-        from .loading import load_networks
+        """A pipeline for ``options``: weights are fetched now, networks load on first use."""
+        from .loading import prefetch, register_stages
 
         spec = get_variant(options.variant)
         device = pick_device(options.device)
@@ -105,12 +105,21 @@ class SelvaPipeline:
         offload = resolve_offload(options.offload, device)
         models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
         options = replace(options, models_dir=models_dir)
+        prefetch(spec, models_dir, options.allow_download)
         manager = OffloadManager(device=device, offload=offload, make_room=make_room)
         pipe = cls(spec, options, manager, dtype)
-        load_networks(pipe, hooks=or_default(hooks))
-        log.info("SelVA %s loaded on %s (%s, %s)", spec.name, device, options.precision,
+        pipe._builders = register_stages(pipe)
+        log.info("SelVA %s ready on %s (%s, %s)", spec.name, device, options.precision,
                  "offload_to_cpu" if offload else "keep_in_vram")
         return pipe
+
+    def preload(self, stages: Optional[tuple[str, ...]] = None, hooks: Optional[Hooks] = None) -> None:
+        """Load stages now instead of on first use (all of them by default)."""
+        hooks = or_default(hooks)
+        names = stages or tuple(self.manager.stages)
+        for i, name in enumerate(names, 1):
+            self.manager.get(name)
+            hooks.step("loading", i, len(names))
 
     @property
     def sample_rate(self) -> int:
@@ -356,9 +365,14 @@ class SelvaPipeline:
         return wave.reshape(b, c, -1)
 
     def _ensure_vae_encoder(self) -> None:
-        if self._vae_encoder_loader is not None:
-            self._vae_encoder_loader()
-            self._vae_encoder_loader = None
+        """Swap in the VAE with its encoder (generation only needs the decoder)."""
+        vae = self.manager.get("vae") if self.manager.is_loaded("vae") else None
+        if vae is not None and vae.encoder is not None:
+            return
+        if self._builders is None:
+            raise SelvaError("This pipeline's VAE has no encoder, so it cannot encode audio.")
+        log.info("Loading the VAE encoder for the round trip")
+        self.manager.add_lazy("vae", lambda: self._builders.vae(need_encoder=True), self.stage_dtype("vae"))
 
     def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float) -> torch.Tensor:
         """Per-band EQ toward the spectral profile the VAE was trained on (its data mean).

@@ -56,3 +56,13 @@ def test_manager_stage_dtype_and_moves(monkeypatch):
         with mgr.use("nope"):
             pass
     assert O.module_bytes(Probe()) == 12
+
+
+def test_lazy_stage_is_built_once_on_first_use():
+    built = []
+    mgr = O.OffloadManager(device=torch.device("cpu"), offload=False)
+    mgr.add_lazy("probe", lambda: built.append(1) or Probe(), torch.float16)
+    assert not mgr.is_loaded("probe") and built == []
+    with mgr.use("probe") as m:
+        assert m.w.dtype == torch.float16
+    assert mgr.get("probe") is m and built == [1]

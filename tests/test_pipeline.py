@@ -191,11 +191,14 @@ def test_spectral_match_uses_vae_statistics(pipe):
     assert torch.equal(pipe.spectral_match(x, 16000, strength=0.0), x)
 
 
-def test_missing_weights_offline_lists_every_file(tmp_path, monkeypatch):
+def test_missing_weights_offline_lists_every_file(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with caplog.at_level(logging.WARNING):
+        pipe = load(tmp_path / "empty", "small_16k")  # nothing is needed until a stage runs
+    assert "best_netG.pt" in caplog.text
     with pytest.raises(W.MissingWeightsError) as e:
-        load(tmp_path / "empty", "small_16k")
+        pipe.extract_features(video(), 25.0, "a dog")
     msg = str(e.value)
     for part in ("video_enc_sup_5.pth", "generator_small_16k_sup_5.pth", "v1-16.pth", "best_netG.pt",
                  "google/flan-t5-base", "apple/DFN5B-CLIP-ViT-H-14-384"):
@@ -209,5 +212,16 @@ def test_wrong_generator_file_is_a_clear_error(models_dir, tmp_path):
     shutil.copytree(models_dir, bad)
     # a VAE checkpoint saved under the generator's name must not half-load
     shutil.copy(bad / W.FILES["vae_16k"].path, bad / W.FILES["generator_small_16k"].path)
+    pipe = load(bad)
     with pytest.raises(SelvaError, match="generator_small_16k_sup_5.pth"):
-        load(bad)
+        pipe.preload()
+
+
+def test_stages_load_on_first_use(models_dir):
+    pipe = load(models_dir)
+    assert not any(pipe.manager.is_loaded(n) for n in pipe.manager.stages)
+    t = torch.arange(16000) / 16000
+    pipe.vae_roundtrip(torch.sin(2 * math.pi * 440 * t)[None, None] * 0.3, 16000)
+    loaded = {n for n in pipe.manager.stages if pipe.manager.is_loaded(n)}
+    assert loaded == {"vae", "vocoder", "mel"}  # no text encoders, video encoder or generator
+    assert pipe.manager.get("vae").encoder is not None
