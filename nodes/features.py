@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from . import comfy_compat
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
-from .video_input import resolve_video, stream_as_path
+from .video_input import decodable, resolve_video
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,8 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
     if src.frames is not None:
         prepared = model.prepare(src.frames, src.fps, **common)
     else:
-        with stream_as_path(src.stream) as path:
-            prepared = model.prepare(video_path=path, **common)
-    key = model.feature_cache_key(prepared, prompt)
-    cache = FeatureCache(cache_directory(cache_dir))
-    feats = cache.get(key)
-    if feats is not None:
-        log.info("SelVA features loaded from the cache (%s)", cache.path(key))
-    else:
-        feats = model.encode(prepared, prompt, hooks)
-        cache.put(key, feats)
+        prepared = model.prepare(video_path=decodable(src.stream), **common)
+    feats = model.encode_cached(prepared, prompt, FeatureCache(cache_directory(cache_dir)), hooks)
     return feats, float(feats.fps)
 
 

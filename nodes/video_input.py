@@ -10,14 +10,11 @@ Two kinds of input:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 from ..selva.errors import SelvaError
 
@@ -107,20 +104,12 @@ def resolve_video(video: Any, video_info: Any = None, fps: float = 0.0) -> Video
     return src
 
 
-@contextlib.contextmanager
-def stream_as_path(stream: Any) -> Iterator[Path]:
-    """A filesystem path for a VIDEO's stream source (an in-memory one is spooled to a temp file)."""
+def decodable(stream: Any) -> Union[Path, BinaryIO]:
+    """What the core's streaming decoder reads: a path, or the in-memory stream itself (rewound)."""
     if isinstance(stream, (str, os.PathLike)):
-        yield Path(stream)
-        return
+        return Path(stream)
     if not hasattr(stream, "read"):
         raise SelvaError(f"Cannot read a video from a {type(stream).__name__}.")
     if hasattr(stream, "seek"):
         stream.seek(0)
-    fd, tmp = tempfile.mkstemp(prefix="selva_video_", suffix=".bin")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(stream, f)
-        yield Path(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return stream

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ def _masks_for(frames: video_ops.PreparedFrames, mask: Optional[torch.Tensor], s
     """The mask frames that go with the chosen sync / clip frames, at the encoders' sizes."""
     if mask is None or strength == 0:
         return None, None
+    video_ops.warn_if_mask_stretched(mask, frames.source_size)
     # Selecting validates the mask against the video even when a path is switched off.
     sync = video_ops.mask_for_indices(mask, frames.sync_indices, frames.n_source_frames)
     clip = video_ops.mask_for_indices(mask, frames.clip_indices, frames.n_source_frames)
@@ -137,7 +138,7 @@ class SelvaPipeline:
 
     # ---------------------------------------------------------------------------- features
     def prepare(self, frames: Optional[Frames] = None, fps: Optional[float] = None, *,
-                video_path: Optional[Union[str, Path]] = None, duration: Optional[float] = None,
+                video_path: Optional[Union[str, Path, BinaryIO]] = None, duration: Optional[float] = None,
                 mask: Optional[torch.Tensor] = None, mask_strength: float = 1.0,
                 mask_clip: bool = True, mask_sync: bool = True) -> PreparedInput:
         """Pick and resize frames (from memory or streamed from a file): the cheap part."""
@@ -189,19 +190,20 @@ class SelvaPipeline:
                          cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None) -> Features:
         prepared = self.prepare(frames, fps, duration=duration, mask=mask, mask_strength=mask_strength,
                                 mask_clip=mask_clip, mask_sync=mask_sync)
-        return self._cached_encode(prepared, prompt, cache, hooks)
+        return self.encode_cached(prepared, prompt, cache, hooks)
 
-    def extract_features_from_video(self, path: Union[str, Path], prompt: str, *,
+    def extract_features_from_video(self, path: Union[str, Path, BinaryIO], prompt: str, *,
                                     duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
                                     mask_strength: float = 1.0, mask_clip: bool = True,
                                     mask_sync: bool = True, cache: Optional[FeatureCache] = None,
                                     hooks: Optional[Hooks] = None) -> Features:
         prepared = self.prepare(video_path=path, duration=duration, mask=mask, mask_strength=mask_strength,
                                 mask_clip=mask_clip, mask_sync=mask_sync)
-        return self._cached_encode(prepared, prompt, cache, hooks)
+        return self.encode_cached(prepared, prompt, cache, hooks)
 
-    def _cached_encode(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
-                       hooks: Optional[Hooks]) -> Features:
+    def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
+                      hooks: Optional[Hooks] = None) -> Features:
+        """:meth:`encode`, skipped when ``cache`` already holds features for exactly this input."""
         if cache is None:
             return self.encode(prepared, prompt, hooks)
         key = self.feature_cache_key(prepared, prompt)

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -292,6 +292,18 @@ def _mask_stack(mask: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
     return mask
 
 
+def warn_if_mask_stretched(mask: Union[torch.Tensor, np.ndarray], source_size: Optional[tuple[int, int]],
+                           tolerance: float = 0.02) -> None:
+    """Warn when a mask's aspect ratio differs from the video's: it would be stretched to fit."""
+    if source_size is None:
+        return
+    mh, mw = _mask_stack(mask).shape[-2:]
+    vh, vw = source_size
+    if abs((mw / mh) / (vw / vh) - 1.0) > tolerance:
+        log.warning("The mask is %dx%d but the video is %dx%d: the mask is stretched to the video's "
+                    "shape. Make the mask from the same video to keep it aligned.", mw, mh, vw, vh)
+
+
 def mask_for_indices(mask: Union[torch.Tensor, np.ndarray], indices: Sequence[int],
                      n_source_frames: Optional[int]) -> torch.Tensor:
     """Pick the mask frames that go with the selected source frames (a 1-frame mask is static)."""
@@ -319,6 +331,7 @@ class PreparedFrames:
     clip_indices: tuple[int, ...]  # source frame used for each clip frame
     sync_indices: tuple[int, ...]  # source frame used for each sync frame
     n_source_frames: Optional[int]  # None when decoding stopped before the end of the file
+    source_size: Optional[tuple[int, int]] = None  # (height, width) of the source frames
 
     def clip_frames(self, mask=None, mask_strength: float = 1.0) -> torch.Tensor:
         """CLIP input: float32 in [0, 1], optionally with the background greyed out."""
@@ -411,7 +424,8 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
     clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx)
     src_fps = float(fps) if fps is not None else (1 / float(interval) if interval else None)
     return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=src_fps,
-                          clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n)
+                          clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n,
+                          source_size=(int(frames.shape[1]), int(frames.shape[2])))
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -423,9 +437,10 @@ def _frame_time(frame, index: int, rate: Optional[Fraction]) -> Fraction:
     raise SelvaError(f"Frame {index} has no timestamp and the stream has no frame rate.")
 
 
-def decode_video(path: Union[str, Path], duration: Optional[Number] = None,
+def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] = None,
                  start: Number = 0.0) -> PreparedFrames:
-    """Decode a video file frame by frame, keeping only the frames SelVA uses.
+    """Decode a video (a file path, or a seekable binary file object) frame by frame, keeping
+    only the frames SelVA uses.
 
     Each frame's presentation time decides whether it is used; used frames are converted to RGB
     and resized to 384 / 224 uint8 at once, so memory holds only the two small streams.
@@ -436,18 +451,22 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None,
         import av
     except ImportError as e:  # pragma: no cover - av is a hard requirement of the pack
         raise SelvaError("Decoding video files needs PyAV: pip install av") from e
-    path = Path(path)
-    if not path.is_file():
-        raise SelvaError(f"Video file not found: {path}")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise SelvaError(f"Video file not found: {path}")
+        source = str(path)
+    else:
+        path = getattr(source, "name", "the video stream")
     offset = _exact(start, "start")
     requested = _requested(duration)
 
     walk = _Walk(requested)
     clip_of: dict[int, torch.Tensor] = {}
     sync_of: dict[int, torch.Tensor] = {}
-    n_seen, rate = 0, None
+    n_seen, rate, size = 0, None, None
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise SelvaError(f"{path} has no video stream.")
             stream = container.streams.video[0]
@@ -460,6 +479,7 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None,
                 to_clip, to_sync = walk.feed(index, _frame_time(frame, index, rate) - offset)
                 if walk.finished:
                     break
+                size = (frame.height, frame.width)
                 if to_clip or to_sync:
                     rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))[None]
                     if to_clip:
@@ -477,4 +497,4 @@ def decode_video(path: Union[str, Path], duration: Optional[Number] = None,
                           sync_u8=_stack(sync_of, sync_idx, SYNC_SIZE), duration=used,
                           fps=float(rate) if rate is not None else None,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx),
-                          n_source_frames=None if walk.finished else n_seen)
+                          n_source_frames=None if walk.finished else n_seen, source_size=size)

@@ -409,3 +409,25 @@ def test_decode_errors(tmp_path):
     junk.write_bytes(b"not a video" * 10)
     with pytest.raises(SelvaError, match="junk.mp4"):
         V.decode_video(junk)
+
+
+def test_decode_reads_a_binary_stream_like_a_file(mp4):
+    import io
+
+    from_path = V.decode_video(mp4, duration=1.0)
+    from_stream = V.decode_video(io.BytesIO(mp4.read_bytes()), duration=1.0)
+    assert torch.equal(from_path.sync_u8, from_stream.sync_u8)
+    assert from_path.sync_indices == from_stream.sync_indices
+    assert from_path.source_size == from_stream.source_size
+
+
+def test_source_size_and_stretched_mask_warning(caplog):
+    frames = torch.zeros(20, 48, 64, 3, dtype=torch.uint8)
+    p = V.prepare_frames(frames, fps=25)
+    assert p.source_size == (48, 64)
+    with caplog.at_level("WARNING"):
+        V.warn_if_mask_stretched(torch.ones(1, 96, 128), p.source_size)  # same shape, larger
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        V.warn_if_mask_stretched(torch.ones(1, 64, 64), p.source_size)
+    assert "stretched" in caplog.text
