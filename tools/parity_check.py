@@ -41,12 +41,14 @@ def main() -> int:
     ap.add_argument("--models", type=Path, required=True)
     ap.add_argument("--npz", type=Path, required=True)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--clip-frames", action="store_true",
+                    help="also load the CLIP image tower and compare clip_features_frames")
     a = ap.parse_args()
 
     torch.set_grad_enabled(False)
     ref = np.load(a.npz, allow_pickle=False)
     meta = json.loads(str(ref["meta"]))
-    clip_frames = meta["clip_video"] == "frames"
+    clip_frames = meta["clip_video"] == "frames" or a.clip_frames
     pipe = SelvaPipeline.load(LoadOptions(variant=meta["variant"], precision="fp32", device="cpu",
                                           models_dir=a.models, clip_frames=clip_frames,
                                           allow_download=False))
@@ -62,9 +64,13 @@ def main() -> int:
     ours["text_features_t5"] = feats.text_t5
     ours["text_features_clip"] = feats.text_clip
     ours["sync_features"] = feats.sync_features
-    if feats.clip_features is not None:
+    if meta["clip_video"] == "frames":
         ours["clip_features"] = feats.clip_features
     ours["negative_text_features_clip"] = pipe.encode_clip_text([meta["negative_prompt"]])
+    if a.clip_frames:
+        ours["clip_features_frames"] = pipe.encode_clip_frames(frames.clip_frames())
+    if meta["clip_video"] != "frames":
+        feats.clip_features = None  # the reference's generator got its learned empty sequence
 
     seq = pipe.variant.seq_lengths(duration)
     gen = pipe.manager.get("generator")
