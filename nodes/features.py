@@ -1,7 +1,6 @@
 """SelVA Feature Extractor: video + prompt -> conditioning features, cached on disk."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -9,7 +8,6 @@ from . import comfy_compat
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
 from .video_input import decodable, resolve_video
 
-log = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "selva_features"
 
