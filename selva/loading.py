@@ -86,8 +86,12 @@ def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> Non
     where to put it; so e.g. the VAE round trip runs with just the VAE and vocoder files.
     """
     if allow_download and not W.downloads_disabled():
-        resolve_all(spec, models_dir, allow_download=True)
-        return
+        try:
+            resolve_all(spec, models_dir, allow_download=True)
+            return
+        except W.MissingWeightsError as e:  # no network: stages with their files may still run
+            log.warning("%s", e)
+            return
     missing = W.check_available(required_files(spec), required_snapshots(spec), models_dir)
     if missing:
         log.warning("Some SelVA weights are missing; the stages that need them will fail:\n%s",

@@ -4,9 +4,10 @@ Skipped unless ``COMFYUI_DIR`` points at a ComfyUI checkout (its requirements in
 Python running pytest). ComfyUI runs on the CPU, listening on 127.0.0.1 only, with a temporary
 base directory whose ``custom_nodes/`` links to this repository, so the checkout is not touched.
 
-Real weights cannot be downloaded here, so the test writes full-size random-valued small_16k
-files (from the checkpoint manifest; tiny T5 / CLIP snapshots) into a folder it registers
-through an ``extra_model_paths.yaml``: the VAE roundtrip workflow runs on those. With
+Real weights cannot be downloaded here, so the test writes the two files the VAE round trip
+needs (small_16k's VAE and vocoder, full size, random values from the checkpoint manifest) into
+a folder it registers through an ``extra_model_paths.yaml``; networks load on first use, so the
+other files need not exist. With
 ``SELVA_TEST_MODELS_DIR`` pointing at a complete models folder, the generation workflow runs too.
 """
 from __future__ import annotations
@@ -87,18 +88,11 @@ class Comfy:
 
 
 # Full-size random files from the manifest; the VAE roundtrip computes with the VAE and vocoder.
-RANDOM_FILES = ("ext_weights/v1-16.pth", "ext_weights/best_netG.pt", "weights/video_enc_sup_5.pth",
-                "weights/generator_small_16k_sup_5.pth")
+RANDOM_FILES = ("ext_weights/v1-16.pth", "ext_weights/best_netG.pt")
 
 
 def _write_random_weights(models_dir: Path) -> None:
-    """Everything small_16k loads, in the released layout.
-
-    The loader builds every network up front, so the encoders must exist too: T5 and CLIP
-    snapshots can't be derived from the manifest (tokenizers), so tiny ones stand in; the
-    roundtrip never runs them.
-    """
-    import tiny
+    """The VAE and vocoder of small_16k, full size, in the released layout."""
     from manifest import state_dict_for
 
     for rel in RANDOM_FILES:
@@ -110,9 +104,6 @@ def _write_random_weights(models_dir: Path) -> None:
             t.mul_(0.02)
         torch.save(state, path)
         del state
-    hub = pack_module("selva.weights").HUB
-    tiny.write_t5(models_dir / "hf" / hub["t5"].local_name)
-    tiny.write_clip(models_dir / "hf" / hub["clip"].local_name)
 
 
 def _tensors(obj):
