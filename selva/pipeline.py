@@ -145,7 +145,7 @@ class SelvaPipeline:
         if not 0.0 <= mask_strength <= 1.0:
             raise SelvaError(f"mask_strength must be within [0, 1], got {mask_strength}.")
         if (frames is None) == (video_path is None):
-            raise SelvaError("Give either frames (with their fps) or a video file, not both.")
+            raise SelvaError("Give exactly one source: frames (with their fps) or a video file.")
         if video_path is not None:
             prepared = video_ops.decode_video(video_path, duration=duration or None)
         else:
