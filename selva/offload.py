@@ -53,10 +53,19 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device`` (bf16 without hardware support -> fp16)."""
     if precision not in _DTYPES:
         raise SelvaError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        log.warning("This GPU has no bf16 support: using fp16 instead (overflow-prone parts stay fp32).")
+    if precision == "bf16" and not _bf16_supported(device):
+        log.warning("%s has no bf16 support: using fp16 instead (overflow-prone parts stay fp32).",
+                    device)
         return torch.float16
     return _DTYPES[precision]
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "mps":  # Metal gained bf16 with macOS 14
+        return torch.backends.mps.is_macos_or_newer(14, 0)
+    return True
 
 
 def free_bytes(device: torch.device) -> Optional[int]:

@@ -66,3 +66,13 @@ def test_lazy_stage_is_built_once_on_first_use():
     with mgr.use("probe") as m:
         assert m.w.dtype == torch.float16
     assert mgr.get("probe") is m and built == [1]
+
+
+def test_bf16_falls_back_to_fp16_where_unsupported(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with caplog.at_level("WARNING"):
+        assert O.resolve_dtype("bf16", torch.device("cuda")) == torch.float16
+    assert "bf16" in caplog.text
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda *a: False)
+    assert O.resolve_dtype("bf16", torch.device("mps")) == torch.float16
+    assert O.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
