@@ -6,12 +6,15 @@ The options mirror the ComfyUI nodes; every piece of model work goes through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from .errors import SelvaError
 
@@ -70,6 +73,29 @@ class LogProgress:
 
 
 # ---------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so the format is kept) that replaces
+    ``path`` only once writing succeeded: a failed or interrupted run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Fail before any work when an output would replace an input or (without --overwrite) a file."""
+    for path in paths:
+        if any(path.resolve() == Path(i).resolve() for i in inputs):
+            raise SelvaError(f"{path} is an input of this run; choose another output path.")
+        if path.exists() and not overwrite:
+            raise SelvaError(f"{path} already exists; pass --overwrite to replace it.")
+
+
 def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
     """Write one (C, T) float clip in [-1, 1]; the format follows the file suffix."""
     import av
@@ -81,9 +107,8 @@ def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
         raise SelvaError(f"Unsupported audio format {path.suffix!r}; use one of "
                          f"{', '.join(sorted(AUDIO_CODECS))}.")
     data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with av.open(str(path), "w") as container:
+        with atomic_output(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(codec, rate=int(sample_rate))
             _configure_audio_stream(stream, data.shape[0], fmt)
             _encode_audio(container, stream, data, int(sample_rate), fmt)
@@ -136,11 +161,11 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
     import numpy as np
 
     video_out = Path(video_out)
-    video_out.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
     limit = duration if duration is not None else data.shape[-1] / sample_rate
     try:
-        with av.open(str(video_in)) as src, av.open(str(video_out), "w") as dst:
+        with atomic_output(video_out) as tmp, av.open(str(video_in)) as src, \
+                av.open(str(tmp), "w") as dst:
             if not src.streams.video:
                 raise SelvaError(f"{video_in} has no video stream to mux.")
             v_in = src.streams.video[0]
@@ -225,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", type=Path, required=True,
                    help="audio file (.wav .flac .m4a .mp3 .opus); a batch adds _0, _1, ...")
     o.add_argument("--mux", type=Path, default=None, help="also write the video with the new audio")
+    o.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
     dl = sub.add_parser("download", help="fetch the weights a variant needs")
     _add_model_args(dl)
@@ -233,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_args(feat)
     _add_model_args(feat)
     feat.add_argument("--out", type=Path, required=True, help="features file (.npz)")
+    feat.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     return parser
 
 
@@ -286,6 +313,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in AUDIO_CODECS:
         raise SelvaError(f"Unsupported audio format {args.out.suffix!r}; use one of "
                          f"{', '.join(sorted(AUDIO_CODECS))}.")
+    count = args.batch_size
+    outputs = [numbered(args.out, i, count) for i in range(count)]
+    if args.mux is not None:
+        outputs += [numbered(args.mux, i, count) for i in range(count)]
+    refuse_to_overwrite(outputs, args.overwrite, inputs=[args.video])
     pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
     feats = _features(pipe, args)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
@@ -293,7 +325,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          hooks=_hooks())
     if not args.no_normalize:
         wave = loudness_normalize(wave, pipe.sample_rate, args.target_lufs)
-    count = wave.shape[0]
     for i in range(count):
         out = write_audio(numbered(args.out, i, count), wave[i], pipe.sample_rate)
         log.info("Wrote %s (seed %d, %.2f s at %d Hz)", out, args.seed + i,
@@ -322,6 +353,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from .pipeline import SelvaPipeline
 
+    refuse_to_overwrite([args.out], args.overwrite, inputs=[args.video])
     pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
     feats = _features(pipe, args)
     feats.save(args.out)

@@ -162,3 +162,19 @@ def test_write_audio_formats(tmp_path):
         assert rate == 16000 and samples >= 8000
     with pytest.raises(pack_module("selva.errors").SelvaError):
         cli.write_audio(tmp_path / "a.xyz", wave, 16000)
+
+
+def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_file, tmp_path):
+    out = tmp_path / "mine.wav"
+    out.write_bytes(b"the user's own file")
+    args = ["generate", "--video", str(video_file), "--prompt", "rain", "--steps", "1",
+            "--duration", "1", *_common(models_dir)]
+    assert cli.main([*args, "--out", str(out)]) == 1
+    assert out.read_bytes() == b"the user's own file"
+    video_bytes = video_file.read_bytes()
+    assert cli.main([*args, "--out", str(tmp_path / "new.wav"), "--mux", str(video_file),
+                     "--overwrite"]) == 1
+    assert video_file.read_bytes() == video_bytes and not (tmp_path / "new.wav").exists()
+    assert cli.main([*args, "--out", str(out), "--overwrite"]) == 0
+    assert _read_audio(out)[0] == 16000
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files
