@@ -48,3 +48,25 @@ def _seeded():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A tiny models folder (variants tiny_16k and tiny_44k) in the released layout, per session."""
+    from node_helpers import tiny_models_dir
+
+    return tiny_models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(models_dir):
+    """The tiny_16k pipeline as the SelVA Model Loader node returns it."""
+    from comfy_pack import pack_module
+    from node_helpers import env_for_models, run_node
+
+    with pytest.MonkeyPatch.context() as mp:
+        env_for_models(mp, models_dir)
+        (pipe,) = run_node("SelvaModelLoader", variant="tiny_16k", precision="fp32",
+                           offload_strategy="auto")
+    yield pipe
+    pack_module("nodes.loader").clear_cache()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from comfy_pack import REPO_ROOT, pack_module
-from node_helpers import frames, tiny_models_dir, write_video
+from node_helpers import frames, write_video
 
 cli = pack_module("selva.cli")
 
@@ -52,11 +52,6 @@ def test_missing_arguments_are_usage_errors():
 
 
 # ------------------------------------------------------------------------------- tiny models
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tiny_models_dir(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("cli") / "in.mp4", frames(2.0, seed=3), fps=25)

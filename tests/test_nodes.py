@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from comfy_pack import REPO_ROOT, input_spec, load_pack, pack_module
-from node_helpers import env_for_models, run_node, tiny_models_dir
+from node_helpers import env_for_models, run_node
 
 EXPECTED = {
     "SelvaModelLoader": "SelVA Model Loader",
@@ -147,11 +147,6 @@ def test_models_dir_is_the_folder_holding_the_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- loader
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tiny_models_dir(tmp_path_factory)
-
-
 @pytest.fixture()
 def loader_env(monkeypatch, models_dir):
     env_for_models(monkeypatch, models_dir)

@@ -9,22 +9,7 @@ import torch
 
 from comfy_pack import pack_module
 from node_helpers import (H, W, FakeVideoFromFile, VideoFromComponents, decode_video,
-                          env_for_models, frames, run_node, tiny_models_dir, write_video)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tiny_models_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(models_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        env_for_models(mp, models_dir)
-        (pipe,) = run_node("SelvaModelLoader", variant="tiny_16k", precision="fp32",
-                           offload_strategy="auto")
-    yield pipe
-    pack_module("nodes.loader").clear_cache()
+                          env_for_models, frames, run_node, write_video)
 
 
 @pytest.fixture()

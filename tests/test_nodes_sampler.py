@@ -8,26 +8,11 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import env_for_models, frames, run_node, tiny_models_dir
+from node_helpers import frames, run_node
 
 SelvaError = pack_module("selva.errors").SelvaError
 Interrupted = pack_module("selva.hooks").Interrupted
 compat = pack_module("nodes.comfy_compat")
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return tiny_models_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(models_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        env_for_models(mp, models_dir)
-        (pipe,) = run_node("SelvaModelLoader", variant="tiny_16k", precision="fp32",
-                           offload_strategy="auto")
-    yield pipe
-    pack_module("nodes.loader").clear_cache()
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,6 @@ from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 import tiny
 
 
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory):
-    return tiny.make_models_dir(tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("hub"),
-                                variants=("tiny_16k", "tiny_44k"))
-
-
 def load(models_dir, variant="tiny_16k", precision="fp32", **kw) -> SelvaPipeline:
     return SelvaPipeline.load(LoadOptions(variant=variant, precision=precision, device="cpu",
                                           models_dir=models_dir, allow_download=False, **kw))
