@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -330,22 +330,12 @@ class PreparedFrames:
     fps: Optional[float]  # source frame rate (estimated when only frame times were known)
     clip_indices: tuple[int, ...]  # source frame used for each clip frame
     sync_indices: tuple[int, ...]  # source frame used for each sync frame
-    n_source_frames: Optional[int]  # None when decoding stopped before the end of the file
+    n_source_frames: Optional[int]  # frames in the whole video; None when they could not be counted
     source_size: Optional[tuple[int, int]] = None  # (height, width) of the source frames
 
-    def clip_frames(self, mask=None, mask_strength: float = 1.0) -> torch.Tensor:
-        """CLIP input: float32 in [0, 1], optionally with the background greyed out."""
-        x = to_float01(self.clip_u8)
-        if mask is not None:
-            x = apply_mask(x, mask_for_indices(mask, self.clip_indices, self.n_source_frames), mask_strength)
-        return x
-
-    def sync_frames(self, mask=None, mask_strength: float = 1.0) -> torch.Tensor:
-        """Sync encoder input: float32 in [-1, 1], optionally with the background greyed out."""
-        x = to_float01(self.sync_u8)
-        if mask is not None:
-            x = apply_mask(x, mask_for_indices(mask, self.sync_indices, self.n_source_frames), mask_strength)
-        return normalize_sync(x)
+    def clip_frames(self) -> torch.Tensor:
+        """CLIP input without a mask: float32 in [0, 1] (the pipeline masks on its own)."""
+        return to_float01(self.clip_u8)
 
 
 def _frame_stack(frames: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
@@ -359,7 +349,8 @@ def _frame_stack(frames: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
     return frames
 
 
-def _resize_selected(frames: torch.Tensor, clip_idx: list[int], sync_idx: list[int]):
+def _resize_selected(frames: torch.Tensor, clip_idx: list[int], sync_idx: list[int],
+                     on_frame: Optional[Callable[[int], None]] = None):
     """Convert and resize only the source frames that are used, each once."""
     used = sorted(set(clip_idx) | set(sync_idx))
     clip_of: dict[int, torch.Tensor] = {}
@@ -374,6 +365,8 @@ def _resize_selected(frames: torch.Tensor, clip_idx: list[int], sync_idx: list[i
                 resized = resize_uint8(u8[rows], size)
                 for r, j in enumerate(rows):
                     store[chunk[j]] = resized[r]
+        if on_frame is not None:
+            on_frame(start + len(chunk))
     return _stack(clip_of, clip_idx, CLIP_SIZE), _stack(sync_of, sync_idx, SYNC_SIZE)
 
 
@@ -394,12 +387,17 @@ def _requested(duration: Optional[Number]) -> Optional[Fraction]:
 
 def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number] = None,
                    duration: Optional[Number] = None, *,
-                   frame_times: Optional[Sequence[Number]] = None) -> PreparedFrames:
+                   frame_times: Optional[Sequence[Number]] = None,
+                   on_frame: Optional[Callable[[int], None]] = None) -> PreparedFrames:
     """Select, convert and resize an in-memory ``(T, H, W, 3)`` video for SelVA.
 
     ``frames`` are uint8 or float in [0, 1] (ComfyUI IMAGE). Give ``fps`` for a constant frame
     rate or ``frame_times`` (seconds, one per frame) for any other. ``duration`` None or 0 uses
     the whole video; a longer duration than the video is clamped (with a warning).
+
+    ``on_frame(done)`` is called after each chunk of resized frames with the number of source
+    frames converted so far (each used frame is converted once; at most ``T``); anything it
+    raises stops the work and propagates (use it for progress and cancellation).
     """
     frames = _frame_stack(frames)
     n = frames.shape[0]
@@ -421,7 +419,7 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
         if walk.finished:
             break
     clip_idx, sync_idx, used = _finish(walk, requested, interval)
-    clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx)
+    clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx, on_frame)
     src_fps = float(fps) if fps is not None else (1 / float(interval) if interval else None)
     return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=src_fps,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n,
@@ -429,23 +427,107 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
 
 
 # ------------------------------------------------------------------------------------ decoding
-def _frame_time(frame, index: int, rate: Optional[Fraction]) -> Fraction:
-    if frame.pts is not None and frame.time_base is not None:
-        return Fraction(frame.pts) * Fraction(frame.time_base)
-    if rate is not None:
-        return Fraction(index) / rate
-    raise SelvaError(f"Frame {index} has no timestamp and the stream has no frame rate.")
+_REPORT_EVERY = 10  # decoded frames between two on_frame calls
+
+
+@dataclass
+class _Decoded:
+    """What one pass over a video stream produced."""
+
+    clip_of: dict[int, torch.Tensor] = field(default_factory=dict)
+    sync_of: dict[int, torch.Tensor] = field(default_factory=dict)
+    n_decoded: int = 0  # frames that came out of the decoder
+    n_packets: Optional[int] = 0  # frame packets in the whole stream; None if the count failed
+    size: Optional[tuple[int, int]] = None
+
+
+def _stream_start(stream) -> Optional[Fraction]:
+    """Time of the stream's first frame, when the container says it."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return Fraction(stream.start_time) * Fraction(stream.time_base)
+
+
+def _pts_time(frame) -> Optional[Fraction]:
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return Fraction(frame.pts) * Fraction(frame.time_base)
+
+
+def _is_frame_packet(packet) -> bool:
+    # The demuxer ends each stream with an empty packet that only flushes the decoder, and
+    # packets marked discard (an edit list's pre-roll) decode to frames that are dropped.
+    return packet.size > 0 and not packet.is_discard
+
+
+def _count_rest(packets, decoded: _Decoded) -> None:
+    """Count the remaining frame packets without decoding them (the mask check needs the total)."""
+    import av
+
+    try:
+        for packet in packets:
+            decoded.n_packets += _is_frame_packet(packet)
+    except av.FFmpegError as e:  # a damaged tail must not fail a decode that has what it needs
+        log.debug("Could not count the video's remaining frames: %s", e)
+        decoded.n_packets = None
+
+
+def _walk_stream(container, stream, walk: _Walk, offset: Fraction, rate: Optional[Fraction],
+                 on_frame: Optional[Callable[[float], None]]) -> _Decoded:
+    """Decode until the walk is finished, resizing the frames it takes; then count the rest."""
+    out = _Decoded()
+    # Times count from the stream's start: MPEG-TS and stream-copied cuts begin well after 0 s.
+    base = _stream_start(stream)
+    packets = container.demux(stream)
+    for packet in packets:
+        out.n_packets += _is_frame_packet(packet)
+        for frame in packet.decode():
+            index = out.n_decoded
+            out.n_decoded += 1
+            pts = _pts_time(frame)
+            if base is None:
+                base = pts if pts is not None else Fraction(0)
+            if pts is not None:
+                time = pts - base
+            elif rate is not None:
+                time = Fraction(index) / rate
+            else:
+                raise SelvaError(f"Frame {index} has no timestamp and the stream has no frame rate.")
+            if on_frame is not None and out.n_decoded % _REPORT_EVERY == 0:
+                on_frame(float(time))
+            to_clip, to_sync = walk.feed(index, time - offset)
+            if walk.finished:
+                break
+            out.size = (frame.height, frame.width)
+            if to_clip or to_sync:
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))[None]
+                if to_clip:
+                    out.clip_of[index] = resize_uint8(rgb, CLIP_SIZE)[0]
+                if to_sync:
+                    out.sync_of[index] = resize_uint8(rgb, SYNC_SIZE)[0]
+        if walk.finished:
+            _count_rest(packets, out)
+            break
+    return out
 
 
 def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] = None,
-                 start: Number = 0.0) -> PreparedFrames:
+                 start: Number = 0.0, *,
+                 on_frame: Optional[Callable[[float], None]] = None) -> PreparedFrames:
     """Decode a video (a file path, or a seekable binary file object) frame by frame, keeping
     only the frames SelVA uses.
 
-    Each frame's presentation time decides whether it is used; used frames are converted to RGB
-    and resized to 384 / 224 uint8 at once, so memory holds only the two small streams.
-    ``start`` skips that many seconds (times are then counted from ``start``); ``duration`` None
-    or 0 = to the end of the file. Frame indices in the result count every decoded frame.
+    Each frame's presentation time, counted from the start of the video stream (files such as
+    MPEG-TS begin after 0 s), decides whether it is used; used frames are converted to RGB and
+    resized to 384 / 224 uint8 at once, so memory holds only the two small streams. ``start``
+    skips that many seconds (times are then counted from ``start``); ``duration`` None or 0 = to
+    the end of the file. Frame indices in the result count every decoded frame. When decoding
+    stops at ``duration``, the rest of the stream is demuxed but not decoded, so that
+    ``n_source_frames`` is still the video's frame count (a per-frame mask is checked against it).
+
+    ``on_frame(seconds)`` is called every few decoded frames with the time of the latest one
+    (seconds from the start of the stream); anything it raises stops decoding and propagates
+    unchanged (use it for progress and cancellation).
     """
     try:
         import av
@@ -462,9 +544,16 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
     requested = _requested(duration)
 
     walk = _Walk(requested)
-    clip_of: dict[int, torch.Tensor] = {}
-    sync_of: dict[int, torch.Tensor] = {}
-    n_seen, rate, size = 0, None, None
+    rate = None
+    cancelled: list[BaseException] = []  # what on_frame raised: passed through, never wrapped
+
+    def report(seconds: float) -> None:
+        try:
+            on_frame(seconds)
+        except BaseException as e:
+            cancelled.append(e)
+            raise
+
     try:
         with av.open(source) as container:
             if not container.streams.video:
@@ -473,28 +562,20 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
             stream.thread_type = "AUTO"
             guessed = stream.guessed_rate or stream.average_rate
             rate = Fraction(guessed) if guessed else None
-            for frame in container.decode(stream):
-                index = n_seen
-                n_seen += 1
-                to_clip, to_sync = walk.feed(index, _frame_time(frame, index, rate) - offset)
-                if walk.finished:
-                    break
-                size = (frame.height, frame.width)
-                if to_clip or to_sync:
-                    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))[None]
-                    if to_clip:
-                        clip_of[index] = resize_uint8(rgb, CLIP_SIZE)[0]
-                    if to_sync:
-                        sync_of[index] = resize_uint8(rgb, SYNC_SIZE)[0]
+            decoded = _walk_stream(container, stream, walk, offset, rate,
+                                   report if on_frame is not None else None)
     except SelvaError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
+        if cancelled and e is cancelled[0]:
+            raise
         raise SelvaError(f"Could not decode {path}: {e}") from e
 
     interval = 1 / rate if rate is not None else None
     clip_idx, sync_idx, used = _finish(walk, requested, interval)
-    return PreparedFrames(clip_u8=_stack(clip_of, clip_idx, CLIP_SIZE),
-                          sync_u8=_stack(sync_of, sync_idx, SYNC_SIZE), duration=used,
+    return PreparedFrames(clip_u8=_stack(decoded.clip_of, clip_idx, CLIP_SIZE),
+                          sync_u8=_stack(decoded.sync_of, sync_idx, SYNC_SIZE), duration=used,
                           fps=float(rate) if rate is not None else None,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx),
-                          n_source_frames=None if walk.finished else n_seen, source_size=size)
+                          n_source_frames=decoded.n_packets if walk.finished else decoded.n_decoded,
+                          source_size=decoded.size)

@@ -61,6 +61,11 @@ def official_preprocess(frames_u8, fps, duration, times=None):
     return clip[:int(8.0 * duration)], sync[:int(25.0 * duration)], duration
 
 
+def sync_input(p):
+    """What the sync encoder is fed: the 25 fps frames in [-1, 1]."""
+    return V.normalize_sync(V.to_float01(p.sync_u8))
+
+
 def random_video(n, h=48, w=64, seed=0):
     g = np.random.default_rng(seed)
     return g.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
@@ -171,7 +176,7 @@ def test_prepare_keeps_the_frame_the_reference_drops():
     assert p.sync_indices == tuple(range(50)) and p.clip_indices[:3] == (0, 4, 7)
     # our sync frame i is source frame i: every reference sync frame appears, bit for bit
     ref_idx = official_select([i / 25 for i in range(50)], [25.0], 8.0)[0]
-    sync = p.sync_frames()
+    sync = sync_input(p)
     for k in range(49):
         assert torch.equal(sync[ref_idx[k]], ref_sync[k])
     assert torch.equal(p.clip_frames()[:15], ref_clip)
@@ -192,7 +197,7 @@ def test_exact_rule_stays_within_one_frame_of_the_reference(fps, n, duration):
     assert len(p.sync_indices) >= ref_sync.shape[0] and len(p.clip_indices) >= ref_clip.shape[0]
     ref_clip_idx, ref_sync_idx = official_select([i / fps for i in range(n)], [8.0, 25.0], duration)
     for ours, ref, our_frames, ref_frames in ((p.clip_indices, ref_clip_idx, p.clip_frames(), ref_clip),
-                                              (p.sync_indices, ref_sync_idx, p.sync_frames(), ref_sync)):
+                                              (p.sync_indices, ref_sync_idx, sync_input(p), ref_sync)):
         k = ref_frames.shape[0]
         assert all(abs(a - b) <= 1 for a, b in zip(ours[:k], ref[:k]))
         same = [j for j in range(k) if ours[j] == ref[j]]
@@ -208,7 +213,7 @@ def test_prepare_equals_reference_wherever_the_same_frame_is_chosen():
     ref_idx = official_select([i / 30 for i in range(40)], [25.0], 1.0)[0]
     same = [k for k in range(25) if ref_idx[k] == p.sync_indices[k]]
     assert 0 < len(same) < 25  # the float drift moves some slots to the next frame
-    assert torch.equal(p.sync_frames()[same], ref_sync[same])
+    assert torch.equal(sync_input(p)[same], ref_sync[same])
 
 
 def test_whole_video_and_clamping(caplog):
@@ -315,12 +320,28 @@ def test_mask_follows_the_selected_frames():
         mask[i, :, :i] = 1.0
     picked = V.mask_for_indices(mask, p.clip_indices, p.n_source_frames)
     assert [int(m.sum()) for m in picked] == list(p.clip_indices)
-    clip = p.clip_frames(mask=mask)
+    clip = V.apply_mask(p.clip_frames(), picked, 1.0)
     assert bool((clip[0] == 0.5).all())  # frame 0: empty mask, all background
-    static = p.sync_frames(mask=torch.ones(1, 4, 4), mask_strength=1.0)
-    assert torch.equal(static, p.sync_frames())
+    static = V.mask_for_indices(torch.ones(1, 4, 4), p.sync_indices, p.n_source_frames)
+    assert static.shape == (1, 4, 4)
     with pytest.raises(SelvaError, match="49 frames but the video has 50"):
-        p.clip_frames(mask=torch.ones(49, 8, 8))
+        V.mask_for_indices(torch.ones(49, 8, 8), p.clip_indices, p.n_source_frames)
+
+
+def test_prepare_reports_progress_and_can_be_cancelled():
+    frames = random_video(50, 8, 8)
+    done = []
+    V.prepare_frames(frames, fps=25, on_frame=done.append)
+    assert done == [16, 32, 48, 50]  # per chunk of 16 converted frames; every frame is used
+
+    class Stop(Exception):
+        pass
+
+    def stop(n):
+        raise Stop(n)
+
+    with pytest.raises(Stop):
+        V.prepare_frames(frames, fps=25, on_frame=stop)
 
 
 # -------------------------------------------------------------------------------------- decoding
@@ -328,21 +349,39 @@ PALETTE = [(int(r), int(g), int(b)) for r, g, b in
            np.random.default_rng(7).integers(16, 240, size=(50, 3))]
 
 
-@pytest.fixture(scope="module")
-def mp4(tmp_path_factory):
-    """64x48, 25 fps, 2 s; frame i is a flat colour PALETTE[i]."""
-    path = tmp_path_factory.mktemp("video") / "colours.mp4"
-    with av.open(str(path), "w") as out:
+def write_colours(path, first_frame=0, fmt=None):
+    """64x48, 25 fps, 2 s; frame i is a flat colour PALETTE[i], shown at (first_frame + i) / 25 s."""
+    with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.codec_context.bit_rate = 4_000_000
-        for colour in PALETTE:
+        for i, colour in enumerate(PALETTE):
             img = np.empty((48, 64, 3), np.uint8)
             img[:] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = first_frame + i, Fraction(1, 25)
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    return write_colours(tmp_path_factory.mktemp("video") / "colours.mp4")
+
+
+@pytest.fixture(scope="module", params=["mp4", "mpegts"])
+def late_video(request, tmp_path_factory):
+    """The colour video with its first frame at 2.0 s; MPEG-TS does not store a frame count."""
+    fmt = request.param
+    path = tmp_path_factory.mktemp("late") / f"late.{'ts' if fmt == 'mpegts' else 'mp4'}"
+    write_colours(path, first_frame=50, fmt=fmt)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.start_time * s.time_base == 2  # the premise: the stream starts at 2 s
+        assert (s.frames == 0) == (fmt == "mpegts")
     return path
 
 
@@ -378,7 +417,8 @@ def test_decode_matches_prepare_frames_on_the_same_frames(mp4):
         assert a.sync_indices == b.sync_indices
         assert torch.equal(a.clip_u8, b.clip_u8) and torch.equal(a.sync_u8, b.sync_u8)
     one = V.decode_video(mp4, duration=1.0)
-    assert (one.clip_u8.shape[0], one.sync_u8.shape[0], one.n_source_frames) == (8, 25, None)
+    # decoding stopped after 1 s, the rest was only counted
+    assert (one.clip_u8.shape[0], one.sync_u8.shape[0], one.n_source_frames) == (8, 25, 50)
 
 
 def test_decode_keeps_the_frame_the_reference_reader_drops(mp4):
@@ -390,7 +430,7 @@ def test_decode_keeps_the_frame_the_reference_reader_drops(mp4):
     assert (p.duration, p.sync_u8.shape[0], p.clip_u8.shape[0]) == (2.0, 50, 16)
     # on identical frames the pixels are identical
     ref_idx = official_select(float_times, [25.0], 8.0)[0]
-    sync = p.sync_frames()
+    sync = sync_input(p)
     for k in range(49):
         assert torch.equal(sync[ref_idx[k]], ref_sync[k])
     assert torch.equal(p.clip_frames()[:15], ref_clip)
@@ -431,3 +471,46 @@ def test_source_size_and_stretched_mask_warning(caplog):
     with caplog.at_level("WARNING"):
         V.warn_if_mask_stretched(torch.ones(1, 64, 64), p.source_size)
     assert "stretched" in caplog.text
+
+
+# ------------------------------------------------------------------- streams that start after 0 s
+def test_late_stream_counts_time_from_its_first_frame(late_video):
+    p = V.decode_video(late_video)
+    assert p.duration == 2.0 and p.n_source_frames == 50
+    assert p.sync_indices == tuple(range(50))
+    assert [nearest_colour(f) for f in p.sync_u8] == list(range(50))  # sync frame k is source frame k
+    assert [nearest_colour(f) for f in p.clip_u8] == list(p.clip_indices) and p.clip_indices[:3] == (0, 4, 7)
+    one = V.decode_video(late_video, duration=1.0)
+    assert one.duration == 1.0 and one.sync_indices == tuple(range(25))
+    later = V.decode_video(late_video, start=0.8)
+    assert later.duration == pytest.approx(1.2) and nearest_colour(later.sync_u8[0]) == 20
+
+
+def test_mask_is_checked_against_the_whole_video_when_decoding_stops_early(late_video):
+    p = V.decode_video(late_video, duration=1.0)
+    assert p.n_source_frames == 50  # counted past the decoded second
+    with pytest.raises(SelvaError, match="mask has 40 frames but the video has 50"):
+        V.mask_for_indices(torch.ones(40, 4, 4), p.sync_indices, p.n_source_frames)
+    mask = torch.arange(50, dtype=torch.float32)[:, None, None].expand(50, 4, 4)
+    picked = V.mask_for_indices(mask, p.sync_indices, p.n_source_frames)
+    assert picked[:, 0, 0].tolist() == list(range(25))
+
+
+def test_decode_reports_progress(late_video):
+    seen = []
+    V.decode_video(late_video, on_frame=seen.append)
+    # every 10th decoded frame, in seconds from the stream's start (not from 2.0 s)
+    assert seen == pytest.approx([0.36, 0.76, 1.16, 1.56, 1.96])
+
+
+@pytest.mark.parametrize("error", [KeyError, ValueError])  # ValueError: also a decoding error type
+def test_decode_is_cancelled_by_what_on_frame_raises(late_video, error):
+    calls = []
+
+    def cancel(seconds):
+        calls.append(seconds)
+        raise error("interrupted")
+
+    with pytest.raises(error, match="interrupted"):
+        V.decode_video(late_video, on_frame=cancel)
+    assert len(calls) == 1
