@@ -156,6 +156,8 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
     """Copy ``video_in``'s picture (no re-encoding) and add ``wave`` (C, T) as AAC audio.
 
     The picture is cut to ``duration`` seconds (the audio's length by default) at packet level.
+    Both streams start at 0 s: a picture that starts later in its file (MPEG-TS, stream-copied
+    cuts) is moved to 0 s, since the audio was made for the frames counted from its start.
     """
     import av
     import numpy as np
@@ -172,12 +174,17 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
             v_out = dst.add_stream_from_template(v_in)
             a_out = dst.add_stream("aac", rate=int(sample_rate))
             _configure_audio_stream(a_out, data.shape[0], "fltp")
-            start = v_in.start_time or 0
+            start = v_in.start_time  # decode_video counts frame times from here too
             for packet in src.demux(v_in):
                 if packet.dts is None:
                     continue
+                if start is None:
+                    start = packet.pts if packet.pts is not None else packet.dts
                 if packet.pts is not None and float((packet.pts - start) * v_in.time_base) >= limit:
                     continue
+                packet.dts -= start
+                if packet.pts is not None:
+                    packet.pts -= start
                 packet.stream = v_out
                 dst.mux(packet)
             _encode_audio(dst, a_out, data, int(sample_rate), "fltp")

@@ -173,3 +173,34 @@ def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_fil
     assert cli.main([*args, "--out", str(out), "--overwrite"]) == 0
     assert _read_audio(out)[0] == 16000
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files
+
+
+def test_mux_starts_picture_and_sound_together(tmp_path):
+    """A picture that starts at 2 s in its file (MPEG-TS) is muxed to start with the audio at 0 s."""
+    import av
+    import numpy as np
+    from fractions import Fraction
+
+    src = tmp_path / "late.ts"
+    with av.open(str(src), "w", format="mpegts") as out:
+        s = out.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(50):  # 2 s of frames shown from 2.0 s to 4.0 s
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 4 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 50 + i, Fraction(1, 25)
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].start_time * c.streams.video[0].time_base == 2  # the premise
+    wave = 0.1 * torch.sin(torch.linspace(0, 2000, 16000))[None]  # 1 s at 16 kHz
+    muxed = cli.mux_video(src, wave, 16000, tmp_path / "muxed.mp4")
+    with av.open(str(muxed)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        starts = [float(st.start_time * st.time_base) for st in (v, a)]
+    with av.open(str(muxed)) as c:
+        times = [float(f.time) for f in c.decode(video=0)]
+    assert abs(starts[0] - starts[1]) < 1 / 25
+    # the picture is cut to the audio's 1 s counted from the first frame, not from 0 s of the file
+    assert len(times) == 25 and times[0] < 1 / 25 and times[-1] < 1.0
