@@ -50,8 +50,10 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
     """Scale each clip to ``target_lufs`` integrated loudness, never clipping.
 
     When reaching the target would push a peak past full scale, the gain is capped at the peak
-    instead (a warning says so): a quieter clip is better than a clipped one. Silent or very short
-    clips, whose loudness is undefined, are peak-normalised to the ceiling.
+    instead (a warning says so): a quieter clip is better than a clipped one. Clips whose
+    loudness is undefined (silence, everything under the -70 LUFS gate, or shorter than one
+    400 ms block) are left as they are: SelVA legitimately returns near-silence when the
+    prompted sound is absent, and boosting it would only amplify noise.
     """
     wave = check_waveform(wave)
     out = torch.empty_like(wave)
@@ -63,22 +65,17 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
         loud = (measure_lufs(clip, sample_rate)
                 if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate else -math.inf)
         if not math.isfinite(loud):
-            gain = _PEAK_CEILING / peak
-        else:
-            wanted = 10.0 ** ((target_lufs - loud) / 20.0)
-            gain = _limit_gain(clip, wanted)
-            if gain < wanted:
-                log.warning("Loudness target %.1f LUFS would clip clip %d; limited to %.1f LUFS "
-                            "to keep peaks below full scale.", target_lufs, i,
-                            loud + 20.0 * math.log10(gain))
+            log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
+            out[i] = clip
+            continue
+        wanted = 10.0 ** ((target_lufs - loud) / 20.0)
+        gain = _limit_gain(clip, wanted)
+        if gain < wanted:
+            log.warning("Loudness target %.1f LUFS would clip clip %d; limited to %.1f LUFS "
+                        "to keep peaks below full scale.", target_lufs, i,
+                        loud + 20.0 * math.log10(gain))
         out[i] = clip * gain
     return out
-
-
-def peak_normalize(wave: torch.Tensor, peak: float = _PEAK_CEILING) -> torch.Tensor:
-    wave = check_waveform(wave)
-    m = wave.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return torch.where(m > 0, wave * (peak / m), wave)
 
 
 def resample(wave: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import weights as W
 from .errors import SelvaError
+from .hooks import NO_HOOKS, Hooks
 from .models.generator import SelvaGenerator, load_generator_weights
 from .models.mel import MelConverter
 from .models.state_dicts import unset_tensors
@@ -64,7 +65,8 @@ def required_snapshots(spec: "VariantSpec") -> list[W.HubSnapshot]:
     return snaps
 
 
-def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> dict[str, Path]:
+def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool,
+                hooks: Hooks = NO_HOOKS) -> dict[str, Path]:
     """Paths of every file and snapshot the variant needs (downloading what is missing).
 
     Without downloads, one error lists everything missing.
@@ -74,12 +76,19 @@ def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> 
         missing = W.check_available(files, snaps, models_dir)
         if missing:
             raise W.missing_error(missing)
-    paths = {wf.key: W.resolve_file(wf, models_dir, allow_download=allow_download) for wf in files}
-    paths.update({s.key: W.resolve_snapshot(s, models_dir, allow_download=allow_download) for s in snaps})
+    paths: dict[str, Path] = {}
+    total = len(files) + len(snaps)
+    for wf in files:
+        paths[wf.key] = W.resolve_file(wf, models_dir, allow_download=allow_download)
+        hooks.step("weights", len(paths), total)
+    for snap in snaps:
+        paths[snap.key] = W.resolve_snapshot(snap, models_dir, allow_download=allow_download)
+        hooks.step("weights", len(paths), total)
     return paths
 
 
-def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> None:
+def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool,
+             hooks: Hooks = NO_HOOKS) -> None:
     """Download what the variant needs, or, with downloads off, warn about what is missing.
 
     A stage whose files are missing fails when it is first used, with the list of what to get and
@@ -87,7 +96,7 @@ def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool) -> Non
     """
     if allow_download and not W.downloads_disabled():
         try:
-            resolve_all(spec, models_dir, allow_download=True)
+            resolve_all(spec, models_dir, allow_download=True, hooks=hooks)
             return
         except W.MissingWeightsError as e:  # no network: stages with their files may still run
             log.warning("%s", e)

@@ -151,7 +151,11 @@ class OffloadManager:
         stage = self._stage(name)
         if stage.module is None:
             log.info("Loading %s", name)
-            stage.module = self._place(stage.build(), stage.dtype)
+            module = stage.build()
+            if self.home.type != "cpu" and self.make_room is not None:
+                # it will stay on the accelerator: let the host evict its own models first
+                self.make_room(module_bytes(module, stage.dtype), self.device)
+            stage.module = self._place(module, stage.dtype)
         return stage.module
 
     def dtype(self, name: str) -> torch.dtype:
@@ -179,12 +183,22 @@ class OffloadManager:
                 empty_cache(self.device)
 
     def release(self) -> None:
-        """Move every loaded stage to the CPU and free the accelerator's cache."""
+        """Drop every network that can be rebuilt, and free the accelerator's cache.
+
+        A released pipeline stays usable: its stages load again on first use (moving them to the
+        CPU instead would leave ``keep_in_vram`` stages on the wrong device). Stages added as
+        ready modules are kept as they are.
+        """
         for stage in self.stages.values():
-            if stage.module is not None:
-                stage.module.to("cpu")
+            if stage.build is not None:
+                stage.module = None
         empty_cache(self.device)
 
 
-def module_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+def module_bytes(module: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
+    """Bytes of the module's tensors (as ``dtype`` for floating-point ones, when given)."""
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        size = torch.empty(0, dtype=dtype).element_size() if dtype and t.is_floating_point() else t.element_size()
+        total += t.numel() * size
+    return total

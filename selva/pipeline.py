@@ -27,7 +27,7 @@ from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
 from .sampling import euler_sample, initial_noise
-from .variants import SYNC_FPS, VariantSpec, get_variant
+from .variants import LATENT_DOWNSAMPLE, VariantSpec, get_variant
 from .weights import default_models_dir
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,20 @@ class PreparedInput:
 
 def _masks_for(frames: video_ops.PreparedFrames, mask: Optional[torch.Tensor], strength: float,
                mask_clip: bool, mask_sync: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The mask frames that go with the chosen sync / clip frames, at the encoders' sizes."""
+    """The mask frames that go with the chosen sync / clip frames, at the encoders' sizes.
+
+    ``mask_clip`` is only honoured by pipelines that feed CLIP frames at all.
+    """
     if mask is None or strength == 0:
         return None, None
     video_ops.warn_if_mask_stretched(mask, frames.source_size)
-    # Selecting validates the mask against the video even when a path is switched off.
+    # Selecting validates the mask against the video even when the sync path is switched off.
     sync = video_ops.mask_for_indices(mask, frames.sync_indices, frames.n_source_frames)
-    clip = video_ops.mask_for_indices(mask, frames.clip_indices, frames.n_source_frames)
-    return (video_ops.resize_mask(sync, video_ops.SYNC_SIZE) if mask_sync else None,
-            video_ops.resize_mask(clip, video_ops.CLIP_SIZE) if mask_clip else None)
+    clip = None
+    if mask_clip:
+        picked = video_ops.mask_for_indices(mask, frames.clip_indices, frames.n_source_frames)
+        clip = video_ops.resize_mask(picked, video_ops.CLIP_SIZE)
+    return (video_ops.resize_mask(sync, video_ops.SYNC_SIZE) if mask_sync else None, clip)
 
 
 @dataclass
@@ -97,7 +102,8 @@ class SelvaPipeline:
     @classmethod
     def load(cls, options: LoadOptions, hooks: Optional[Hooks] = None,
              make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
-        """A pipeline for ``options``: weights are fetched now, networks load on first use."""
+        """A pipeline for ``options``: weights are fetched now (``hooks`` sees each file), networks
+        load on first use."""
         from .loading import prefetch, register_stages
 
         spec = get_variant(options.variant)
@@ -106,7 +112,7 @@ class SelvaPipeline:
         offload = resolve_offload(options.offload, device)
         models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
         options = replace(options, models_dir=models_dir)
-        prefetch(spec, models_dir, options.allow_download)
+        prefetch(spec, models_dir, options.allow_download, or_default(hooks))
         manager = OffloadManager(device=device, offload=offload, make_room=make_room)
         pipe = cls(spec, options, manager, dtype)
         pipe._builders = register_stages(pipe)
@@ -153,7 +159,8 @@ class SelvaPipeline:
                 raise SelvaError(f"The video's frame rate must be positive, got {fps}. Connect the "
                                  f"loader's video_info or set fps.")
             prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None)
-        sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength, mask_clip, mask_sync)
+        sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength,
+                                          mask_clip and self.options.clip_frames, mask_sync)
         return PreparedInput(prepared, sync_mask, clip_mask, float(mask_strength))
 
     def feature_cache_key(self, prepared: PreparedInput, prompt: str) -> str:
@@ -174,7 +181,9 @@ class SelvaPipeline:
                                           prepared.mask_strength, text, hooks)
         clip_features = None
         if self.options.clip_frames:
-            clip_in = prepared.frames.clip_frames(prepared.clip_mask, prepared.mask_strength)
+            clip_in = video_ops.to_float01(prepared.frames.clip_u8)
+            if prepared.clip_mask is not None:  # already one mask frame per clip frame (or 1)
+                clip_in = video_ops.apply_mask(clip_in, prepared.clip_mask, prepared.mask_strength)
             clip_features = self.encode_clip_frames(clip_in, hooks)
         return Features(variant=self.variant.name, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
@@ -275,7 +284,7 @@ class SelvaPipeline:
                                     duration=duration, steps=steps, cfg_strength=cfg_strength,
                                     seed=seed, batch_size=batch_size, hooks=hooks)
         wave = self.decode(latent, hooks)
-        audio_ops.assert_finite(wave, self.options.precision)
+        audio_ops.assert_finite(wave, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32"))
         return wave
 
     def sample_latent(self, features: Features, *, prompt: Optional[str] = None,
@@ -357,14 +366,22 @@ class SelvaPipeline:
         Any rate and channel count in; (B, C, T') at the model's rate out, channel by channel.
         """
         hooks = or_default(hooks)
-        b, c = waveform.shape[:2]
-        mel = self.log_mel(waveform, sample_rate)
+        wave = audio_ops.resample(audio_ops.check_waveform(waveform), sample_rate, self.sample_rate)
+        b, c, t = wave.shape
+        # The VAE works on whole latent frames: pad to a multiple of them (reflect-padding the
+        # mel needs a little signal too), then cut the result back to the input's length.
+        unit = self.variant.hop * LATENT_DOWNSAMPLE
+        if t < self.variant.mel.n_fft:
+            raise SelvaError(f"The audio is too short for the VAE: {t} samples at {self.sample_rate} Hz; "
+                             f"it needs at least {self.variant.mel.n_fft}.")
+        padded = torch.nn.functional.pad(wave, (0, -t % unit))
+        mel = self.log_mel(padded, self.sample_rate)
         self._ensure_vae_encoder()
         with self.manager.use("vae") as vae:
             latent = vae.encode(mel.to(self.device, self.stage_dtype("vae"))).mode()
         hooks.step("vae encode", 1, 1)
-        wave = self.decode(latent.transpose(1, 2), hooks)
-        return wave.reshape(b, c, -1)
+        out = self.decode(latent.transpose(1, 2), hooks)
+        return out.reshape(b, c, -1)[..., :t]
 
     def _ensure_vae_encoder(self) -> None:
         """Swap in the VAE with its encoder (generation only needs the decoder)."""

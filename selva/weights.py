@@ -158,9 +158,9 @@ def _download_file(wf: WeightFile, models_dir: Path) -> Path:
             os.replace(got, got.with_name(got.name + ".md5-mismatch"))
             raise
         return got
-    raise SelvaError(f"{wf.repo_id} has no file {wf.path}"
-                     + (f" (also tried {', '.join(wf.alternative_paths)})" if wf.alternative_paths else "")
-                     + f": {last}")
+    tried = ", ".join((wf.path, *wf.alternative_paths))
+    raise missing_error([_missing_line_file(wf, models_dir)],
+                        cause=SelvaError(f"{wf.repo_id} has none of {tried}: {last}"))
 
 
 def resolve_file(wf: WeightFile, models_dir: Path, *, allow_download: bool = True) -> Path:

@@ -97,6 +97,13 @@ def test_clip_frames_mode(models_dir):
     norms = f.clip_features.norm(dim=-1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
     assert torch.isfinite(pipe.generate(f, steps=1)).all()
+    # a per-frame mask follows the frames picked for CLIP (8 fps) as well as for sync (25 fps)
+    per_frame = torch.ones(50, 48, 64)
+    per_frame[:, :, :32] = 0
+    masked = pipe.extract_features(video(), 25.0, "a dog barking", mask=per_frame)
+    static = pipe.extract_features(video(), 25.0, "a dog barking", mask=per_frame[:1])
+    torch.testing.assert_close(masked.clip_features, static.clip_features)
+    assert not torch.allclose(masked.clip_features, f.clip_features)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -174,8 +181,19 @@ def test_vae_roundtrip_any_rate_and_channels(pipe):
     t = torch.arange(44100) / 44100
     stereo = torch.stack([torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 660 * t)])[None] * 0.3
     out = pipe.vae_roundtrip(stereo, 44100)
-    assert out.shape[:2] == (1, 2) and abs(out.shape[-1] - 16000) <= 512
+    assert out.shape == (1, 2, 16000)  # same length as the input, at the model's rate
     assert torch.isfinite(out).all()
+    assert pipe.vae_roundtrip(torch.zeros(1, 1, 16100), 16000).shape == (1, 1, 16100)
+    with pytest.raises(SelvaError, match="too short"):
+        pipe.vae_roundtrip(torch.zeros(1, 1, 300), 16000)
+
+
+def test_released_pipeline_reloads_on_next_use(models_dir, feats):
+    pipe = load(models_dir)
+    a = pipe.generate(feats, steps=1, seed=2)
+    pipe.release()
+    assert not pipe.manager.is_loaded("generator")
+    torch.testing.assert_close(pipe.generate(feats, steps=1, seed=2), a)
 
 
 def test_spectral_match_uses_vae_statistics(pipe):

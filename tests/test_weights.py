@@ -123,3 +123,19 @@ def test_state_dict_of_checks_structure(tmp_path):
         W.state_dict_of(sd, tmp_path / "f", top_key="generator")
     with pytest.raises(SelvaError):
         W.state_dict_of({"w": "not a tensor"}, tmp_path / "f")
+
+
+def test_file_absent_from_the_hub_lists_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def not_there(repo, rel, local_dir):
+        raise EntryNotFoundError(f"{rel} not found")
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_there)
+    wf = W.FILES["generator_small_44k"]
+    with pytest.raises(W.MissingWeightsError) as e:
+        W.resolve_file(wf, tmp_path)
+    msg = str(e.value)
+    assert wf.url in msg and str(tmp_path / wf.path) in msg and "generator_small_44khz_sup_5.pth" in msg
