@@ -37,10 +37,6 @@ FOLDER_NAME = "selva"
 MODEL_EXTENSIONS = frozenset({".pth", ".pt", ".bin", ".safetensors", ".json", ".model", ".txt"})
 
 
-def in_comfyui() -> bool:
-    return folder_paths is not None
-
-
 # ----------------------------------------------------------------------------- model folders
 def register_models_folder(fp: Any = None) -> None:
     """Register ``models/selva`` with ComfyUI, keeping paths from extra_model_paths.yaml.

@@ -61,6 +61,10 @@ def _image_source(frames: Any) -> VideoSource:
                          f"{tuple(frames.shape)}.")
     if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
         raise SelvaError("The video is empty (no frames): check the loader's frame range.")
+    if frames.shape[-1] == 4:  # RGBA: the picture is in the colour channels
+        frames = frames[..., :3]
+    elif frames.shape[-1] == 1:  # greyscale
+        frames = frames.expand(-1, -1, -1, 3)
     return VideoSource(frames=frames, description=f"IMAGE batch of {frames.shape[0]} frames")
 
 

@@ -301,3 +301,12 @@ def test_clip_frames_mode_uses_the_clip_mask(models_dir, cache_dir, monkeypatch)
     assert on.clip_features is not None and on.clip_features.shape[1] == 8  # 8 fps for 1 s
     assert not torch.allclose(on.clip_features, off.clip_features)
     torch.testing.assert_close(on.sync_features, off.sync_features)
+
+
+def test_rgba_and_grey_image_batches_are_accepted():
+    resolve = pack_module("nodes.video_input").resolve_video
+    rgb = frames(1.0)
+    rgba = torch.cat([rgb, torch.ones_like(rgb[..., :1])], dim=-1)
+    assert torch.equal(resolve(rgba, fps=25.0).frames, rgb)
+    grey = resolve(rgb[..., :1], fps=25.0).frames
+    assert grey.shape == rgb.shape and torch.equal(grey[..., 2], rgb[..., 0])

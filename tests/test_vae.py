@@ -48,7 +48,7 @@ def test_shapes_and_layout(tiny_state):
     out = vae.decode(post.mode())
     assert out.shape == (2, 80, 24)
     # the generator's [B, L, C] layout must be transposed first
-    with pytest.raises(ValueError, match="transpose"):
+    with pytest.raises(SelvaError, match="transpose"):
         vae.decode(post.mode().transpose(1, 2).contiguous())
 
 

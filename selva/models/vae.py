@@ -414,7 +414,7 @@ class AudioVAE(nn.Module):
     def decode(self, latent: torch.Tensor, unnormalize: bool = True) -> torch.Tensor:
         """Latent [B, embed_dim, L] (channels first) -> log-mel [B, data_dim, 2 L]."""
         if latent.ndim != 3 or latent.shape[1] != self.cfg.embed_dim:
-            raise ValueError(f"expected a latent [B, {self.cfg.embed_dim}, L], got "
+            raise SelvaError(f"expected a latent [B, {self.cfg.embed_dim}, L], got "
                              f"{tuple(latent.shape)} (transpose a [B, L, C] sequence first)")
         mel = self.decoder(latent)
         return self.unnormalize(mel) if unnormalize else mel
@@ -475,7 +475,7 @@ def load_vae_weights(model: AudioVAE, sd: Mapping[str, Any], *, source: str,
     meta-device model the tensors are assigned (no copy); ``sd`` itself is never modified.
     """
     if need_encoder and not model.has_encoder:
-        raise ValueError("need_encoder=True needs a model built with its encoder")
+        raise SelvaError("need_encoder=True needs a model built with its encoder")
     _load_raw(model, sd, source=source)
     if not need_encoder and model.encoder is not None:
         model.encoder = None
