@@ -54,9 +54,9 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
                   mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
                   mask_sync=bool(mask_sync))
     if src.frames is not None:
-        prepared = model.prepare(src.frames, src.fps, **common)
+        prepared = model.prepare(src.frames, src.fps, hooks=hooks, **common)
     else:
-        prepared = model.prepare(video_path=decodable(src.stream), **common)
+        prepared = model.prepare(video_path=decodable(src.stream), hooks=hooks, **common)
     feats = model.encode_cached(prepared, prompt, FeatureCache(cache_directory(cache_dir)), hooks)
     return feats, float(feats.fps)
 

@@ -146,19 +146,30 @@ class SelvaPipeline:
     def prepare(self, frames: Optional[Frames] = None, fps: Optional[float] = None, *,
                 video_path: Optional[Union[str, Path, BinaryIO]] = None, duration: Optional[float] = None,
                 mask: Optional[torch.Tensor] = None, mask_strength: float = 1.0,
-                mask_clip: bool = True, mask_sync: bool = True) -> PreparedInput:
-        """Pick and resize frames (from memory or streamed from a file): the cheap part."""
+                mask_clip: bool = True, mask_sync: bool = True,
+                hooks: Optional[Hooks] = None) -> PreparedInput:
+        """Pick and resize frames (from memory or streamed from a file): no network runs.
+
+        ``hooks`` sees the decoding / resizing progress and can cancel it.
+        """
+        hooks = or_default(hooks)
         if not 0.0 <= mask_strength <= 1.0:
             raise SelvaError(f"mask_strength must be within [0, 1], got {mask_strength}.")
         if (frames is None) == (video_path is None):
             raise SelvaError("Give exactly one source: frames (with their fps) or a video file.")
         if video_path is not None:
-            prepared = video_ops.decode_video(video_path, duration=duration or None)
+            # progress in tenths of a second of video; the end is unknown without a duration
+            span = int(round(10 * duration)) if duration else 0
+            prepared = video_ops.decode_video(
+                video_path, duration=duration or None,
+                on_frame=lambda sec: hooks.step("decode", min(int(10 * sec), span), span))
         else:
             if fps is None or fps <= 0:
                 raise SelvaError(f"The video's frame rate must be positive, got {fps}. Connect the "
                                  f"loader's video_info or set fps.")
-            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None)
+            n = len(frames)
+            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None,
+                                                on_frame=lambda done: hooks.step("resize", done, n))
         sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength,
                                           mask_clip and self.options.clip_frames, mask_sync)
         return PreparedInput(prepared, sync_mask, clip_mask, float(mask_strength))
@@ -198,7 +209,7 @@ class SelvaPipeline:
                          mask_strength: float = 1.0, mask_clip: bool = True, mask_sync: bool = True,
                          cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None) -> Features:
         prepared = self.prepare(frames, fps, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def extract_features_from_video(self, path: Union[str, Path, BinaryIO], prompt: str, *,
@@ -207,7 +218,7 @@ class SelvaPipeline:
                                     mask_sync: bool = True, cache: Optional[FeatureCache] = None,
                                     hooks: Optional[Hooks] = None) -> Features:
         prepared = self.prepare(video_path=path, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
