@@ -237,3 +237,13 @@ def test_stages_load_on_first_use(models_dir):
     loaded = {n for n in pipe.manager.stages if pipe.manager.is_loaded(n)}
     assert loaded == {"vae", "vocoder", "mel"}  # no text encoders, video encoder or generator
     assert pipe.manager.get("vae").encoder is not None
+
+
+def test_interrupt_while_preparing_frames(pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipe, "encode", lambda *a, **k: calls.append(1))
+    stages = []
+    hooks = Hooks(progress=lambda stage, d, n: stages.append(stage), interrupted=lambda: True)
+    with pytest.raises(Interrupted):
+        pipe.extract_features(video(), 25.0, "a dog", hooks=hooks)
+    assert stages == ["resize"] and calls == []  # stopped before any network ran
