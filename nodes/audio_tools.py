@@ -1,12 +1,10 @@
 """Audio nodes around the model: VAE roundtrip check and gentle post-processing."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from .common import CATEGORY, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
 
-log = logging.getLogger(__name__)
 
 _AUDIO_TOOLTIP = "Audio of any sample rate and channel count."
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Iterator
 
 from ..selva.hooks import Hooks, Interrupted
 from . import comfy_compat
 
-log = logging.getLogger(__name__)
 
 CATEGORY = "SelVA"
 MODEL_TYPE = "SELVA_MODEL"

@@ -1,12 +1,10 @@
 """SelVA Sampler: features -> audio (rectified-flow sampling, VAE decode, vocoder)."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional
 
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_output, comfy_run, make_hooks
 
-log = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1  # seed + i for batch variations must stay within torch.Generator's range
 MAX_BATCH = 16

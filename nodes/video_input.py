@@ -10,15 +10,12 @@ Two kinds of input:
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
 
 from ..selva.errors import SelvaError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

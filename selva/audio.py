@@ -92,18 +92,6 @@ def resample(wave: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def match_channels(wave: torch.Tensor, channels: int) -> torch.Tensor:
-    """Mono to N channels by repetition, N to mono by averaging; other counts are refused."""
-    c = wave.shape[1]
-    if c == channels:
-        return wave
-    if channels == 1:
-        return wave.mean(dim=1, keepdim=True)
-    if c == 1:
-        return wave.expand(-1, channels, -1).clone()
-    raise SelvaError(f"Cannot map {c} audio channels to {channels}.")
-
-
 def _stft(wave_nt: torch.Tensor, n_fft: int) -> torch.Tensor:
     window = torch.hann_window(n_fft, dtype=wave_nt.dtype)
     return torch.stft(wave_nt, n_fft, hop_length=n_fft // 4, window=window, return_complex=True,

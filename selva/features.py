@@ -45,10 +45,6 @@ class Features:
     sync_mask: Optional[torch.Tensor] = None  # (1 | T, 224, 224) mask applied to the sync frames
     mask_strength: float = 1.0
 
-    @property
-    def uses_clip_frames(self) -> bool:
-        return self.clip_features is not None
-
     def save(self, path: Path) -> None:
         """Write atomically: a reader never sees a half-written file, an old one stays until done."""
         path = Path(path)

@@ -23,7 +23,6 @@ from typing import Any, Iterable, Optional
 import torch
 
 from .errors import SelvaError
-from .models.state_dicts import require_tensors
 
 log = logging.getLogger(__name__)
 
@@ -266,15 +265,3 @@ def load_checkpoint(path: Path) -> Any:
             raise SelvaError(
                 f"Cannot read {path}: {e}. The file is probably truncated or corrupt (an "
                 f"interrupted download?). Delete it and run again to download it afresh.") from first
-
-
-def state_dict_of(obj: Any, path: Path, top_key: Optional[str] = None) -> dict:
-    """The state dict inside a loaded checkpoint, checking its top-level structure."""
-    if top_key is not None:
-        if not isinstance(obj, dict) or top_key not in obj:
-            found = sorted(obj.keys())[:5] if isinstance(obj, dict) else type(obj).__name__
-            raise SelvaError(f"{path} is not the expected checkpoint: it should hold a dict with "
-                             f"'{top_key}', found {found}.")
-        obj = obj[top_key]
-    require_tensors(obj, source=str(path), what="expected checkpoint")
-    return obj

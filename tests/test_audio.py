@@ -48,14 +48,6 @@ def test_resample_changes_length_and_keeps_tone():
     assert torch.equal(A.resample(x, 44100, 44100), x)
 
 
-def test_match_channels():
-    st = torch.randn(2, 2, 100)
-    assert A.match_channels(st, 1).shape == (2, 1, 100)
-    assert torch.equal(A.match_channels(st[:, :1], 2)[:, 1], st[:, 0])
-    with pytest.raises(SelvaError):
-        A.match_channels(torch.randn(1, 3, 10), 2)
-
-
 def _band_energy(x, lo, hi, sr=SR):
     spec = torch.fft.rfft(x[0, 0]).abs() ** 2
     freqs = torch.fft.rfftfreq(x.shape[-1], 1 / sr)

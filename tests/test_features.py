@@ -30,7 +30,7 @@ def test_save_load_roundtrip(tmp_path, optional):
     assert torch.equal(g.sync_features, f.sync_features.float())  # bf16 values kept exactly
     assert torch.equal(g.sync_frames_u8, f.sync_frames_u8) and g.sync_frames_u8.dtype == torch.uint8
     assert torch.equal(g.text_t5_mask, f.text_t5_mask)
-    assert g.uses_clip_frames == optional and (g.sync_mask is not None) == optional
+    assert (g.clip_features is not None) == optional and (g.sync_mask is not None) == optional
     assert g.mask_strength == 0.7
 
 

@@ -116,15 +116,6 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path):
         W.load_checkpoint(p)
 
 
-def test_state_dict_of_checks_structure(tmp_path):
-    sd = {"w": torch.zeros(1)}
-    assert W.state_dict_of({"generator": sd}, tmp_path / "f", top_key="generator") is sd
-    with pytest.raises(SelvaError, match="generator"):
-        W.state_dict_of(sd, tmp_path / "f", top_key="generator")
-    with pytest.raises(SelvaError):
-        W.state_dict_of({"w": "not a tensor"}, tmp_path / "f")
-
-
 def test_file_absent_from_the_hub_lists_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     from huggingface_hub.errors import EntryNotFoundError
