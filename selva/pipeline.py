@@ -9,11 +9,13 @@ same weights, inputs and seed give the official audio.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from .hooks import NO_HOOKS, Hooks, or_default
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
+from .patches import GeneratorPatch, attached
 from .sampling import euler_sample, initial_noise
 from .variants import LATENT_DOWNSAMPLE, VariantSpec, get_variant
 from .weights import default_models_dir
@@ -97,6 +100,37 @@ class SelvaPipeline:
         self.manager = manager
         self.dtype = dtype
         self._builders = None  # set by load(): rebuilds the VAE with its encoder when needed
+        # What loaders attached (see selva/patches.py): shared networks, per-view additions.
+        self.generator_patches: tuple[GeneratorPatch, ...] = ()
+        self.stage_overrides: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------- views
+    def with_patches(self, generator: Sequence[GeneratorPatch] = (),
+                     stages: Optional[dict[str, str]] = None) -> "SelvaPipeline":
+        """A view of this pipeline with more generator patches and/or stage overrides.
+
+        The view shares every network (and the offload manager) with ``self``; ``self`` is not
+        changed, so other branches of a graph keep the base behaviour.
+        """
+        view = copy.copy(self)
+        view.generator_patches = self.generator_patches + tuple(generator)
+        view.stage_overrides = {**self.stage_overrides, **(stages or {})}
+        for logical, actual in view.stage_overrides.items():
+            if not self.manager.has(actual):
+                raise SelvaError(f"Stage override {logical!r} -> {actual!r}: no such stage.")
+        return view
+
+    def stage_name(self, logical: str) -> str:
+        """The offload-manager stage that serves ``logical`` in this view."""
+        return self.stage_overrides.get(logical, logical)
+
+    @contextlib.contextmanager
+    def use_generator(self, extra_patches: Sequence[GeneratorPatch] = ()) -> Iterator[SelvaGenerator]:
+        """The generator on the compute device with this view's patches (then ``extra_patches``,
+        e.g. a Sampler's steering vectors) attached; everything attached is removed on exit."""
+        with self.manager.use(self.stage_name("generator")) as gen:
+            with attached(gen, self.generator_patches + tuple(extra_patches)):
+                yield gen
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -336,8 +370,7 @@ class SelvaPipeline:
 
     def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
                 seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
-        with self.manager.use("generator") as gen:
-            gen: SelvaGenerator
+        with self.use_generator() as gen:
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
             clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
             if clip_f is None:
@@ -357,7 +390,7 @@ class SelvaPipeline:
         with self.manager.use("vae") as vae:
             mel = vae.decode(latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2))
         hooks.step("decode", 1, 2)
-        with self.manager.use("vocoder") as vocoder:
+        with self.manager.use(self.stage_name("vocoder")) as vocoder:
             wave = vocoder(mel.to(self.device, self.stage_dtype("vocoder")))
         hooks.step("decode", 2, 2)
         return wave.float().cpu()
