@@ -26,6 +26,11 @@ except ImportError:
     model_management = None
 
 try:  # pragma: no cover - exercised only inside ComfyUI
+    from comfy.model_patcher import ModelPatcher  # type: ignore[import-not-found]
+except ImportError:
+    ModelPatcher = None
+
+try:  # pragma: no cover - exercised only inside ComfyUI
     from comfy.utils import ProgressBar  # type: ignore[import-not-found]
 except ImportError:
     ProgressBar = None

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from . import comfy_compat
 from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from .model_management import comfy_residency
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
         comfy_compat.empty_cache()
         log.info("Loading SelVA %s (%s, offload %s) from %s", variant, precision,
                  offload_strategy, models_dir)
-        pipeline = SelvaPipeline.load(options, hooks=make_hooks(),
-                                      make_room=comfy_compat.make_room_for_stage)
+        # Inside ComfyUI its model management owns the stages (nodes/model_management.py).
+        residency = comfy_residency(offload_strategy)
+        pipeline = SelvaPipeline.load(options, hooks=make_hooks(), residency=residency,
+                                      make_room=None if residency else comfy_compat.make_room_for_stage)
         _LOADED[key] = pipeline
         return pipeline
 
@@ -107,9 +110,13 @@ class SelvaModelLoader:
                                "falls back to fp16 (with a warning). fp32 is slowest and exact."}),
                 "offload_strategy": (list(strategies), {
                     "default": "auto",
-                    "tooltip": "keep_in_vram: every part stays on the GPU. offload_to_cpu: each part "
-                               "visits the GPU only while it runs (less VRAM, slower). auto: "
-                               "keep_in_vram when at least 16 GB of VRAM are free."}),
+                    "tooltip": "Where the model's parts wait between uses. ComfyUI's model "
+                               "manager loads each part before it runs and can unload it when "
+                               "another model needs the VRAM (Unload Models frees them too). "
+                               "auto: follow ComfyUI (parts stay loaded; unloaded right after "
+                               "use with --lowvram/--novram). keep_in_vram: parts stay loaded "
+                               "after use. offload_to_cpu: each part is unloaded right after it "
+                               "ran (least VRAM, slower)."}),
             },
             "optional": {
                 "clip_frames": ("BOOLEAN", {

@@ -3,10 +3,14 @@
 Strategies:
 
 * ``keep_in_vram``: every stage is moved to the compute device once and stays there.
-* ``offload_to_cpu``: stages wait on the CPU; each moves to the compute device only while it runs,
-  then goes back and the accelerator's cache is emptied. Slower, but peak VRAM is one stage.
+* ``offload_to_cpu``: stages wait on the CPU as a master copy (pinned memory on CUDA); each use
+  uploads a device copy and drops it afterwards (nothing is copied back). Slower, but peak VRAM
+  is about one stage.
 * ``auto``: ``keep_in_vram`` when the device has at least 16 GB free, else ``offload_to_cpu``.
   On a CPU-only machine both are the same.
+
+How stages move is delegated to a residency backend (selva/residency.py); ComfyUI plugs in
+its own model management there.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ import torch
 from torch import nn
 
 from .errors import SelvaError
+from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
+
+__all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
+           "resolve_dtype", "resolve_offload", "free_bytes", "empty_cache", "module_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +104,6 @@ def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = N
     return not keep
 
 
-def empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
 @dataclass
 class Stage:
     dtype: torch.dtype
@@ -112,32 +113,41 @@ class Stage:
 
 @dataclass
 class OffloadManager:
-    """Owns the pipeline's networks and moves them between the CPU and the compute device.
+    """Owns the pipeline's networks; its residency backend decides where they live.
 
     Stages are registered eagerly (:meth:`add`) or as builders (:meth:`add_lazy`) that run the
     first time the stage is used, so a graph that never samples never loads the generator.
-    ``make_room(bytes, device)`` lets a host application (ComfyUI's model management) evict its
-    own models before a stage is moved to the accelerator.
+    Where a built stage waits between uses and how it reaches the compute device is the
+    ``residency`` backend's business (selva/residency.py): by default :class:`OnDevice` or
+    :class:`CpuMaster` as ``offload`` says; a host application passes its own (ComfyUI's model
+    management). ``make_room(bytes, device)`` lets a host evict its own models before a
+    built-in backend puts a stage on the accelerator.
     """
 
     device: torch.device
     offload: bool
-    make_room: Optional[Callable[[int, torch.device], None]] = None
+    make_room: Optional[MakeRoom] = None
     stages: dict[str, Stage] = field(default_factory=dict)
+    residency: Optional[Residency] = None
 
-    @property
-    def home(self) -> torch.device:
-        return torch.device("cpu") if self.offload else self.device
+    def __post_init__(self) -> None:
+        if self.residency is None:
+            self.residency = default_residency(self.device, self.offload, self.make_room)
 
-    def _place(self, module: nn.Module, dtype: torch.dtype) -> nn.Module:
-        return module.eval().requires_grad_(False).to(self.home, dtype)
+    def _adopt(self, name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
+        # Cast on the CPU where it was built; the backend then moves it (or not).
+        module = module.eval().requires_grad_(False).to(dtype=dtype)
+        self.residency.adopt(name, module)
+        return module
 
     def add(self, name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
-        module = self._place(module, dtype)
+        self.forget(name)
+        module = self._adopt(name, module, dtype)
         self.stages[name] = Stage(dtype, module)
         return module
 
     def add_lazy(self, name: str, build: Callable[[], nn.Module], dtype: torch.dtype) -> None:
+        self.forget(name)
         self.stages[name] = Stage(dtype, build=build)
 
     def _stage(self, name: str) -> Stage:
@@ -151,11 +161,7 @@ class OffloadManager:
         stage = self._stage(name)
         if stage.module is None:
             log.info("Loading %s", name)
-            module = stage.build()
-            if self.home.type != "cpu" and self.make_room is not None:
-                # it will stay on the accelerator: let the host evict its own models first
-                self.make_room(module_bytes(module, stage.dtype), self.device)
-            stage.module = self._place(module, stage.dtype)
+            stage.module = self._adopt(name, stage.build(), stage.dtype)
         return stage.module
 
     def dtype(self, name: str) -> torch.dtype:
@@ -171,34 +177,25 @@ class OffloadManager:
     def use(self, name: str) -> Iterator[nn.Module]:
         """The stage's module on the compute device for the duration of the block."""
         module = self.get(name)
-        if self.offload:
-            if self.make_room is not None:
-                self.make_room(module_bytes(module), self.device)
-            module.to(self.device)
-        try:
+        with self.residency.use(name, module):
             yield module
-        finally:
-            if self.offload:
-                module.to("cpu")
-                empty_cache(self.device)
+
+    def forget(self, name: str) -> None:
+        """Drop one stage's built module (a lazy stage is built again on its next use)."""
+        stage = self.stages.get(name)
+        if stage is not None and stage.module is not None:
+            self.residency.forget(name)
+            if stage.build is not None:
+                stage.module = None
 
     def release(self) -> None:
         """Drop every network that can be rebuilt, and free the accelerator's cache.
 
-        A released pipeline stays usable: its stages load again on first use (moving them to the
-        CPU instead would leave ``keep_in_vram`` stages on the wrong device). Stages added as
-        ready modules are kept as they are.
+        A released pipeline stays usable: its stages load again on first use. Stages added as
+        ready modules are kept (the backend takes them off the accelerator where it can).
         """
-        for stage in self.stages.values():
-            if stage.build is not None:
+        for name, stage in self.stages.items():
+            if stage.build is not None and stage.module is not None:
+                self.residency.forget(name)
                 stage.module = None
-        empty_cache(self.device)
-
-
-def module_bytes(module: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
-    """Bytes of the module's tensors (as ``dtype`` for floating-point ones, when given)."""
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        size = torch.empty(0, dtype=dtype).element_size() if dtype and t.is_floating_point() else t.element_size()
-        total += t.numel() * size
-    return total
+        self.residency.release()

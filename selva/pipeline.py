@@ -29,6 +29,7 @@ from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
 from .patches import GeneratorPatch, attached
+from .residency import Residency
 from .sampling import euler_sample, initial_noise
 from .variants import LATENT_DOWNSAMPLE, VariantSpec, get_variant
 from .weights import default_models_dir
@@ -135,9 +136,11 @@ class SelvaPipeline:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, options: LoadOptions, hooks: Optional[Hooks] = None,
-             make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
+             make_room: Optional[Callable[[int, torch.device], None]] = None,
+             residency: Optional[Residency] = None) -> "SelvaPipeline":
         """A pipeline for ``options``: weights are fetched now (``hooks`` sees each file), networks
-        load on first use."""
+        load on first use. ``residency`` replaces the built-in offload policy (a host
+        application's memory manager, see selva/residency.py); it must run on the same device."""
         from .loading import prefetch, register_stages
 
         spec = get_variant(options.variant)
@@ -147,11 +150,16 @@ class SelvaPipeline:
         models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
         options = replace(options, models_dir=models_dir)
         prefetch(spec, models_dir, options.allow_download, or_default(hooks))
-        manager = OffloadManager(device=device, offload=offload, make_room=make_room)
+        if residency is not None and residency.device != device:
+            raise SelvaError(f"The residency backend runs on {residency.device} but the pipeline "
+                             f"was asked to run on {device}.")
+        manager = OffloadManager(device=device, offload=offload, make_room=make_room,
+                                 residency=residency)
         pipe = cls(spec, options, manager, dtype)
         pipe._builders = register_stages(pipe)
         log.info("SelVA %s ready on %s (%s, %s)", spec.name, device, options.precision,
-                 "offload_to_cpu" if offload else "keep_in_vram")
+                 type(residency).__name__ if residency is not None
+                 else "offload_to_cpu" if offload else "keep_in_vram")
         return pipe
 
     def preload(self, stages: Optional[tuple[str, ...]] = None, hooks: Optional[Hooks] = None) -> None:

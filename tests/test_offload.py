@@ -43,19 +43,31 @@ class Probe(nn.Module):
         self.w = nn.Parameter(torch.ones(3))
 
 
-def test_manager_stage_dtype_and_moves(monkeypatch):
-    moves = []
-    mgr = O.OffloadManager(device=torch.device("cpu"), offload=True,
-                           make_room=lambda n, d: moves.append(("room", n)))
+def test_manager_stage_dtype_and_moves():
+    # "meta" stands in for an accelerator: moving there is real, computing is not needed.
+    rooms = []
+    mgr = O.OffloadManager(device=torch.device("meta"), offload=True,
+                           make_room=lambda n, d: rooms.append((n, d.type)))
     m = mgr.add("probe", Probe(), torch.bfloat16)
     assert m.w.dtype == torch.bfloat16 and not m.w.requires_grad and not m.training
+    master = m.w.data
     with mgr.use("probe") as inner:
-        assert inner is m
-    assert moves == [("room", 6)]  # 3 bf16 values
+        assert inner is m and m.w.device.type == "meta"
+    assert rooms == [(6, "meta")]  # 3 bf16 values, asked for before the upload
+    assert m.w.device.type == "cpu" and m.w.data.data_ptr() == master.data_ptr()  # no copy back
     with pytest.raises(SelvaError, match="nope"):
         with mgr.use("nope"):
             pass
     assert O.module_bytes(Probe()) == 12
+
+
+def test_keep_in_vram_moves_once_and_stays():
+    mgr = O.OffloadManager(device=torch.device("meta"), offload=False)
+    m = mgr.add("probe", Probe(), torch.float32)
+    assert m.w.device.type == "meta"
+    with mgr.use("probe"):
+        assert m.w.device.type == "meta"
+    assert m.w.device.type == "meta"
 
 
 def test_lazy_stage_is_built_once_on_first_use():
