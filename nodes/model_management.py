@@ -151,6 +151,7 @@ class ComfyResidency:
             patcher = self.patchers[name]
         nested = patcher in self._in_use
         self._in_use.append(patcher)
+        patcher.size = module_bytes(module)  # buffers follow the clip (the generator's rotary tables)
         try:
             # Stages already running (an outer use) are listed too, so that making room for this
             # one cannot leave them off the device.
@@ -158,6 +159,7 @@ class ComfyResidency:
             yield
         finally:
             self._in_use.pop()
+            patcher.size = module_bytes(module)
             if not nested and self.unloads_after_use():
                 self._unload(patcher)
 
