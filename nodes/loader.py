@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 from . import comfy_compat
 from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
-from .model_management import comfy_residency
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
                   models_dir: Optional[Path] = None) -> Any:
     """Build (or reuse) the pipeline for these options."""
     from ..selva.pipeline import LoadOptions, SelvaPipeline
+    from .model_management import comfy_residency
 
     device = comfy_compat.torch_device()
     models_dir = models_dir if models_dir is not None else models_dir_for(variant)
