@@ -140,8 +140,10 @@ class ComfyResidency:
     # ------------------------------------------------------------------------------ protocol
     def adopt(self, name: str, module: nn.Module) -> None:
         self.forget(name)
-        self.patchers[name] = self.patcher_class(name, module, self.device, self._offload_device(name),
-                                                 module_bytes(module))
+        offload_device, size = self._offload_device(name), module_bytes(module)
+        if offload_device == self.device and self.device.type != "cpu":
+            self.mm.free_memory(size, self.device)  # it goes straight to the GPU and stays there
+        self.patchers[name] = self.patcher_class(name, module, self.device, offload_device, size)
 
     @contextlib.contextmanager
     def use(self, name: str, module: nn.Module) -> Iterator[None]:

@@ -225,3 +225,19 @@ def test_loader_uses_comfyuis_model_management_when_present(comfy, models_dir, m
     finally:
         loader.clear_cache()
     assert all(not hasattr(e.model, "stage") for e in mm.current_loaded_models)
+
+
+def test_with_a_gpu_offload_device_the_stage_stays_on_the_gpu(comfy, backend, meta_gpu, monkeypatch):
+    """--highvram (generator) / --gpu-only (all): ComfyUI's offload device is the GPU itself."""
+    mm, _ = comfy
+    freed = []
+    real_free = mm.free_memory
+    monkeypatch.setattr(mm, "free_memory", lambda need, dev, *a, **k: freed.append(dev) or real_free(need, dev, *a, **k))
+    monkeypatch.setattr(mm, "unet_offload_device", lambda: meta_gpu)
+    residency = backend("offload_to_cpu", device=meta_gpu)
+    net = Net().eval()
+    residency.adopt("generator", net)
+    assert net.lin.weight.device == meta_gpu and freed[0] == meta_gpu  # room made first
+    with residency.use("generator", net):
+        assert residency.loaded_stages() == ["generator"]
+    assert residency.loaded_stages() == [] and net.lin.weight.device == meta_gpu
