@@ -64,9 +64,8 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
         if cached is not None:
             return cached
         for old in _LOADED.values():  # free the previous model before loading another one
-            old.release()
+            old.release()  # (this also returns the cached VRAM: no separate flush)
         _LOADED.clear()
-        comfy_compat.empty_cache()
         log.info("Loading SelVA %s (%s, offload %s) from %s", variant, precision,
                  offload_strategy, models_dir)
         # Inside ComfyUI its model management owns the stages (nodes/model_management.py).
