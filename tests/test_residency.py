@@ -206,3 +206,22 @@ def test_replacing_a_stage_forgets_the_old_module():
 def test_default_backend_follows_the_offload_decision():
     assert isinstance(O.OffloadManager(device=CPU, offload=True).residency, R.CpuMaster)
     assert isinstance(O.OffloadManager(device=CPU, offload=False).residency, R.OnDevice)
+
+
+# ------------------------------------------------------------------- the nodes' choice of backend
+def test_outside_comfyui_the_loader_keeps_the_core_policy(model):
+    from comfy_pack import pack_module
+
+    assert pack_module("nodes.model_management").comfy_residency("auto") is None
+    assert isinstance(model.manager.residency, (R.OnDevice, R.CpuMaster))
+
+
+def test_comfy_backend_rejects_an_unknown_strategy():
+    from types import SimpleNamespace
+
+    from comfy_pack import pack_module
+    from comfyui_selva.selva.errors import SelvaError
+
+    mm = SimpleNamespace(get_torch_device=lambda: CPU)
+    with pytest.raises(SelvaError, match="offload strategy 'sometimes'"):
+        pack_module("nodes.model_management").ComfyResidency("sometimes", mm, object)
