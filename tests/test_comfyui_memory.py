@@ -31,7 +31,9 @@ def _generation(comfy, object_info, seed: int) -> dict:
     prompt = to_api_prompt(load_workflow("selva_basic_video_to_audio"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant="tiny_16k", precision="fp32", offload_strategy="auto")
     set_inputs(prompt, "LoadVideo", file="selva_memory.mp4")
-    set_inputs(prompt, "SelvaFeatureExtractor", duration=1.0)
+    # a feature cache of this server only: features from earlier sessions must not be served
+    set_inputs(prompt, "SelvaFeatureExtractor", duration=1.0,
+               cache_dir=str(comfy.base / "selva_memory_features"))
     set_inputs(prompt, "SelvaSampler", steps=2, seed=seed)
     for node in nodes_of(prompt, "SaveAudio") + nodes_of(prompt, "SaveVideo"):
         node["inputs"]["filename_prefix"] = "selva_memory/out"
