@@ -73,13 +73,20 @@ def inputs(comfy):
     return comfy.input_dir
 
 
-@pytest.fixture
-def page(browser, comfy, inputs):
+@pytest.fixture(scope="module")
+def app_page(browser, comfy, inputs):
+    """One page for the module (opening the app costs seconds); each test loads its own graph."""
     page = F.open_app(browser, comfy)
     try:
         yield page
     finally:
         page.close()
+
+
+@pytest.fixture
+def page(app_page):
+    F.close_dialogs(app_page)
+    return app_page
 
 
 def test_there_are_workflows():
