@@ -18,21 +18,18 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from comfy_pack import FRONTEND_ONLY, REPO_ROOT, WIDGET_TYPES
+
 TEST_NODES_DIR = Path(__file__).resolve().parent / "comfy_custom_nodes"
 PACK_FOLDER = "ComfyUI-SelVA"
 
 STARTUP_TIMEOUT = 300
 RUN_TIMEOUT = 900
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# Nodes that exist only in the frontend (never sent to the server).
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 class WorkflowError(AssertionError):
