@@ -34,7 +34,7 @@ def find_chromium() -> Optional[str]:
 def missing_browser_reason() -> Optional[str]:
     """Why no browser test can run here, or None when Playwright and Chromium are there."""
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401  (only whether it imports)
     except ImportError:
         return "Playwright's Python package is not installed (pip install playwright)"
     if find_chromium() is None:
