@@ -28,7 +28,7 @@ def _with_probe(prompt: dict, object_info: dict) -> dict:
 
 
 def _generation(comfy, object_info, seed: int) -> dict:
-    prompt = to_api_prompt(load_workflow("selva_basic_video_to_audio"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA Video to Audio"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant="tiny_16k", precision="fp32", offload_strategy="auto")
     set_inputs(prompt, "LoadVideo", file="selva_memory.mp4")
     # a feature cache of this server only: features from earlier sessions must not be served
