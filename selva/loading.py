@@ -28,7 +28,7 @@ except ImportError:  # selva imported as a top-level package (python -m selva)
     from bigvgan.loading import load_bigvgan_v1, load_bigvgan_v2
 
 if TYPE_CHECKING:
-    from .pipeline import SelvaPipeline
+    from .offload import OffloadManager
     from .variants import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -184,11 +184,12 @@ class StageBuilders:
 STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")
 
 
-def register_stages(pipe: "SelvaPipeline") -> StageBuilders:
-    """Register every stage of ``pipe`` with its offload manager, to be built on first use."""
-    opts = pipe.options
-    builders = StageBuilders(pipe.variant, Path(opts.models_dir), opts.allow_download, opts.clip_frames)
-    dtypes = stage_dtypes(pipe.dtype)
+def register_stages(manager: "OffloadManager", builders: StageBuilders,
+                    precision_dtype: torch.dtype) -> None:
+    """Register every stage ``builders`` can make with ``manager``, to be built on first use.
+
+    This module knows nothing of the pipeline (the pipeline imports it, never the reverse).
+    """
+    dtypes = stage_dtypes(precision_dtype)
     for name in STAGES:
-        pipe.manager.add_lazy(name, getattr(builders, name), dtypes[name])
-    return builders
+        manager.add_lazy(name, getattr(builders, name), dtypes[name])

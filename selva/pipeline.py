@@ -25,6 +25,7 @@ from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
+from .loading import StageBuilders, prefetch, register_stages
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
@@ -138,8 +139,6 @@ class SelvaPipeline:
              make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
         """A pipeline for ``options``: weights are fetched now (``hooks`` sees each file), networks
         load on first use."""
-        from .loading import prefetch, register_stages
-
         spec = get_variant(options.variant)
         device = pick_device(options.device)
         dtype = resolve_dtype(options.precision, device)
@@ -149,7 +148,8 @@ class SelvaPipeline:
         prefetch(spec, models_dir, options.allow_download, or_default(hooks))
         manager = OffloadManager(device=device, offload=offload, make_room=make_room)
         pipe = cls(spec, options, manager, dtype)
-        pipe._builders = register_stages(pipe)
+        pipe._builders = StageBuilders(spec, models_dir, options.allow_download, options.clip_frames)
+        register_stages(manager, pipe._builders, dtype)
         log.info("SelVA %s ready on %s (%s, %s)", spec.name, device, options.precision,
                  "offload_to_cpu" if offload else "keep_in_vram")
         return pipe
