@@ -356,7 +356,8 @@ class SelvaPipeline:
             return features.duration
         return float(duration)
 
-    def _conditions_inputs(self, features: Features, seq, batch: int):
+    def _conditions_inputs(self, features: Features, seq):
+        """The clip's condition sequences for ``seq``, batch 1 (projected once, for any batch)."""
         gen_dtype = self.stage_dtype("generator")
         sync = features.sync_features[:, :seq.sync]
         if sync.shape[1] != seq.sync:
@@ -364,22 +365,21 @@ class SelvaPipeline:
                              f"{seq.duration:.2f} s needs {seq.sync}: extract the features again.")
         clip = None
         if features.clip_features is not None:
-            clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype).expand(batch, -1, -1)
-        return (clip, sync.to(self.device, gen_dtype).expand(batch, -1, -1),
-                features.text_clip.to(self.device, gen_dtype).expand(batch, -1, -1))
+            clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype)
+        return (clip, sync.to(self.device, gen_dtype), features.text_clip.to(self.device, gen_dtype))
 
     def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
                 seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
         with self.use_generator() as gen:
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
+            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq)
             if clip_f is None:
-                clip_f = gen.empty_clip_sequence(batch)
+                clip_f = gen.empty_clip_sequence(1)
             dtype = self.stage_dtype("generator")
             x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            # One clip: both branches are projected once and shared by every batch item.
             cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
-            uncond: Conditions = gen.empty_conditions(
-                batch, negative_text_clip_f=neg_clip.to(self.device, dtype).expand(batch, -1, -1))
+            uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(self.device, dtype))
             x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength), x0, steps,
                               on_step=lambda d, n: hooks.step("sampling", d, n))
             return gen.unnormalize(x1)
