@@ -194,8 +194,10 @@ class SelvaPipeline:
         if video_path is not None:
             # progress in tenths of a second of video; the end is unknown without a duration
             span = int(round(10 * duration)) if duration else 0
+            # Only a per-frame mask needs the whole file's frame count (reading to its end).
+            per_frame_mask = mask is not None and mask_strength > 0 and video_ops.mask_frames(mask) > 1
             prepared = video_ops.decode_video(
-                video_path, duration=duration or None,
+                video_path, duration=duration or None, count_frames=per_frame_mask,
                 on_frame=lambda sec: hooks.step("decode", min(int(10 * sec), span), span))
         else:
             if fps is None or fps <= 0:
