@@ -13,6 +13,8 @@ import contextlib
 import copy
 import logging
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
@@ -91,6 +93,33 @@ class TextFeatures:
     clip: torch.Tensor
 
 
+class EncodingCache:
+    """The last few prompt encodings (CPU tensors by content key), least recently used dropped."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._items: "OrderedDict[str, dict]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[dict]:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, item: dict) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 class SelvaPipeline:
     """All SelVA networks for one variant, with their device policy."""
 
@@ -101,19 +130,29 @@ class SelvaPipeline:
         self.manager = manager
         self.dtype = dtype
         self._builders = None  # set by load(): rebuilds the VAE with its encoder when needed
+        self._vae_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # read on first use
         # What loaders attached (see selva/patches.py): shared networks, per-view additions.
         self.generator_patches: tuple[GeneratorPatch, ...] = ()
         self.stage_overrides: dict[str, str] = {}
+        # Parts a view adds to every feature key (e.g. a textual-inversion embedding's digest):
+        # anything that changes what the encoders produce must be named here.
+        self.feature_key_extra: tuple = ()
+        # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
+        self._encodings = EncodingCache()
 
     # ------------------------------------------------------------------------------- views
     def with_patches(self, generator: Sequence[GeneratorPatch] = (),
-                     stages: Optional[dict[str, str]] = None) -> "SelvaPipeline":
+                     stages: Optional[dict[str, str]] = None,
+                     feature_key: Sequence = ()) -> "SelvaPipeline":
         """A view of this pipeline with more generator patches and/or stage overrides.
 
         The view shares every network (and the offload manager) with ``self``; ``self`` is not
-        changed, so other branches of a graph keep the base behaviour.
+        changed, so other branches of a graph keep the base behaviour. ``feature_key`` parts
+        (JSON-able values or tensors) join every feature cache key of the view: a patch that
+        changes the features (textual inversion) passes its digest here.
         """
         view = copy.copy(self)
+        view.feature_key_extra = self.feature_key_extra + tuple(feature_key)
         view.generator_patches = self.generator_patches + tuple(generator)
         view.stage_overrides = {**self.stage_overrides, **(stages or {})}
         for logical, actual in view.stage_overrides.items():
@@ -210,14 +249,25 @@ class SelvaPipeline:
                                           mask_clip and self.options.clip_frames, mask_sync)
         return PreparedInput(prepared, sync_mask, clip_mask, float(mask_strength))
 
-    def feature_cache_key(self, prepared: PreparedInput, prompt: str) -> str:
-        """Digest of everything that changes the features (all pixels and mask values included)."""
+    def encoder_identity(self) -> list:
+        """What makes the encoders' output: their weight files (path, size, mtime) and the
+        dtypes they really run in (bf16 that fell back to fp16 is fp16), plus the view's
+        ``feature_key_extra``."""
+        files = self._builders.feature_encoder_files() if self._builders is not None else []
+        dtypes = [str(self.stage_dtype(name)) for name in ("t5", "clip", "text_synch")]
+        return ["encoders", files, dtypes, *self.feature_key_extra]
+
+    def feature_cache_key(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
+        """Digest of everything that changes the features: every pixel and mask value, the
+        prompt, the encoders' weights and dtypes, and ``extra_key`` (JSON-able values or tensors
+        of an adapter that changes the features, e.g. a textual-inversion embedding's digest)."""
         fr = prepared.frames
         use_clip = self.options.clip_frames
         return content_hash([
-            "features", FORMAT_VERSION, self.variant.name, self.options.precision, use_clip,
+            "features", FORMAT_VERSION, self.variant.name, use_clip, *self.encoder_identity(),
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
+            "extra", *extra_key,
         ])
 
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
@@ -258,11 +308,12 @@ class SelvaPipeline:
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
-                      hooks: Optional[Hooks] = None) -> Features:
-        """:meth:`encode`, skipped when ``cache`` already holds features for exactly this input."""
+                      hooks: Optional[Hooks] = None, extra_key: Sequence = ()) -> Features:
+        """:meth:`encode`, skipped when ``cache`` already holds features for exactly this input
+        (``extra_key``: see :meth:`feature_cache_key`)."""
         if cache is None:
             return self.encode(prepared, prompt, hooks)
-        key = self.feature_cache_key(prepared, prompt)
+        key = self.feature_cache_key(prepared, prompt, extra_key)
         hit = cache.get(key)
         if hit is not None:
             log.info("Features loaded from cache %s", cache.path(key))
@@ -306,17 +357,38 @@ class SelvaPipeline:
                                       batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
 
     def _features_for_prompt(self, features: Features, prompt: Optional[str], hooks: Hooks) -> Features:
-        """``features`` re-encoded for another prompt (SelVA's sync features depend on the text)."""
+        """``features`` re-encoded for another prompt (SelVA's sync features depend on the text).
+
+        The result is remembered (a few entries, in memory), so re-running a Sampler whose prompt
+        differs from the features' prompt does not run T5, CLIP and the sync encoder again.
+        """
         if not prompt or prompt == features.prompt:
             return features
+        key = content_hash(["prompt features", self.variant.name, *self.encoder_identity(), prompt,
+                            features.variant, features.sync_frames_u8, features.sync_mask,
+                            features.mask_strength])
+        hit = self._encodings.get(key)
+        if hit is not None:
+            log.info("Using the cached encoding of prompt %r", prompt)
+            return replace(features, prompt=prompt, **hit)
         log.info("Prompt differs from the one the features were extracted with: re-encoding text "
                  "and sync features for %r", prompt)
         text = self.encode_text(prompt, hooks)
         frames_tchw = features.sync_frames_u8.permute(0, 3, 1, 2)
         sync = self.encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
-        return replace(features, prompt=prompt, text_t5=text.t5.float().cpu(),
-                       text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
-                       sync_features=sync.float().cpu())
+        encoded = dict(text_t5=text.t5.float().cpu(), text_t5_mask=text.t5_mask.cpu(),
+                       text_clip=text.clip.float().cpu(), sync_features=sync.float().cpu())
+        self._encodings.put(key, encoded)
+        return replace(features, prompt=prompt, **encoded)
+
+    def _negative_text(self, negative_prompt: str) -> torch.Tensor:
+        """CLIP text features of the negative prompt, remembered like re-encoded prompts."""
+        key = content_hash(["negative", self.variant.name, *self.encoder_identity(), negative_prompt])
+        hit = self._encodings.get(key)
+        if hit is None:
+            hit = {"clip": self.encode_clip_text([negative_prompt]).cpu()}
+            self._encodings.put(key, hit)
+        return hit["clip"]
 
     # ---------------------------------------------------------------------------- generation
     def generate(self, features: Features, *, prompt: Optional[str] = None, negative_prompt: str = "",
@@ -346,7 +418,7 @@ class SelvaPipeline:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
         features = self._features_for_prompt(features, prompt, hooks)
         seq = self.variant.seq_lengths(self._duration_for(features, duration))
-        neg_clip = self.encode_clip_text([negative_prompt])
+        neg_clip = self._negative_text(negative_prompt)
         return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:
@@ -439,6 +511,17 @@ class SelvaPipeline:
         log.info("Loading the VAE encoder for the round trip")
         self.manager.add_lazy("vae", lambda: self._builders.vae(need_encoder=True), self.stage_dtype("vae"))
 
+    def _vae_data_mean(self) -> torch.Tensor:
+        """The VAE's per-band mel mean (data_dim,) on the CPU: from the loaded VAE if it is
+        loaded, else read from its file alone (the network is neither built nor moved)."""
+        if self.manager.is_loaded("vae"):
+            return self.manager.get("vae").data_mean.detach().float().cpu().reshape(-1)
+        if self._builders is None:
+            raise SelvaError("This pipeline has no VAE file to read the spectral profile from.")
+        if self._vae_stats is None:
+            self._vae_stats = self._builders.vae_statistics()
+        return self._vae_stats[0]
+
     def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float) -> torch.Tensor:
         """Per-band EQ toward the spectral profile the VAE was trained on (its data mean).
 
@@ -449,7 +532,7 @@ class SelvaPipeline:
         mel = self.manager.get("mel")
         cfg = self.variant.mel
         profile = self.log_mel(wave, self.sample_rate).reshape(b, c, cfg.num_mels, -1).mean(dim=1)
-        target = self.manager.get("vae").data_mean.detach().float().cpu().reshape(-1)
+        target = self._vae_data_mean()
         log_to_db = 20.0 if cfg.log == "log10" else 20.0 / math.log(10.0)
         return audio_ops.spectral_match(wave, profile, target, mel.mel_basis.detach().float().cpu(),
                                         cfg.n_fft, strength, log_to_db=log_to_db)

@@ -450,3 +450,19 @@ def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
     else:
         _load_raw(model, path_or_state, source=source or "VAE state dict")
     return _finish(model)
+
+
+def load_vae_statistics(path: PathLike, cfg: VAEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mel normalisation statistics ``(data_mean, data_std)``, each ``(data_dim,)`` float32,
+    read from a VAE file without building the network (the file is memory-mapped, so only
+    these two small tensors are read)."""
+    sd = load_checkpoint(path)
+    stats = []
+    for name in ("data_mean", "data_std"):
+        t = sd.get(name) if isinstance(sd, Mapping) else None
+        if not isinstance(t, torch.Tensor) or t.numel() != cfg.data_dim:
+            raise SelvaError(f"{path} has no {name} of {cfg.data_dim} values: it is not the VAE of "
+                             f"this model. Use the v1-16 file for 16 kHz models and v1-44 for "
+                             f"44.1 kHz ones.")
+        stats.append(t.detach().float().reshape(-1).clone())
+    return stats[0], stats[1]
