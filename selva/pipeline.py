@@ -22,6 +22,7 @@ from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import accel
 from . import audio as audio_ops
 from . import video as video_ops
 from .errors import SelvaError
@@ -50,6 +51,8 @@ class LoadOptions:
     models_dir: Optional[Path] = None  # None: $SELVA_MODELS_DIR or ./models/selva
     clip_frames: bool = False  # official demo: False (the generator's learned empty CLIP sequence)
     allow_download: bool = True
+    tf32: bool = True  # CUDA only: TF32 matmuls while SelVA runs, as the official demo (selva/accel.py)
+    compile: bool = False  # torch.compile the generator (selva/accel.py: when it recompiles)
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,10 @@ class SelvaPipeline:
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
         """Run the encoders: T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames."""
         hooks = or_default(hooks)
+        with accel.tf32(self.device, self.options.tf32):
+            return self._encode(prepared, prompt, hooks)
+
+    def _encode(self, prepared: PreparedInput, prompt: str, hooks: Hooks) -> Features:
         text = self.encode_text(prompt, hooks)
         sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                           prepared.mask_strength, text, hooks)
@@ -416,10 +423,11 @@ class SelvaPipeline:
             raise SelvaError(f"steps must be at least 1, got {steps}.")
         if batch_size < 1:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
-        features = self._features_for_prompt(features, prompt, hooks)
-        seq = self.variant.seq_lengths(self._duration_for(features, duration))
-        neg_clip = self._negative_text(negative_prompt)
-        return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
+        with accel.tf32(self.device, self.options.tf32):
+            features = self._features_for_prompt(features, prompt, hooks)
+            seq = self.variant.seq_lengths(self._duration_for(features, duration))
+            neg_clip = self._negative_text(negative_prompt)
+            return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:
         if not duration:
@@ -454,13 +462,18 @@ class SelvaPipeline:
             # One clip: both branches are projected once and shared by every batch item.
             cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
             uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(self.device, dtype))
-            x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength), x0, steps,
-                              on_step=lambda d, n: hooks.step("sampling", d, n))
+            velocity = accel.compiled_velocity(gen) if self.options.compile else None
+            x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength, velocity=velocity),
+                              x0, steps, on_step=lambda d, n: hooks.step("sampling", d, n))
             return gen.unnormalize(x1)
 
     def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None) -> torch.Tensor:
         """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU."""
         hooks = or_default(hooks)
+        with accel.tf32(self.device, self.options.tf32):
+            return self._decode(latent, hooks)
+
+    def _decode(self, latent: torch.Tensor, hooks: Hooks) -> torch.Tensor:
         with self.manager.use("vae") as vae:
             mel = vae.decode(latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2))
         hooks.step("decode", 1, 2)

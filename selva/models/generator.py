@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -368,7 +368,9 @@ class SelvaGenerator(nn.Module):
         return self.predict_flow(latent, t, self.preprocess_conditions(clip_f, sync_f, text_clip_f))
 
     def cfg_velocity(self, t: float, x: torch.Tensor, cond: Conditions, uncond: Conditions,
-                     cfg_strength: float, *, batched: bool = True) -> torch.Tensor:
+                     cfg_strength: float, *, batched: bool = True,
+                     velocity: Optional[Callable[[torch.Tensor, torch.Tensor, Conditions], torch.Tensor]] = None
+                     ) -> torch.Tensor:
         """Classifier-free-guided velocity ``s * v(cond) + (1 - s) * v(uncond)``.
 
         ``t`` is broadcast to the batch in ``x.dtype`` (rounded like the reference, which
@@ -376,19 +378,21 @@ class SelvaGenerator(nn.Module):
         unconditional pass. ``batched`` runs both branches in one pass of batch ``2 B``
         (conditional first): one launch of every kernel instead of two, the same numbers up to
         float rounding (every op is per batch item). ``cond`` / ``uncond`` may be batch 1 (one
-        clip, projected once) for any batch of ``x``.
+        clip, projected once) for any batch of ``x``. ``velocity`` replaces :meth:`predict_flow`
+        (e.g. its ``torch.compile`` d form, see selva/accel.py).
         """
+        predict = velocity if velocity is not None else self.predict_flow
         b = len(x)
         t_batch = torch.full((b,), t, dtype=torch.float32, device=x.device).to(x.dtype)
         if cfg_strength < 1.0:
-            return self.predict_flow(x, t_batch, cond.expand(b))
+            return predict(x, t_batch, cond.expand(b))
         if batched:
             both = Conditions.stack([cond.expand(b), uncond.expand(b)])
-            v = self.predict_flow(torch.cat([x, x]), torch.cat([t_batch, t_batch]), both)
+            v = predict(torch.cat([x, x]), torch.cat([t_batch, t_batch]), both)
             v_cond, v_uncond = v[:b], v[b:]
         else:
-            v_cond = self.predict_flow(x, t_batch, cond.expand(b))
-            v_uncond = self.predict_flow(x, t_batch, uncond.expand(b))
+            v_cond = predict(x, t_batch, cond.expand(b))
+            v_uncond = predict(x, t_batch, uncond.expand(b))
         return cfg_strength * v_cond + (1 - cfg_strength) * v_uncond
 
 
