@@ -123,6 +123,29 @@ class EncodingCache:
             self._items.clear()
 
 
+class BackboneCache:
+    """The sync encoder's backbone tokens of the last clip (CPU), if not too large."""
+
+    def __init__(self, max_bytes: int = 1024**3):
+        self.max_bytes = max_bytes
+        self._key: Optional[str] = None
+        self._tokens: Optional[torch.Tensor] = None
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        with self._lock:
+            return self._tokens if key == self._key else None
+
+    def put(self, key: str, tokens: torch.Tensor) -> None:
+        size = tokens.numel() * tokens.element_size()
+        with self._lock:
+            self._key, self._tokens = (key, tokens.detach().cpu()) if size <= self.max_bytes else (None, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._tokens = None, None
+
+
 class SelvaPipeline:
     """All SelVA networks for one variant, with their device policy."""
 
@@ -142,6 +165,7 @@ class SelvaPipeline:
         self.feature_key_extra: tuple = ()
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
         self._encodings = EncodingCache()
+        self._backbone = BackboneCache()  # the last clip's text-independent sync-encoder tokens
 
     # ------------------------------------------------------------------------------- views
     def with_patches(self, generator: Sequence[GeneratorPatch] = (),
@@ -217,6 +241,7 @@ class SelvaPipeline:
 
     def release(self) -> None:
         self.manager.release()
+        self._backbone.clear()
 
     # ---------------------------------------------------------------------------- features
     def prepare(self, frames: Optional[Frames] = None, fps: Optional[float] = None, *,
@@ -345,17 +370,30 @@ class SelvaPipeline:
 
     def encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
                     mask_strength: float, text: TextFeatures, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
-        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224)."""
-        frames01 = video_ops.to_float01(sync_u8_tchw)
-        if sync_mask is not None:
-            frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
-        frames = video_ops.normalize_sync(frames01)
+        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224).
+
+        The backbone's tokens do not depend on the prompt: those of the last clip are kept, so
+        another prompt on the same frames runs only the text cross-attention and the pooling.
+        """
         with self.manager.use("text_synch") as net:
             net: TextSynchformer
+            key = content_hash(["sync backbone", self.variant.name, *self.encoder_identity()[:3],
+                                sync_u8_tchw, sync_mask, float(mask_strength)])
+            tokens = self._backbone.get(key)
+            if tokens is None:
+                frames01 = video_ops.to_float01(sync_u8_tchw)
+                if sync_mask is not None:
+                    frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
+                frames = video_ops.normalize_sync(frames01)
+                tokens = net.backbone_tokens(frames[None].to(self.device, net.dtype),
+                                             on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+                self._backbone.put(key, tokens)
+            else:
+                log.info("Sync encoder: reusing the video's backbone tokens (only the prompt changed)")
+                hooks.step("sync encoder", 1, 1)
             text_f = text.t5.to(self.device, net.dtype)
             text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
-            return net.encode(frames[None].to(self.device, net.dtype), text_f, text_mask,
-                              on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+            return net.encode_tokens(tokens, text_f, text_mask)
 
     def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
         """CLIP image features (1, T, D) of 8 fps frames (T, 3, 384, 384) in [0, 1]."""

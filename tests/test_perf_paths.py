@@ -54,6 +54,28 @@ def test_a_sampler_prompt_is_encoded_once(models_dir, monkeypatch):
     assert used == ["clip", "generator"]  # only the new negative prompt is encoded
 
 
+def test_a_new_prompt_on_the_same_frames_reuses_the_sync_backbone(models_dir, monkeypatch):
+    pipe = load(models_dir)
+    net = pipe.manager.get("text_synch")
+    runs = []
+    original = net.vfeat_extractor.patch_tokens
+    monkeypatch.setattr(net.vfeat_extractor, "patch_tokens", lambda seg: runs.append(1) or original(seg))
+    video = frames(1.0, seed=1)
+    a = pipe.extract_features(video, 25.0, "a dog barking")
+    assert runs
+    runs.clear()
+    b = pipe.extract_features(video, 25.0, "a bell")  # same frames, another prompt
+    assert runs == []
+    fresh = load(models_dir).extract_features(video, 25.0, "a bell")
+    torch.testing.assert_close(b.sync_features, fresh.sync_features, rtol=0, atol=0)
+    assert not torch.equal(a.sync_features, b.sync_features)
+    pipe.extract_features(frames(1.0, seed=2), 25.0, "a bell")  # other frames: the backbone runs
+    assert runs
+    runs.clear()
+    pipe.extract_features(video, 25.0, "a bell", mask=torch.ones(1, 32, 48) * 0.5)  # a mask too
+    assert runs
+
+
 def test_the_cached_encoding_belongs_to_the_frames(models_dir):
     pipe = load(models_dir)
     a = pipe.extract_features(frames(1.0, seed=1), 25.0, "a dog")
