@@ -13,8 +13,6 @@ import contextlib
 import copy
 import logging
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
@@ -29,6 +27,7 @@ from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
 from .loading import StageBuilders, prefetch, register_stages
+from .memo import BackboneCache, EncodingCache
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
@@ -94,56 +93,6 @@ class TextFeatures:
     t5: torch.Tensor
     t5_mask: torch.Tensor
     clip: torch.Tensor
-
-
-class EncodingCache:
-    """The last few prompt encodings (CPU tensors by content key), least recently used dropped."""
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._items: "OrderedDict[str, dict]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[dict]:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, item: dict) -> None:
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-class BackboneCache:
-    """The sync encoder's backbone tokens of the last clip (CPU), if not too large."""
-
-    def __init__(self, max_bytes: int = 1024**3):
-        self.max_bytes = max_bytes
-        self._key: Optional[str] = None
-        self._tokens: Optional[torch.Tensor] = None
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[torch.Tensor]:
-        with self._lock:
-            return self._tokens if key == self._key else None
-
-    def put(self, key: str, tokens: torch.Tensor) -> None:
-        size = tokens.numel() * tokens.element_size()
-        with self._lock:
-            self._key, self._tokens = (key, tokens.detach().cpu()) if size <= self.max_bytes else (None, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._key, self._tokens = None, None
 
 
 class SelvaPipeline:
