@@ -42,6 +42,20 @@ class SelvaLoraLoader:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
+        """A file replaced at the same path is read again (ComfyUI caches by input values)."""
+        from pathlib import Path
+
+        p = Path(str(adapter_path or "").strip().strip('"')).expanduser()
+        if not p.is_absolute():
+            p = comfy_compat.output_dir() / p
+        try:
+            stat = p.stat()
+        except OSError:
+            return str(p)
+        return f"{p}:{stat.st_mtime_ns}:{stat.st_size}"
+
     def load(self, model: Any, adapter_path: str, strength: float,
              adapter: Optional[Any] = None) -> tuple[Any]:
         from ..selva.adapters import LoraPatch, check_adapter_for, resolve_adapter

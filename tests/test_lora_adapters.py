@@ -330,3 +330,22 @@ def test_wrong_variant_missing_module_and_shape_mismatch(gen):
     assert not any(m._forward_hooks for m in gen.modules())
     with pytest.raises(SelvaError, match="finite"):
         LoraPatch(adapter, float("nan"))
+
+
+def test_trains_on_a_clone_of_a_generator_loaded_in_inference_mode():
+    """ComfyUI loads the generator inside inference mode; the trainer clones it outside."""
+    with torch.inference_mode():
+        loaded = make_generator()
+        x = inputs(loaded)
+        base = loaded(*x)
+        with torch.inference_mode(False), torch.enable_grad():
+            work = copy.deepcopy(loaded)
+            lora = LoraSet.create(work, LoraConfig(rank=2, targets=CONV_AND_LINEAR, init="pissa"))
+            before = [p.detach().clone() for p in lora.trainable_parameters()]
+            opt = torch.optim.AdamW(lora.trainable_parameters(), lr=1e-2)
+            with lora.attach(work):
+                loss = (work(*x) - 1.0).pow(2).mean()
+            loss.backward()
+            opt.step()
+            assert all(not torch.equal(a, b) for a, b in zip(before, lora.trainable_parameters()))
+        assert torch.equal(loaded(*x), base)  # the loaded generator itself is untouched
