@@ -87,7 +87,7 @@ class SelvaLoraEvaluator:
                 "adapters_file": ("STRING", {
                     "default": "", "multiline": False,
                     "tooltip": "A JSON file (or the JSON text) with a list of adapter paths, e.g. "
-                               "[\"\", \"lora/run_001/adapter_final.safetensors\"]; \"\" = the "
+                               "[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"]; \"\" = the "
                                "baseline, which is always included. Relative paths: beside the "
                                "JSON file, then ComfyUI's output folder. Empty = baseline only."}),
                 "steps": ("INT", {"default": 25, "min": 1, "max": 200,

@@ -138,7 +138,7 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
         items = json.loads(text)
     except json.JSONDecodeError as e:
         raise SelvaError(f"adapters_file is not valid JSON ({e}); expected e.g. "
-                         f"[\"\", \"lora/run_001/adapter_final.safetensors\"].") from e
+                         f"[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"].") from e
     if isinstance(items, dict) and isinstance(items.get("adapters"), list):
         items = items["adapters"]
     elif isinstance(items, dict) and isinstance(items.get("runs"), dict):
