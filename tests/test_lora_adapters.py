@@ -349,3 +349,19 @@ def test_trains_on_a_clone_of_a_generator_loaded_in_inference_mode():
             opt.step()
             assert all(not torch.equal(a, b) for a, b in zip(before, lora.trainable_parameters()))
         assert torch.equal(loaded(*x), base)  # the loaded generator itself is untouched
+
+
+def test_non_adaptable_module_and_newer_format(gen, tmp_path):
+    adapter = _trained_adapter(gen)
+    w = next(iter(adapter.modules.values()))
+    odd = LoraAdapter({"joint_blocks.0.latent_block.attn.q_norm": w}, adapter.meta)
+    with pytest.raises(SelvaError, match="q_norm .is not a Linear or sequence-conv layer"):
+        check_adapter_for(odd, "tiny_16k", gen.cfg)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    save_file(load_file(str(path)), str(tmp_path / "new.safetensors"), metadata={**header, "format_version": "9"})
+    with pytest.raises(SelvaError, match="format version 9.*Update ComfyUI-SelVA"):
+        load_adapter(tmp_path / "new.safetensors")
