@@ -55,7 +55,7 @@ def _saved(comfy, entry, node_id: str):
 
 
 def _compare_prompt(object_info, *, strength: float, base_lufs: float) -> dict:
-    prompt = to_api_prompt(load_workflow("selva_lora_compare"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA LoRA Base vs Adapter"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant="tiny_16k", precision="fp32")
     set_inputs(prompt, "LoadVideo", file=VIDEO)
     set_inputs(prompt, "SelvaFeatureExtractor", duration=1.0)
