@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from comfy_pack import pack_module
 from comfy_server import load_workflow, nodes_of, set_inputs, to_api_prompt
+from lora_helpers import write_tiny_adapter
 from node_helpers import frames, write_video
-
-import tiny
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -31,19 +28,7 @@ def _decode(path) -> np.ndarray:
 
 
 def _write_adapter(comfy) -> None:
-    adapters = pack_module("selva.adapters")
-    generator = pack_module("selva.models.generator")
-    gen = generator.SelvaGenerator(tiny.tiny_generator(8))
-    lora = adapters.LoraSet.create(gen, adapters.LoraConfig(
-        rank=2, alpha=2.0, targets=("attn.qkv", "ffn.w1", "linear1")))
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in lora.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    path = comfy.output_dir / ADAPTER
-    if path.exists():
-        path.unlink()
-    adapters.save_adapter(lora.to_adapter(variant="tiny_16k"), path)
+    write_tiny_adapter(comfy.output_dir / ADAPTER)
 
 
 def _saved(comfy, entry, node_id: str):
