@@ -5,6 +5,7 @@ from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .sampler import SelvaSampler
 
 comfy_compat.register_models_folder()
@@ -16,6 +17,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
+    ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}
