@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .sampler import SelvaSampler
+from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
 
 comfy_compat.register_models_folder()
 
@@ -16,6 +18,10 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaDittoOptimizer", SelvaDittoOptimizer, "SelVA DITTO Optimizer"),
+    ("SelvaActivationSteeringExtractor", SelvaActivationSteeringExtractor,
+     "SelVA Activation Steering Extractor"),
+    ("SelvaActivationSteeringLoader", SelvaActivationSteeringLoader, "SelVA Activation Steering Loader"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}
