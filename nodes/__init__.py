@@ -8,6 +8,7 @@ from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .sampler import SelvaSampler
 from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
+from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer
 
 comfy_compat.register_models_folder()
 
@@ -22,6 +23,8 @@ _NODES = (
     ("SelvaActivationSteeringExtractor", SelvaActivationSteeringExtractor,
      "SelVA Activation Steering Extractor"),
     ("SelvaActivationSteeringLoader", SelvaActivationSteeringLoader, "SelVA Activation Steering Loader"),
+    ("SelvaTextualInversionTrainer", SelvaTextualInversionTrainer, "SelVA Textual Inversion Trainer"),
+    ("SelvaTextualInversionLoader", SelvaTextualInversionLoader, "SelVA Textual Inversion Loader"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

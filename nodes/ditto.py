@@ -7,6 +7,7 @@ from . import paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
 from .sampler import MAX_SEED
 from .steering import steering_inputs, steering_patches
+from .textual_inversion import features_with_ti, ti_inputs
 
 
 def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: Any):
@@ -90,6 +91,7 @@ class SelvaDittoOptimizer:
                     "tooltip": "Reference clips as AUDIO (each batch entry one clip), instead of "
                                "or beside reference_dir."}),
                 **steering_inputs(),
+                **ti_inputs(),
             },
         }
 
@@ -98,7 +100,8 @@ class SelvaDittoOptimizer:
                  style_weight: float, steps: int, cfg_strength: float, seed: int,
                  normalize: bool = True, target_lufs: float = -27.0, reference_audio: Any = None,
                  steering_vectors: Any = None, steering_strength: Optional[float] = 0.1,
-                 steering_blocks: Optional[str] = "all") -> tuple[dict]:
+                 steering_blocks: Optional[str] = "all", textual_inversion: Any = None,
+                 ti_strength: Optional[float] = 1.0) -> tuple[dict]:
         from ..selva.audio import loudness_normalize
         from ..selva.style.ditto import DittoConfig, ditto_generate
 
@@ -110,6 +113,7 @@ class SelvaDittoOptimizer:
             config.validate()  # before reading any audio
             hooks = make_hooks()
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
+            features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength, hooks)
             target = reference_set(model, reference_dir, reference_audio, hooks)
             result = ditto_generate(model, features, target, config,
                                     prompt=prompt if prompt.strip() else None,

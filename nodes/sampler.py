@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_output, comfy_run, make_hooks
 from .steering import steering_inputs, steering_patches
+from .textual_inversion import features_with_ti, ti_inputs
 
 
 MAX_SEED = 2**63 - 1  # seed + i for batch variations must stay within torch.Generator's range
@@ -80,6 +81,7 @@ class SelvaSampler:
                     "tooltip": "Loudness target in LUFS when normalize is on. A gain cap keeps "
                                "peaks inside [-1, 1], so loud targets may fall short."}),
                 **steering_inputs(),
+                **ti_inputs(),
             },
         }
 
@@ -87,9 +89,12 @@ class SelvaSampler:
                duration: float, steps: int, cfg_strength: float, seed: int, normalize: bool,
                batch_size: int, target_lufs: Optional[float] = -27.0, steering_vectors: Any = None,
                steering_strength: Optional[float] = 0.1,
-               steering_blocks: Optional[str] = "all") -> tuple[dict]:
+               steering_blocks: Optional[str] = "all", textual_inversion: Any = None,
+               ti_strength: Optional[float] = 1.0) -> tuple[dict]:
         with comfy_run():
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
+            features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength,
+                                                make_hooks())
             audio = generate_audio(
                 model, features, prompt=prompt, negative_prompt=negative_prompt,
                 duration=duration, steps=steps, cfg_strength=cfg_strength, seed=seed,

@@ -89,3 +89,63 @@ def test_bad_options_are_refused(model, data_dir, tmp_path):
         ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(path="clip_t5"))
     with pytest.raises(SelvaError, match="n_tokens"):
         ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(n_tokens=0))
+
+
+# ------------------------------------------------------------------------------------ nodes
+@pytest.fixture(scope="module")
+def features(model, data_dir):
+    return Features.load(sorted(data_dir.glob("*.npz"))[0])
+
+
+def sample(model, features, **kw):
+    args = dict(model=model, features=features, prompt="", negative_prompt="", duration=0.0, steps=2,
+                cfg_strength=4.5, seed=0, normalize=False, batch_size=1)
+    args.update(kw)
+    (audio,) = run_node("SelvaSampler", **args)
+    return audio["waveform"]
+
+
+def test_trainer_node_writes_tokens_and_a_curve(model, data_dir, tmp_path):
+    path, curve = run_node("SelvaTextualInversionTrainer", model=model, data_dir=str(data_dir),
+                           output_path=str(tmp_path), n_tokens=2, init_text="", steps=2, lr=1e-2,
+                           batch_size=1, save_every=2, seed=0)
+    assert path.endswith("embeddings_final.safetensors") and curve.dim() == 4 and curve.shape[-1] == 3
+    (ti,) = run_node("SelvaTextualInversionLoader", path=path)
+    assert ti.n_tokens == 2 and ti.info["init_text"]  # the dataset's first prompt
+
+
+def test_strength_zero_is_the_sampler_and_above_zero_differs(model, features, trained):
+    (ti,) = run_node("SelvaTextualInversionLoader",
+                     path=str(trained.result.run_dir / "embeddings_final.safetensors"))
+    for kw in ({}, {"prompt": "rain"}):
+        plain = sample(model, features, **kw)
+        assert torch.equal(plain, sample(model, features, textual_inversion=ti, ti_strength=0.0, **kw))
+        with_ti = sample(model, features, textual_inversion=ti, ti_strength=1.0, **kw)
+        assert not torch.allclose(plain, with_ti)
+    # a prompt given to the Sampler is encoded first, then the tokens go in (not lost to it)
+    a = sample(model, features, textual_inversion=ti, ti_strength=1.0, prompt="rain")
+    b = sample(model, features, textual_inversion=ti, ti_strength=1.0)
+    assert not torch.allclose(a, b)
+
+
+def test_ditto_takes_textual_inversion_too(model, features, trained, tmp_path):
+    from style_helpers import reference_dir
+
+    (ti,) = run_node("SelvaTextualInversionLoader",
+                     path=str(trained.result.run_dir / "embeddings_final.safetensors"))
+    with_ti = sample(model, features, textual_inversion=ti, ti_strength=0.7)
+    (audio,) = run_node("SelvaDittoOptimizer", model=model, features=features, prompt="", negative_prompt="",
+                        reference_dir=str(reference_dir(tmp_path)), n_opt_steps=0, opt_lr=0.1,
+                        n_ode_steps=2, n_grad_steps=1, style_weight=1.0, steps=2, cfg_strength=4.5,
+                        seed=0, normalize=False, textual_inversion=ti, ti_strength=0.7)
+    assert torch.equal(audio["waveform"], with_ti)
+
+
+def test_loader_refuses_other_files(tmp_path, trained):
+    steering = pack_module("selva.style.steering")
+    other = steering.SteeringVectors(torch.ones(2, 4), torch.ones(2), torch.ones(2), "tiny_16k", ["a", "b"])
+    other.save(tmp_path / "steer.safetensors")
+    with pytest.raises(SelvaError, match="not a SelVA textual-inversion file"):
+        run_node("SelvaTextualInversionLoader", path=str(tmp_path / "steer.safetensors"))
+    with pytest.raises(SelvaError, match="does not exist"):
+        run_node("SelvaTextualInversionLoader", path=str(tmp_path / "none.safetensors"))
