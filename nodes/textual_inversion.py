@@ -63,12 +63,16 @@ class SelvaTextualInversionTrainer:
                     "default": "",
                     "tooltip": "Words the tokens start from (e.g. 'metal clang'). Empty = the "
                                "dataset's first prompt."}),
-                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000}),
-                "lr": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1.0, "step": 1e-5}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
+                                  "tooltip": "Optimizer steps. 500-2000 for a timbre."}),
+                "lr": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
+                                 "tooltip": "AdamW learning rate on the tokens."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                       "tooltip": "Clips per step (clips of one duration batch together)."}),
                 "save_every": ("INT", {"default": 250, "min": 1, "max": 100000,
                                        "tooltip": "Steps between resumable checkpoints and token files."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                                 "tooltip": "Draws the noise, times and clip order; same seed = same run."}),
             },
             "optional": {
                 "path": (list(PATHS), {

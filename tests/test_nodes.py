@@ -21,6 +21,11 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaDittoOptimizer": "SelVA DITTO Optimizer",
+    "SelvaActivationSteeringExtractor": "SelVA Activation Steering Extractor",
+    "SelvaActivationSteeringLoader": "SelVA Activation Steering Loader",
+    "SelvaTextualInversionTrainer": "SelVA Textual Inversion Trainer",
+    "SelvaTextualInversionLoader": "SelVA Textual Inversion Loader",
 }
 
 
@@ -61,7 +66,14 @@ def test_input_names_match_the_spec():
         "mask_strength", "mask_clip", "mask_sync"}
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
-        "seed", "normalize", "target_lufs", "batch_size"}
+        "seed", "normalize", "target_lufs", "batch_size", "steering_vectors", "steering_strength",
+        "steering_blocks", "textual_inversion", "ti_strength"}
+    optional = list(classes["SelvaSampler"].INPUT_TYPES()["optional"])
+    assert optional[optional.index("steering_vectors"):optional.index("steering_vectors") + 5] == [
+        "steering_vectors", "steering_strength", "steering_blocks", "textual_inversion", "ti_strength"]
+    assert list(classes["SelvaDittoOptimizer"].INPUT_TYPES()["required"]) == [
+        "model", "features", "prompt", "negative_prompt", "reference_dir", "n_opt_steps", "opt_lr",
+        "n_ode_steps", "n_grad_steps", "style_weight", "steps", "cfg_strength", "seed"]
     assert classes["SelvaSampler"].RETURN_TYPES == ("AUDIO",)
     assert classes["SelvaVaeRoundtrip"].RETURN_NAMES == ("audio_reconstructed",)
     assert classes["SelvaFeatureExtractor"].RETURN_NAMES == ("features", "fps", "prompt")
