@@ -8,7 +8,7 @@ from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .sampler import SelvaSampler
 from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
-from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer
+from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
 
 comfy_compat.register_models_folder()
 
@@ -25,6 +25,7 @@ _NODES = (
     ("SelvaActivationSteeringLoader", SelvaActivationSteeringLoader, "SelVA Activation Steering Loader"),
     ("SelvaTextualInversionTrainer", SelvaTextualInversionTrainer, "SelVA Textual Inversion Trainer"),
     ("SelvaTextualInversionLoader", SelvaTextualInversionLoader, "SelVA Textual Inversion Loader"),
+    ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

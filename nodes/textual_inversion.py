@@ -129,3 +129,42 @@ class SelvaTextualInversionLoader:
 
         with comfy_run():
             return (TextualInversion.load(paths.resolve(path, "path")),)
+
+
+class SelvaTiScheduler:
+    DESCRIPTION = ("Runs several textual-inversion trainings from one experiments file (the same "
+                   "JSON shape as the LoRA scheduler), encoding each dataset once, and compares "
+                   "their loss curves. Runs already finished are skipped when run again.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves")
+    OUTPUT_TOOLTIPS = ("experiment_summary.json of the sweep (status, losses, token files per run).",
+                       "Every run's loss curve in one chart.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The SelVA model."}),
+                "experiments_file": ("STRING", {
+                    "default": "selva/ti_experiments.json",
+                    "tooltip": 'JSON: {"base": {"data_dir": ..., "steps": 500}, "experiments": '
+                               '[{"name": "t4", "n_tokens": 4}, {"name": "t8", "n_tokens": 8}]}. '
+                               "Relative = inside ComfyUI's output folder."}),
+            },
+            "optional": {
+                "output_path": ("STRING", {
+                    "default": "selva/textual_inversion",
+                    "tooltip": "The sweep folder goes inside (named after the experiments file)."}),
+            },
+        }
+
+    def run(self, model: Any, experiments_file: str, output_path: str = "selva/textual_inversion") -> tuple[str, Any]:
+        from ..selva.style.textual_inversion import run_ti_sweep
+        from ..selva.train.plots import image_tensor
+
+        with comfy_run():
+            result = run_ti_sweep(model, paths.resolve(experiments_file, "experiments_file"),
+                                  paths.resolve(output_path, "output_path"), hooks=make_hooks())
+        return (str(result.summary_path), image_tensor(result.comparison))

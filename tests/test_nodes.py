@@ -26,6 +26,7 @@ EXPECTED = {
     "SelvaActivationSteeringLoader": "SelVA Activation Steering Loader",
     "SelvaTextualInversionTrainer": "SelVA Textual Inversion Trainer",
     "SelvaTextualInversionLoader": "SelVA Textual Inversion Loader",
+    "SelvaTiScheduler": "SelVA Textual Inversion Scheduler",
 }
 
 

@@ -149,3 +149,23 @@ def test_loader_refuses_other_files(tmp_path, trained):
         run_node("SelvaTextualInversionLoader", path=str(tmp_path / "steer.safetensors"))
     with pytest.raises(SelvaError, match="does not exist"):
         run_node("SelvaTextualInversionLoader", path=str(tmp_path / "none.safetensors"))
+
+
+def test_scheduler_runs_each_experiment_and_compares_them(model, data_dir, tmp_path):
+    import json
+
+    spec = {"base": {"data_dir": str(data_dir), "steps": 2, "save_every": 2, "lr": 1e-2, "eval_samples": False},
+            "experiments": [{"name": "t2", "n_tokens": 2}, {"name": "t3", "n_tokens": 3, "init_text": "bang"}]}
+    exp = tmp_path / "ti_sweep.json"
+    exp.write_text(json.dumps(spec))
+    summary_path, curves = run_node("SelvaTiScheduler", model=model, experiments_file=str(exp),
+                                    output_path=str(tmp_path / "out"))
+    summary = json.loads(open(summary_path).read())
+    assert {k: v["status"] for k, v in summary["runs"].items()} == {"t2": "finished", "t3": "finished"}
+    assert curves.dim() == 4
+    t3 = ti_mod.TextualInversion.load(next((tmp_path / "out" / "ti_sweep").glob("t3_*/embeddings_final.safetensors")))
+    assert t3.n_tokens == 3 and t3.info["init_text"] == "bang"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"experiments": [{"name": "x", "data_dir": "d", "rank": 4}]}))
+    with pytest.raises(SelvaError, match="rank"):
+        run_node("SelvaTiScheduler", model=model, experiments_file=str(bad), output_path=str(tmp_path))

@@ -127,6 +127,15 @@ class TiTrainOptions:
     eval_samples: bool = True
     eval_steps: int = 25
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TiTrainOptions":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SelvaError(f"Unknown textual-inversion option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}.")
+        return cls(**values)
+
     def validate(self) -> None:
         if self.path not in PATHS:
             raise SelvaError(f"Textual inversion path {self.path!r} is not available; choose "
@@ -156,8 +165,13 @@ class TiTask(TrainTask):
 
     resume_keys = ("variant", "n_tokens", "path")
 
-    def __init__(self, pipe, gen, dataset, options: TiTrainOptions, init: torch.Tensor):
+    def __init__(self, pipe, gen, dataset, options: TiTrainOptions, init: torch.Tensor,
+                 eval_features: Optional[Features] = None):
         self.pipe, self.gen, self.dataset, self.options = pipe, gen, dataset, options
+        self.eval_features = eval_features if eval_features is not None else dataset.clips[0].features
+        if self.eval_features.variant != pipe.variant.name:
+            raise SelvaError(f"eval_features were extracted for {self.eval_features.variant!r}, the "
+                             f"model is {pipe.variant.name!r}.")
         self.embedding = nn.Parameter(init.to(pipe.device, torch.float32).clone())
         self.init_text = ""
         self.last_export: Optional[TextualInversion] = None
@@ -209,7 +223,7 @@ class TiTask(TrainTask):
 
         if self._negative is None:
             return None
-        feats = self.dataset.clips[0].features
+        feats = self.eval_features
         feats = replace(feats, text_clip=with_tokens(feats.text_clip.float(), self.embedding.detach().cpu()))
         seq = self.pipe.variant.seq_lengths(feats.duration)
         with torch.no_grad():
@@ -243,7 +257,7 @@ class TiRun:
 def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiTrainOptions, *,
                             resume: Optional[str] = None, hooks: Optional[Hooks] = None,
                             cache_dir: Optional[Path] = None, dataset=None, run_dir: Optional[Path] = None,
-                            should_stop=None) -> TiRun:
+                            should_stop=None, eval_features: Optional[Features] = None) -> TiRun:
     """Learn ``n_tokens`` tokens on the clips of ``data_dir`` with the shared training loop."""
     from ..train.dataset import load_dataset
     from ..train.loop import run_training
@@ -259,7 +273,7 @@ def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiT
         # tokens train, so no private copy of the network is needed.
         with pipe.use_generator() as gen:
             make_differentiable(gen)
-            task = TiTask(pipe, gen, dataset, options, init)
+            task = TiTask(pipe, gen, dataset, options, init, eval_features)
             task.init_text = text
             extra = {"kind": "textual_inversion", "data_dir": str(dataset.data_dir),
                      "dataset_digest": dataset.digest, "options": asdict(options)}
@@ -267,3 +281,12 @@ def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiT
                                   run_dir=run_dir, should_stop=should_stop, extra_meta=extra)
     embedding = task.last_export if task.last_export is not None else task.current()
     return TiRun(result, embedding)
+
+
+def run_ti_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None):
+    """Several textual-inversion runs from one experiments file (the LoRA sweep's JSON shape:
+    ``{"base": {...}, "experiments": [{"name": ..., <overrides>}, ...]}``), dataset encoded once."""
+    from ..train.sweep import run_sweep
+
+    return run_sweep(pipe, experiments_file, output_dir, hooks=hooks, train=train_textual_inversion,
+                     options_cls=TiTrainOptions)

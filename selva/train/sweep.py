@@ -47,9 +47,14 @@ class Experiment:
     settings: dict[str, Any]  # base + overrides: trainer inputs (data_dir and LoRA options)
 
 
-def read_experiments(path: Path) -> list[Experiment]:
-    """The experiments of a sweep file, each validated; clear errors for every mistake."""
+def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[Experiment]:
+    """The experiments of a sweep file, each validated; clear errors for every mistake.
+
+    ``options_cls``: the trainer's options dataclass (default LoRA's; textual inversion passes
+    its own), which names the settings an experiment may hold."""
     from .lora_trainer import LoraTrainOptions
+
+    options_cls = options_cls or LoraTrainOptions
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -64,7 +69,7 @@ def read_experiments(path: Path) -> list[Experiment]:
     base = data.get("base", {})
     if not isinstance(base, dict):
         raise SelvaError(f"{path}: 'base' must be an object of trainer inputs.")
-    known = set(LoraTrainOptions.__dataclass_fields__) | {"data_dir", "eval_features"}
+    known = set(options_cls.__dataclass_fields__) | {"data_dir", "eval_features"}
     out, seen = [], set()
     for i, entry in enumerate(data["experiments"], 1):
         if not isinstance(entry, dict) or not str(entry.get("name", "")).strip():
@@ -142,14 +147,19 @@ class SweepResult:
 
 
 def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
-              train: Optional[Callable[..., Any]] = None) -> SweepResult:
-    """Run every experiment not already done; see the module docstring."""
+              train: Optional[Callable[..., Any]] = None,
+              options_cls: Optional[type] = None) -> SweepResult:
+    """Run every experiment not already done; see the module docstring.
+
+    ``train`` / ``options_cls``: another trainer with the same call shape as ``train_lora`` and
+    its options dataclass (with ``from_dict`` and ``validate``), e.g. textual inversion."""
     from .dataset import load_dataset
     from .lora_trainer import LoraTrainOptions, train_lora
 
     hooks = or_default(hooks)
     train = train or train_lora
-    experiments = read_experiments(experiments_file)
+    options_cls = options_cls or LoraTrainOptions
+    experiments = read_experiments(experiments_file, options_cls)
     sweep_dir = sweep_dir_for(experiments_file, output_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     summary_path = sweep_dir / SUMMARY_NAME
@@ -179,7 +189,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
                 resume, run_dir = str(old_dir), Path(old_dir)
             started = time.monotonic()
             try:
-                options = LoraTrainOptions.from_dict(settings)
+                options = options_cls.from_dict(settings)
                 options.validate()
                 key = str(data_dir.resolve())
                 if key not in datasets:
