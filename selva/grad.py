@@ -9,6 +9,8 @@ hooks on them stay valid, and outputs stay bit-identical, so plain sampling is u
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -28,3 +30,16 @@ def make_differentiable(module: nn.Module) -> nn.Module:
             if buf is not None and buf.is_inference():
                 sub._buffers[name] = buf.clone()
     return module
+
+
+def make_patches_differentiable(patches: Iterable[object]) -> None:
+    """:func:`make_differentiable` for the networks generator patches hold.
+
+    A patch (a LoRA's frozen weights, say) may have built its tensors during an earlier Sampler
+    run inside inference mode; differentiating through the patched generator needs ordinary
+    tensors there too. Patches are opaque objects, so their attributes are searched for modules.
+    """
+    for patch in patches:
+        for value in getattr(patch, "__dict__", {}).values():
+            if isinstance(value, nn.Module):
+                make_differentiable(value)

@@ -157,3 +157,30 @@ def test_half_precision_stays_finite(models_dir, features, refs, precision, monk
         result = ditto.ditto_generate(pipe, features, target, config)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert torch.isfinite(result.waveform).all()
+
+
+def test_ditto_through_a_lora_view(model, features, refs):
+    """A LoRA loaded (and first used) inside inference mode still lets DITTO differentiate."""
+    adapters = pack_module("selva.adapters")
+    with torch.inference_mode():
+        gen = model.manager.get("generator")
+        adapter_set = adapters.LoraSet.create(copy_of(gen), adapters.LoraConfig(rank=2, targets=("attn.qkv",)))
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for p in adapter_set.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        adapter = adapter_set.to_adapter(variant="tiny_16k")
+    view = model.with_patches([adapters.LoraPatch(adapter, 1.0)])
+    plain = sampler(model, features)["waveform"]
+    lora_plain = sampler(view, features)["waveform"]  # builds the LoRA's frozen weights in inference mode
+    assert not torch.allclose(plain, lora_plain)
+    assert torch.equal(run_ditto(view, features, refs, n_opt_steps=0)["waveform"], lora_plain)
+    tuned = run_ditto(view, features, refs, n_opt_steps=2)["waveform"]
+    assert torch.isfinite(tuned).all() and not torch.allclose(tuned, lora_plain)
+
+
+def copy_of(gen):
+    import copy
+
+    with torch.inference_mode(False):
+        return copy.deepcopy(gen)

@@ -31,10 +31,11 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import SelvaError
 from ..features import Features
-from ..grad import make_differentiable
+from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, NO_HOOKS
 from ..patches import GeneratorPatch
 from ..sampling import initial_noise, time_grid
+from .conditions import clip_condition_inputs
 from .reference import MelStats, differentiable_stats
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def ditto_generate(pipe: "SelvaPipeline", features: Features, target: MelStats, 
                              steps=config.steps, cfg_strength=config.cfg_strength, seed=config.seed,
                              hooks=hooks, extra_patches=extra_patches)
         return DittoResult(wave)
-    features = pipe._features_for_prompt(features, prompt, hooks)
+    features = pipe.features_for_prompt(features, prompt, hooks)
     x0, losses, best = optimise_noise(pipe, features, target, config, negative_prompt=negative_prompt,
                                       extra_patches=extra_patches, hooks=hooks)
     wave = pipe.generate(features, negative_prompt=negative_prompt, steps=config.steps,
@@ -122,6 +123,7 @@ def optimise_noise(pipe: "SelvaPipeline", features: Features, target: MelStats, 
             make_differentiable(vae)
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
             make_differentiable(gen)
+            make_patches_differentiable(pipe.generator_patches + tuple(extra_patches))
             velocity = _guided_velocity(pipe, gen, features, neg_clip.clone(), seq, config.cfg_strength)
             start = initial_noise(1, seq.latent, gen.latent_dim, seed=config.seed, device=pipe.device,
                                   dtype=gen_dtype).float()
@@ -158,9 +160,7 @@ def _guided_velocity(pipe: "SelvaPipeline", gen, features: Features, neg_clip: t
                      cfg_strength: float):
     """v(t, x) with classifier-free guidance, conditions projected once (they need no gradient)."""
     with torch.no_grad():
-        clip_f, sync_f, text_clip = pipe._conditions_inputs(features, seq, 1)
-        if clip_f is None:
-            clip_f = gen.empty_clip_sequence(1)
+        clip_f, sync_f, text_clip = clip_condition_inputs(pipe, gen, features, seq)
         dtype = pipe.stage_dtype("generator")
         cond = gen.preprocess_conditions(clip_f.clone(), sync_f.clone(), text_clip.clone())
         uncond = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(pipe.device, dtype))

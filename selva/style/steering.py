@@ -30,6 +30,7 @@ from ..errors import SelvaError
 from ..features import Features
 from ..hooks import Hooks, NO_HOOKS
 from ..sampling import initial_noise, time_grid
+from .conditions import clip_condition_inputs
 
 if TYPE_CHECKING:
     from ..pipeline import SelvaPipeline
@@ -300,9 +301,7 @@ def _clip_inputs(pipe: "SelvaPipeline", gen, feats: Features, seed: int):
     """Conditions, empty conditions and initial noise for one clip, as the Sampler builds them."""
     seq = pipe.variant.seq_lengths(feats.duration)
     gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-    clip_f, sync_f, text_clip = pipe._conditions_inputs(feats, seq, 1)
-    if clip_f is None:
-        clip_f = gen.empty_clip_sequence(1)
+    clip_f, sync_f, text_clip = clip_condition_inputs(pipe, gen, feats, seq)
     dtype = pipe.stage_dtype("generator")
     cond = gen.preprocess_conditions(clip_f, sync_f, text_clip)
     uncond = gen.empty_conditions(1)

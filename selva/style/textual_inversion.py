@@ -26,7 +26,7 @@ from torch import nn
 from ..artifacts import load_safetensors, meta_value, save_safetensors
 from ..errors import SelvaError
 from ..features import Features
-from ..grad import make_differentiable
+from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, or_default
 from ..train.loop import LoopConfig, TrainTask
 
@@ -273,6 +273,7 @@ def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiT
         # tokens train, so no private copy of the network is needed.
         with pipe.use_generator() as gen:
             make_differentiable(gen)
+            make_patches_differentiable(pipe.generator_patches)
             task = TiTask(pipe, gen, dataset, options, init, eval_features)
             task.init_text = text
             extra = {"kind": "textual_inversion", "data_dir": str(dataset.data_dir),
