@@ -6,8 +6,11 @@ from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtri
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .sampler import SelvaSampler
+from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
+                       register_routes)
 
 comfy_compat.register_models_folder()
+register_routes()
 
 _NODES = (
     ("SelvaModelLoader", SelvaModelLoader, "SelVA Model Loader"),
@@ -16,6 +19,10 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
+    ("SelvaLoraScheduler", SelvaLoraScheduler, "SelVA LoRA Scheduler"),
+    ("SelvaSkipExperiment", SelvaSkipExperiment, "SelVA Skip Experiment"),
+    ("SelvaDatasetBrowser", SelvaDatasetBrowser, "SelVA Dataset Browser"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

@@ -21,6 +21,10 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaLoraTrainer": "SelVA LoRA Trainer",
+    "SelvaLoraScheduler": "SelVA LoRA Scheduler",
+    "SelvaSkipExperiment": "SelVA Skip Experiment",
+    "SelvaDatasetBrowser": "SelVA Dataset Browser",
 }
 
 
