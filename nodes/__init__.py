@@ -5,6 +5,7 @@ from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .sampler import SelvaSampler
 from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
                        register_routes)
@@ -19,6 +20,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
+    ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
     ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
     ("SelvaLoraScheduler", SelvaLoraScheduler, "SelVA LoRA Scheduler"),
     ("SelvaSkipExperiment", SelvaSkipExperiment, "SelVA Skip Experiment"),
