@@ -6,11 +6,15 @@ from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtri
 from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .sampler import SelvaSampler
 from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
+from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
+                       register_routes)
 
 comfy_compat.register_models_folder()
+register_routes()
 
 _NODES = (
     ("SelvaModelLoader", SelvaModelLoader, "SelVA Model Loader"),
@@ -19,6 +23,12 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
+    ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
+    ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
+    ("SelvaLoraScheduler", SelvaLoraScheduler, "SelVA LoRA Scheduler"),
+    ("SelvaSkipExperiment", SelvaSkipExperiment, "SelVA Skip Experiment"),
+    ("SelvaDatasetBrowser", SelvaDatasetBrowser, "SelVA Dataset Browser"),
     ("SelvaDittoOptimizer", SelvaDittoOptimizer, "SelVA DITTO Optimizer"),
     ("SelvaActivationSteeringExtractor", SelvaActivationSteeringExtractor,
      "SelVA Activation Steering Extractor"),
