@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run
 from .sampler import MAX_SEED
+from .training import make_training_hooks
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
@@ -111,7 +112,7 @@ class SelvaDittoOptimizer:
                                  style_weight=float(style_weight), steps=int(steps),
                                  cfg_strength=float(cfg_strength), seed=int(seed))
             config.validate()  # before reading any audio
-            hooks = make_hooks()
+            hooks = make_training_hooks()  # the progress preview shows the loss curve
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
             features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength, hooks)
             target = reference_set(model, reference_dir, reference_audio, hooks)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run
+from .training import make_training_hooks
 
 
 def ti_inputs() -> dict:
@@ -98,7 +99,7 @@ class SelvaTextualInversionTrainer:
                                      seed=int(seed), path=path)
             run = train_textual_inversion(model, paths.resolve(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
-                                          resume=resume.strip() or None, hooks=make_hooks())
+                                          resume=resume.strip() or None, hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))
 
 
@@ -166,5 +167,5 @@ class SelvaTiScheduler:
 
         with comfy_run():
             result = run_ti_sweep(model, paths.resolve(experiments_file, "experiments_file"),
-                                  paths.resolve(output_path, "output_path"), hooks=make_hooks())
+                                  paths.resolve(output_path, "output_path"), hooks=make_training_hooks())
         return (str(result.summary_path), image_tensor(result.comparison))

@@ -184,3 +184,14 @@ def copy_of(gen):
 
     with torch.inference_mode(False):
         return copy.deepcopy(gen)
+
+
+def test_progress_shows_the_loss_curve(model, features, refs):
+    target = stats_of(model, refs)
+    seen = []
+    hooks = hooks_mod.Hooks(progress=lambda *a: None, preview=lambda stage, d, n, image: seen.append((stage, d, image)))
+    config = ditto.DittoConfig(n_opt_steps=3, n_ode_steps=2, n_grad_steps=1, steps=2)
+    with torch.inference_mode():
+        ditto.optimise_noise(model, features, target, config, hooks=hooks)
+    assert seen and seen[-1][:2] == ("DITTO", 3)  # the last step always re-draws
+    assert seen[-1][2].size[0] > 100

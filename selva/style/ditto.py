@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -132,6 +133,7 @@ def optimise_noise(pipe: "SelvaPipeline", features: Features, target: MelStats, 
             opt = torch.optim.Adam([z], lr=config.opt_lr)
             best_loss, best_z = math.inf, start.clone()
             grid = time_grid(config.n_ode_steps)
+            curve = _LossPreview(enabled=hooks.preview is not None)
             for step in range(config.n_opt_steps):
                 opt.zero_grad(set_to_none=True)
                 x1 = _integrate(velocity, z.to(gen_dtype), grid, config.n_grad_steps)
@@ -152,8 +154,25 @@ def optimise_noise(pipe: "SelvaPipeline", features: Features, target: MelStats, 
                 with torch.no_grad():
                     z.mul_(radius / z.norm())  # back onto the Gaussian shell
                 log.info("DITTO step %d/%d: style loss %.5f", step + 1, config.n_opt_steps, value)
-                hooks.step(f"DITTO (loss {value:.4g})", step + 1, config.n_opt_steps)
+                hooks.step("DITTO", step + 1, config.n_opt_steps,
+                           image=curve.image(losses, last=step + 1 == config.n_opt_steps))
     return best_z.to(gen_dtype), losses, best_loss
+
+
+class _LossPreview:
+    """The style-loss curve as the progress preview, re-drawn at most every couple of seconds."""
+
+    def __init__(self, enabled: bool, every_s: float = 2.0):
+        self.enabled, self.every_s, self._last = enabled, every_s, -math.inf
+
+    def image(self, losses: list[float], last: bool = False):
+        now = time.monotonic()
+        if not self.enabled or (not last and now - self._last < self.every_s):
+            return None
+        self._last = now
+        from ..train.plots import loss_curve_image
+
+        return loss_curve_image(losses, smoothed=False, title="DITTO style loss")
 
 
 def _guided_velocity(pipe: "SelvaPipeline", gen, features: Features, neg_clip: torch.Tensor, seq,
