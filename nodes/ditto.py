@@ -1,6 +1,7 @@
 """SelVA DITTO Optimizer: optimise the initial noise toward a reference set's timbre, then sample."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from . import paths
@@ -10,6 +11,8 @@ from .training import make_training_hooks
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
+log = logging.getLogger(__name__)
+
 
 def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: Any):
     """The cached mel statistics of the reference folder and/or the connected AUDIO."""
@@ -17,8 +20,11 @@ def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: A
     from ..selva.style.reference import REFERENCE_CACHE, ReferenceAudio, find_audio_files
 
     files = []
-    if reference_dir and reference_dir.strip():
-        folder = paths.resolve(reference_dir, "reference_dir")
+    folder = paths.resolve(reference_dir, "reference_dir") if reference_dir and reference_dir.strip() else None
+    if folder is not None and reference_audio is not None and not folder.exists():
+        log.warning("reference_dir %s does not exist; using only the connected reference_audio.", folder)
+        folder = None
+    if folder is not None:
         files = find_audio_files(folder)
         if not files and reference_audio is None:
             raise SelvaError(f"The reference folder {folder} holds no .wav/.flac/.mp3/.ogg files. Put "

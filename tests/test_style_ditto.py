@@ -105,6 +105,10 @@ def test_reference_audio_input_replaces_the_folder(model, features, refs):
     wave = torch.sin(torch.linspace(0, 2000, 16000))[None, None] * 0.3
     audio = run_ditto(model, features, "", reference_audio={"waveform": wave, "sample_rate": 16000})
     assert torch.isfinite(audio["waveform"]).all()
+    # the default folder may not exist: with reference_audio connected it is skipped
+    again = run_ditto(model, features, str(refs / "not_there"),
+                      reference_audio={"waveform": wave, "sample_rate": 16000})
+    assert torch.equal(again["waveform"], audio["waveform"])
 
 
 def test_empty_reference_folder_is_a_clear_error(model, features, tmp_path):
