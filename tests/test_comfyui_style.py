@@ -54,7 +54,7 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
     set_inputs(extract, "SelvaActivationSteeringExtractor", data_dir=str(cache),
                output_path="selva_style_it/steer", n_samples=2, n_timesteps=2)
     entry = comfy.run(extract)
-    assert comfy.saved_files(entry, kinds=("images",)) or entry["outputs"]  # the chart preview
+    assert entry["outputs"][_id(extract, "PreviewImage")]["images"]  # the magnitude chart
     vectors = sorted((comfy.output_dir / "selva_style_it").glob("steer*.safetensors"))
     assert vectors and (comfy.output_dir / "selva_style_it" / (vectors[-1].stem + ".png")).is_file()
 
