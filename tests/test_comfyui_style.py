@@ -43,7 +43,7 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
         prompt = _front(comfy, object_info, "selva_steering_sample", f"selva_style_steer{i}.mp4", str(cache))
         del prompt[_id(prompt, "SelvaActivationSteeringLoader")]
         prompt[_id(prompt, "SelvaSampler")]["inputs"].pop("steering_vectors")
-        set_inputs(prompt, "SelvaFeatureExtractor", prompt=["footsteps", "rain"][i])
+        prompt[_id(prompt, "SelvaFeatureExtractor")]["inputs"]["prompt"] = ["footsteps", "rain"][i]
         set_inputs(prompt, "SelvaSampler", steps=1)
         set_inputs(prompt, "SaveAudio", filename_prefix=f"audio/selva_style_feat{i}")
         comfy.run(prompt)
