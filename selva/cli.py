@@ -1,4 +1,4 @@
-"""Command line: ``python -m selva generate | download | features | train-lora | prepare-dataset | skip``.
+"""Command line: ``python -m selva generate | download | features | train-lora | prepare-dataset | skip | train-ti``.
 
 The options mirror the ComfyUI nodes; every piece of model work goes through
 :mod:`selva.pipeline`. Audio and muxed video are written with PyAV.
@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import register as register_training
 
     for name, handler in register_training(sub, _add_model_args, _load_options).items():
+        sub.choices[name].set_defaults(handler=handler)
+    from .style.cli import register as register_style
+
+    for name, handler in register_style(sub, _add_model_args, _load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     return parser
 

@@ -169,3 +169,21 @@ def test_scheduler_runs_each_experiment_and_compares_them(model, data_dir, tmp_p
     bad.write_text(json.dumps({"experiments": [{"name": "x", "data_dir": "d", "rank": 4}]}))
     with pytest.raises(SelvaError, match="rank"):
         run_node("SelvaTiScheduler", model=model, experiments_file=str(bad), output_path=str(tmp_path))
+
+
+def test_command_line_trains_tokens(models_dir, data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(__file__).resolve().parent / "tiny_cli.py")
+    args = [sys.executable, cli, "train-ti", "--data_dir", str(data_dir), "--output_dir", str(tmp_path),
+            "--variant", "tiny_16k", "--models-dir", str(models_dir), "--precision", "fp32", "--device", "cpu",
+            "--offline", "--steps", "2", "--n_tokens", "2", "--save_every", "2", "--no_eval_samples"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "textual_inversion_001" / "embeddings_final.safetensors"
+    assert ti_mod.TextualInversion.load(path).n_tokens == 2
