@@ -27,7 +27,7 @@ def _front(comfy, object_info, workflow: str, video: str, cache: str = "") -> di
 
 def test_ditto_few_steps_on_full_size_weights(comfy, object_info, full_models_dir):
     refs = reference_dir(comfy.output_dir / "selva_style_it")
-    prompt = _front(comfy, object_info, "selva_ditto_style", "selva_style_ditto.mp4")
+    prompt = _front(comfy, object_info, "SelVA DITTO Style Transfer", "selva_style_ditto.mp4")
     set_inputs(prompt, "SelvaDittoOptimizer", reference_dir=str(refs), n_opt_steps=2, n_ode_steps=2,
                n_grad_steps=1, steps=2)
     set_inputs(prompt, "SaveAudio", filename_prefix="audio/selva_style_ditto")
@@ -40,7 +40,7 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
     cache = comfy.output_dir / "selva_style_it" / "features"
     # the features of two clips land in a folder through the extractor's cache_dir
     for i in range(2):
-        prompt = _front(comfy, object_info, "selva_steering_sample", f"selva_style_steer{i}.mp4", str(cache))
+        prompt = _front(comfy, object_info, "SelVA Sample with Steering Vectors", f"selva_style_steer{i}.mp4", str(cache))
         del prompt[_id(prompt, "SelvaActivationSteeringLoader")]
         prompt[_id(prompt, "SelvaSampler")]["inputs"].pop("steering_vectors")
         prompt[_id(prompt, "SelvaFeatureExtractor")]["inputs"]["prompt"] = ["footsteps", "rain"][i]
@@ -49,7 +49,7 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
         comfy.run(prompt)
     assert len(list(cache.glob("*.npz"))) == 2
 
-    extract = to_api_prompt(load_workflow("selva_steering_extract"), object_info)
+    extract = to_api_prompt(load_workflow("SelVA Extract Steering Vectors"), object_info)
     set_inputs(extract, "SelvaModelLoader", variant="small_16k", precision="fp32")
     set_inputs(extract, "SelvaActivationSteeringExtractor", data_dir=str(cache),
                output_path="selva_style_it/steer", n_samples=2, n_timesteps=2)
@@ -58,7 +58,7 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
     vectors = sorted((comfy.output_dir / "selva_style_it").glob("steer*.safetensors"))
     assert vectors and (comfy.output_dir / "selva_style_it" / (vectors[-1].stem + ".png")).is_file()
 
-    sample = _front(comfy, object_info, "selva_steering_sample", "selva_style_steer0.mp4")
+    sample = _front(comfy, object_info, "SelVA Sample with Steering Vectors", "selva_style_steer0.mp4")
     set_inputs(sample, "SelvaActivationSteeringLoader", path=str(vectors[-1]))
     set_inputs(sample, "SelvaSampler", steps=2, steering_strength=0.3, steering_blocks="top4")
     set_inputs(sample, "SaveAudio", filename_prefix="audio/selva_style_steered")
