@@ -67,7 +67,9 @@ class SelvaActivationSteeringExtractor:
                     "default": 16, "min": 1, "max": 4096,
                     "tooltip": "Clips averaged over (drawn from the folder; repeated with new noise "
                                "when it holds fewer)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                # ComfyUI's frontend gives every INT named "seed" a control widget anyway;
+                # declaring it keeps the stored widget values in step with the server's order.
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
                                  "tooltip": "Picks the clips and their noise."}),
             },
             "optional": {

@@ -80,7 +80,8 @@ class SelvaTextualInversionTrainer:
                                        "tooltip": "Clips per step (clips of one duration batch together)."}),
                 "save_every": ("INT", {"default": 250, "min": 1, "max": 100000,
                                        "tooltip": "Steps between resumable checkpoints and token files."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                # the frontend gives an INT named "seed" a control widget anyway: declared here
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
                                  "tooltip": "Draws the noise, times and clip order; same seed = same run."}),
             },
             "optional": {
