@@ -22,6 +22,7 @@ import comfy_frontend as F
 from comfy_pack import pack_module
 from comfy_server import FRONTEND_ONLY, PACK_FOLDER, REPO_ROOT, to_api_prompt
 from node_helpers import frames, write_video
+import style_helpers
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -41,6 +42,7 @@ SMALL_BY_TYPE = {
 # Per workflow (file stem): a function (comfy) -> {node type: {widget: value}} that prepares
 # what that workflow needs (a dataset folder, an adapter...) and returns extra widget values.
 WORKFLOW_SETUP: dict = {}
+WORKFLOW_SETUP.update(style_helpers.FRONTEND_SETUP)
 
 
 def _lora_adapter(comfy) -> dict:
