@@ -31,6 +31,16 @@ def test_templates_live_in_one_folder_without_duplicates():
     assert not others, f"keep templates in workflows/ only, found {others}"
 
 
+def test_every_template_has_a_thumbnail():
+    from PIL import Image
+
+    for path in WORKFLOWS:
+        thumb = path.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} missing: run tools/workflow_thumbnails.py"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width >= 200
+
+
 def test_the_four_scenarios_are_covered():
     types_per_file = {p.name: {n["type"] for n in _load(p)["nodes"]} for p in WORKFLOWS
                       if p.parent.name == "workflows"}
