@@ -9,9 +9,8 @@ import pytest
 from comfy_pack import (CORE_NODES, FRONTEND_ONLY, REPO_ROOT, input_spec, is_widget, load_pack,
                         types_overlap, widget_value_count)
 
-# ComfyUI's template browser lists the JSON files of every one of these folders of a pack.
-TEMPLATE_DIRS = ("example_workflows", "example", "examples", "workflow", "workflows")
-WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOW_DIRS = ("workflows", "example_workflows")
+WORKFLOWS = sorted(p for d in WORKFLOW_DIRS for p in (REPO_ROOT / d).glob("*.json"))
 
 
 def _load(path: Path) -> dict:
@@ -22,23 +21,10 @@ def _ids(paths):
     return [f"{p.parent.name}/{p.name}" for p in paths]
 
 
-def test_templates_live_in_one_folder_without_duplicates():
-    assert WORKFLOWS, "no bundled workflows"
-    listed = [p.stem for d in TEMPLATE_DIRS for p in (REPO_ROOT / d).glob("*.json")]
-    duplicates = sorted({n for n in listed if listed.count(n) > 1})
-    assert not duplicates, f"templates listed twice in ComfyUI's template browser: {duplicates}"
-    others = [d for d in TEMPLATE_DIRS if d != "workflows" and (REPO_ROOT / d).is_dir()]
-    assert not others, f"keep templates in workflows/ only, found {others}"
-
-
-def test_every_template_has_a_thumbnail():
-    from PIL import Image
-
-    for path in WORKFLOWS:
-        thumb = path.with_suffix(".jpg")
-        assert thumb.is_file(), f"{thumb.name} missing: run tools/workflow_thumbnails.py"
-        with Image.open(thumb) as im:
-            assert im.format == "JPEG" and im.width >= 200
+def test_both_folders_hold_the_same_workflows():
+    by_dir = {d: {p.name: p.read_bytes() for p in (REPO_ROOT / d).glob("*.json")} for d in WORKFLOW_DIRS}
+    assert by_dir["workflows"], "no bundled workflows"
+    assert by_dir["workflows"] == by_dir["example_workflows"]
 
 
 def test_the_four_scenarios_are_covered():
