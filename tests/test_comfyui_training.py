@@ -9,42 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from node_helpers import frames, write_video
-from train_data import tone
+from train_data import comfy_dataset
 
 pytestmark = pytest.mark.timeout(2400)
 
 
-def _write_wav(path: Path, seconds: float, rate: int, freq: float) -> None:
-    from comfyui_selva.selva.train.files import write_wav
-
-    write_wav(path, tone(seconds, rate, freq), rate)
-
-
-def dataset_prompt(variant: str, video: str, audio: str, cache_dir: str, name: str) -> dict:
-    return {
-        "1": {"class_type": "SelvaModelLoader", "inputs": {"variant": variant, "precision": "fp32",
-                                                           "offload_strategy": "auto"}},
-        "2": {"class_type": "LoadVideo", "inputs": {"file": video}},
-        "3": {"class_type": "LoadAudio", "inputs": {"audio": audio}},
-        "4": {"class_type": "SelvaFeatureExtractor", "inputs": {
-            "model": ["1", 0], "video": ["2", 0], "prompt": "a bell", "fps": 0.0, "duration": 1.0,
-            "cache_dir": cache_dir, "mask_strength": 1.0, "mask_clip": True, "mask_sync": True,
-            "name": name, "audio": ["3", 0]}},
-        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 2]}},
-    }
-
-
-def make_clips(comfy, variant: str, folder: Path, name: str, count: int) -> None:
-    for i in range(count):
-        write_video(comfy.input_dir / f"{name}_{i}.mp4", frames(1.2, seed=10 + i), fps=25)
-        _write_wav(comfy.input_dir / f"{name}_{i}.wav", 1.2, 22050, 300.0 + 100 * i)
-        comfy.run(dataset_prompt(variant, f"{name}_{i}.mp4", f"{name}_{i}.wav", str(folder), name))
-
-
 def test_train_load_and_sample_on_full_size_weights(comfy, full_models_dir):
     folder = comfy.output_dir / "train_it_dataset"
-    make_clips(comfy, "small_16k", folder, "bell", 2)
+    comfy_dataset(comfy, "small_16k", folder, "bell", 2)
     assert sorted(p.name for p in folder.glob("bell_*")) == ["bell_001.npz", "bell_001.wav",
                                                             "bell_002.npz", "bell_002.wav"]
     prompt = {
@@ -80,7 +52,7 @@ def test_train_load_and_sample_on_full_size_weights(comfy, full_models_dir):
 
 def test_skip_a_running_sweep_over_http(comfy):
     folder = comfy.output_dir / "sweep_it_dataset"
-    make_clips(comfy, "tiny_16k", folder, "tick", 1)
+    comfy_dataset(comfy, "tiny_16k", folder, "tick", 1)
     exp = comfy.output_dir / "sweep_it.json"
     exp.write_text(json.dumps({"base": {"data_dir": str(folder), "steps": 2, "rank": 2, "save_every": 0,
                                         "grad_accum": 1, "eval_samples": False},
