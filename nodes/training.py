@@ -114,6 +114,9 @@ class SelvaLoraTrainer:
                                    warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
                                    save_every=save_every, timestep_sampling=timestep_sampling, seed=seed,
                                    init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
+        resume = (resume or "").strip()
+        if resume and resume != "latest":
+            resume = str(comfy_compat.resolve_input_path(resume))
         with comfy_run():
             run = train_lora(model, comfy_compat.resolve_input_path(data_dir),
                              comfy_compat.resolve_output_path(output_dir, "selva_lora"), options,

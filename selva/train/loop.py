@@ -465,17 +465,22 @@ class _Run:
 
 def _between_steps(run: _Run, call: Callable[[], None]) -> None:
     """Run a progress/cancel call; a cancel it raises (ours, ComfyUI's own, Ctrl-C) first saves
-    a checkpoint of the current, consistent state, then propagates."""
+    a checkpoint of the current, consistent state, then propagates. With several processes they
+    agree first, so all of them stop at the same step (and meet in the checkpoint's barrier)."""
+    cancel: Optional[BaseException] = None
     try:
         call()
     except BaseException as e:
-        saved = run.checkpoint()
-        run.write_curves()
-        run.write_meta("interrupted")
-        log.info("Training cancelled at step %d; checkpoint %s", run.step, saved)
-        if isinstance(e, Interrupted):
-            raise Interrupted(f"Training cancelled at step {run.step}; resume from {saved}.") from None
-        raise
+        cancel = e
+    if not run.ctx.any_flag(cancel is not None):
+        return
+    saved = run.checkpoint()
+    run.write_curves()
+    run.write_meta("interrupted")
+    log.info("Training cancelled at step %d; checkpoint %s", run.step, saved)
+    if cancel is None or isinstance(cancel, Interrupted):
+        raise Interrupted(f"Training cancelled at step {run.step}; resume from {saved}.") from None
+    raise cancel
 
 
 def _jsonable(obj: Any) -> Any:
