@@ -15,6 +15,7 @@ included). Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import tempfile
@@ -50,6 +51,13 @@ class SyntheticLoraTask(TrainTask):
 
     def setup(self, state):
         self.lora = LoraSet.create(self.gen, self.config, state=state, rng=torch.Generator().manual_seed(0))
+        # attached for the whole run: backward (and its recomputation) runs after loss() returns
+        self.attached = contextlib.ExitStack()
+        self.attached.enter_context(self.lora.attach(self.gen))
+        self.attached.enter_context(checkpointed_blocks(self.gen, self.checkpointing))
+
+    def close(self):
+        self.attached.close()
 
     def trainable_parameters(self):
         return self.lora.trainable_parameters()
@@ -60,9 +68,8 @@ class SyntheticLoraTask(TrainTask):
     def loss(self, batch):
         noises = [draw_noise(self.mean.shape[1:], "logit_normal", batch.generator(i)) for i in range(len(batch))]
         idx = torch.tensor(batch.indices)
-        with self.lora.attach(self.gen), checkpointed_blocks(self.gen, self.checkpointing):
-            return flow_matching_loss(self.gen, self.mean[idx], self.std[idx],
-                                      [self.items[i] for i in batch.indices], noises)
+        return flow_matching_loss(self.gen, self.mean[idx], self.std[idx],
+                                  [self.items[i] for i in batch.indices], noises)
 
 
 def peak_mib(device: torch.device) -> float:
