@@ -158,9 +158,10 @@ def test_prompt_priority_and_reencoding_only_when_needed(models_dir, data_dir, t
     stored = ds.clips[2].features
     assert ds.clips[0].features.prompt == "squeaky door"
     assert not torch.equal(ds.clips[0].conditions.sync_f, D.Features.load(folder / "clip_000.npz").sync_features[0])
-    # same prompts as stored: no text encoder or sync encoder is loaded
+    # same prompts as stored: no text encoder or sync encoder is loaded, not even for training
+    # with eval samples
     untouched = load(models_dir)
-    D.load_dataset(untouched, data_dir)
+    train_lora(untouched, data_dir, tmp_path / "runs", opts(steps=1, eval_samples=True, eval_steps=1))
     assert not any(untouched.manager.is_loaded(s) for s in ("t5", "clip", "text_synch"))
     assert stored.prompt == "a car horn"
 

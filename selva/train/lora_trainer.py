@@ -118,10 +118,6 @@ class LoraTask(TrainTask):
         if self.eval_features.variant != pipe.variant.name:
             raise SelvaError(f"eval_features were extracted for {self.eval_features.variant!r}, the "
                              f"model is {pipe.variant.name!r}.")
-        self._negative = None
-        if options.eval_samples:
-            with torch.no_grad():
-                self._negative = pipe.encode_clip_text([""]).float().cpu()
 
     # ---- TrainTask
     def setup(self, state: Optional[dict]) -> None:
@@ -174,11 +170,11 @@ class LoraTask(TrainTask):
         return torch.stack(out)
 
     def eval_sample(self):
-        if self._negative is None:
+        if not self.options.eval_samples:
             return None
         feats = self.eval_features
         seq = self.pipe.variant.seq_lengths(feats.duration)
-        latent = sample_latent_with(self.work, feats, self._negative, steps=self.options.eval_steps,
+        latent = sample_latent_with(self.work, feats, None, steps=self.options.eval_steps,
                                     cfg_strength=self.options.eval_cfg_strength,
                                     seed=self.options.seed, seq=seq)  # the LoRA is attached (setup)
         wave = self.pipe.decode(latent)
