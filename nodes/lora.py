@@ -42,6 +42,20 @@ class SelvaLoraLoader:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
+        """A file replaced at the same path is read again (ComfyUI caches by input values)."""
+        from pathlib import Path
+
+        p = Path(str(adapter_path or "").strip().strip('"')).expanduser()
+        if not p.is_absolute():
+            p = comfy_compat.output_dir() / p
+        try:
+            stat = p.stat()
+        except OSError:
+            return str(p)
+        return f"{p}:{stat.st_mtime_ns}:{stat.st_size}"
+
     def load(self, model: Any, adapter_path: str, strength: float,
              adapter: Optional[Any] = None) -> tuple[Any]:
         from ..selva.adapters import LoraPatch, check_adapter_for, resolve_adapter
@@ -73,7 +87,7 @@ class SelvaLoraEvaluator:
                 "adapters_file": ("STRING", {
                     "default": "", "multiline": False,
                     "tooltip": "A JSON file (or the JSON text) with a list of adapter paths, e.g. "
-                               "[\"\", \"lora/run_001/adapter_final.safetensors\"]; \"\" = the "
+                               "[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"]; \"\" = the "
                                "baseline, which is always included. Relative paths: beside the "
                                "JSON file, then ComfyUI's output folder. Empty = baseline only."}),
                 "steps": ("INT", {"default": 25, "min": 1, "max": 200,

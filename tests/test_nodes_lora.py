@@ -142,3 +142,27 @@ def test_evaluator_errors(model, features, output):
     (path, _) = run_node("SelvaLoraEvaluator", model=model, features=features, adapters_file="",
                          steps=1, cfg_strength=4.5, seed=0)
     assert [r["name"] for r in json.loads(open(path).read())["results"]] == ["baseline"]
+
+
+def test_adapter_list_forms(tmp_path):
+    compare = adapters.compare
+    assert [e.name for e in compare.read_adapter_list("")] == ["baseline"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.safetensors").write_bytes(b"")
+    entries = compare.read_adapter_list('["", "a/x.safetensors", {"path": "a/x.safetensors", '
+                                        '"name": "half", "strength": 0.5}]', tmp_path)
+    assert [(e.name, e.strength) for e in entries] == [("baseline", 1.0), ("x.safetensors", 1.0),
+                                                       ("half", 0.5)]
+    assert entries[1].path == tmp_path / "a" / "x.safetensors"
+    # a LoRA Scheduler's experiment_summary.json: runs that saved an adapter, relative to it
+    summary = tmp_path / "sweep" / "experiment_summary.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps({"runs": {
+        "r8": {"status": "finished", "adapter": str(tmp_path / "a" / "x.safetensors")},
+        "broken": {"status": "failed", "adapter": None}}}))
+    entries = compare.read_adapter_list(str(summary))
+    assert [e.name for e in entries] == ["baseline", "r8"]
+    with pytest.raises(SelvaError, match="item 0: expected a path"):
+        compare.read_adapter_list("[3]")
+    with pytest.raises(SelvaError, match="JSON list"):
+        compare.read_adapter_list('{"a": 1}')

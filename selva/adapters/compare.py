@@ -113,7 +113,8 @@ class AdapterEntry:
 def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[AdapterEntry]:
     """``spec``: a JSON file (or JSON text) holding a list of adapter paths; ``""`` = baseline.
 
-    Items may also be objects ``{"path": ..., "name": ..., "strength": ...}``. Relative paths
+    Items may also be objects ``{"path": ..., "name": ..., "strength": ...}``; a LoRA Scheduler's
+    ``experiment_summary.json`` (``{"runs": {name: {"adapter": path}}}``) works too. Relative paths
     are looked up beside the JSON file, then in ``base_dir`` (ComfyUI's output folder).
     The baseline is always first, whether the list names it or not.
     """
@@ -137,9 +138,13 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
         items = json.loads(text)
     except json.JSONDecodeError as e:
         raise SelvaError(f"adapters_file is not valid JSON ({e}); expected e.g. "
-                         f"[\"\", \"lora/run_001/adapter_final.safetensors\"].") from e
+                         f"[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"].") from e
     if isinstance(items, dict) and isinstance(items.get("adapters"), list):
         items = items["adapters"]
+    elif isinstance(items, dict) and isinstance(items.get("runs"), dict):
+        # a LoRA Scheduler's experiment_summary.json: every run that saved an adapter, by name
+        items = [{"path": run["adapter"], "name": name} for name, run in items["runs"].items()
+                 if isinstance(run, dict) and isinstance(run.get("adapter"), str) and run["adapter"]]
     if not isinstance(items, list):
         raise SelvaError("adapters_file must hold a JSON list of adapter paths.")
     entries = [AdapterEntry(BASELINE, None)]
