@@ -83,8 +83,12 @@ class SelvaLoraTrainer:
                 "timestep_sampling": (list(TIMESTEP_SAMPLING), {"default": d.timestep_sampling,
                                       "tooltip": "Flow-time distribution: logit_normal (as the model "
                                                  "was trained) or uniform."}),
+                # the frontend gives every "seed" widget a control_after_generate (stored after it);
+                # declared here so saved values line up. Keep it on "fixed" for reproducible runs.
                 "seed": ("INT", {"default": d.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Seed of the adapter init, noise and data order."}),
+                                 "control_after_generate": True,
+                                 "tooltip": "Seed of the adapter init, noise and data order (set the "
+                                            "control below it to 'fixed' to repeat a run)."}),
             },
             "optional": {
                 "resume": ("STRING", {"default": "", "tooltip":
