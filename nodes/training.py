@@ -83,8 +83,12 @@ class SelvaLoraTrainer:
                 "timestep_sampling": (list(TIMESTEP_SAMPLING), {"default": d.timestep_sampling,
                                       "tooltip": "Flow-time distribution: logit_normal (as the model "
                                                  "was trained) or uniform."}),
+                # the frontend gives every "seed" widget a control_after_generate (stored after it);
+                # declared here so saved values line up. Keep it on "fixed" for reproducible runs.
                 "seed": ("INT", {"default": d.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Seed of the adapter init, noise and data order."}),
+                                 "control_after_generate": True,
+                                 "tooltip": "Seed of the adapter init, noise and data order (set the "
+                                            "control below it to 'fixed' to repeat a run)."}),
             },
             "optional": {
                 "resume": ("STRING", {"default": "", "tooltip":
@@ -114,6 +118,9 @@ class SelvaLoraTrainer:
                                    warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
                                    save_every=save_every, timestep_sampling=timestep_sampling, seed=seed,
                                    init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
+        resume = (resume or "").strip()
+        if resume and resume != "latest":
+            resume = str(comfy_compat.resolve_input_path(resume))
         with comfy_run():
             run = train_lora(model, comfy_compat.resolve_input_path(data_dir),
                              comfy_compat.resolve_output_path(output_dir, "selva_lora"), options,

@@ -1,6 +1,7 @@
 """The training command lines in subprocesses: train-lora (1 and 2 processes on gloo), skip."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -77,3 +78,29 @@ def test_cli_reports_errors_without_a_traceback(models_dir, tmp_path):
                            "--variant", "tiny_16k", "--models-dir", str(models_dir), "--device", "cpu",
                            "--offline", "--precision", "fp32"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_then_stops(models_dir, data_dir, tmp_path):
+    import signal
+    import time
+
+    args = train_args(models_dir, data_dir, tmp_path, batch_size=1)
+    args[args.index("--steps") + 1] = "100000"
+    args[args.index("--save_every") + 1] = "0"
+    proc = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "lora_001" / "meta.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few steps
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "cancelled at step" in err and "resume from" in err
+    saved = list((tmp_path / "lora_001" / "checkpoints").glob("step_*.pt"))
+    assert len(saved) == 1
+    meta = json.loads((tmp_path / "lora_001" / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["steps_done"] >= 1

@@ -67,6 +67,9 @@ def test_sweep_survives_a_failure_and_a_skip_and_resumes(pipe, tmp_path):
     assert json.loads(summary.read_text()) == json.loads(json.dumps(result.summary))
     assert (result.sweep_dir / "comparison_curves.png").is_file() and result.comparison.size[0] > 100
     assert not flag.exists()
+    from comfyui_selva.selva.adapters.compare import read_adapter_list
+    entries = read_adapter_list(str(summary))  # the evaluator reads the summary directly
+    assert [e.name for e in entries][1:] == ["ok", "long", "after"]
     # a re-run trains only what is not done (the failed one), in a fresh folder
     calls.clear()
     again = S.run_sweep(pipe, exp_file, tmp_path / "out", train=counting_train)

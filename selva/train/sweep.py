@@ -5,7 +5,8 @@
 
 Each experiment = ``base`` updated with its overrides. The sweep folder is
 ``<output_dir>/<experiments file stem>``; each run trains into a fresh ``<name>_NNN`` inside it.
-``experiment_summary.json`` is rewritten (atomically) when a run starts and after it ends, so a
+``experiment_summary.json`` is rewritten (atomically) when a run starts and after it ends (its
+``adapters`` list -- baseline first -- is what the LoRA Evaluator reads as ``adapters_file``), so a
 crash keeps the finished runs and running the same sweep again skips them (a run that was cut
 off resumes from its last checkpoint). A failing run is recorded with its error and the sweep
 goes on. Skipping: a flag file ``skip.flag`` in the sweep folder (written by
@@ -138,6 +139,12 @@ def _losses_of(run_dir: Optional[str]) -> list[float]:
         return []
 
 
+def _adapter_list(runs: dict[str, dict]) -> list:
+    """What the LoRA Evaluator reads from this file: the baseline, then every saved adapter."""
+    return [""] + [{"path": r["adapter"], "name": name} for name, r in runs.items()
+                   if r.get("status") in DONE and r.get("adapter")]
+
+
 @dataclass
 class SweepResult:
     sweep_dir: Path
@@ -219,6 +226,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
                 flag.unlink(missing_ok=True)
                 record["seconds"] = round(time.monotonic() - started, 3)
                 runs[exp.name] = record
+                summary["adapters"] = _adapter_list(runs)
                 write_json(summary_path, summary)
             hooks.step("sweep", n, len(experiments))
     finally:
