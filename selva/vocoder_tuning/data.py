@@ -1,0 +1,113 @@
+"""Training audio for vocoder tuning: every audio file under a folder, at the vocoder's rate.
+
+Files are decoded once (PyAV, so any format FFmpeg reads), mixed to mono and resampled; each
+training step then draws random fixed-length segments. The segments of step ``n`` depend only on
+the seed and ``n``, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff",
+                              ".wma", ".webm", ".mka"})
+_MIN_SECONDS = 0.05
+
+
+def find_audio_files(data_dir: Union[str, Path]) -> list[Path]:
+    """Every audio file under ``data_dir`` (recursively), sorted."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise SelvaError(f"data_dir {root} is not a folder. Point it at a folder of audio files "
+                         f"(.wav, .flac, .mp3, .ogg, ...; sub-folders are searched too).")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise SelvaError(f"No audio files found under {root}. Put the recordings whose sound the vocoder "
+                         f"should learn there ({', '.join(sorted(AUDIO_EXTENSIONS))}).")
+    return files
+
+
+def read_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
+    """A file's audio as mono float32 [T] at ``sample_rate`` (PyAV decodes and resamples)."""
+    import av
+
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise SelvaError(f"{path} holds no audio stream.")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
+            chunks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):  # flush the resampler's tail
+                chunks.append(out.to_ndarray().reshape(-1))
+    except SelvaError:
+        raise
+    except Exception as exc:  # PyAV raises its own error types for damaged or unknown files
+        raise SelvaError(f"Cannot read audio file {path}: {exc}. Remove it from the folder or convert "
+                         f"it to .wav/.flac.") from exc
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if wave.size < _MIN_SECONDS * sample_rate:
+        raise SelvaError(f"{path} holds almost no audio ({wave.size} samples at {sample_rate} Hz).")
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).clamp(-1.0, 1.0)
+
+
+def segment_samples(segment_seconds: float, sample_rate: int, hop: int) -> int:
+    """Samples per training segment: ``segment_seconds`` rounded to whole mel frames (at least 2)."""
+    if segment_seconds <= 0:
+        raise SelvaError(f"segment_seconds must be positive, got {segment_seconds}.")
+    return max(2, int(round(segment_seconds * sample_rate / hop))) * hop
+
+
+@dataclass
+class AudioSegments:
+    """Decoded clips and how to draw training batches of fixed-length segments from them."""
+
+    clips: list[torch.Tensor]
+    files: list[Path]
+    sample_rate: int
+    length: int  # samples per segment
+
+    @classmethod
+    def from_folder(cls, data_dir: Union[str, Path], sample_rate: int, length: int,
+                    on_file=None) -> "AudioSegments":
+        files = find_audio_files(data_dir)
+        clips = []
+        for i, f in enumerate(files, 1):
+            clips.append(read_audio(f, sample_rate))
+            if on_file is not None:
+                on_file(i, len(files))
+        log.info("Vocoder tuning data: %d files, %.1f s at %d Hz", len(files),
+                 sum(c.numel() for c in clips) / sample_rate, sample_rate)
+        return cls(clips, files, sample_rate, length)
+
+    def _segment(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if clip.numel() <= self.length:  # short clips are zero-padded, as BigVGAN's loader does
+            return torch.nn.functional.pad(clip, (0, self.length - clip.numel()))
+        start = int(torch.randint(0, clip.numel() - self.length + 1, (1,), generator=g))
+        return clip[start:start + self.length]
+
+    def batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Segments [batch_size, 1, length] for training step ``step`` (a pure function of it)."""
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
+        # clips are picked in proportion to their length, so every second of audio counts alike
+        weights = torch.tensor([max(c.numel(), 1) for c in self.clips], dtype=torch.float64)
+        picks = torch.multinomial(weights, batch_size, replacement=True, generator=g)
+        return torch.stack([self._segment(self.clips[int(i)], g) for i in picks])[:, None]
+
+    def eval_segment(self) -> torch.Tensor:
+        """A fixed excerpt [1, 1, length] (start of the first file) for listening checks."""
+        clip = self.clips[0][:self.length]
+        return torch.nn.functional.pad(clip, (0, self.length - clip.numel()))[None, None]
