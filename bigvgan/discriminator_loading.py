@@ -25,7 +25,7 @@ except ImportError:  # the core run as top-level packages (python -m selva)
     from selva.models.state_dicts import load_strict, preview
     from selva.weights import load_checkpoint
 
-from .discriminators import (BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig, MultiPeriodDiscriminator,
+from .discriminators import (DiscriminatorConfig, MultiPeriodDiscriminator,
                              PretrainedDiscriminators, build_second, weight_normed_prefixes)
 from .loading import _weight_norm_part, fold_weight_norm
 
@@ -37,30 +37,23 @@ RELEASE_HINT = ("nvidia/bigvgan_v2_44khz_128band_512x publishes bigvgan_discrimi
                 "discriminators.")
 
 
-def discriminator_config_from_snapshot(snapshot_dir: Optional[PathLike], sampling_rate: int) -> DiscriminatorConfig:
-    """The discriminator hyperparameters of a BigVGAN hub snapshot's config.json.
-
-    A config.json without discriminator keys (or none at all) means the 44.1 kHz release's.
-    """
-    path = Path(snapshot_dir) / "config.json" if snapshot_dir else None
+def discriminator_config(config_json: Optional[PathLike], default: DiscriminatorConfig) -> DiscriminatorConfig:
+    """The discriminator settings of a BigVGAN config.json, or ``default`` when the file is
+    absent or has none (a hub snapshot's config.json may list only the generator's)."""
+    path = Path(config_json) if config_json else None
     if path is None or not path.is_file():
-        return _with_rate(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate)
+        return default
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise SelvaError(f"{path} is not valid JSON: {exc}") from exc
     if "mpd_reshapes" not in data:
-        return _with_rate(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate)
+        return default
     try:
-        return DiscriminatorConfig.from_json({**data, "sampling_rate": data.get("sampling_rate", sampling_rate)})
+        return DiscriminatorConfig.from_json({**data, "sampling_rate": data.get("sampling_rate",
+                                                                                default.sampling_rate)})
     except (ValueError, TypeError) as exc:
         raise SelvaError(f"{path}: unusable discriminator settings ({exc}).") from exc
-
-
-def _with_rate(cfg: DiscriminatorConfig, rate: int) -> DiscriminatorConfig:
-    from dataclasses import replace
-
-    return cfg if cfg.sampling_rate == rate else replace(cfg, sampling_rate=rate)
 
 
 def _check_weight_norm_layout(net: nn.Module, state: Mapping[str, Any], *, source: str, what: str) -> None:

@@ -61,7 +61,8 @@ class DiscriminatorConfig:
             raise ValueError("the multi-band discriminator (use_mbd_instead_of_mrd) is not supported")
         second = "cqtd" if data.get("use_cqtd_instead_of_mrd") else "mrd"
         known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known and v is not None}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items()
+                                  if k in known and k != "second" and v is not None}
         for key, value in list(kwargs.items()):
             if isinstance(value, list):
                 kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
@@ -140,9 +141,10 @@ class ResolutionDiscriminator(nn.Module):
     def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
         side = (self.n_fft - self.hop) // 2
         x = F.pad(x, (side, side), mode="reflect").squeeze(1)
-        # no window argument: the reference uses torch.stft's rectangular default
+        # rectangular: the reference calls torch.stft without a window (= ones of win_length)
+        window = torch.ones(self.win, device=x.device)
         spec = torch.stft(x.float(), n_fft=self.n_fft, hop_length=self.hop, win_length=self.win,
-                          center=False, return_complex=True)
+                          window=window, center=False, return_complex=True)
         return spec.abs()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ pipeline's own vocoder is never changed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -60,23 +60,25 @@ class VocoderTuningConfig:
 
 def _discriminators_for(pipe, path: Path):
     try:
-        from ...bigvgan.discriminator_loading import discriminator_config_from_snapshot, load_discriminators
-        from ...bigvgan.discriminators import DiscriminatorConfig
+        from ...bigvgan.discriminator_loading import discriminator_config, load_discriminators
+        from ...bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
     except ImportError:  # selva imported as a top-level package
-        from bigvgan.discriminator_loading import discriminator_config_from_snapshot, load_discriminators
-        from bigvgan.discriminators import DiscriminatorConfig
+        from bigvgan.discriminator_loading import discriminator_config, load_discriminators
+        from bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
 
     spec = pipe.variant
+    path = Path(path)
     if spec.vocoder == "bigvgan_v2":
-        snapshot_dir = None
+        default = replace(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate=spec.sample_rate)
         builders = getattr(pipe, "_builders", None)
-        if builders is not None and spec.vocoder_snapshot:
-            snapshot_dir = builders._snapshot(spec.vocoder_snapshot)
-        cfg = discriminator_config_from_snapshot(snapshot_dir, spec.sample_rate)
+        if builders is not None and spec.vocoder_snapshot:  # the hub snapshot's config.json
+            default = discriminator_config(builders._snapshot(spec.vocoder_snapshot) / "config.json", default)
     else:
         # BigVGAN v1's training set-up (MPD + MRD). SelVA's 16 kHz best_netG.pt was published
         # without discriminators, so only a user's own file of this layout can be given.
-        cfg = DiscriminatorConfig(sampling_rate=spec.sample_rate, second="mrd")
+        default = DiscriminatorConfig(sampling_rate=spec.sample_rate, second="mrd")
+    # a BigVGAN training run keeps its config.json beside its do_* discriminator files
+    cfg = discriminator_config(path.parent / "config.json", default)
     if not Path(path).is_file():
         hint = ("SelVA's 16 kHz vocoder (best_netG.pt) was released WITHOUT discriminators: leave "
                 "discriminator_path empty to tune with the mel + STFT losses, or give a BigVGAN v1 "
