@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from comfyui_selva.selva.vocoder_tuning.data import AudioSegments, find_audio_fi
 from comfyui_selva.selva.vocoder_tuning.losses import MultiResolutionSTFTLoss, l2sp
 from comfyui_selva.selva.vocoder_tuning.params import is_snake_parameter, trainable_parameters
 from comfyui_selva.selva.vocoder_tuning.stage import with_tuned_vocoder
-from comfyui_selva.selva.vocoder_tuning.tuner import VocoderTuner, VocoderTuningConfig
+from comfyui_selva.selva.train.loop import TrainResult, run_training
+from comfyui_selva.selva.vocoder_tuning.tuner import VocoderTuner, VocoderTuningConfig, loop_config
 from vocoder_helpers import audio_folder, write_discriminator_file, write_tone
 
 # Small discriminators with the release's structure (fewer channels and octaves).
@@ -34,19 +36,15 @@ def _config(data_dir, tmp_path, **kw) -> VocoderTuningConfig:
     return VocoderTuningConfig(**{**base, **kw})
 
 
-def _train(tuner: VocoderTuner, steps: int, start: int = 0) -> list[dict]:
-    """Plain optimisation steps, run the way ComfyUI runs a node: inside inference mode."""
-    logs = []
+def _train(tuner: VocoderTuner, steps: int, tmp_path=None, **loop) -> TrainResult:
+    """Run the shared training loop the way ComfyUI runs a node: inside inference mode."""
+    import tempfile
+
+    cfg = dataclasses.replace(loop_config(tuner.cfg), steps=steps, eval_samples=False, save_every=0,
+                              warmup_steps=0, **loop)
+    out = tmp_path or Path(tempfile.mkdtemp(prefix="voc_run_"))
     with torch.inference_mode():
-        opt = tuner.make_optimizer()
-        with torch.inference_mode(False), torch.enable_grad():
-            for step in range(start, start + steps):
-                loss, log = tuner.loss(step)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                logs.append(log)
-    return logs
+        return run_training(tuner, cfg, out)
 
 
 def _tuner(model, data_dir, tmp_path, **kw) -> VocoderTuner:
@@ -110,17 +108,29 @@ def test_l2sp_is_zero_at_the_anchor_and_grows_with_distance():
 def test_stft_loss_is_zero_for_identical_audio_and_positive_otherwise():
     loss = MultiResolutionSTFTLoss()
     x = torch.randn(2, 1, 4096)
-    assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-6)
-    assert float(loss(x * 0.5, x)) > 0.1
+    assert loss(x, x).shape == (2,)
+    assert float(loss(x, x).abs().max()) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss(x * 0.5, x).min()) > 0.1
 
 
 def test_training_lowers_the_reconstruction_loss(model, data_dir, tmp_path):
     tuner = _tuner(model, data_dir, tmp_path, train_mode="all_params", lr=3e-3, batch_size=2)
-    with torch.inference_mode(False), torch.no_grad():
-        first = float(tuner.loss(0)[0])
+    y = torch.stack([tuner.data.segment(0, torch.Generator().manual_seed(s)) for s in range(2)])[:, None]
+    with torch.no_grad():
+        first = float(tuner.losses(y)[0].mean())
     _train(tuner, 12)
-    with torch.inference_mode(False), torch.no_grad():
-        assert float(tuner.loss(0)[0]) < first
+    with torch.no_grad():
+        assert float(tuner.losses(y)[0].mean()) < first
+
+
+def test_losses_are_per_item(model, data_dir, tmp_path):
+    tuner = _tuner(model, data_dir, tmp_path)
+    y = torch.stack([tuner.data.segment(i % 2, torch.Generator().manual_seed(i)) for i in range(3)])[:, None]
+    with torch.no_grad():
+        total, logs = tuner.losses(y)
+        single, _ = tuner.losses(y[1:2])
+    assert total.shape == (3,) and set(logs) == {"loss", "mel", "stft", "l2sp"}
+    torch.testing.assert_close(total[1:2], single, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -134,11 +144,15 @@ def test_audio_of_any_format_is_found_recursively_and_resampled(tmp_path):
     assert read_audio(files[0], 44100).shape[0] == pytest.approx(11025, abs=2)
 
 
-def test_batches_depend_only_on_seed_and_step(data_dir):
+def test_segments_depend_only_on_their_generator(data_dir):
     data = AudioSegments.from_folder(data_dir, 16000, 256 * 10)
-    assert torch.equal(data.batch(7, 3, 1), data.batch(7, 3, 1))
-    assert not torch.equal(data.batch(7, 3, 1), data.batch(8, 3, 1))
-    assert data.batch(0, 3, 1).shape == (3, 1, 2560)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    assert len(data) == 2
+    assert torch.equal(data.segment(0, g(3)), data.segment(0, g(3)))
+    assert not torch.equal(data.segment(0, g(3)), data.segment(0, g(4)))
+    assert data.segment(1, g(0)).shape == (2560,)
+    short = AudioSegments(data.clips, data.files, 16000, 16000 * 5)  # longer than the clips: zero-padded
+    assert short.segment(0, g(0)).shape == (80000,) and short.segment(0, g(0))[-100:].abs().sum() == 0
 
 
 def test_empty_or_missing_data_dir_is_a_clear_error(tmp_path):
@@ -248,8 +262,11 @@ def test_16k_vocoder_accepts_a_users_mpd_mrd_file_and_trains_with_feature_matchi
          "resolutions": [[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]], "sampling_rate": 16000}))
     tuner = _tuner(model, data_dir, tmp_path, discriminator_path=path)
     assert tuner.discriminators.config == TINY_DISC_16K_MRD
-    logs = _train(tuner, 2)
-    assert logs[0]["feature_matching"] > 0 and tuner.weights.feature_matching == 1.0
+    before = {k: v.clone() for k, v in tuner.params.items()}
+    _train(tuner, 2)
+    assert tuner.last_logs["feature_matching"] > 0 and tuner.weights.feature_matching == 1.0
+    assert any(not torch.equal(before[k], p) for k, p in tuner.params.items())
+    assert not any(p.requires_grad for p in tuner.discriminators.mpd.parameters())
 
 
 # ------------------------------------------------------------------------------ tuned files
@@ -304,3 +321,67 @@ def test_loader_refuses_foreign_files(model, tmp_path):
         with_tuned_vocoder(model, tmp_path / "lora.safetensors")
     with pytest.raises(SelvaError, match="not found"):
         with_tuned_vocoder(model, tmp_path / "nothing.safetensors")
+
+
+# ----------------------------------------------------------------------- runs (shared loop)
+def _run_cfg(data_dir, out, **kw) -> VocoderTuningConfig:
+    base = dict(data_dir=data_dir, output_path=out, batch_size=2, segment_seconds=0.3, steps=4, save_every=2,
+                lr=1e-2, seed=3)
+    return VocoderTuningConfig(**{**base, **kw})
+
+
+def test_run_writes_tuned_files_samples_and_checkpoints(model, data_dir, tmp_path):
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    with torch.inference_mode():
+        final, result = tune_vocoder(model, _run_cfg(data_dir, tmp_path))
+    run = result.run_dir
+    assert final == run / "vocoder_final.safetensors" and run.parent == tmp_path
+    step2 = ck.read_tuned_vocoder(run / "vocoder_step_000002.safetensors")
+    assert step2.steps == 2 and ck.read_tuned_vocoder(final).steps == 4
+    for step in (0, 2, 4):  # baseline, the save, the end
+        assert (run / "samples" / f"step_{step:06d}.wav").is_file()
+        assert (run / "samples" / f"step_{step:06d}.png").is_file()
+    assert (run / "checkpoints" / "step_000002.pt").is_file() and (run / "loss_curve.png").is_file()
+    # a second run never touches the first one's files
+    with torch.inference_mode():
+        again, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path))
+    assert again.parent != run and final.is_file()
+
+
+def test_resume_is_exact(model, data_dir, tmp_path):
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    with torch.inference_mode():
+        straight, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path / "a"))
+        half, first = tune_vocoder(model, _run_cfg(data_dir, tmp_path / "b", steps=2))
+        # resume from the tuned file the save wrote (its checkpoint sits beside it)
+        resumed, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path / "b", resume=half))
+    a, b = ck.read_tuned_vocoder(straight), ck.read_tuned_vocoder(resumed)
+    assert b.steps == 4 and set(a.tensors) == set(b.tensors)
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    assert not torch.equal(ck.read_tuned_vocoder(half).tensors[k], a.tensors[k])
+
+
+def test_resume_refuses_another_train_mode(model, data_dir, tmp_path):
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    with torch.inference_mode():
+        _, first = tune_vocoder(model, _run_cfg(data_dir, tmp_path, steps=2))
+        with pytest.raises(SelvaError, match="train_mode"):
+            tune_vocoder(model, _run_cfg(data_dir, tmp_path, train_mode="all_params", resume=first.run_dir))
+
+
+def test_cancel_saves_a_checkpoint_and_stops(model, data_dir, tmp_path):
+    from comfyui_selva.selva.hooks import Hooks, Interrupted
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    seen = []
+    hooks = Hooks(progress=lambda stage, done, total: seen.append((stage, done)),
+                  interrupted=lambda: ("training", 3) in seen)
+    with torch.inference_mode(), pytest.raises(Interrupted, match="resume from"):
+        tune_vocoder(model, _run_cfg(data_dir, tmp_path, steps=10, save_every=0), hooks)
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (run / "checkpoints" / "step_000003.pt").is_file()
+    assert not (run / "vocoder_final.safetensors").exists()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Union
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import SelvaError
+from ..train.files import atomic_write
 from .params import TRAIN_MODES, trainable_parameters
 
 FORMAT = "selva.bigvgan_tuned"
@@ -80,16 +79,7 @@ def save_tuned_vocoder(path: Union[str, Path], tensors: Mapping[str, torch.Tenso
     """Write atomically (temp file in the same folder, then rename): never a half-written file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(meta))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_write(Path(path), lambda tmp: save_file(dict(tensors), str(tmp), metadata=dict(meta)))
 
 
 def file_digest(path: Path, length: int = 12) -> str:

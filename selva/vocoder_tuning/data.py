@@ -1,8 +1,9 @@
 """Training audio for vocoder tuning: every audio file under a folder, at the vocoder's rate.
 
-Files are decoded once (PyAV, so any format FFmpeg reads), mixed to mono and resampled; each
-training step then draws random fixed-length segments. The segments of step ``n`` depend only on
-the seed and ``n``, so a resumed run sees exactly the batches an uninterrupted one would.
+Files are decoded once (PyAV, so any format FFmpeg reads), mixed to mono and resampled. The
+training loop picks the clips (each file equally often, shuffled per epoch); each pick is a random
+fixed-length excerpt whose offset comes from the loop's per-item generator, so a resumed run sees
+exactly the segments an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -93,19 +94,16 @@ class AudioSegments:
                  sum(c.numel() for c in clips) / sample_rate, sample_rate)
         return cls(clips, files, sample_rate, length)
 
-    def _segment(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def segment(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        """A random ``length``-sample excerpt [length] of clip ``index`` (offset from ``generator``)."""
+        clip = self.clips[index]
         if clip.numel() <= self.length:  # short clips are zero-padded, as BigVGAN's loader does
             return torch.nn.functional.pad(clip, (0, self.length - clip.numel()))
-        start = int(torch.randint(0, clip.numel() - self.length + 1, (1,), generator=g))
+        start = int(torch.randint(0, clip.numel() - self.length + 1, (1,), generator=generator))
         return clip[start:start + self.length]
-
-    def batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
-        """Segments [batch_size, 1, length] for training step ``step`` (a pure function of it)."""
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63))
-        # clips are picked in proportion to their length, so every second of audio counts alike
-        weights = torch.tensor([max(c.numel(), 1) for c in self.clips], dtype=torch.float64)
-        picks = torch.multinomial(weights, batch_size, replacement=True, generator=g)
-        return torch.stack([self._segment(self.clips[int(i)], g) for i in picks])[:, None]
 
     def eval_segment(self) -> torch.Tensor:
         """A fixed excerpt [1, 1, length] (start of the first file) for listening checks."""

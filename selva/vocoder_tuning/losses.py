@@ -1,7 +1,8 @@
 """The losses of vocoder tuning: mel L1, multi-resolution STFT, L2-SP and feature matching.
 
-All take waveforms shaped [B, 1, T] (prediction first) and return scalar tensors; spectral
-computations run in fp32.
+The waveform losses take [B, 1, T] (prediction first) and return one value per item, shape
+[B], as the shared training loop wants them; spectral computations run in fp32. L2-SP is one
+number for the whole network.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.mel import MelConfig, MelConverter
@@ -40,8 +40,12 @@ def natural_log_mel(cfg: MelConfig) -> MelConverter:
     return MelConverter(replace(cfg, log="ln"))
 
 
+def _per_item_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(dim=1)
+
+
 def mel_l1(mel: MelConverter, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(mel(pred.squeeze(1).float()), mel(target.squeeze(1).float()))
+    return _per_item_mean((mel(pred.squeeze(1).float()) - mel(target.squeeze(1).float())).abs())
 
 
 class MultiResolutionSTFTLoss(nn.Module):
@@ -61,11 +65,11 @@ class MultiResolutionSTFTLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred, target = pred.squeeze(1).float(), target.squeeze(1).float()
-        total = pred.new_zeros(())
+        total = pred.new_zeros(pred.shape[0])
         for i in range(len(self.resolutions)):
             p, t = self._magnitude(pred, i), self._magnitude(target, i)
-            convergence = torch.linalg.norm(t - p) / torch.linalg.norm(t).clamp_min(_MAG_FLOOR)
-            total = total + convergence + F.l1_loss(p.log(), t.log())
+            convergence = (t - p).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(_MAG_FLOOR)
+            total = total + convergence + _per_item_mean((p.log() - t.log()).abs())
         return total / len(self.resolutions)
 
 
@@ -77,9 +81,9 @@ def l2sp(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> to
 
 def feature_matching(pred_maps: Sequence[torch.Tensor], target_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean L1 between the discriminators' feature maps of prediction and target, summed over layers."""
-    total = pred_maps[0].new_zeros((), dtype=torch.float32)
+    total = pred_maps[0].new_zeros(pred_maps[0].shape[0], dtype=torch.float32)
     for p, t in zip(pred_maps, target_maps):
-        total = total + F.l1_loss(p.float(), t.float())
+        total = total + _per_item_mean((p.float() - t.float()).abs())
     return total
 
 
@@ -91,14 +95,16 @@ class LossTerms:
     feature_matching: Optional[torch.Tensor] = None
 
     def total(self, w: LossWeights) -> torch.Tensor:
+        """Per-item totals [B]; the network-wide L2-SP term is added to every item (the loop
+        averages items, so it counts once)."""
         loss = w.mel * self.mel + w.stft * self.stft + w.l2sp * self.l2sp
         if self.feature_matching is not None:
             loss = loss + w.feature_matching * self.feature_matching
         return loss
 
     def as_floats(self) -> dict[str, float]:
-        out = {"mel": float(self.mel.detach()), "stft": float(self.stft.detach()),
+        out = {"mel": float(self.mel.detach().mean()), "stft": float(self.stft.detach().mean()),
                "l2sp": float(self.l2sp.detach())}
         if self.feature_matching is not None:
-            out["feature_matching"] = float(self.feature_matching.detach())
+            out["feature_matching"] = float(self.feature_matching.detach().mean())
         return out
