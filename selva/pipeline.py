@@ -303,6 +303,12 @@ class SelvaPipeline:
             return clip.encode_frames(frames01[None].to(self.device, self.stage_dtype("clip")),
                                       batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
 
+    def features_for_prompt(self, features: Features, prompt: Optional[str],
+                            hooks: Optional[Hooks] = None) -> Features:
+        """``features`` as if extracted with ``prompt`` (text and sync features re-encoded from the
+        stored frames; the same object when the prompt is unchanged)."""
+        return self._features_for_prompt(features, prompt, or_default(hooks))
+
     def _features_for_prompt(self, features: Features, prompt: Optional[str], hooks: Hooks) -> Features:
         """``features`` re-encoded for another prompt (SelVA's sync features depend on the text)."""
         if not prompt or prompt == features.prompt:

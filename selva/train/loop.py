@@ -142,6 +142,15 @@ class TrainTask:
 
     #: settings that must be equal to resume a checkpoint (keys of :meth:`describe`)
     resume_keys: tuple[str, ...] = ()
+    #: optimizer steps done so far; the loop keeps it current before every callback
+    step: int = 0
+
+    def setup(self, state: Optional[dict[str, torch.Tensor]]) -> None:
+        """Called once before the optimizer is built, with the checkpoint's task state when
+        resuming (else None). Trainers that must build their parameters from the saved state
+        (e.g. PiSSA's residual) override this; the default loads ``state`` into the parameters."""
+        if state is not None:
+            self.load_state_dict(state)
 
     def trainable_parameters(self) -> list[nn.Parameter]:  # required
         raise NotImplementedError
@@ -318,7 +327,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.order = DataOrder(task.num_items(), cfg.seed)
-        self.step = 0
+        self.step = task.step = 0
         self.losses: list[float] = []
         self.last_checkpoint: Optional[Path] = None
         self.started = time.monotonic()
@@ -339,7 +348,7 @@ class _Run:
         return self.last_checkpoint
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self.task.load_state_dict(ckpt["task"])
+        """Everything but the task's own state (given to :meth:`TrainTask.setup` before)."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
@@ -348,7 +357,7 @@ class _Run:
             raise SelvaError(f"The checkpoint was trained on {data['num_items']} clips, the dataset "
                              f"now has {self.order.num_items}: resume with the same dataset.")
         self.order = DataOrder(self.order.num_items, self.cfg.seed, data["epoch"], data["cursor"])
-        self.step = int(ckpt["step"])
+        self.step = self.task.step = int(ckpt["step"])
         self.losses = [float(v) for v in ckpt["losses"]]
         self.seconds_before = float(ckpt.get("seconds", 0.0))
 
@@ -440,7 +449,7 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        self.step = step
+        self.step = self.task.step = step
         self.losses.append(loss)
         return loss
 
@@ -547,6 +556,7 @@ def _train(task: TrainTask, cfg: LoopConfig, output_dir: Path, resume: Optional[
     if ckpt is not None:
         check_compatible(ckpt.get("describe", {}), _jsonable(task.describe()), task.resume_keys, resume_from)
     run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
+    task.setup(ckpt["task"] if ckpt is not None else None)
     run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta)
     if ckpt is not None:
         run.restore(ckpt)
