@@ -1,6 +1,7 @@
 """Training audio for vocoder tuning: every audio file under a folder, at the vocoder's rate.
 
-Files are decoded once (PyAV, so any format FFmpeg reads), mixed to mono and resampled. The
+Files are decoded once (PyAV, through the training package's reader), mixed to mono and
+resampled. The
 training loop picks the clips (each file equally often, shuffled per epoch); each pick is a random
 fixed-length excerpt whose offset comes from the loop's per-item generator, so a resumed run sees
 exactly the segments an uninterrupted one would.
@@ -12,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-import numpy as np
 import torch
 
+from .. import audio as audio_ops
 from ..errors import SelvaError
+from ..train.audio_files import AUDIO_EXTENSIONS
+from ..train.audio_files import read_audio as read_audio_file
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff",
-                              ".wma", ".webm", ".mka"})
 _MIN_SECONDS = 0.05
 
 
@@ -29,40 +30,28 @@ def find_audio_files(data_dir: Union[str, Path]) -> list[Path]:
     root = Path(data_dir)
     if not root.is_dir():
         raise SelvaError(f"data_dir {root} is not a folder. Point it at a folder of audio files "
-                         f"(.wav, .flac, .mp3, .ogg, ...; sub-folders are searched too).")
+                         f"({', '.join(AUDIO_EXTENSIONS)}; sub-folders are searched too).")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise SelvaError(f"No audio files found under {root}. Put the recordings whose sound the vocoder "
-                         f"should learn there ({', '.join(sorted(AUDIO_EXTENSIONS))}).")
+                         f"should learn there ({', '.join(AUDIO_EXTENSIONS)}).")
     return files
 
 
 def read_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
-    """A file's audio as mono float32 [T] at ``sample_rate`` (PyAV decodes and resamples)."""
-    import av
-
+    """A file's audio as mono float32 [T] at ``sample_rate``."""
     path = Path(path)
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise SelvaError(f"{path} holds no audio stream.")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
-            chunks = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):  # flush the resampler's tail
-                chunks.append(out.to_ndarray().reshape(-1))
+        wave, rate = read_audio_file(path)
     except SelvaError:
         raise
-    except Exception as exc:  # PyAV raises its own error types for damaged or unknown files
-        raise SelvaError(f"Cannot read audio file {path}: {exc}. Remove it from the folder or convert "
-                         f"it to .wav/.flac.") from exc
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if wave.size < _MIN_SECONDS * sample_rate:
-        raise SelvaError(f"{path} holds almost no audio ({wave.size} samples at {sample_rate} Hz).")
-    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).clamp(-1.0, 1.0)
+    except Exception as exc:  # a damaged container may fail before PyAV's own error types apply
+        raise SelvaError(f"Could not read the audio of {path}: {exc}") from exc
+    mono = wave.float().mean(dim=0)
+    if mono.numel() < _MIN_SECONDS * rate:
+        raise SelvaError(f"{path} holds almost no audio ({mono.numel()} samples at {rate} Hz).")
+    mono = audio_ops.resample(mono[None, None], rate, int(sample_rate))[0, 0]
+    return mono.clamp(-1.0, 1.0).contiguous()
 
 
 def segment_samples(segment_seconds: float, sample_rate: int, hop: int) -> int:

@@ -131,7 +131,6 @@ class VocoderTuner(TrainTask):
             self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
         self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None)
         self.identity = identity_of(pipe)
-        self.step = 0
         self.last_logs: dict[str, float] = {}
 
     def _make_room(self, base: nn.Module) -> None:
@@ -149,9 +148,7 @@ class VocoderTuner(TrainTask):
         return len(self.data)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"param.{n}": p.detach().clone() for n, p in self.params.items()}
-        state["step"] = torch.tensor(self.step)
-        return state
+        return {f"param.{n}": p.detach().clone() for n, p in self.params.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         names = {k[len("param."):] for k in state if k.startswith("param.")}
@@ -161,7 +158,6 @@ class VocoderTuner(TrainTask):
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(state[f"param.{n}"])
-        self.step = int(state.get("step", torch.tensor(0)))
 
     def describe(self) -> dict:
         return {"variant": self.pipe.variant.name, "vocoder": self.identity.vocoder,
@@ -177,7 +173,6 @@ class VocoderTuner(TrainTask):
         """Per-item losses: each item is a random excerpt of one clip (offset from its generator)."""
         y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
         total, self.last_logs = self.losses(y[:, None].to(self.device))
-        self.step = batch.step
         return total
 
     def eval_sample(self) -> Optional[tuple[torch.Tensor, int]]:
