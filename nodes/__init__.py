@@ -6,6 +6,7 @@ from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtri
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .sampler import SelvaSampler
+from .vocoder import SelvaBigvganLoader, SelvaBigvganTrainer
 
 comfy_compat.register_models_folder()
 
@@ -16,6 +17,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
+    ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}
