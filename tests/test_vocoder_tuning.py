@@ -385,3 +385,73 @@ def test_cancel_saves_a_checkpoint_and_stops(model, data_dir, tmp_path):
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run / "checkpoints" / "step_000003.pt").is_file()
     assert not (run / "vocoder_final.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_command_line_trains_and_resumes(models_dir, data_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from comfy_pack import REPO_ROOT
+    from comfyui_selva.selva.vocoder_tuning.command import main
+
+    common = ["--variant", "tiny_16k", "--precision", "fp32", "--device", "cpu", "--models-dir", str(models_dir),
+              "--offline", "--data-dir", str(data_dir), "--output", str(tmp_path), "--batch-size", "2",
+              "--segment-seconds", "0.3", "--save-every", "1"]
+    assert main([*common, "--steps", "2"]) == 0
+    first = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first.name == "vocoder_final.safetensors" and ck.read_tuned_vocoder(first).steps == 2
+    assert main([*common, "--steps", "3", "--resume", "latest"]) == 0
+    resumed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ck.read_tuned_vocoder(resumed).steps == 3 and first.is_file()
+    assert main([*common, "--steps", "2", "--data-dir", str(tmp_path / "nothing")]) == 1
+    script = subprocess.run([sys.executable, str(REPO_ROOT / "training" / "train_vocoder.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "--discriminator" in script.stdout and "--train-mode" in script.stdout
+
+
+# ------------------------------------------------------------------------------ 44.1 kHz (v2)
+@pytest.fixture(scope="module")
+def model_44k(models_dir):
+    from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with torch.inference_mode():
+            pipe = SelvaPipeline.load(LoadOptions(variant="tiny_44k", precision="fp32", device="cpu",
+                                                  models_dir=models_dir, allow_download=False))
+        yield pipe
+
+
+def test_v2_vocoder_tunes_loads_and_refuses_the_16k_file(model, model_44k, data_dir, tmp_path):
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    with torch.inference_mode():
+        path44, _ = tune_vocoder(model_44k, _run_cfg(data_dir, tmp_path / "v2", steps=2, save_every=0))
+        path16, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path / "v1", steps=1, save_every=0))
+        tuned = ck.read_tuned_vocoder(path44)
+        assert tuned.identity == ck.VocoderIdentity("bigvgan_v2", 44100, 128)
+        latent = torch.randn(1, 10, model_44k.variant.vae.embed_dim)
+        view = with_tuned_vocoder(model_44k, path44)
+        assert not torch.equal(view.decode(latent), model_44k.decode(latent))
+    with pytest.raises(SelvaError, match=r"BigVGAN v1.*16000 Hz.*BigVGAN v2.*44100 Hz"):
+        with_tuned_vocoder(model_44k, path16)
+    with pytest.raises(SelvaError, match=r"BigVGAN v2.*44100 Hz.*BigVGAN v1.*16000 Hz"):
+        with_tuned_vocoder(model, path44)
+
+
+def test_v2_discriminator_file_trains_with_the_cqt_discriminator(model_44k, data_dir, tmp_path):
+    import json
+
+    mpd, second = _tiny_networks(TINY_DISC)
+    path = tmp_path / "bigvgan_discriminator_optimizer.pt"
+    write_discriminator_file(path, mpd, second, "cqtd")
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(TINY_DISC).items()
+           if k not in ("second", "mrd_channel_mult", "resolutions")}
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "use_cqtd_instead_of_mrd": True}))
+    tuner = _tuner(model_44k, data_dir, tmp_path, discriminator_path=path)
+    assert tuner.discriminators.config.second == "cqtd"
+    before = {k: v.clone() for k, v in tuner.params.items()}
+    _train(tuner, 1)
+    assert tuner.last_logs["feature_matching"] > 0
+    assert any(not torch.equal(before[k], p) for k, p in tuner.params.items())

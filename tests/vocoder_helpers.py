@@ -62,19 +62,23 @@ def weight_norm_spelled(state: dict, second: str = "mpd") -> dict:
 
 
 def random_state(module: torch.nn.Module, seed: int = 0) -> dict:
+    """Random conv weights; the derived buffers (CQT kernels, resampling filter) as computed, as
+    the released file stores them."""
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() else v.clone()
+    params = {n for n, _ in module.named_parameters()}
+    return {k: torch.randn(v.shape, generator=g) * 0.1 if k in params else v.clone()
             for k, v in module.state_dict().items()}
 
 
 def write_discriminator_file(path: Path, mpd: torch.nn.Module, second: torch.nn.Module, second_kind: str) -> dict:
     """A file in the layout of bigvgan_discriminator_optimizer.pt, random values, optimizer state included."""
     mpd_state, second_state = random_state(mpd, 1), random_state(second, 2)
-    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
-    opt = torch.optim.AdamW(params, 1e-4, betas=(0.8, 0.99))
-    params[0].sum().backward()
-    params[1].grad = torch.zeros(3)
-    opt.step()
+    with torch.inference_mode(False), torch.enable_grad():  # optimizer state as the release holds it
+        params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+        opt = torch.optim.AdamW(params, 1e-4, betas=(0.8, 0.99))
+        params[0].sum().backward()
+        params[1].grad = torch.zeros(3)
+        opt.step()
     obj = {"mpd": weight_norm_spelled(mpd_state, "mpd"), "mrd": weight_norm_spelled(second_state, second_kind),
            "optim_g": opt.state_dict(), "optim_d": opt.state_dict(), "steps": 5_000_000, "epoch": 42}
     torch.save(obj, path)
