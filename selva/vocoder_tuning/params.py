@@ -38,11 +38,11 @@ def trainable_parameters(vocoder: nn.Module, mode: str) -> dict[str, nn.Paramete
     return picked
 
 
-def trainable_copy(vocoder: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """A fresh copy of ``vocoder`` on ``device`` in fp32 whose ``mode`` parameters require grad.
+def clone_vocoder(vocoder: nn.Module, device: torch.device) -> nn.Module:
+    """A new network with copies of ``vocoder``'s tensors on ``device`` (floats in fp32), frozen.
 
     ComfyUI loads networks inside ``torch.inference_mode()``: their tensors cannot take part in
-    autograd, so every tensor is cloned outside inference mode into a new network.
+    autograd (nor be changed outside it), so every tensor is cloned outside inference mode.
     """
     with torch.inference_mode(False):
         with torch.device("meta"):
@@ -50,7 +50,13 @@ def trainable_copy(vocoder: nn.Module, mode: str, device: torch.device) -> nn.Mo
         state = {k: v.detach().to(device, torch.float32 if v.is_floating_point() else v.dtype).clone()
                  for k, v in vocoder.state_dict().items()}
         copy.load_state_dict(state, strict=True, assign=True)
-        copy.requires_grad_(False)
+    return copy.eval().requires_grad_(False)
+
+
+def trainable_copy(vocoder: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """:func:`clone_vocoder` whose ``mode`` parameters require grad, in training mode."""
+    copy = clone_vocoder(vocoder, device)
+    with torch.inference_mode(False):
         for p in trainable_parameters(copy, mode).values():
             p.requires_grad_(True)
     return copy.train()

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import Union
 
+import torch
 from torch import nn
 
 from ..errors import SelvaError
 from .checkpoint import TunedVocoder, apply_tuned, identity_of, read_tuned_vocoder
-from .params import trainable_copy
+from .params import clone_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,12 @@ STAGE_PREFIX = "vocoder:"
 
 
 def fresh_base_vocoder(pipe) -> nn.Module:
-    """A new copy of the base vocoder, built from its released file (never the shared module)."""
+    """A new copy of the base vocoder on the CPU (never the shared module): built from its released
+    file, or cloned from the loaded stage of a pipeline assembled by hand (no file builders)."""
     builders = getattr(pipe, "_builders", None)
     if builders is not None:
         return builders.vocoder()
-    base = pipe.manager.get("vocoder")  # a pipeline assembled by hand: copy the module it holds
-    return trainable_copy(base, "snake_alpha_only", base.conv_pre.weight.device).eval().requires_grad_(False)
+    return clone_vocoder(pipe.manager.get("vocoder"), torch.device("cpu"))
 
 
 def _build_tuned(pipe, path: Path, digest: str) -> nn.Module:

@@ -23,6 +23,7 @@ from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
 from .data import AudioSegments, segment_samples
 from .losses import LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1, natural_log_mel
 from .params import check_train_mode, snapshot, trainable_copy, trainable_parameters
+from .stage import fresh_base_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,18 @@ class VocoderTuningConfig:
         return self
 
 
+def _vocoder_snapshot(pipe) -> Optional[Path]:
+    from .. import weights as W
+
+    spec, opts = pipe.variant, pipe.options
+    if not spec.vocoder_snapshot or opts.models_dir is None:
+        return None
+    try:
+        return W.resolve_snapshot(W.HUB[spec.vocoder_snapshot], Path(opts.models_dir), allow_download=False)
+    except W.MissingWeightsError:
+        return None
+
+
 def _discriminators_for(pipe, path: Path):
     try:
         from ...bigvgan.discriminator_loading import discriminator_config, load_discriminators
@@ -72,9 +85,9 @@ def _discriminators_for(pipe, path: Path):
     path = Path(path)
     if spec.vocoder == "bigvgan_v2":
         default = replace(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate=spec.sample_rate)
-        builders = getattr(pipe, "_builders", None)
-        if builders is not None and spec.vocoder_snapshot:  # the hub snapshot's config.json
-            default = discriminator_config(builders._snapshot(spec.vocoder_snapshot) / "config.json", default)
+        snapshot_dir = _vocoder_snapshot(pipe)
+        if snapshot_dir is not None:  # the hub snapshot's config.json, when it lists the discriminators
+            default = discriminator_config(snapshot_dir / "config.json", default)
     else:
         # BigVGAN v1's training set-up (MPD + MRD). SelVA's 16 kHz best_netG.pt was published
         # without discriminators, so only a user's own file of this layout can be given.
@@ -115,7 +128,9 @@ class VocoderTuner(TrainTask):
         length = segment_samples(cfg.segment_seconds, self.sample_rate, self.hop)
         self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
                                               on_file=lambda d, n: hooks.step("reading audio", d, n))
-        base = pipe.manager.get("vocoder")
+        # the base weights come from the loaded stage, else straight from the file on the CPU: the
+        # stage itself is not put on the GPU just to be copied
+        base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
         if int(base.hop_length) != self.hop:
             raise SelvaError(f"The vocoder's hop ({base.hop_length}) differs from the mel hop ({self.hop}).")
         self._make_room(base)
