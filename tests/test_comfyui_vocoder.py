@@ -27,7 +27,7 @@ def _read(path):
 def _tuning_prompt(comfy, object_info, variant: str, tag: str) -> dict:
     audio_folder(comfy.output_dir / f"{tag}_data")
     write_video(comfy.input_dir / f"{tag}.mp4", frames(1.0, seed=2), fps=25)
-    prompt = to_api_prompt(load_workflow("selva_vocoder_tuning"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA Vocoder Tuning"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant=variant, precision="fp32")
     set_inputs(prompt, "SelvaBigvganTrainer", data_dir=f"{tag}_data", output_path=f"{tag}_runs", steps=2,
                batch_size=1, segment_seconds=0.3, save_every=1, lr=1e-2)
