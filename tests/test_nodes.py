@@ -21,6 +21,8 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
+    "SelvaBigvganLoader": "SelVA BigVGAN Loader",
 }
 
 
