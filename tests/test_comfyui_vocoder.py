@@ -42,7 +42,7 @@ def _tuning_prompt(comfy, object_info, variant: str, tag: str) -> dict:
     return prompt
 
 
-def _check_run(comfy, entry, tag: str) -> None:
+def _check_run(comfy, entry, tag: str) -> "object":
     ck = pack_module("selva.vocoder_tuning.checkpoint")
     saved = comfy.saved_files(entry)
     tuned = [p for p in saved if f"{tag}_tuned" in p.name]
@@ -57,6 +57,7 @@ def _check_run(comfy, entry, tag: str) -> None:
     rate_b, wave_b = _read(base[0])
     assert rate_t == rate_b == 16000 and wave_t.shape == wave_b.shape
     assert not torch.equal(wave_t, wave_b), "the tuned vocoder should change the sound"
+    return final
 
 
 def test_vocoder_tuning_workflow_on_tiny_variant(comfy, object_info):
@@ -67,4 +68,6 @@ def test_vocoder_tuning_workflow_on_tiny_variant(comfy, object_info):
 def test_vocoder_tuning_workflow_on_full_size_weights(comfy, object_info, full_models_dir):
     """The full-size small_16k BigVGAN (v1, best_netG.pt layout) tunes, saves, loads and decodes."""
     entry = comfy.run(_tuning_prompt(comfy, object_info, "small_16k", "voc_full"))
-    _check_run(comfy, entry, "voc_full")
+    final = _check_run(comfy, entry, "voc_full")
+    # every Snake alpha/beta of the released 16 kHz BigVGAN: the full-size network was tuned
+    assert sum(t.numel() for t in final.tensors.values()) == 54_480
