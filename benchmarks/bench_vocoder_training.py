@@ -9,7 +9,8 @@ The networks are full size with random weights (the 16 kHz BigVGAN v1 of SelVA a
 44.1 kHz BigVGAN v2), so the timings are those of the real vocoders. Each configuration runs the
 shared training loop (selva/train/loop.py) exactly as the Trainer node does, on synthetic audio,
 without eval samples; the first step is warm-up and not timed. Peak memory is the CUDA
-allocator's peak, or the process's peak resident memory on the CPU (weights included).
+allocator's peak, or on the CPU the process's peak resident memory so far (weights included;
+cumulative over the configurations run before it in the same call).
 
 Run from the repository root.
 """
