@@ -5,10 +5,14 @@ from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .sampler import SelvaSampler
+from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
+                       register_routes)
 from .vocoder import SelvaBigvganLoader, SelvaBigvganTrainer
 
 comfy_compat.register_models_folder()
+register_routes()
 
 _NODES = (
     ("SelvaModelLoader", SelvaModelLoader, "SelVA Model Loader"),
@@ -17,6 +21,12 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
+    ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
+    ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
+    ("SelvaLoraScheduler", SelvaLoraScheduler, "SelVA LoRA Scheduler"),
+    ("SelvaSkipExperiment", SelvaSkipExperiment, "SelVA Skip Experiment"),
+    ("SelvaDatasetBrowser", SelvaDatasetBrowser, "SelVA Dataset Browser"),
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, comfy_run
 from .paths import resolve
+from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class SelvaBigvganTrainer:
                 save_every=int(save_every), seed=int(seed),
                 discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
                 resume=_resume_path(resume))
-            path, _ = tune_vocoder(model, cfg, make_hooks(), on_step=_log_step)
+            # the progress bar's preview shows the live loss curve
+            path, _ = tune_vocoder(model, cfg, make_training_hooks(), on_step=_log_step)
         return (str(path),)
 
 

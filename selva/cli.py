@@ -1,4 +1,4 @@
-"""Command line: ``python -m selva generate | download | features``.
+"""Command line: ``python -m selva generate | download | features | train-lora | prepare-dataset | skip``.
 
 The options mirror the ComfyUI nodes; every piece of model work goes through
 :mod:`selva.pipeline`. Audio and muxed video are written with PyAV.
@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(feat)
     feat.add_argument("--out", type=Path, required=True, help="features file (.npz)")
     feat.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+
+    from .train.cli import register as register_training
+
+    for name, handler in register_training(sub, _add_model_args, _load_options).items():
+        sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -375,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     restore_logging = setup_logging(args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except SelvaError as e:
         log.error("%s", e)
         return 1

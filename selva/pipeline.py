@@ -433,6 +433,13 @@ class SelvaPipeline:
         out = self.decode(latent.transpose(1, 2), hooks)
         return out.reshape(b, c, -1)[..., :t]
 
+    def vae_encode(self, mel: torch.Tensor):
+        """The VAE posterior (a ``GaussianPosterior``, [B, C, L]) of log-mels [B, n_mels, T]; the
+        encoder is loaded on first use."""
+        self._ensure_vae_encoder()
+        with torch.no_grad(), self.manager.use("vae") as vae:
+            return vae.encode(mel.to(self.device, self.stage_dtype("vae")))
+
     def _ensure_vae_encoder(self) -> None:
         """Swap in the VAE with its encoder (generation only needs the decoder)."""
         vae = self.manager.get("vae") if self.manager.is_loaded("vae") else None

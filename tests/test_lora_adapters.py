@@ -330,3 +330,38 @@ def test_wrong_variant_missing_module_and_shape_mismatch(gen):
     assert not any(m._forward_hooks for m in gen.modules())
     with pytest.raises(SelvaError, match="finite"):
         LoraPatch(adapter, float("nan"))
+
+
+def test_trains_on_a_clone_of_a_generator_loaded_in_inference_mode():
+    """ComfyUI loads the generator inside inference mode; the trainer clones it outside."""
+    with torch.inference_mode():
+        loaded = make_generator()
+        x = inputs(loaded)
+        base = loaded(*x)
+        with torch.inference_mode(False), torch.enable_grad():
+            work = copy.deepcopy(loaded)
+            lora = LoraSet.create(work, LoraConfig(rank=2, targets=CONV_AND_LINEAR, init="pissa"))
+            before = [p.detach().clone() for p in lora.trainable_parameters()]
+            opt = torch.optim.AdamW(lora.trainable_parameters(), lr=1e-2)
+            with lora.attach(work):
+                loss = (work(*x) - 1.0).pow(2).mean()
+            loss.backward()
+            opt.step()
+            assert all(not torch.equal(a, b) for a, b in zip(before, lora.trainable_parameters()))
+        assert torch.equal(loaded(*x), base)  # the loaded generator itself is untouched
+
+
+def test_non_adaptable_module_and_newer_format(gen, tmp_path):
+    adapter = _trained_adapter(gen)
+    w = next(iter(adapter.modules.values()))
+    odd = LoraAdapter({"joint_blocks.0.latent_block.attn.q_norm": w}, adapter.meta)
+    with pytest.raises(SelvaError, match="q_norm .is not a Linear or sequence-conv layer"):
+        check_adapter_for(odd, "tiny_16k", gen.cfg)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    save_file(load_file(str(path)), str(tmp_path / "new.safetensors"), metadata={**header, "format_version": "9"})
+    with pytest.raises(SelvaError, match="format version 9.*Update ComfyUI-SelVA"):
+        load_adapter(tmp_path / "new.safetensors")

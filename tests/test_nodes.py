@@ -21,6 +21,12 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaLoraLoader": "SelVA LoRA Loader",
+    "SelvaLoraEvaluator": "SelVA LoRA Evaluator",
+    "SelvaLoraTrainer": "SelVA LoRA Trainer",
+    "SelvaLoraScheduler": "SelVA LoRA Scheduler",
+    "SelvaSkipExperiment": "SelVA Skip Experiment",
+    "SelvaDatasetBrowser": "SelVA Dataset Browser",
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
 }
@@ -60,7 +66,9 @@ def test_input_names_match_the_spec():
     assert names["SelvaModelLoader"][:3] == ["variant", "precision", "offload_strategy"]
     assert set(names["SelvaFeatureExtractor"]) == {
         "model", "video", "prompt", "video_info", "fps", "duration", "cache_dir", "mask",
-        "mask_strength", "mask_clip", "mask_sync"}
+        "mask_strength", "mask_clip", "mask_sync", "name", "audio"}
+    # inputs added later go last (saved workflows store widget values by position)
+    assert list(classes["SelvaFeatureExtractor"].INPUT_TYPES()["optional"])[-2:] == ["name", "audio"]
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
         "seed", "normalize", "target_lufs", "batch_size"}

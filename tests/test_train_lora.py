@@ -158,9 +158,10 @@ def test_prompt_priority_and_reencoding_only_when_needed(models_dir, data_dir, t
     stored = ds.clips[2].features
     assert ds.clips[0].features.prompt == "squeaky door"
     assert not torch.equal(ds.clips[0].conditions.sync_f, D.Features.load(folder / "clip_000.npz").sync_features[0])
-    # same prompts as stored: no text encoder or sync encoder is loaded
+    # same prompts as stored: no text encoder or sync encoder is loaded, not even for training
+    # with eval samples
     untouched = load(models_dir)
-    D.load_dataset(untouched, data_dir)
+    train_lora(untouched, data_dir, tmp_path / "runs", opts(steps=1, eval_samples=True, eval_steps=1))
     assert not any(untouched.manager.is_loaded(s) for s in ("t5", "clip", "text_synch"))
     assert stored.prompt == "a car horn"
 
@@ -212,3 +213,15 @@ def test_audio_of_any_format_rate_and_channels(tmp_path, suffix):
     assert rate == rate_written and read.shape[0] == 2 and read.abs().max() > 0.1
     fitted = fit_audio(read, rate, 16000, 16000)
     assert fitted.shape == (1, 16000) and fitted[:, -100:].abs().max() == 0  # padded with silence
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(pipe, data_dir, tmp_path):
+    plain = train_lora(pipe, data_dir, tmp_path / "a", opts(steps=3, target="attn.qkv linear1"))
+    ckpt = train_lora(pipe, data_dir, tmp_path / "b", opts(steps=3, target="attn.qkv linear1",
+                                                         gradient_checkpointing=True))
+    a, b = adapter_tensors(plain.result.exported), adapter_tensors(ckpt.result.exported)
+    for k in a:
+        torch.testing.assert_close(a[k][1], b[k][1], rtol=1e-5, atol=1e-7)
+    assert any(v[1].abs().sum() > 0 for v in b.values())
+    # the run's hooks are gone afterwards: the working copy is left as it was
+    assert all(not m._forward_hooks for m in pipe.manager.get("generator").modules())

@@ -32,3 +32,30 @@ def make_dataset(pipe, folder: Path, clips: int = 3, seconds: float = 1.0, audio
         write_wav(folder / f"clip_{i:03d}.wav", tone(seconds * 1.2, audio_rate, 220.0 * (i + 1),
                                                      2 if stereo else 1), audio_rate)
     return folder
+
+
+# ------------------------------------------------------------------ inside a real ComfyUI server
+def dataset_clip_prompt(variant: str, video: str, audio: str, cache_dir: str, name: str) -> dict:
+    """An API prompt: Feature Extractor with ``name`` + ``audio`` saves one dataset clip."""
+    return {
+        "1": {"class_type": "SelvaModelLoader", "inputs": {"variant": variant, "precision": "fp32",
+                                                           "offload_strategy": "auto"}},
+        "2": {"class_type": "LoadVideo", "inputs": {"file": video}},
+        "3": {"class_type": "LoadAudio", "inputs": {"audio": audio}},
+        "4": {"class_type": "SelvaFeatureExtractor", "inputs": {
+            "model": ["1", 0], "video": ["2", 0], "prompt": "a bell", "fps": 0.0, "duration": 1.0,
+            "cache_dir": cache_dir, "mask_strength": 1.0, "mask_clip": True, "mask_sync": True,
+            "name": name, "audio": ["3", 0]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 2]}},
+    }
+
+
+def comfy_dataset(comfy, variant: str, folder: Path, name: str, count: int) -> Path:
+    """``count`` clips made by a running ComfyUI into ``folder`` (videos/audio written to its input)."""
+    from node_helpers import frames, write_video
+
+    for i in range(count):
+        write_video(comfy.input_dir / f"{name}_{i}.mp4", frames(1.2, seed=10 + i), fps=25)
+        write_wav(comfy.input_dir / f"{name}_{i}.wav", tone(1.2, 22050, 300.0 + 100 * i), 22050)
+        comfy.run(dataset_clip_prompt(variant, f"{name}_{i}.mp4", f"{name}_{i}.wav", str(folder), name))
+    return folder

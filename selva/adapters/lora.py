@@ -44,6 +44,7 @@ class LoraConfig:
     rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", parse_targets(self.targets))
         if int(self.rank) < 1:
             raise SelvaError(f"LoRA rank must be at least 1, got {self.rank}.")
         if not math.isfinite(float(self.alpha)) or float(self.alpha) <= 0:

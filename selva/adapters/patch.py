@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -23,7 +24,7 @@ class LoraPatch:
 
     def __init__(self, adapter: LoraAdapter, strength: float = 1.0) -> None:
         strength = float(strength)
-        if not torch.isfinite(torch.tensor(strength)):
+        if not math.isfinite(strength):
             raise SelvaError(f"LoRA strength must be a finite number, got {strength}.")
         self.adapter = adapter
         self.strength = strength

@@ -200,11 +200,8 @@ def load_clip_features(clip: ClipFiles, variant: str) -> Features:
 
 def encode_posterior(pipe, wave_1t: torch.Tensor, seq: SeqLengths) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior (mean, std), each (L, C) float32 CPU, of a mono clip at the model's rate."""
-    mel = pipe.log_mel(wave_1t[None], pipe.sample_rate)
-    pipe._ensure_vae_encoder()
-    with torch.no_grad(), pipe.manager.use("vae") as vae:
-        posterior = vae.encode(mel.to(pipe.device, pipe.stage_dtype("vae")))
-        mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
+    posterior = pipe.vae_encode(pipe.log_mel(wave_1t[None], pipe.sample_rate))
+    mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
     if mean.shape[-1] < seq.latent:
         raise SelvaError(f"The VAE made {mean.shape[-1]} latent frames, {seq.latent} are needed "
                          f"(audio of {wave_1t.shape[-1]} samples).")

@@ -182,6 +182,12 @@ class TrainTask:
     def train_mode(self, training: bool) -> None:
         """Switch the trained networks between training and eval behaviour."""
 
+    def close(self) -> None:
+        """Called once when the run ends (finished, cancelled or failed) after :meth:`setup`:
+        remove hooks installed for the run. Note the backward pass runs after :meth:`loss`
+        returned, so hooks the forward needs again (gradient checkpointing recomputes it) must
+        stay installed from :meth:`setup` to here, not only inside :meth:`loss`."""
+
     def eval_sample(self) -> Optional[tuple[torch.Tensor, int]]:
         """A (C, T) waveform and its rate made with the current weights, or None."""
         return None
@@ -465,17 +471,22 @@ class _Run:
 
 def _between_steps(run: _Run, call: Callable[[], None]) -> None:
     """Run a progress/cancel call; a cancel it raises (ours, ComfyUI's own, Ctrl-C) first saves
-    a checkpoint of the current, consistent state, then propagates."""
+    a checkpoint of the current, consistent state, then propagates. With several processes they
+    agree first, so all of them stop at the same step (and meet in the checkpoint's barrier)."""
+    cancel: Optional[BaseException] = None
     try:
         call()
     except BaseException as e:
-        saved = run.checkpoint()
-        run.write_curves()
-        run.write_meta("interrupted")
-        log.info("Training cancelled at step %d; checkpoint %s", run.step, saved)
-        if isinstance(e, Interrupted):
-            raise Interrupted(f"Training cancelled at step {run.step}; resume from {saved}.") from None
-        raise
+        cancel = e
+    if not run.ctx.any_flag(cancel is not None):
+        return
+    saved = run.checkpoint()
+    run.write_curves()
+    run.write_meta("interrupted")
+    log.info("Training cancelled at step %d; checkpoint %s", run.step, saved)
+    if cancel is None or isinstance(cancel, Interrupted):
+        raise Interrupted(f"Training cancelled at step {run.step}; resume from {saved}.") from None
+    raise cancel
 
 
 def _jsonable(obj: Any) -> Any:
@@ -557,6 +568,16 @@ def _train(task: TrainTask, cfg: LoopConfig, output_dir: Path, resume: Optional[
         check_compatible(ckpt.get("describe", {}), _jsonable(task.describe()), task.resume_keys, resume_from)
     run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
     task.setup(ckpt["task"] if ckpt is not None else None)
+    try:
+        return _train_set_up(task, cfg, ckpt, resume_from, run_dir, ctx, hooks, should_stop, on_step,
+                             extra_meta)
+    finally:
+        task.close()
+
+
+def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume_from: Optional[Path],
+                  run_dir: Path, ctx: DistContext, hooks: Hooks, should_stop, on_step,
+                  extra_meta: dict) -> TrainResult:
     run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta)
     if ckpt is not None:
         run.restore(ckpt)

@@ -8,6 +8,7 @@ while training; the encoders and the VAE encoder are only used while the dataset
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,15 +118,21 @@ class LoraTask(TrainTask):
         if self.eval_features.variant != pipe.variant.name:
             raise SelvaError(f"eval_features were extracted for {self.eval_features.variant!r}, the "
                              f"model is {pipe.variant.name!r}.")
-        self._negative = None
-        if options.eval_samples:
-            with torch.no_grad():
-                self._negative = pipe.encode_clip_text([""]).float().cpu()
 
     # ---- TrainTask
     def setup(self, state: Optional[dict]) -> None:
         rng = torch.Generator().manual_seed(int(self.options.seed))
         self.lora = LoraSet.create(self.work, self.config, state=state, rng=rng)
+        # Attached for the whole run, not per loss call: the backward pass runs after loss()
+        # returned, and gradient checkpointing recomputes the blocks (LoRA included) there.
+        self._attached = contextlib.ExitStack()
+        self._attached.enter_context(self.lora.attach(self.work))
+        self._attached.enter_context(checkpointed_blocks(self.work, self.options.gradient_checkpointing))
+
+    def close(self) -> None:
+        if getattr(self, "_attached", None) is not None:
+            self._attached.close()
+            self._attached = None
 
     def trainable_parameters(self):
         return self.lora.trainable_parameters()
@@ -157,21 +164,19 @@ class LoraTask(TrainTask):
                       for item, pos in zip(items, group)]
             mean = torch.stack([item.latent_mean for item in items])
             std = torch.stack([item.latent_std for item in items])
-            with self.lora.attach(self.work), checkpointed_blocks(self.work, self.options.gradient_checkpointing):
-                losses = flow_matching_loss(self.work, mean, std, [item.conditions for item in items], noises)
+            losses = flow_matching_loss(self.work, mean, std, [item.conditions for item in items], noises)
             for pos, value in zip(group, losses):
                 out[pos] = value
         return torch.stack(out)
 
     def eval_sample(self):
-        if self._negative is None:
+        if not self.options.eval_samples:
             return None
         feats = self.eval_features
         seq = self.pipe.variant.seq_lengths(feats.duration)
-        with self.lora.attach(self.work):
-            latent = sample_latent_with(self.work, feats, self._negative, steps=self.options.eval_steps,
-                                        cfg_strength=self.options.eval_cfg_strength,
-                                        seed=self.options.seed, seq=seq)
+        latent = sample_latent_with(self.work, feats, None, steps=self.options.eval_steps,
+                                    cfg_strength=self.options.eval_cfg_strength,
+                                    seed=self.options.seed, seq=seq)  # the LoRA is attached (setup)
         wave = self.pipe.decode(latent)
         return wave[0], self.pipe.sample_rate
 
