@@ -12,6 +12,7 @@ from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringL
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
 from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
                        register_routes)
+from .vocoder import SelvaBigvganLoader, SelvaBigvganTrainer
 
 comfy_compat.register_models_folder()
 register_routes()
@@ -36,6 +37,8 @@ _NODES = (
     ("SelvaTextualInversionTrainer", SelvaTextualInversionTrainer, "SelVA Textual Inversion Trainer"),
     ("SelvaTextualInversionLoader", SelvaTextualInversionLoader, "SelVA Textual Inversion Loader"),
     ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
+    ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
+    ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

@@ -80,6 +80,18 @@ def _lora_adapter(comfy) -> dict:
 WORKFLOW_SETUP["SelVA LoRA Base vs Adapter"] = _lora_adapter
 
 
+def _vocoder_tuning_setup(comfy) -> dict:
+    from vocoder_helpers import audio_folder
+
+    audio_folder(comfy.output_dir / "selva_frontend_vocoder_data")
+    return {"SelvaBigvganTrainer": {"data_dir": "selva_frontend_vocoder_data",
+                                    "output_path": "selva_frontend_vocoder_runs", "batch_size": 1,
+                                    "segment_seconds": 0.3, "save_every": 1}}
+
+
+WORKFLOW_SETUP["SelVA Vocoder Tuning"] = _vocoder_tuning_setup
+
+
 @pytest.fixture(scope="module")
 def browser():
     reason = F.missing_browser_reason()

@@ -33,6 +33,8 @@ EXPECTED = {
     "SelvaTextualInversionTrainer": "SelVA Textual Inversion Trainer",
     "SelvaTextualInversionLoader": "SelVA Textual Inversion Loader",
     "SelvaTiScheduler": "SelVA Textual Inversion Scheduler",
+    "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
+    "SelvaBigvganLoader": "SelVA BigVGAN Loader",
 }
 
 

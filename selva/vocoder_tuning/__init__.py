@@ -1,0 +1,1 @@
+"""Fine-tuning a BigVGAN vocoder toward a target timbre (SelvaBigvganTrainer / SelvaBigvganLoader)."""

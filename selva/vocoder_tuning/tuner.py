@@ -1,0 +1,275 @@
+"""One vocoder-tuning run's networks, data and loss: what the shared training loop drives.
+
+The vocoder is copied (outside inference mode, in fp32) onto the compute device; only that copy,
+the mel converters and (optionally) the frozen discriminators live there while training. The
+pipeline's own vocoder is never changed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import SelvaError
+from ..hooks import NO_HOOKS, Hooks
+from ..models.mel import MelConverter
+from ..offload import module_bytes
+from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
+from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
+from .data import AudioSegments, segment_samples
+from .losses import LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1, natural_log_mel
+from .params import check_train_mode, snapshot, trainable_copy, trainable_parameters
+from .stage import fresh_base_vocoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VocoderTuningConfig:
+    """The Trainer node's inputs (paths already resolved)."""
+
+    data_dir: Path
+    output_path: Path
+    train_mode: str = "snake_alpha_only"
+    steps: int = 2000
+    lr: float = 1e-4
+    batch_size: int = 4
+    segment_seconds: float = 1.0
+    lambda_l2sp: float = 1e-3
+    save_every: int = 500
+    seed: int = 0
+    discriminator_path: Optional[Path] = None
+    resume: Optional[Path] = None
+
+    def validate(self) -> "VocoderTuningConfig":
+        check_train_mode(self.train_mode)
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SelvaError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.save_every < 0:
+            raise SelvaError(f"save_every must be 0 (only at the end) or positive, got {self.save_every}.")
+        if not self.lr > 0:
+            raise SelvaError(f"lr must be positive, got {self.lr}.")
+        if self.lambda_l2sp < 0:
+            raise SelvaError(f"lambda_l2sp must be 0 or more, got {self.lambda_l2sp}.")
+        if self.segment_seconds <= 0:
+            raise SelvaError(f"segment_seconds must be positive, got {self.segment_seconds}.")
+        return self
+
+
+def _vocoder_snapshot(pipe) -> Optional[Path]:
+    from .. import weights as W
+
+    spec, opts = pipe.variant, pipe.options
+    if not spec.vocoder_snapshot or opts.models_dir is None:
+        return None
+    try:
+        return W.resolve_snapshot(W.HUB[spec.vocoder_snapshot], Path(opts.models_dir), allow_download=False)
+    except W.MissingWeightsError:
+        return None
+
+
+def _discriminators_for(pipe, path: Path):
+    try:
+        from ...bigvgan.discriminator_loading import discriminator_config, load_discriminators
+        from ...bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
+    except ImportError:  # selva imported as a top-level package
+        from bigvgan.discriminator_loading import discriminator_config, load_discriminators
+        from bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
+
+    spec = pipe.variant
+    path = Path(path)
+    if spec.vocoder == "bigvgan_v2":
+        default = replace(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate=spec.sample_rate)
+        snapshot_dir = _vocoder_snapshot(pipe)
+        if snapshot_dir is not None:  # the hub snapshot's config.json, when it lists the discriminators
+            default = discriminator_config(snapshot_dir / "config.json", default)
+    else:
+        # BigVGAN v1's training set-up (MPD + MRD). SelVA's 16 kHz best_netG.pt was published
+        # without discriminators, so only a user's own file of this layout can be given.
+        default = DiscriminatorConfig(sampling_rate=spec.sample_rate, second="mrd")
+    # a BigVGAN training run keeps its config.json beside its do_* discriminator files
+    cfg = discriminator_config(path.parent / "config.json", default)
+    if not Path(path).is_file():
+        hint = ("SelVA's 16 kHz vocoder (best_netG.pt) was released WITHOUT discriminators: leave "
+                "discriminator_path empty to tune with the mel + STFT losses, or give a BigVGAN v1 "
+                "discriminator file (MPD + MRD) of your own."
+                if spec.vocoder == "bigvgan_v1" else
+                "Download bigvgan_discriminator_optimizer.pt from nvidia/bigvgan_v2_44khz_128band_512x.")
+        raise SelvaError(f"Discriminator file not found: {path}. {hint}")
+    return load_discriminators(path, cfg)
+
+
+class VocoderTuner(TrainTask):
+    """The vocoder-tuning task the shared training loop drives (selva/train/loop.py)."""
+
+    resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators")
+
+    def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS) -> None:
+        # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
+        with torch.inference_mode(False):
+            self._build(pipe, cfg, hooks)
+
+    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks) -> None:
+        self.pipe = pipe
+        self.cfg = cfg.validate()
+        self.device = pipe.device
+        spec = pipe.variant
+        if pipe.stage_name("vocoder") != "vocoder":
+            log.warning("The model already has a tuned vocoder; tuning starts again from the base "
+                        "vocoder (use resume to continue a run).")
+        # decode the data first: a bad folder fails before anything is loaded
+        self.hop = int(spec.mel.hop_size)
+        self.sample_rate = int(spec.sample_rate)
+        length = segment_samples(cfg.segment_seconds, self.sample_rate, self.hop)
+        self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                              on_file=lambda d, n: hooks.step("reading audio", d, n))
+        # the base weights come from the loaded stage, else straight from the file on the CPU: the
+        # stage itself is not put on the GPU just to be copied
+        base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
+        if int(base.hop_length) != self.hop:
+            raise SelvaError(f"The vocoder's hop ({base.hop_length}) differs from the mel hop ({self.hop}).")
+        self._make_room(base)
+        self.vocoder = trainable_copy(base, cfg.train_mode, self.device)
+        del base
+        self.params = trainable_parameters(self.vocoder, cfg.train_mode)
+        self.anchor = snapshot(self.params)
+        self.mel_input = MelConverter(spec.mel).to(self.device)  # what the vocoder reads
+        self.mel_loss = natural_log_mel(spec.mel).to(self.device)
+        self.stft_loss = MultiResolutionSTFTLoss().to(self.device)
+        self.discriminators = None
+        if cfg.discriminator_path:
+            self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
+        self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None)
+        self.identity = identity_of(pipe)
+        self.last_logs: dict[str, float] = {}
+
+    def _make_room(self, base: nn.Module) -> None:
+        """Let the host (ComfyUI) evict its models: the trained copy, Adam's two moments and the
+        activations must fit beside whatever stays."""
+        make_room = getattr(self.pipe.manager, "make_room", None)
+        if make_room is not None and self.device.type != "cpu":
+            make_room(4 * module_bytes(base, torch.float32), self.device)
+
+    # ------------------------------------------------------------------- the loop's task API
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.params.values())
+
+    def num_items(self) -> int:
+        return len(self.data)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"param.{n}": p.detach().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = {k[len("param."):] for k in state if k.startswith("param.")}
+        if names != set(self.params):
+            raise SelvaError(f"The checkpoint trains {len(names)} vocoder tensors, this run {len(self.params)}: "
+                             f"it belongs to another vocoder or train_mode.")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[f"param.{n}"])
+
+    def describe(self) -> dict:
+        return {"variant": self.pipe.variant.name, "vocoder": self.identity.vocoder,
+                "sample_rate": self.identity.sample_rate, "train_mode": self.cfg.train_mode,
+                "discriminators": self.discriminators is not None, "lambda_l2sp": self.cfg.lambda_l2sp,
+                "segment_seconds": self.cfg.segment_seconds, "data_dir": str(self.cfg.data_dir),
+                "files": len(self.data)}
+
+    def train_mode(self, training: bool) -> None:
+        self.vocoder.train(training)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Per-item losses: each item is a random excerpt of one clip (offset from its generator)."""
+        y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
+        total, self.last_logs = self.losses(y[:, None].to(self.device))
+        return total
+
+    def eval_sample(self) -> Optional[tuple[torch.Tensor, int]]:
+        return self.eval_audio()[0], self.sample_rate
+
+    def export(self, run_dir: Path, tag: str) -> Optional[Path]:
+        """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input)."""
+        return save_tuned_vocoder(Path(run_dir) / f"vocoder_{tag}.safetensors", self.tensors(),
+                                  self.metadata(self.step))
+
+    # ------------------------------------------------------------------------------ losses
+    def loss_terms(self, y: torch.Tensor) -> LossTerms:
+        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels."""
+        with torch.no_grad():
+            mel = self.mel_input(y.squeeze(1))
+        y_hat = self.vocoder(mel)
+        terms = LossTerms(mel=mel_l1(self.mel_loss, y_hat, y), stft=self.stft_loss(y_hat, y),
+                          l2sp=l2sp(self.params, self.anchor).to(self.device))
+        if self.discriminators is not None:
+            with torch.no_grad():
+                real = self.discriminators.feature_maps(y)
+            terms.feature_matching = feature_matching(self.discriminators.feature_maps(y_hat), real)
+        return terms
+
+    def losses(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.loss_terms(y)
+        total = terms.total(self.weights)
+        return total, {"loss": float(total.detach().mean()), **terms.as_floats()}
+
+    # ---------------------------------------------------------------------------- outputs
+    @torch.no_grad()
+    def eval_audio(self) -> torch.Tensor:
+        """The vocoder's current resynthesis [1, 1, T] (CPU) of a fixed excerpt of the data."""
+        y = self.data.eval_segment().to(self.device)
+        return self.vocoder(self.mel_input(y.squeeze(1))).float().cpu()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return tuned_tensors(self.vocoder, self.cfg.train_mode)
+
+    def metadata(self, steps: int) -> dict[str, str]:
+        return metadata(self.identity, mode=self.cfg.train_mode, steps=steps, variant=self.pipe.variant.name)
+
+
+def loop_config(cfg: VocoderTuningConfig) -> LoopConfig:
+    """How the shared loop runs a vocoder tuning (BigVGAN's own optimiser settings)."""
+    return LoopConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(50, cfg.steps // 20),
+                      batch_size=cfg.batch_size, save_every=cfg.save_every, seed=cfg.seed,
+                      betas=(0.8, 0.99), weight_decay=0.0,  # L2-SP pulls toward the pretrained values instead
+                      max_grad_norm=500.0,  # BigVGAN's clip_grad_norm: a guard, not a constraint
+                      run_name="bigvgan")
+
+
+def resume_target(resume: Optional[Path]) -> Optional[str]:
+    """What the loop resumes from: a step checkpoint (.pt), a run folder, "latest", or the
+    ``vocoder_step_NNNNNN.safetensors`` a save wrote (mapped to that step's checkpoint)."""
+    if resume is None or not str(resume).strip():
+        return None
+    path = Path(resume)
+    if path.suffix == ".safetensors":
+        tag = path.stem[len("vocoder_"):] if path.stem.startswith("vocoder_") else ""
+        ckpt = path.parent / "checkpoints" / f"{tag}.pt"
+        if tag == "final":
+            ckpts = sorted((path.parent / "checkpoints").glob("step_*.pt"))
+            ckpt = ckpts[-1] if ckpts else ckpt
+        if not ckpt.is_file():
+            raise SelvaError(f"resume: {path} has no training checkpoint beside it ({ckpt}); give a "
+                             f"checkpoints/step_NNNNNN.pt of the run, its folder, or 'latest'.")
+        return str(ckpt)
+    return str(resume)
+
+
+def tune_vocoder(pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
+                 on_step: Optional[Callable[[StepInfo], None]] = None) -> tuple[Path, TrainResult]:
+    """Run a vocoder tuning to the end; returns the final tuned file and the loop's result.
+
+    The run lives in a fresh ``<output_path>/bigvgan_NNN`` folder (step checkpoints, tuned
+    files ``vocoder_step_NNNNNN.safetensors`` / ``vocoder_final.safetensors``, loss curves, eval
+    samples); a cancel saves a checkpoint there and raises ``Interrupted``.
+    """
+    task = VocoderTuner(pipe, cfg, hooks)
+    result = run_training(task, loop_config(cfg), Path(cfg.output_path), resume=resume_target(cfg.resume),
+                          hooks=hooks, on_step=on_step)
+    if result.exported is None:
+        raise SelvaError("Training ended without writing a tuned vocoder (a bug).")
+    return result.exported, result
