@@ -89,14 +89,6 @@ def pick_models_dir(relative_files: Iterable[str], candidates: Optional[list[Pat
     return best
 
 
-def output_dir() -> Path:
-    """ComfyUI's output folder (where relative adapter / run paths start); the working folder
-    outside ComfyUI."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_output_directory())
-    return Path.cwd()
-
-
 def temp_dir() -> Path:
     """The system temp folder: ComfyUI empties its own temp folder at start-up, which would
     throw the feature cache away every session."""
@@ -153,10 +145,11 @@ PREVIEW_MAX_SIZE = 512
 
 
 def output_directory() -> Path:
-    """ComfyUI's output folder (``./output`` outside ComfyUI)."""
+    """ComfyUI's output folder, where every relative path input (adapters, runs, vectors,
+    vocoders) starts. Outside ComfyUI: ``$SELVA_OUTPUT_DIR``, else ``./output``."""
     if folder_paths is not None:
         return Path(folder_paths.get_output_directory())
-    return Path.cwd() / "output"
+    return Path(os.environ.get("SELVA_OUTPUT_DIR", "output")).absolute()
 
 
 def resolve_output_path(text: str, default: str = "") -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import comfy_compat
+from . import comfy_compat, paths
 from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run,
                      make_hooks)
 from .sampler import MAX_SEED
@@ -44,24 +44,14 @@ class SelvaLoraLoader:
 
     @classmethod
     def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
-        """A file replaced at the same path is read again (ComfyUI caches by input values)."""
-        from pathlib import Path
-
-        p = Path(str(adapter_path or "").strip().strip('"')).expanduser()
-        if not p.is_absolute():
-            p = comfy_compat.output_dir() / p
-        try:
-            stat = p.stat()
-        except OSError:
-            return str(p)
-        return f"{p}:{stat.st_mtime_ns}:{stat.st_size}"
+        return paths.file_version(str(adapter_path or "").strip().strip('"'))
 
     def load(self, model: Any, adapter_path: str, strength: float,
              adapter: Optional[Any] = None) -> tuple[Any]:
         from ..selva.adapters import LoraPatch, check_adapter_for, resolve_adapter
 
         with comfy_run():
-            lora = resolve_adapter(adapter, adapter_path, comfy_compat.output_dir())
+            lora = resolve_adapter(adapter, adapter_path, comfy_compat.output_directory())
             check_adapter_for(lora, model.variant.name, model.variant.generator)
             return (model.with_patches([LoraPatch(lora, strength)]),)
 
@@ -110,7 +100,7 @@ class SelvaLoraEvaluator:
         from ..selva.adapters.compare import compare_adapters, read_adapter_list, save_comparison
 
         with comfy_run():
-            out = comfy_compat.output_dir()
+            out = comfy_compat.output_directory()
             entries = read_adapter_list(adapters_file, out)
             reference = None if reference_audio is None else audio_input(reference_audio,
                                                                           "reference_audio")

@@ -1,18 +1,12 @@
 """Path inputs of the style nodes: relative paths live in ComfyUI's output folder."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import comfy_compat
 
 
-def output_directory() -> Path:
-    """ComfyUI's output folder (outside ComfyUI: $SELVA_OUTPUT_DIR, else ./output)."""
-    fp = comfy_compat.folder_paths
-    if fp is not None:
-        return Path(fp.get_output_directory())
-    return Path(os.environ.get("SELVA_OUTPUT_DIR", "output"))
+output_directory = comfy_compat.output_directory
 
 
 def resolve(path: str, what: str) -> Path:
@@ -30,3 +24,15 @@ def resolve(path: str, what: str) -> Path:
 def with_suffix(path: Path, suffix: str) -> Path:
     """``path`` ending in ``suffix`` (added when the user gave a bare name)."""
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
+
+
+def file_version(path: str) -> str:
+    """What ``IS_CHANGED`` returns for a file input: a file replaced at the same path is read
+    again (ComfyUI caches node outputs by input values). A missing file is reported by the
+    node itself."""
+    try:
+        p = resolve(path, "path")
+        st = p.stat()
+    except Exception:
+        return f"missing:{path}"
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"

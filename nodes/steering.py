@@ -116,11 +116,7 @@ class SelvaActivationSteeringLoader:
     @classmethod
     def IS_CHANGED(cls, path: str) -> str:
         """Re-run when the file is replaced (the path alone would keep the old vectors cached)."""
-        try:
-            st = paths.resolve(path, "path").stat()
-        except Exception:  # a missing file is reported by load()
-            return "missing"
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        return paths.file_version(path)
 
     def load(self, path: str) -> tuple[Any]:
         from ..selva.style.steering import SteeringVectors

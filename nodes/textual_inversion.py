@@ -128,11 +128,7 @@ class SelvaTextualInversionLoader:
 
     @classmethod
     def IS_CHANGED(cls, path: str) -> str:
-        try:
-            st = paths.resolve(path, "path").stat()
-        except Exception:  # a missing file is reported by load()
-            return "missing"
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        return paths.file_version(path)
 
     def load(self, path: str) -> tuple[Any]:
         from ..selva.style.textual_inversion import TextualInversion

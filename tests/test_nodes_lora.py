@@ -40,7 +40,7 @@ def adapter(model):
 
 @pytest.fixture
 def output(tmp_path, monkeypatch, adapter):
-    monkeypatch.setattr(compat, "output_dir", lambda: tmp_path)
+    monkeypatch.setenv("SELVA_OUTPUT_DIR", str(tmp_path))
     adapters.save_adapter(adapter, tmp_path / "lora" / "adapter_final.safetensors")
     return tmp_path
 

@@ -59,31 +59,15 @@ def find_audio_files(directory: Path) -> list[Path]:
 
 
 def load_audio_file(path: Path) -> ReferenceAudio:
-    """Decode a whole audio file with PyAV: (channels, samples) float32 at the file's rate."""
-    import av
+    """Decode a whole audio file: (channels, samples) float32 at the file's rate."""
+    from ..train.audio_files import read_audio
 
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise SelvaError(f"{path} holds no audio stream.")
-            stream = container.streams.audio[0]
-            # fltp = planar float32: frame arrays come as (channels, samples)
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-            chunks = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
-            rate = int(stream.rate)
-    except SelvaError:
-        raise
-    except Exception as e:
-        raise SelvaError(f"Could not read the audio file {path} ({e}). Convert it to .wav or "
-                         f"remove it from the reference folder.") from e
-    if not chunks or sum(c.shape[-1] for c in chunks) == 0:
+        wave, rate = read_audio(Path(path))
+    except SelvaError as e:
+        raise SelvaError(f"{e} Convert it to .wav or remove it from the reference folder.") from e
+    if wave.shape[-1] == 0:
         raise SelvaError(f"The audio file {path} holds no samples; remove it from the reference folder.")
-    wave = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks, axis=-1), dtype=np.float32))
     return ReferenceAudio(str(path), wave, rate)
 
 
