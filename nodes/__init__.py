@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .sampler import SelvaSampler
+from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
+from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
+from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
+                       register_routes)
 
 comfy_compat.register_models_folder()
+register_routes()
 
 _NODES = (
     ("SelvaModelLoader", SelvaModelLoader, "SelVA Model Loader"),
@@ -19,6 +25,17 @@ _NODES = (
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
     ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
     ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
+    ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
+    ("SelvaLoraScheduler", SelvaLoraScheduler, "SelVA LoRA Scheduler"),
+    ("SelvaSkipExperiment", SelvaSkipExperiment, "SelVA Skip Experiment"),
+    ("SelvaDatasetBrowser", SelvaDatasetBrowser, "SelVA Dataset Browser"),
+    ("SelvaDittoOptimizer", SelvaDittoOptimizer, "SelVA DITTO Optimizer"),
+    ("SelvaActivationSteeringExtractor", SelvaActivationSteeringExtractor,
+     "SelVA Activation Steering Extractor"),
+    ("SelvaActivationSteeringLoader", SelvaActivationSteeringLoader, "SelVA Activation Steering Loader"),
+    ("SelvaTextualInversionTrainer", SelvaTextualInversionTrainer, "SelVA Textual Inversion Trainer"),
+    ("SelvaTextualInversionLoader", SelvaTextualInversionLoader, "SelVA Textual Inversion Loader"),
+    ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

@@ -149,6 +149,33 @@ def interrupt_exception() -> Optional[type]:
     return getattr(model_management, "InterruptProcessingException", None)
 
 
+PREVIEW_MAX_SIZE = 512
+
+
+def output_directory() -> Path:
+    """ComfyUI's output folder (``./output`` outside ComfyUI)."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path.cwd() / "output"
+
+
+def resolve_output_path(text: str, default: str = "") -> Path:
+    """A user-typed path: absolute as it is, relative inside ComfyUI's output folder."""
+    raw = (text or "").strip().strip('"') or default
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else output_directory() / path
+
+
+def resolve_input_path(text: str) -> Path:
+    """A user-typed path to read: absolute as it is; relative first in ComfyUI's output folder,
+    then from the working directory."""
+    path = Path((text or "").strip().strip('"')).expanduser()
+    if path.is_absolute():
+        return path
+    inside = output_directory() / path
+    return inside if inside.exists() else path
+
+
 class StageProgress:
     """Feeds (stage, done, total) reports into one ComfyUI progress bar per stage."""
 
@@ -157,10 +184,12 @@ class StageProgress:
         self._stage: Optional[str] = None
         self._bar: Any = None
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, image: Any = None) -> None:
+        """``image`` (a PIL image, e.g. the live loss curve) shows as the node's preview."""
         if stage != self._stage:
             self._stage = stage
             self._bar = self._factory(max(int(total), 1)) if self._factory is not None else None
             log.debug("SelVA stage: %s", stage)
         if self._bar is not None:
-            self._bar.update_absolute(int(done), max(int(total), 1))
+            preview = ("PNG", image, PREVIEW_MAX_SIZE) if image is not None else None
+            self._bar.update_absolute(int(done), max(int(total), 1), preview)

@@ -12,6 +12,8 @@ CATEGORY = "SelVA"
 MODEL_TYPE = "SELVA_MODEL"
 FEATURES_TYPE = "SELVA_FEATURES"
 LORA_TYPE = "SELVA_LORA"  # selva.adapters.LoraAdapter
+STEERING_TYPE = "STEERING_VECTORS"
+TEXTUAL_INVERSION_TYPE = "TEXTUAL_INVERSION"
 # ComfyUI matches comma-separated types as a union, so one socket takes either an IMAGE batch
 # (VHS, Get Video Components) or the native VIDEO of core Load Video.
 VIDEO_TYPE = "IMAGE,VIDEO"

@@ -38,17 +38,29 @@ def as_mask_stack(mask: Any) -> Any:
     return mask.float()
 
 
+NAMED_CACHE_SUBDIR = ".selva_cache/features"
+
+
 def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
                      duration: float = 0.0, cache_dir: str = "", video_info: Any = None,
                      mask: Any = None, mask_strength: float = 1.0, mask_clip: bool = True,
-                     mask_sync: bool = True, hooks: Any = None) -> tuple[Any, float]:
+                     mask_sync: bool = True, hooks: Any = None, name: str = "",
+                     audio: Any = None) -> tuple[Any, float]:
     """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
 
-    Returns the features and the real frame rate of the video.
+    With ``name``, the features are also written as ``<name>_NNN.npz`` (next free number) into
+    the cache folder, with ``audio`` (if given) as ``<name>_NNN.wav`` beside it: a training
+    clip. The content-keyed cache then lives in a hidden sub-folder, so the dataset folder holds
+    only named clips. Returns the features and the real frame rate of the video.
     """
     from ..selva.features import FeatureCache
 
     hooks = hooks if hooks is not None else make_hooks()
+    name = (name or "").strip()
+    if name:
+        from .dataset_clip import check_clip_name
+
+        check_clip_name(name)
     src = resolve_video(video, video_info, fps)
     common = dict(duration=duration if duration > 0 else None, mask=as_mask_stack(mask),
                   mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
@@ -57,7 +69,13 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
         prepared = model.prepare(src.frames, src.fps, hooks=hooks, **common)
     else:
         prepared = model.prepare(video_path=decodable(src.stream), hooks=hooks, **common)
-    feats = model.encode_cached(prepared, prompt, FeatureCache(cache_directory(cache_dir)), hooks)
+    folder = cache_directory(cache_dir)
+    cache = FeatureCache(folder / NAMED_CACHE_SUBDIR if name else folder)
+    feats = model.encode_cached(prepared, prompt, cache, hooks)
+    if name:
+        from .dataset_clip import save_named_clip
+
+        save_named_clip(folder, name, feats, audio)
     return feats, float(feats.fps)
 
 
@@ -117,15 +135,24 @@ class SelvaFeatureExtractor:
                 "mask": ("MASK", {
                     "tooltip": "Where the sound source is (1 = keep, 0 = background). One frame = "
                                "a static mask; or one mask per video frame, same size as the video."}),
+                "name": ("STRING", {
+                    "default": "",
+                    "tooltip": "Dataset clip name. When set, the features are also saved as "
+                               "name_001.npz, name_002.npz, ... (next free number, never "
+                               "overwritten) in cache_dir: point cache_dir at your dataset folder."}),
+                "audio": ("AUDIO", {
+                    "tooltip": "With name: the clip's clean target audio, saved beside the features "
+                               "as name_NNN.wav (what a LoRA learns to make)."}),
             },
         }
 
     def extract(self, model: Any, video: Any, prompt: str, fps: float, duration: float,
                 cache_dir: str, mask_strength: float, mask_clip: bool, mask_sync: bool,
-                video_info: Optional[dict] = None, mask: Any = None) -> tuple[Any, float, str]:
+                video_info: Optional[dict] = None, mask: Any = None, name: str = "",
+                audio: Any = None) -> tuple[Any, float, str]:
         with comfy_run():
             feats, rate = extract_features(
                 model, video, prompt, fps=fps, duration=duration, cache_dir=cache_dir,
                 video_info=video_info, mask=mask, mask_strength=mask_strength,
-                mask_clip=mask_clip, mask_sync=mask_sync)
+                mask_clip=mask_clip, mask_sync=mask_sync, name=name, audio=audio)
         return feats, rate, prompt

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_output, comfy_run, make_hooks
+from .steering import steering_inputs, steering_patches
+from .textual_inversion import features_with_ti, ti_inputs
 
 
 MAX_SEED = 2**63 - 1  # seed + i for batch variations must stay within torch.Generator's range
@@ -13,7 +15,7 @@ MAX_BATCH = 16
 def generate_audio(model: Any, features: Any, *, prompt: str = "", negative_prompt: str = "",
                    duration: float = 0.0, steps: int = 25, cfg_strength: float = 4.5,
                    seed: int = 0, normalize: bool = True, target_lufs: float = -27.0,
-                   batch_size: int = 1, hooks: Any = None) -> dict:
+                   batch_size: int = 1, hooks: Any = None, extra_patches: Any = ()) -> dict:
     """ComfyUI AUDIO holding ``batch_size`` variations (variation i = seed + i)."""
     from ..selva.audio import loudness_normalize
 
@@ -21,7 +23,8 @@ def generate_audio(model: Any, features: Any, *, prompt: str = "", negative_prom
     wave = model.generate(
         features, prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
         duration=duration if duration > 0 else None, steps=int(steps),
-        cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size), hooks=hooks)
+        cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size), hooks=hooks,
+        extra_patches=tuple(extra_patches))
     if normalize:
         wave = loudness_normalize(wave, model.sample_rate, float(target_lufs))
     return audio_output(wave, model.sample_rate)
@@ -77,16 +80,24 @@ class SelvaSampler:
                     "default": -27.0, "min": -70.0, "max": -5.0, "step": 0.5,
                     "tooltip": "Loudness target in LUFS when normalize is on. A gain cap keeps "
                                "peaks inside [-1, 1], so loud targets may fall short."}),
+                **steering_inputs(),
+                **ti_inputs(),
             },
         }
 
     def sample(self, model: Any, features: Any, prompt: str, negative_prompt: str,
                duration: float, steps: int, cfg_strength: float, seed: int, normalize: bool,
-               batch_size: int, target_lufs: Optional[float] = -27.0) -> tuple[dict]:
+               batch_size: int, target_lufs: Optional[float] = -27.0, steering_vectors: Any = None,
+               steering_strength: Optional[float] = 0.1,
+               steering_blocks: Optional[str] = "all", textual_inversion: Any = None,
+               ti_strength: Optional[float] = 1.0) -> tuple[dict]:
         with comfy_run():
+            patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
+            features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength,
+                                                make_hooks())
             audio = generate_audio(
                 model, features, prompt=prompt, negative_prompt=negative_prompt,
                 duration=duration, steps=steps, cfg_strength=cfg_strength, seed=seed,
                 normalize=normalize, target_lufs=-27.0 if target_lufs is None else target_lufs,
-                batch_size=batch_size)
+                batch_size=batch_size, extra_patches=patches)
         return (audio,)

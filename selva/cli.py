@@ -1,4 +1,4 @@
-"""Command line: ``python -m selva generate | download | features | cache``.
+"""Command line: ``python -m selva generate | download | features | cache | train-lora | prepare-dataset | skip | train-ti``.
 
 The options mirror the ComfyUI nodes; every piece of model work goes through
 :mod:`selva.pipeline`. Audio and muxed video are written with PyAV.
@@ -282,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--max-gb", type=float, default=None,
                        help="the cap (default: $SELVA_FEATURE_CACHE_GB or 4); --prune --max-gb 0 "
                             "empties the cache")
+
+    from .train.cli import register as register_training
+
+    for name, handler in register_training(sub, _add_model_args, _load_options).items():
+        sub.choices[name].set_defaults(handler=handler)
+    from .style.cli import register as register_style
+
+    for name, handler in register_style(sub, _add_model_args, _load_options).items():
+        sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -403,7 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     restore_logging = setup_logging(args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except SelvaError as e:
         log.error("%s", e)
         return 1

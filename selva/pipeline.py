@@ -358,6 +358,12 @@ class SelvaPipeline:
             return clip.encode_frames(frames01[None].to(self.device, self.stage_dtype("clip")),
                                       batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
 
+    def features_for_prompt(self, features: Features, prompt: Optional[str],
+                            hooks: Optional[Hooks] = None) -> Features:
+        """``features`` as if extracted with ``prompt`` (text and sync features re-encoded from the
+        stored frames; the same object when the prompt is unchanged)."""
+        return self._features_for_prompt(features, prompt, or_default(hooks))
+
     def _features_for_prompt(self, features: Features, prompt: Optional[str], hooks: Hooks) -> Features:
         """``features`` re-encoded for another prompt (SelVA's sync features depend on the text).
 
@@ -395,15 +401,20 @@ class SelvaPipeline:
     # ---------------------------------------------------------------------------- generation
     def generate(self, features: Features, *, prompt: Optional[str] = None, negative_prompt: str = "",
                  duration: Optional[float] = None, steps: int = 25, cfg_strength: float = 4.5,
-                 seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None) -> torch.Tensor:
+                 seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None,
+                 extra_patches: Sequence[GeneratorPatch] = (),
+                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Audio for ``features``: (batch_size, 1, samples) float32 on the CPU at ``sample_rate``.
 
-        Variation ``i`` of a batch equals a single run with ``seed + i``.
+        Variation ``i`` of a batch equals a single run with ``seed + i``. ``extra_patches`` are
+        attached for this call only (a Sampler's steering vectors); ``noise`` replaces the
+        seeded initial noise (DITTO's optimised x0, shaped like it).
         """
         hooks = or_default(hooks)
         latent = self.sample_latent(features, prompt=prompt, negative_prompt=negative_prompt,
                                     duration=duration, steps=steps, cfg_strength=cfg_strength,
-                                    seed=seed, batch_size=batch_size, hooks=hooks)
+                                    seed=seed, batch_size=batch_size, hooks=hooks,
+                                    extra_patches=extra_patches, noise=noise)
         wave = self.decode(latent, hooks)
         audio_ops.assert_finite(wave, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32"))
         return wave
@@ -411,7 +422,8 @@ class SelvaPipeline:
     def sample_latent(self, features: Features, *, prompt: Optional[str] = None,
                       negative_prompt: str = "", duration: Optional[float] = None, steps: int = 25,
                       cfg_strength: float = 4.5, seed: int = 0, batch_size: int = 1,
-                      hooks: Optional[Hooks] = None) -> torch.Tensor:
+                      hooks: Optional[Hooks] = None, extra_patches: Sequence[GeneratorPatch] = (),
+                      noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The generator's output latent (batch_size, L, C), un-normalised, before the VAE."""
         hooks = or_default(hooks)
         if steps < 1:
@@ -422,7 +434,8 @@ class SelvaPipeline:
             features = self._features_for_prompt(features, prompt, hooks)
             seq = self.variant.seq_lengths(self._duration_for(features, duration))
             neg_clip = self._negative_text(negative_prompt)
-            return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
+            return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks,
+                                extra_patches, noise)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:
         if not duration:
@@ -446,14 +459,21 @@ class SelvaPipeline:
         return (clip, sync.to(self.device, gen_dtype), features.text_clip.to(self.device, gen_dtype))
 
     def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
-                seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
-        with self.use_generator() as gen:
+                seed: int, batch: int, hooks: Hooks, extra_patches: Sequence[GeneratorPatch] = (),
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with self.use_generator(extra_patches) as gen:
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
             clip_f, sync_f, text_clip = self._conditions_inputs(features, seq)
             if clip_f is None:
                 clip_f = gen.empty_clip_sequence(1)
             dtype = self.stage_dtype("generator")
-            x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            if noise is None:
+                x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            else:
+                if tuple(noise.shape) != (batch, seq.latent, gen.latent_dim):
+                    raise SelvaError(f"The initial noise has shape {tuple(noise.shape)}, expected "
+                                     f"{(batch, seq.latent, gen.latent_dim)} for this duration.")
+                x0 = noise.to(self.device, dtype)
             # One clip: both branches are projected once and shared by every batch item.
             cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
             uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(self.device, dtype))
@@ -508,6 +528,13 @@ class SelvaPipeline:
         hooks.step("vae encode", 1, 1)
         out = self.decode(latent.transpose(1, 2), hooks)
         return out.reshape(b, c, -1)[..., :t]
+
+    def vae_encode(self, mel: torch.Tensor):
+        """The VAE posterior (a ``GaussianPosterior``, [B, C, L]) of log-mels [B, n_mels, T]; the
+        encoder is loaded on first use."""
+        self._ensure_vae_encoder()
+        with torch.no_grad(), self.manager.use("vae") as vae:
+            return vae.encode(mel.to(self.device, self.stage_dtype("vae")))
 
     def _ensure_vae_encoder(self) -> None:
         """Swap in the VAE with its encoder (generation only needs the decoder)."""

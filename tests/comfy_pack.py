@@ -59,6 +59,9 @@ CORE_NODES: dict[str, dict] = {
                   "widgets": 2},
     "ImageToMask": {"inputs": {"image": "IMAGE", "channel": "COMBO"}, "outputs": [("MASK", "MASK")],
                     "widgets": 1},
+    "PreviewImage": {"inputs": {"images": "IMAGE"}, "outputs": [], "widgets": 0},
+    # its text preview widget is not serialised by the frontend
+    "PreviewAny": {"inputs": {"source": "*"}, "outputs": [], "widgets": 0},
 }
 # Nodes that exist only in the frontend (never sent to the server).
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}

@@ -22,6 +22,7 @@ import comfy_frontend as F
 from comfy_pack import pack_module
 from comfy_server import FRONTEND_ONLY, PACK_FOLDER, REPO_ROOT, to_api_prompt
 from node_helpers import frames, write_video
+import style_helpers
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -37,10 +38,36 @@ SMALL_BY_TYPE = {
     "LoadAudio": {"audio": AUDIO},
     "LoadImage": {"image": MASK},
     "SelvaFeatureExtractor": {"duration": 1.0},
+    "SelvaLoraTrainer": {"rank": 2, "save_every": 0, "grad_accum": 1, "warmup_steps": 1},
 }
 # Per workflow (file stem): a function (comfy) -> {node type: {widget: value}} that prepares
 # what that workflow needs (a dataset folder, an adapter...) and returns extra widget values.
-WORKFLOW_SETUP: dict = {}
+def _lora_dataset(comfy) -> str:
+    from train_data import comfy_dataset
+
+    folder = comfy.output_dir / "selva_frontend_lora_dataset"
+    if not list(folder.glob("*.npz")):
+        comfy_dataset(comfy, "tiny_16k", folder, "clip", 2)
+    return str(folder)
+
+
+def _sweep_setup(comfy) -> dict:
+    experiments = comfy.output_dir / "selva_frontend_sweep.json"
+    experiments.write_text(json.dumps({
+        "base": {"data_dir": _lora_dataset(comfy), "steps": 2, "rank": 2, "save_every": 0, "grad_accum": 1,
+                 "eval_samples": False},
+        "experiments": [{"name": "a"}, {"name": "b", "lr": 1e-3}]}))
+    return {"SelvaLoraScheduler": {"experiments_file": str(experiments), "output_dir": "selva_frontend/sweeps"}}
+
+
+WORKFLOW_SETUP: dict = {
+    "SelVA Make a Dataset Clip": lambda comfy: {
+        "SelvaFeatureExtractor": {"cache_dir": str(comfy.output_dir / "selva_frontend_dataset_clip")}},
+    "SelVA Train a LoRA": lambda comfy: {
+        "SelvaLoraTrainer": {"data_dir": _lora_dataset(comfy), "output_dir": "selva_frontend/lora"}},
+    "SelVA LoRA Sweep with Evaluator": _sweep_setup,
+}
+WORKFLOW_SETUP.update(style_helpers.FRONTEND_SETUP)
 
 
 def _lora_adapter(comfy) -> dict:

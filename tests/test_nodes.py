@@ -23,6 +23,16 @@ EXPECTED = {
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
     "SelvaLoraLoader": "SelVA LoRA Loader",
     "SelvaLoraEvaluator": "SelVA LoRA Evaluator",
+    "SelvaLoraTrainer": "SelVA LoRA Trainer",
+    "SelvaLoraScheduler": "SelVA LoRA Scheduler",
+    "SelvaSkipExperiment": "SelVA Skip Experiment",
+    "SelvaDatasetBrowser": "SelVA Dataset Browser",
+    "SelvaDittoOptimizer": "SelVA DITTO Optimizer",
+    "SelvaActivationSteeringExtractor": "SelVA Activation Steering Extractor",
+    "SelvaActivationSteeringLoader": "SelVA Activation Steering Loader",
+    "SelvaTextualInversionTrainer": "SelVA Textual Inversion Trainer",
+    "SelvaTextualInversionLoader": "SelVA Textual Inversion Loader",
+    "SelvaTiScheduler": "SelVA Textual Inversion Scheduler",
 }
 
 
@@ -60,10 +70,19 @@ def test_input_names_match_the_spec():
     assert names["SelvaModelLoader"][:3] == ["variant", "precision", "offload_strategy"]
     assert set(names["SelvaFeatureExtractor"]) == {
         "model", "video", "prompt", "video_info", "fps", "duration", "cache_dir", "mask",
-        "mask_strength", "mask_clip", "mask_sync"}
+        "mask_strength", "mask_clip", "mask_sync", "name", "audio"}
+    # inputs added later go last (saved workflows store widget values by position)
+    assert list(classes["SelvaFeatureExtractor"].INPUT_TYPES()["optional"])[-2:] == ["name", "audio"]
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
-        "seed", "normalize", "target_lufs", "batch_size"}
+        "seed", "normalize", "target_lufs", "batch_size", "steering_vectors", "steering_strength",
+        "steering_blocks", "textual_inversion", "ti_strength"}
+    optional = list(classes["SelvaSampler"].INPUT_TYPES()["optional"])
+    assert optional[optional.index("steering_vectors"):optional.index("steering_vectors") + 5] == [
+        "steering_vectors", "steering_strength", "steering_blocks", "textual_inversion", "ti_strength"]
+    assert list(classes["SelvaDittoOptimizer"].INPUT_TYPES()["required"]) == [
+        "model", "features", "prompt", "negative_prompt", "reference_dir", "n_opt_steps", "opt_lr",
+        "n_ode_steps", "n_grad_steps", "style_weight", "steps", "cfg_strength", "seed"]
     assert classes["SelvaSampler"].RETURN_TYPES == ("AUDIO",)
     assert classes["SelvaVaeRoundtrip"].RETURN_NAMES == ("audio_reconstructed",)
     assert classes["SelvaFeatureExtractor"].RETURN_NAMES == ("features", "fps", "prompt")

@@ -1,0 +1,180 @@
+"""Textual inversion nodes: train learned prompt tokens on a dataset, load them for sampling."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import paths
+from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run
+from .training import make_training_hooks
+
+
+def ti_inputs() -> dict:
+    """The optional inputs the Sampler and DITTO share (appended at the end of "optional")."""
+    return {
+        "textual_inversion": (TEXTUAL_INVERSION_TYPE, {
+            "tooltip": "Learned tokens from SelVA Textual Inversion Loader. Not connected = none."}),
+        "ti_strength": ("FLOAT", {
+            "default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+            "tooltip": "Blend of the learned tokens into the prompt's CLIP text sequence: 0 = off "
+                       "(bit-identical output), 1 = as trained."}),
+    }
+
+
+def features_with_ti(model: Any, features: Any, prompt: str, textual_inversion: Any,
+                     ti_strength: Optional[float], hooks: Any) -> tuple[Any, str]:
+    """(features, prompt) for the Sampler: unchanged without TI; else re-encoded for ``prompt``
+    first (so the tokens are not lost to a later re-encode) and carrying the tokens."""
+    from ..selva.style.textual_inversion import apply_to_features
+
+    if textual_inversion is None or not ti_strength:
+        return features, prompt
+    features = model.features_for_prompt(features, prompt if prompt.strip() else None, hooks)
+    return apply_to_features(features, textual_inversion, float(ti_strength)), ""
+
+
+def _resume_arg(resume: str) -> Optional[str]:
+    """None (fresh run), "latest", or a checkpoint / run folder (relative = ComfyUI's output folder)."""
+    text = (resume or "").strip()
+    if not text or text == "latest":
+        return text or None
+    return str(paths.resolve(text, "resume"))
+
+
+class SelvaTextualInversionTrainer:
+    DESCRIPTION = ("Learns a few prompt tokens (textual inversion) that make SelVA sound like a "
+                   "dataset, with every weight frozen. Same dataset layout as LoRA training: "
+                   "feature .npz files with a same-name audio file each.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("embeddings_path", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained tokens (.safetensors); feed to SelVA Textual Inversion Loader.",
+                       "The loss per step (raw and smoothed).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        from ..selva.style.textual_inversion import PATHS
+
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The SelVA model (a LoRA-loaded one works too)."}),
+                "data_dir": ("STRING", {
+                    "default": "selva/datasets/my_sounds",
+                    "tooltip": "Dataset folder: clip.npz + clip.wav pairs (optional prompts.txt / "
+                               ".txt captions). Relative = inside ComfyUI's output folder."}),
+                "output_path": ("STRING", {
+                    "default": "selva/textual_inversion",
+                    "tooltip": "Folder for the runs (a new textual_inversion_NNN folder each run). "
+                               "Relative = inside ComfyUI's output folder."}),
+                "n_tokens": ("INT", {"default": 4, "min": 1, "max": 32,
+                                     "tooltip": "Learned tokens. 4 is plenty for a timbre."}),
+                "init_text": ("STRING", {
+                    "default": "",
+                    "tooltip": "Words the tokens start from (e.g. 'metal clang'). Empty = the "
+                               "dataset's first prompt."}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
+                                  "tooltip": "Optimizer steps. 500-2000 for a timbre."}),
+                "lr": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
+                                 "tooltip": "AdamW learning rate on the tokens."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                       "tooltip": "Clips per step (clips of one duration batch together)."}),
+                "save_every": ("INT", {"default": 250, "min": 1, "max": 100000,
+                                       "tooltip": "Steps between resumable checkpoints and token files."}),
+                # the frontend gives an INT named "seed" a control widget anyway: declared here
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                                 "tooltip": "Draws the noise, times and clip order; same seed = same run."}),
+            },
+            "optional": {
+                "path": (list(PATHS), {
+                    "default": "clip",
+                    "tooltip": "clip: tokens in the CLIP text sequence the generator attends to and "
+                               "pools."}),
+                "resume": ("STRING", {
+                    "default": "",
+                    "tooltip": "Empty = a fresh run; 'latest' = the newest run in output_path; or a "
+                               "checkpoint / run folder path."}),
+            },
+        }
+
+    def train(self, model: Any, data_dir: str, output_path: str, n_tokens: int, init_text: str,
+              steps: int, lr: float, batch_size: int, save_every: int, seed: int, path: str = "clip",
+              resume: str = "") -> tuple[str, Any]:
+        from ..selva.style.textual_inversion import TiTrainOptions, train_textual_inversion
+        from ..selva.train.plots import image_tensor
+
+        with comfy_run():
+            options = TiTrainOptions(n_tokens=int(n_tokens), init_text=init_text, steps=int(steps),
+                                     lr=float(lr), batch_size=int(batch_size), save_every=int(save_every),
+                                     seed=int(seed), path=path)
+            run = train_textual_inversion(model, paths.resolve(data_dir, "data_dir"),
+                                          paths.resolve(output_path, "output_path"), options,
+                                          resume=_resume_arg(resume), hooks=make_training_hooks())
+        return (str(run.embedding.path), image_tensor(run.result.loss_curve))
+
+
+class SelvaTextualInversionLoader:
+    DESCRIPTION = "Loads learned prompt tokens saved by the SelVA Textual Inversion Trainer."
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (TEXTUAL_INVERSION_TYPE,)
+    RETURN_NAMES = ("textual_inversion",)
+    OUTPUT_TOOLTIPS = ("Connect to the Sampler's or DITTO's textual_inversion input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"path": ("STRING", {
+            "default": "selva/textual_inversion/textual_inversion_001/embeddings_final.safetensors",
+            "tooltip": "The .safetensors file. Relative = inside ComfyUI's output folder."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, path: str) -> str:
+        try:
+            st = paths.resolve(path, "path").stat()
+        except Exception:  # a missing file is reported by load()
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def load(self, path: str) -> tuple[Any]:
+        from ..selva.style.textual_inversion import TextualInversion
+
+        with comfy_run():
+            return (TextualInversion.load(paths.resolve(path, "path")),)
+
+
+class SelvaTiScheduler:
+    DESCRIPTION = ("Runs several textual-inversion trainings from one experiments file (the same "
+                   "JSON shape as the LoRA scheduler), encoding each dataset once, and compares "
+                   "their loss curves. Runs already finished are skipped when run again.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves")
+    OUTPUT_TOOLTIPS = ("experiment_summary.json of the sweep (status, losses, token files per run).",
+                       "Every run's loss curve in one chart.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The SelVA model."}),
+                "experiments_file": ("STRING", {
+                    "default": "selva/ti_experiments.json",
+                    "tooltip": 'JSON: {"base": {"data_dir": ..., "steps": 500}, "experiments": '
+                               '[{"name": "t4", "n_tokens": 4}, {"name": "t8", "n_tokens": 8}]}. '
+                               "Relative = inside ComfyUI's output folder."}),
+            },
+            "optional": {
+                "output_path": ("STRING", {
+                    "default": "selva/textual_inversion",
+                    "tooltip": "The sweep folder goes inside (named after the experiments file)."}),
+            },
+        }
+
+    def run(self, model: Any, experiments_file: str, output_path: str = "selva/textual_inversion") -> tuple[str, Any]:
+        from ..selva.style.textual_inversion import run_ti_sweep
+        from ..selva.train.plots import image_tensor
+
+        with comfy_run():
+            result = run_ti_sweep(model, paths.resolve(experiments_file, "experiments_file"),
+                                  paths.resolve(output_path, "output_path"), hooks=make_training_hooks())
+        return (str(result.summary_path), image_tensor(result.comparison))

@@ -1,0 +1,266 @@
+"""Training nodes: LoRA Trainer, LoRA Scheduler (sweeps), Skip Experiment, Dataset Browser.
+
+Thin glue: every piece of training lives in ``selva/train``. Relative paths are read and
+written inside ComfyUI's output folder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from . import comfy_compat, common
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
+
+log = logging.getLogger(__name__)
+
+LORA_TYPE = getattr(common, "LORA_TYPE", "SELVA_LORA")
+
+
+def make_training_hooks():
+    """ComfyUI progress bar (with the live loss curve as its preview) and cancel button."""
+    from ..selva.hooks import Hooks
+
+    progress = comfy_compat.StageProgress()
+    return Hooks(progress=progress, preview=progress, interrupted=comfy_compat.processing_interrupted)
+
+
+def _image(pil) -> Any:
+    from ..selva.train.plots import blank_image, image_tensor
+
+    return image_tensor(pil if pil is not None else blank_image("no loss curve"))
+
+
+class SelvaLoraTrainer:
+    DESCRIPTION = ("Trains a LoRA adapter for the SelVA generator on a dataset folder (features .npz + "
+                   "same-name audio per clip). Writes checkpoints, adapters, loss curves and eval "
+                   "samples into a fresh numbered run folder; cancel saves a checkpoint to resume from.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (LORA_TYPE, "STRING", "IMAGE")
+    RETURN_NAMES = ("adapter", "summary_path", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained adapter (connect to SelVA LoRA Loader's adapter input).",
+                       "The run's meta.json (settings, losses, files).",
+                       "Raw and smoothed loss curve.")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        from ..selva.train.lora_trainer import LoraTrainOptions
+        from ..selva.train.loss import TIMESTEP_SAMPLING
+
+        d = LoraTrainOptions()
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
+                "data_dir": ("STRING", {"default": "selva_dataset", "tooltip":
+                             "Dataset folder: per clip a features .npz and a same-name audio file. "
+                             "Relative = inside ComfyUI's output folder (else the working folder)."}),
+                "output_dir": ("STRING", {"default": "selva_lora", "tooltip":
+                               "Where run folders lora_001, lora_002, ... go. Relative = inside "
+                               "ComfyUI's output folder."}),
+                "steps": ("INT", {"default": d.steps, "min": 1, "max": 1_000_000,
+                                  "tooltip": "Optimizer steps in total."}),
+                "rank": ("INT", {"default": d.rank, "min": 1, "max": 1024,
+                                 "tooltip": "LoRA rank: capacity of the adapter."}),
+                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 4096.0, "step": 0.5,
+                                    "tooltip": "LoRA alpha: the update is scaled by alpha / rank."}),
+                "target": ("STRING", {"default": d.target, "tooltip":
+                           "Layer-name suffixes to adapt, space/comma separated (e.g. 'attn.qkv "
+                           "linear1 ffn.w1'). A suffix that matches nothing lists the valid ones."}),
+                "lr": ("FLOAT", {"default": d.lr, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                 "tooltip": "Learning rate (AdamW)."}),
+                "warmup_steps": ("INT", {"default": d.warmup_steps, "min": 0, "max": 100_000,
+                                         "tooltip": "Linear learning-rate warm-up."}),
+                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 256,
+                                       "tooltip": "Clips per micro-step."}),
+                "grad_accum": ("INT", {"default": d.grad_accum, "min": 1, "max": 256,
+                                       "tooltip": "Micro-steps per optimizer step (effective batch = "
+                                                  "batch_size x grad_accum)."}),
+                "save_every": ("INT", {"default": d.save_every, "min": 0, "max": 1_000_000,
+                                       "tooltip": "Checkpoint + adapter + eval sample every N steps "
+                                                  "(0 = only at the end)."}),
+                "timestep_sampling": (list(TIMESTEP_SAMPLING), {"default": d.timestep_sampling,
+                                      "tooltip": "Flow-time distribution: logit_normal (as the model "
+                                                 "was trained) or uniform."}),
+                # the frontend gives every "seed" widget a control_after_generate (stored after it);
+                # declared here so saved values line up. Keep it on "fixed" for reproducible runs.
+                "seed": ("INT", {"default": d.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "control_after_generate": True,
+                                 "tooltip": "Seed of the adapter init, noise and data order (set the "
+                                            "control below it to 'fixed' to repeat a run)."}),
+            },
+            "optional": {
+                "resume": ("STRING", {"default": "", "tooltip":
+                           "Continue a run: a checkpoints/step_NNNNNN.pt path, a run folder, or "
+                           "'latest' (newest run in output_dir). Empty = new run."}),
+                "init": (["default", "pissa"], {"default": "default", "tooltip":
+                         "default: adapter starts at zero. pissa: starts from the weight's top "
+                         "singular vectors (faster, fewer intruder dimensions)."}),
+                "rslora": ("BOOLEAN", {"default": False, "tooltip":
+                           "rsLoRA scaling alpha / sqrt(rank): keeps high ranks learning."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
+                                           "Recompute each transformer block in the backward pass: "
+                                           "much less VRAM, ~30% slower."}),
+                "eval_features": (FEATURES_TYPE, {"tooltip":
+                                  "The clip eval samples are made from (default: the first dataset clip)."}),
+            },
+        }
+
+    def train(self, model: Any, data_dir: str, output_dir: str, steps: int, rank: int, alpha: float,
+              target: str, lr: float, warmup_steps: int, batch_size: int, grad_accum: int,
+              save_every: int, timestep_sampling: str, seed: int, resume: str = "", init: str = "default",
+              rslora: bool = False, gradient_checkpointing: bool = False,
+              eval_features: Any = None) -> tuple[Any, str, Any]:
+        from ..selva.train.lora_trainer import LoraTrainOptions, train_lora
+
+        options = LoraTrainOptions(steps=steps, rank=rank, alpha=alpha, target=target, lr=lr,
+                                   warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
+                                   save_every=save_every, timestep_sampling=timestep_sampling, seed=seed,
+                                   init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
+        resume = (resume or "").strip()
+        if resume and resume != "latest":
+            resume = str(comfy_compat.resolve_input_path(resume))
+        with comfy_run():
+            run = train_lora(model, comfy_compat.resolve_input_path(data_dir),
+                             comfy_compat.resolve_output_path(output_dir, "selva_lora"), options,
+                             resume=resume or None, eval_features=eval_features, hooks=make_training_hooks())
+        comfy_compat.empty_cache()
+        return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
+
+
+class SelvaLoraScheduler:
+    DESCRIPTION = ("Runs a sweep of LoRA trainings from an experiments JSON file (base settings + "
+                   "per-experiment overrides), encoding the dataset once. Re-running skips finished "
+                   "experiments; a failing one is recorded and the sweep goes on. Use the 'skip "
+                   "running experiment' button (or python -m selva skip <sweep folder>) to end one early.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves")
+    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, "
+                       "adapter path and error.", "Every experiment's smoothed loss curve, labelled.")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
+                "experiments_file": ("STRING", {"default": "selva_sweep.json", "tooltip":
+                                     "JSON: {\"base\": {trainer inputs}, \"experiments\": [{\"name\": ..., "
+                                     "overrides}]}. Relative = inside ComfyUI's output folder."}),
+            },
+            "optional": {
+                "output_dir": ("STRING", {"default": "selva_sweeps", "tooltip":
+                               "The sweep folder is <output_dir>/<experiments file name>."}),
+            },
+        }
+
+    def run(self, model: Any, experiments_file: str, output_dir: str = "selva_sweeps") -> tuple[str, Any]:
+        from ..selva.train.sweep import run_sweep
+
+        with comfy_run():
+            result = run_sweep(model, comfy_compat.resolve_input_path(experiments_file),
+                               comfy_compat.resolve_output_path(output_dir, "selva_sweeps"),
+                               hooks=make_training_hooks())
+        comfy_compat.empty_cache()
+        return str(result.summary_path), _image(result.comparison)
+
+
+class SelvaSkipExperiment:
+    DESCRIPTION = ("Ends the running experiment of a sweep (its adapter is saved) so the sweep goes on "
+                   "with the next. ComfyUI runs one prompt at a time, so while a sweep runs use the "
+                   "Scheduler node's 'skip running experiment' button, POST /selva/skip, or "
+                   "python -m selva skip <sweep folder>; this node writes the same flag (e.g. from a "
+                   "second ComfyUI or the API).")
+    CATEGORY = CATEGORY
+    FUNCTION = "skip"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("flag_path",)
+    OUTPUT_TOOLTIPS = ("The flag file the running sweep watches.",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"sweep_dir": ("STRING", {"default": "", "tooltip":
+                "The sweep folder (<output_dir>/<experiments file name>; relative = inside ComfyUI's "
+                "output folder). Empty = the sweep running in this ComfyUI."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_kw) -> float:
+        return float("nan")  # a skip is an action: run every time it is queued
+
+    def skip(self, sweep_dir: str) -> tuple[str]:
+        from ..selva.train.sweep import request_skip
+
+        target = comfy_compat.resolve_output_path(sweep_dir) if sweep_dir.strip() else None
+        return (str(request_skip(target)),)
+
+
+class SelvaDatasetBrowser:
+    DESCRIPTION = "Reads one clip of a dataset.json (from prepare_dataset.py): its files and label."
+    CATEGORY = CATEGORY
+    FUNCTION = "browse"
+    RETURN_TYPES = ("STRING", "STRING", "STRING", "STRING", "INT")
+    RETURN_NAMES = ("video_path", "audio_path", "frames_dir", "label", "total")
+    OUTPUT_TOOLTIPS = ("The source video of the clip.", "The clip's audio file.",
+                       "Its kept frames (empty when frames were not kept).", "The clip's prompt.",
+                       "How many clips the dataset holds.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "dataset_json": ("STRING", {"default": "selva_dataset/dataset.json", "tooltip":
+                             "The dataset index. Relative = inside ComfyUI's output folder."}),
+            "index": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Which clip (0 = first)."}),
+        }}
+
+    def browse(self, dataset_json: str, index: int) -> tuple[str, str, str, str, int]:
+        from ..selva.errors import SelvaError
+        from ..selva.train.prepare import read_index
+
+        path = comfy_compat.resolve_input_path(dataset_json)
+        data = read_index(path)
+        total = len(data.clips)
+        if not 0 <= index < total:
+            raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "
+                             f"(0 .. {max(total - 1, 0)}).")
+        clip = data.clips[index]
+        root = path.parent
+        audio = Path(clip.audio)
+        frames = str(root / clip.frames_dir) if clip.frames_dir else ""
+        return (clip.video, str(audio if audio.is_absolute() else root / audio), frames, clip.label, total)
+
+
+# ---------------------------------------------------------------------------------- HTTP route
+def register_routes() -> bool:
+    """``POST /selva/skip`` ({"sweep_dir": optional}) on ComfyUI's server: skipping works while a
+    sweep runs (a queued node would only run after it). Returns whether a server was there."""
+    try:
+        from server import PromptServer  # type: ignore[import-not-found]
+        from aiohttp import web
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+
+    async def skip(request):
+        from ..selva.errors import SelvaError
+        from ..selva.train.sweep import active_sweeps, request_skip
+
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            body = {}
+        folder = str((body or {}).get("sweep_dir", "")).strip()
+        try:
+            flag = request_skip(comfy_compat.resolve_output_path(folder) if folder else None)
+        except SelvaError as e:
+            return web.json_response({"error": str(e), "active": [str(p) for p in active_sweeps()]},
+                                     status=409)
+        return web.json_response({"flag_path": str(flag)})
+
+    instance.routes.post("/selva/skip")(skip)
+    return True

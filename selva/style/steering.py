@@ -1,0 +1,334 @@
+"""Activation steering: per-block vectors added to the generator's latent stream while sampling.
+
+Extraction (:func:`extract_steering`) samples each clip of a feature dataset along an ordinary
+CFG trajectory and, at every step, runs the generator once under the clip's conditions and
+once under empty conditions (the learned "no video, no text" features) at the same noisy
+latent. Per block, the difference of the two latent-stream outputs, averaged over tokens,
+clips and steps, is that block's vector: the direction in which "sounding like this dataset"
+moves the block's hidden state.
+
+Sampling (:class:`SteeringPatch`) adds ``strength * vector`` to the chosen blocks' latent-stream
+output through forward hooks. The hook acts on every generator pass, so on BOTH classifier-free
+guidance branches alike (conditional and unconditional, also when they run as one batch): the
+guidance difference still points where the video and prompt say, while the whole prediction is
+shifted toward the dataset. Strength 0 attaches no hook at all, so the output is bit-identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..artifacts import load_safetensors, meta_value, save_safetensors, write_atomic
+from ..errors import SelvaError
+from ..features import Features
+from ..hooks import Hooks, NO_HOOKS
+from ..sampling import initial_noise, time_grid
+from .conditions import clip_condition_inputs
+
+if TYPE_CHECKING:
+    from ..pipeline import SelvaPipeline
+
+log = logging.getLogger(__name__)
+
+FORMAT = "selva-steering"
+FORMAT_VERSION = 1
+
+
+def generator_blocks(generator: nn.Module) -> list[nn.Module]:
+    """Joint blocks then fused blocks: the numbering users pick blocks by."""
+    return list(generator.joint_blocks) + list(generator.fused_blocks)
+
+
+def block_names(generator: nn.Module) -> list[str]:
+    return ([f"joint_{i}" for i in range(len(generator.joint_blocks))] +
+            [f"fused_{i}" for i in range(len(generator.fused_blocks))])
+
+
+def _latent_stream(output):
+    """The latent-stream tensor of a block's output (joint blocks also return CLIP/text streams)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_latent_stream(output, latent: torch.Tensor):
+    return (latent, *output[1:]) if isinstance(output, tuple) else latent
+
+
+@dataclass
+class SteeringVectors:
+    """One vector per generator block, with what is needed to check and pick them."""
+
+    vectors: torch.Tensor  # (n_blocks, hidden) float32
+    magnitudes: torch.Tensor  # (n_blocks,) L2 norm of each vector
+    hidden_norms: torch.Tensor  # (n_blocks,) mean L2 norm of the block's hidden state per token
+    variant: str
+    block_names: list[str]
+    info: dict = field(default_factory=dict)  # how they were made (dataset, samples, steps, seed)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def relative_magnitudes(self) -> torch.Tensor:
+        """Vector norm over hidden-state norm: how strongly strength 1 pushes each block."""
+        return self.magnitudes / self.hidden_norms.clamp_min(1e-12)
+
+    def save(self, path: Path) -> Path:
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
+                "block_names": self.block_names, **{f"info.{k}": v for k, v in self.info.items()}}
+        return save_safetensors(path, {"vectors": self.vectors.float(), "magnitudes": self.magnitudes.float(),
+                                       "hidden_norms": self.hidden_norms.float()}, meta)
+
+    @classmethod
+    def load(cls, path: Path) -> "SteeringVectors":
+        tensors, meta = load_safetensors(path, "steering vectors")
+        if meta_value(meta, "format") != FORMAT:
+            raise SelvaError(f"{path} is not a SelVA steering-vector file (format "
+                             f"{meta_value(meta, 'format')!r}); make one with SelVA Activation "
+                             f"Steering Extractor.")
+        if meta_value(meta, "version") != FORMAT_VERSION:
+            raise SelvaError(f"{path} is steering-vector format v{meta_value(meta, 'version')}; this "
+                             f"version reads v{FORMAT_VERSION}. Extract the vectors again.")
+        missing = {"vectors", "magnitudes", "hidden_norms"} - set(tensors)
+        if missing:
+            raise SelvaError(f"{path} lacks {', '.join(sorted(missing))}; extract the vectors again.")
+        info = {k[len("info."):]: meta_value(meta, k) for k in meta if k.startswith("info.")}
+        names = meta_value(meta, "block_names", [])
+        vectors = tensors["vectors"].float()
+        if vectors.dim() != 2 or len(names) != vectors.shape[0]:
+            raise SelvaError(f"{path} is damaged: {len(names)} block names for vectors of shape "
+                             f"{tuple(vectors.shape)}.")
+        return cls(vectors, tensors["magnitudes"].float(), tensors["hidden_norms"].float(),
+                   str(meta_value(meta, "variant")), list(names), info)
+
+
+# ----------------------------------------------------------------------------- block choice
+def parse_blocks(spec: str, steering: SteeringVectors) -> tuple[int, ...]:
+    """``all``, ``topK`` (the K largest vectors) or a comma list of block numbers like ``0,3,7``."""
+    text = (spec or "").strip().lower().replace(" ", "")
+    n = steering.n_blocks
+    if text in ("", "all"):
+        return tuple(range(n))
+    if text.startswith("top"):
+        try:
+            k = int(text[3:])
+        except ValueError:
+            raise SelvaError(f"steering_blocks {spec!r}: write topK with a number, e.g. top3.") from None
+        if not 1 <= k <= n:
+            raise SelvaError(f"steering_blocks {spec!r}: K must be between 1 and {n} (the blocks "
+                             f"these vectors have).")
+        order = torch.argsort(steering.magnitudes, descending=True)[:k]
+        return tuple(sorted(int(i) for i in order))
+    try:
+        picked = sorted({int(part) for part in text.split(",") if part != ""})
+    except ValueError:
+        raise SelvaError(f"steering_blocks {spec!r}: use 'all', 'topK' (e.g. top3) or block numbers "
+                         f"like 0,3,7.") from None
+    bad = [i for i in picked if not 0 <= i < n]
+    if bad or not picked:
+        raise SelvaError(f"steering_blocks {spec!r}: block numbers must lie in 0..{n - 1} "
+                         f"({', '.join(steering.block_names)}).")
+    return tuple(picked)
+
+
+# --------------------------------------------------------------------------------- the patch
+class SteeringPatch:
+    """Adds ``strength * vector`` to the chosen blocks' latent stream (a generator patch)."""
+
+    def __init__(self, steering: SteeringVectors, strength: float, blocks: Sequence[int]):
+        self.steering = steering
+        self.strength = float(strength)
+        self.blocks = tuple(blocks)
+
+    @property
+    def active(self) -> bool:
+        return self.strength != 0.0 and bool(self.blocks)
+
+    def check(self, generator: nn.Module) -> None:
+        names = block_names(generator)
+        hidden = generator.cfg.hidden_dim
+        if len(names) != self.steering.n_blocks or hidden != self.steering.hidden_dim:
+            raise SelvaError(
+                f"These steering vectors were made with {self.steering.variant} ({self.steering.n_blocks} "
+                f"blocks of width {self.steering.hidden_dim}), but the model's generator has "
+                f"{len(names)} blocks of width {hidden}. Extract vectors with this model.")
+
+    @contextlib.contextmanager
+    def attach(self, generator: nn.Module) -> Iterator[None]:
+        if not self.active:  # strength 0: nothing attached, the output stays bit-identical
+            yield
+            return
+        self.check(generator)
+        blocks = generator_blocks(generator)
+        handles = []
+        try:
+            for i in self.blocks:
+                delta = self.strength * self.steering.vectors[i]
+                handles.append(blocks[i].register_forward_hook(_adder(delta)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _adder(delta: torch.Tensor):
+    cast: dict = {}
+
+    def hook(module, inputs, output):
+        latent = _latent_stream(output)
+        key = (latent.device, latent.dtype)
+        if key not in cast:
+            cast[key] = delta.to(latent.device, latent.dtype)
+        return _with_latent_stream(output, latent + cast[key])
+
+    return hook
+
+
+# ---------------------------------------------------------------------------- extraction
+@dataclass(frozen=True)
+class SteeringConfig:
+    n_samples: int = 16  # clips drawn from the dataset (repeated with new noise if it has fewer)
+    n_timesteps: int = 10  # sampling steps per clip, each giving one difference per block
+    seed: int = 0
+    cfg_strength: float = 4.5  # guidance of the trajectory the hidden states are taken along
+
+
+class _Recorder:
+    """A generator patch that keeps each block's latent stream averaged over tokens (B, D)."""
+
+    def __init__(self):
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.norms: dict[int, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def attach(self, generator: nn.Module) -> Iterator[None]:
+        handles = [block.register_forward_hook(self._hook(i))
+                   for i, block in enumerate(generator_blocks(generator))]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, index: int):
+        def hook(module, inputs, output):
+            latent = _latent_stream(output).float()
+            self.outputs[index] = latent.mean(dim=1)
+            self.norms[index] = latent.norm(dim=-1).mean(dim=1)
+        return hook
+
+    def take(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        out, norms = self.outputs, self.norms
+        self.outputs, self.norms = {}, {}
+        return out, norms
+
+
+def find_feature_files(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SelvaError(f"Feature folder {directory} does not exist or is not a folder.")
+    files = sorted(p for p in directory.rglob("*.npz") if p.is_file())
+    if not files:
+        raise SelvaError(f"No .npz feature files in {directory}. Save features with SelVA Feature "
+                         f"Extractor (cache_dir) or the CLI, then point data_dir at that folder.")
+    return files
+
+
+def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], config: SteeringConfig,
+                     hooks: Hooks = NO_HOOKS) -> SteeringVectors:
+    """Mean (conditioned - unconditioned) latent-stream output per block over the dataset."""
+    if config.n_samples < 1 or config.n_timesteps < 1:
+        raise SelvaError(f"n_samples and n_timesteps must be at least 1, got {config.n_samples} "
+                         f"and {config.n_timesteps}.")
+    if not feature_files:
+        raise SelvaError("No feature files to extract steering vectors from.")
+    rng = random.Random(config.seed)
+    order = list(feature_files)
+    rng.shuffle(order)
+    picks = [order[i % len(order)] for i in range(config.n_samples)]
+    recorder = _Recorder()
+    sums = norms = None
+    count = 0
+    total = config.n_samples * config.n_timesteps
+    with torch.no_grad(), pipe.use_generator(extra_patches=[recorder]) as gen:
+        names = block_names(gen)
+        grid = time_grid(config.n_timesteps)
+        for sample, path in enumerate(picks):
+            feats = _load_features(path, pipe)
+            cond, uncond, x = _clip_inputs(pipe, gen, feats, config.seed + sample)
+            for step in range(config.n_timesteps):
+                t = float(grid[step])
+                t_batch = torch.full((1,), t, device=pipe.device).to(x.dtype)
+                v_c = gen.predict_flow(x, t_batch, cond)
+                h_c, n_c = recorder.take()
+                v_u = gen.predict_flow(x, t_batch, uncond)
+                h_u, n_u = recorder.take()
+                diff = torch.stack([(h_c[i] - h_u[i]).mean(dim=0) for i in range(len(names))]).cpu()
+                norm = torch.stack([0.5 * (n_c[i] + n_u[i]).mean() for i in range(len(names))]).cpu()
+                sums = diff.double() if sums is None else sums + diff.double()
+                norms = norm.double() if norms is None else norms + norm.double()
+                count += 1
+                v = config.cfg_strength * v_c + (1 - config.cfg_strength) * v_u
+                x = x + (grid[step + 1] - grid[step]) * v
+                hooks.step("steering", sample * config.n_timesteps + step + 1, total)
+    vectors = (sums / count).float()
+    info = {"n_samples": config.n_samples, "n_timesteps": config.n_timesteps, "seed": config.seed,
+            "cfg_strength": config.cfg_strength, "clips": len(set(picks))}
+    return SteeringVectors(vectors, vectors.norm(dim=-1), (norms / count).float(), pipe.variant.name,
+                           names, info)
+
+
+def _load_features(path: Path, pipe: "SelvaPipeline") -> Features:
+    feats = Features.load(path)
+    if feats.variant != pipe.variant.name:
+        raise SelvaError(f"{path} holds features for {feats.variant}, but the model is "
+                         f"{pipe.variant.name}; extract the dataset's features with this model.")
+    return feats
+
+
+def _clip_inputs(pipe: "SelvaPipeline", gen, feats: Features, seed: int):
+    """Conditions, empty conditions and initial noise for one clip, as the Sampler builds them."""
+    seq = pipe.variant.seq_lengths(feats.duration)
+    gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
+    clip_f, sync_f, text_clip = clip_condition_inputs(pipe, gen, feats, seq)
+    dtype = pipe.stage_dtype("generator")
+    cond = gen.preprocess_conditions(clip_f, sync_f, text_clip)
+    uncond = gen.empty_conditions(1)
+    x = initial_noise(1, seq.latent, gen.latent_dim, seed=seed, device=pipe.device, dtype=dtype)
+    return cond, uncond, x
+
+
+# --------------------------------------------------------------------------------- chart
+def magnitude_chart(steering: SteeringVectors, path: Optional[Path] = None) -> "np.ndarray":
+    """A bar chart of each block's relative vector magnitude: (H, W, 3) uint8; written as PNG if
+    ``path`` is given."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 0.45 * steering.n_blocks + 1.5), 3.2), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    rel = steering.relative_magnitudes.numpy()
+    labels = [f"{i}\n{name}" for i, name in enumerate(steering.block_names)]
+    ax.bar(range(len(rel)), rel, color="#3b7dd8")
+    ax.set_xticks(range(len(rel)), labels, fontsize=7)
+    ax.set_ylabel("|vector| / |hidden state|")
+    ax.set_title(f"Steering vector magnitude per block ({steering.variant})", fontsize=9)
+    fig.tight_layout()
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    if path is not None:
+        write_atomic(Path(path), lambda tmp: fig.savefig(str(tmp), format="png"))
+    return image

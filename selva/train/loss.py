@@ -1,0 +1,98 @@
+"""The generator's own training objective: conditional rectified flow, as MMAudio trains it.
+
+Per clip: x1 = a sample of the VAE posterior (mean + std * noise) normalised with the
+generator's latent mean/std; x0 = Gaussian noise; t ~ logit-normal (sigmoid of N(0, 1)) or
+uniform; x_t = (1 - t) x0 + t x1; the network predicts the velocity x1 - x0 and the loss is the
+mean squared error. With probability 0.1 each, the video features are swapped for the learned
+empty CLIP/sync sequences and the text for the learned empty-string features, so classifier-free
+guidance keeps working after fine-tuning.
+
+Every random number of an item comes from that item's own generator, drawn in a fixed order,
+so the loss of a clip at a step does not depend on how the batch is split across processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import SelvaError
+from ..models.generator import SelvaGenerator
+
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")
+NULL_CONDITION_PROBABILITY = 0.1
+
+
+@dataclass
+class ItemNoise:
+    """All random draws for one clip at one step."""
+
+    posterior: torch.Tensor  # (L, C) standard normal: which sample of the VAE posterior
+    x0: torch.Tensor  # (L, C) the flow's starting noise
+    t: torch.Tensor  # () flow time in (0, 1)
+    null_video: bool
+    null_text: bool
+
+
+def sample_time(mode: str, generator: torch.Generator) -> torch.Tensor:
+    if mode == "logit_normal":
+        return torch.sigmoid(torch.randn((), generator=generator))
+    if mode == "uniform":
+        return torch.rand((), generator=generator)
+    raise SelvaError(f"Unknown timestep_sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING)}.")
+
+
+def draw_noise(latent_shape: Sequence[int], mode: str, generator: torch.Generator,
+               null_probability: float = NULL_CONDITION_PROBABILITY) -> ItemNoise:
+    """The draws for one clip, always in the same order (posterior, x0, t, video, text)."""
+    shape = tuple(latent_shape)
+    posterior = torch.randn(shape, generator=generator)
+    x0 = torch.randn(shape, generator=generator)
+    t = sample_time(mode, generator)
+    null_video = bool(torch.rand((), generator=generator) < null_probability)
+    null_text = bool(torch.rand((), generator=generator) < null_probability)
+    return ItemNoise(posterior, x0, t, null_video, null_text)
+
+
+@dataclass
+class ClipConditions:
+    """One clip's raw condition features (before the generator's input projections)."""
+
+    clip_f: Optional[torch.Tensor]  # (Tc, clip_dim) CLIP frame features, None = learned empty
+    sync_f: torch.Tensor  # (S, sync_dim)
+    text_clip: torch.Tensor  # (77, text_dim)
+
+
+def condition_batch(gen: SelvaGenerator, items: Sequence[ClipConditions], noises: Sequence[ItemNoise],
+                    device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stacked (clip, sync, text) inputs with the null conditions dropped in where drawn."""
+    empty_clip = gen.empty_clip_sequence(1)[0]
+    empty_sync = gen.empty_sync_sequence(1)[0]
+    empty_text = gen.empty_string_sequence(1)[0]
+    clips, syncs, texts = [], [], []
+    for item, noise in zip(items, noises):
+        clip = empty_clip if item.clip_f is None else item.clip_f.to(device, dtype)
+        clips.append(empty_clip if noise.null_video else clip)
+        syncs.append(empty_sync if noise.null_video else item.sync_f.to(device, dtype))
+        texts.append(empty_text if noise.null_text else item.text_clip.to(device, dtype))
+    return torch.stack(clips), torch.stack(syncs), torch.stack(texts)
+
+
+def flow_matching_loss(gen: SelvaGenerator, latent_mean: torch.Tensor, latent_std: torch.Tensor,
+                       conditions: Sequence[ClipConditions], noises: Sequence[ItemNoise]) -> torch.Tensor:
+    """Per-clip losses (B,) for VAE posteriors (B, L, C) of clips that share one duration.
+
+    The generator's sequence lengths must already match the clips (``set_seq_lengths``).
+    """
+    device, dtype = gen.device, gen.dtype
+    posterior = torch.stack([n.posterior for n in noises]).to(device)
+    x0 = torch.stack([n.x0 for n in noises]).to(device, dtype)
+    t = torch.stack([n.t for n in noises]).to(device)
+    x1 = gen.normalize((latent_mean.to(device) + latent_std.to(device) * posterior).to(dtype))
+    tb = t.to(dtype)[:, None, None]
+    xt = (1 - tb) * x0 + tb * x1
+    clip_f, sync_f, text_clip = condition_batch(gen, conditions, noises, device, dtype)
+    velocity = gen.predict_flow(xt, t.to(dtype), gen.preprocess_conditions(clip_f, sync_f, text_clip))
+    target = x1 - x0
+    return (velocity.float() - target.float()).pow(2).mean(dim=(1, 2))
