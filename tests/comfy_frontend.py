@@ -121,6 +121,24 @@ def graph_to_prompt(page) -> dict:
     return page.evaluate("async () => (await app.graphToPrompt()).output")
 
 
+def _card_info(card) -> dict:
+    card.scroll_into_view_if_needed()  # thumbnails load when their card comes into view
+    try:
+        card.locator("img").first.wait_for(timeout=10_000)
+        card.evaluate("c => new Promise(r => { const i = c.querySelector('img'); "
+                      "if (i.complete) r(); else { i.onload = r; i.onerror = r; "
+                      "setTimeout(r, 10000); } })")
+    except Exception:  # no picture: reported by the caller
+        pass
+    return card.evaluate("""c => {
+        const img = c.querySelector('img');
+        return {name: c.dataset.testid.slice('template-workflow-'.length),
+                text: c.innerText, thumbnail: img ? img.getAttribute('src') : null,
+                thumbnail_loaded: !!img && img.complete && img.naturalWidth > 0,
+                thumbnail_size: img ? [img.naturalWidth, img.naturalHeight] : null};
+    }""")
+
+
 def template_cards(page, module: str) -> list[dict]:
     """The template browser's cards for one custom node pack: name, visible text, thumbnail."""
     page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
@@ -129,23 +147,32 @@ def template_cards(page, module: str) -> list[dict]:
     dialog.get_by_text(module, exact=True).first.click()
     selector = '[role=dialog] [data-testid^="template-workflow-"]'
     page.wait_for_selector(selector, timeout=30_000)
-    cards = []
-    for card in page.locator(selector).all():
-        card.scroll_into_view_if_needed()  # thumbnails load when their card comes into view
-        try:
-            card.locator("img").first.wait_for(timeout=10_000)
-            card.evaluate("c => new Promise(r => { const i = c.querySelector('img'); "
-                          "if (i.complete) r(); else { i.onload = r; i.onerror = r; "
-                          "setTimeout(r, 10000); } })")
-        except Exception:  # no picture: reported by the caller
-            pass
-        cards.append(card.evaluate("""c => {
-            const img = c.querySelector('img');
-            return {name: c.dataset.testid.slice('template-workflow-'.length),
-                    text: c.innerText, thumbnail: img ? img.getAttribute('src') : null,
-                    thumbnail_loaded: !!img && img.complete && img.naturalWidth > 0,
-                    thumbnail_size: img ? [img.naturalWidth, img.naturalHeight] : null};
-        }"""))
+    # The card grid is virtualised (cards outside the view leave the page) and fills in as it
+    # is scrolled: read the cards present, scroll to the last one, until no new card appears.
+    found: dict[str, dict] = {}
+    duplicates: list[dict] = []  # the same card twice on the page at once
+    while True:
+        before = len(found)
+        on_page: set[str] = set()
+        for card in page.locator(selector).all():
+            try:
+                name = card.evaluate("c => c.dataset.testid")
+                if name in on_page:
+                    duplicates.append(found[name])
+                on_page.add(name)
+                if name not in found:
+                    found[name] = _card_info(card)
+            except Exception:  # scrolled out of the page meanwhile: read on the next pass
+                continue
+        page.locator(selector).last.scroll_into_view_if_needed()
+        # more cards load when the grid's own scroll container reaches its end
+        page.evaluate("""() => { for (const el of document.querySelectorAll('[role=dialog] *'))
+            if (el.scrollHeight > el.clientHeight + 4) { el.scrollTop = el.scrollHeight;
+                el.dispatchEvent(new Event('scroll')); } }""")
+        page.wait_for_timeout(1000)
+        if len(found) == before:
+            break
+    cards = list(found.values()) + duplicates
     close_dialogs(page)
     return cards
 
