@@ -21,15 +21,18 @@ import numpy as np
 import torch
 
 from . import audio as audio_ops
+from . import streamed_encode
 from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
+from .long_video import WindowOptions, WindowPlan, default_decode_spans, plan_windows, sample_windows
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
 from .patches import GeneratorPatch, attached
 from .sampling import euler_sample, initial_noise
+from .tiled_decode import decode_tiles
 from .variants import LATENT_DOWNSAMPLE, VariantSpec, get_variant
 from .weights import default_models_dir
 
@@ -181,10 +184,11 @@ class SelvaPipeline:
                 video_path: Optional[Union[str, Path, BinaryIO]] = None, duration: Optional[float] = None,
                 mask: Optional[torch.Tensor] = None, mask_strength: float = 1.0,
                 mask_clip: bool = True, mask_sync: bool = True,
-                hooks: Optional[Hooks] = None) -> PreparedInput:
+                hooks: Optional[Hooks] = None, start: float = 0.0) -> PreparedInput:
         """Pick and resize frames (from memory or streamed from a file): no network runs.
 
-        ``hooks`` sees the decoding / resizing progress and can cancel it.
+        ``start`` seconds of the video are skipped (``duration`` counts from there); ``hooks``
+        sees the decoding / resizing progress and can cancel it.
         """
         hooks = or_default(hooks)
         if not 0.0 <= mask_strength <= 1.0:
@@ -195,14 +199,14 @@ class SelvaPipeline:
             # progress in tenths of a second of video; the end is unknown without a duration
             span = int(round(10 * duration)) if duration else 0
             prepared = video_ops.decode_video(
-                video_path, duration=duration or None,
-                on_frame=lambda sec: hooks.step("decode", min(int(10 * sec), span), span))
+                video_path, duration=duration or None, start=start,
+                on_frame=lambda sec: hooks.step("decode", min(max(int(10 * (sec - start)), 0), span), span))
         else:
             if fps is None or fps <= 0:
                 raise SelvaError(f"The video's frame rate must be positive, got {fps}. Connect the "
                                  f"loader's video_info or set fps.")
             n = len(frames)
-            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None,
+            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None, start=start,
                                                 on_frame=lambda done: hooks.step("resize", done, n))
         sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength,
                                           mask_clip and self.options.clip_frames, mask_sync)
@@ -216,6 +220,7 @@ class SelvaPipeline:
             "features", FORMAT_VERSION, self.variant.name, self.options.precision, use_clip,
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
+            *([fr.start] if fr.start else []),  # keys of features from 0 s stay as they were
         ])
 
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
@@ -225,34 +230,36 @@ class SelvaPipeline:
         sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                           prepared.mask_strength, text, hooks)
         clip_features = None
-        if self.options.clip_frames:
-            clip_in = video_ops.to_float01(prepared.frames.clip_u8)
-            if prepared.clip_mask is not None:  # already one mask frame per clip frame (or 1)
-                clip_in = video_ops.apply_mask(clip_in, prepared.clip_mask, prepared.mask_strength)
-            clip_features = self.encode_clip_frames(clip_in, hooks)
+        if self.options.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
+            with self.manager.use("clip") as clip:
+                clip_features = streamed_encode.encode_clip(
+                    clip, prepared.frames.clip_u8, prepared.clip_mask, prepared.mask_strength,
+                    self.stage_dtype("clip"), on_batch=lambda d, n: hooks.step("clip", d, n))
         return Features(variant=self.variant.name, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
                         text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
                         sync_features=sync_features.float().cpu(),
                         sync_frames_u8=prepared.frames.sync_u8.permute(0, 2, 3, 1).contiguous(),
                         clip_features=None if clip_features is None else clip_features.float().cpu(),
-                        sync_mask=prepared.sync_mask, mask_strength=prepared.mask_strength)
+                        sync_mask=prepared.sync_mask, mask_strength=prepared.mask_strength,
+                        start=prepared.frames.start)
 
     def extract_features(self, frames: Frames, fps: float, prompt: str, *,
                          duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
                          mask_strength: float = 1.0, mask_clip: bool = True, mask_sync: bool = True,
-                         cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None) -> Features:
+                         cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None,
+                         start: float = 0.0) -> Features:
         prepared = self.prepare(frames, fps, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks, start=start)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def extract_features_from_video(self, path: Union[str, Path, BinaryIO], prompt: str, *,
                                     duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
                                     mask_strength: float = 1.0, mask_clip: bool = True,
                                     mask_sync: bool = True, cache: Optional[FeatureCache] = None,
-                                    hooks: Optional[Hooks] = None) -> Features:
+                                    hooks: Optional[Hooks] = None, start: float = 0.0) -> Features:
         prepared = self.prepare(video_path=path, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks, start=start)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
@@ -285,17 +292,15 @@ class SelvaPipeline:
 
     def encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
                     mask_strength: float, text: TextFeatures, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
-        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224)."""
-        frames01 = video_ops.to_float01(sync_u8_tchw)
-        if sync_mask is not None:
-            frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
-        frames = video_ops.normalize_sync(frames01)
+        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224),
+        converted and encoded a few seconds at a time (selva/streamed_encode.py)."""
         with self.manager.use("text_synch") as net:
             net: TextSynchformer
             text_f = text.t5.to(self.device, net.dtype)
             text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
-            return net.encode(frames[None].to(self.device, net.dtype), text_f, text_mask,
-                              on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+            return streamed_encode.encode_sync(net, sync_u8_tchw, sync_mask, mask_strength, text_f,
+                                               text_mask,
+                                               on_batch=lambda d, n: hooks.step("sync encoder", d, n))
 
     def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
         """CLIP image features (1, T, D) of 8 fps frames (T, 3, 384, 384) in [0, 1]."""
@@ -319,33 +324,48 @@ class SelvaPipeline:
     # ---------------------------------------------------------------------------- generation
     def generate(self, features: Features, *, prompt: Optional[str] = None, negative_prompt: str = "",
                  duration: Optional[float] = None, steps: int = 25, cfg_strength: float = 4.5,
-                 seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None) -> torch.Tensor:
+                 seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None,
+                 windows: Optional[WindowOptions] = None) -> torch.Tensor:
         """Audio for ``features``: (batch_size, 1, samples) float32 on the CPU at ``sample_rate``.
 
-        Variation ``i`` of a batch equals a single run with ``seed + i``.
+        Variation ``i`` of a batch equals a single run with ``seed + i``. Clips longer than one
+        window (``windows``, default 8 s) are sampled in overlapping windows and decoded in tiles
+        (see selva/long_video.py).
         """
         hooks = or_default(hooks)
+        plan = self.plan(features, duration, windows)
         latent = self.sample_latent(features, prompt=prompt, negative_prompt=negative_prompt,
-                                    duration=duration, steps=steps, cfg_strength=cfg_strength,
-                                    seed=seed, batch_size=batch_size, hooks=hooks)
-        wave = self.decode(latent, hooks)
+                                    duration=plan.total.duration, steps=steps,
+                                    cfg_strength=cfg_strength, seed=seed, batch_size=batch_size,
+                                    hooks=hooks, windows=windows)
+        wave = self.decode(latent, hooks, spans=[w.latent for w in plan.windows])
         audio_ops.assert_finite(wave, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32"))
         return wave
 
     def sample_latent(self, features: Features, *, prompt: Optional[str] = None,
                       negative_prompt: str = "", duration: Optional[float] = None, steps: int = 25,
                       cfg_strength: float = 4.5, seed: int = 0, batch_size: int = 1,
-                      hooks: Optional[Hooks] = None) -> torch.Tensor:
-        """The generator's output latent (batch_size, L, C), un-normalised, before the VAE."""
+                      hooks: Optional[Hooks] = None,
+                      windows: Optional[WindowOptions] = None) -> torch.Tensor:
+        """The generator's output latent (batch_size, L, C), un-normalised, before the VAE.
+
+        The noise is ``initial_noise(batch_size, L, C, seed)`` for the whole duration's L latent
+        frames, however many windows sample it.
+        """
         hooks = or_default(hooks)
         if steps < 1:
             raise SelvaError(f"steps must be at least 1, got {steps}.")
         if batch_size < 1:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
         features = self._features_for_prompt(features, prompt, hooks)
-        seq = self.variant.seq_lengths(self._duration_for(features, duration))
+        plan = self.plan(features, duration, windows)
         neg_clip = self.encode_clip_text([negative_prompt])
-        return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks)
+        return self._sample(features, neg_clip, plan, steps, cfg_strength, seed, batch_size, hooks)
+
+    def plan(self, features: Features, duration: Optional[float] = None,
+             windows: Optional[WindowOptions] = None) -> WindowPlan:
+        """The sampling windows for ``duration`` seconds of ``features`` (one when it fits)."""
+        return plan_windows(self.variant, self._duration_for(features, duration), windows)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:
         if not duration:
@@ -368,15 +388,21 @@ class SelvaPipeline:
         return (clip, sync.to(self.device, gen_dtype).expand(batch, -1, -1),
                 features.text_clip.to(self.device, gen_dtype).expand(batch, -1, -1))
 
-    def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
+    def _sample(self, features: Features, neg_clip: torch.Tensor, plan, steps: int, cfg_strength: float,
                 seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
+        seq = plan.total
         with self.use_generator() as gen:
+            dtype = self.stage_dtype("generator")
+            x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            if not plan.single:
+                clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
+                x1 = sample_windows(gen, plan, x0, clip_f, sync_f, text_clip, neg_clip, steps,
+                                    cfg_strength, hooks)
+                return gen.unnormalize(x1)
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
             clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
             if clip_f is None:
                 clip_f = gen.empty_clip_sequence(batch)
-            dtype = self.stage_dtype("generator")
-            x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
             cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
             uncond: Conditions = gen.empty_conditions(
                 batch, negative_text_clip_f=neg_clip.to(self.device, dtype).expand(batch, -1, -1))
@@ -384,15 +410,26 @@ class SelvaPipeline:
                               on_step=lambda d, n: hooks.step("sampling", d, n))
             return gen.unnormalize(x1)
 
-    def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None) -> torch.Tensor:
-        """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU."""
+    def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None,
+               spans: Optional[Sequence[tuple[int, int]]] = None) -> torch.Tensor:
+        """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU.
+
+        ``spans`` are overlapping tiles in latent frames (default: 8 s ones for a latent longer
+        than one default window); the VAE and the vocoder decode one tile at a time and the
+        results are crossfaded (selva/tiled_decode.py). One tile = one piece, as always.
+        """
         hooks = or_default(hooks)
+        if spans is None:
+            spans = default_decode_spans(self.variant, latent.shape[1])
+        n = len(spans)
         with self.manager.use("vae") as vae:
-            mel = vae.decode(latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2))
-        hooks.step("decode", 1, 2)
+            mel = decode_tiles(vae.decode, latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2),
+                               spans, LATENT_DOWNSAMPLE, on_tile=lambda d, _: hooks.step("decode", d, 2 * n))
         with self.manager.use(self.stage_name("vocoder")) as vocoder:
-            wave = vocoder(mel.to(self.device, self.stage_dtype("vocoder")))
-        hooks.step("decode", 2, 2)
+            mel_spans = [(a * LATENT_DOWNSAMPLE, b * LATENT_DOWNSAMPLE) for a, b in spans]
+            wave = decode_tiles(vocoder, mel.to(self.device, self.stage_dtype("vocoder")), mel_spans,
+                                self.variant.hop, out_device=torch.device("cpu"),
+                                on_tile=lambda d, _: hooks.step("decode", n + d, 2 * n))
         return wave.float().cpu()
 
     # ---------------------------------------------------------------------- audio utilities
