@@ -41,7 +41,7 @@ def as_mask_stack(mask: Any) -> Any:
 def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
                      duration: float = 0.0, cache_dir: str = "", video_info: Any = None,
                      mask: Any = None, mask_strength: float = 1.0, mask_clip: bool = True,
-                     mask_sync: bool = True, hooks: Any = None) -> tuple[Any, float]:
+                     mask_sync: bool = True, hooks: Any = None, start: float = 0.0) -> tuple[Any, float]:
     """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
 
     Returns the features and the real frame rate of the video.
@@ -52,7 +52,7 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
     src = resolve_video(video, video_info, fps)
     common = dict(duration=duration if duration > 0 else None, mask=as_mask_stack(mask),
                   mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
-                  mask_sync=bool(mask_sync))
+                  mask_sync=bool(mask_sync), start=float(start or 0.0))
     if src.frames is not None:
         prepared = model.prepare(src.frames, src.fps, hooks=hooks, **common)
     else:
@@ -117,15 +117,20 @@ class SelvaFeatureExtractor:
                 "mask": ("MASK", {
                     "tooltip": "Where the sound source is (1 = keep, 0 = background). One frame = "
                                "a static mask; or one mask per video frame, same size as the video."}),
+                "start": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
+                    "tooltip": "Seconds into the video where the audio begins; duration counts from "
+                               "here. SelVA Mux Audio keeps the result aligned with it."}),
             },
         }
 
     def extract(self, model: Any, video: Any, prompt: str, fps: float, duration: float,
                 cache_dir: str, mask_strength: float, mask_clip: bool, mask_sync: bool,
-                video_info: Optional[dict] = None, mask: Any = None) -> tuple[Any, float, str]:
+                video_info: Optional[dict] = None, mask: Any = None,
+                start: float = 0.0) -> tuple[Any, float, str]:
         with comfy_run():
             feats, rate = extract_features(
                 model, video, prompt, fps=fps, duration=duration, cache_dir=cache_dir,
                 video_info=video_info, mask=mask, mask_strength=mask_strength,
-                mask_clip=mask_clip, mask_sync=mask_sync)
+                mask_clip=mask_clip, mask_sync=mask_sync, start=start)
         return feats, rate, prompt
