@@ -137,7 +137,9 @@ def plan_windows(variant: VariantSpec, duration: float,
             seconds = float(w_units * UNIT)
             latent = (a, min(a + inner.latent, total.latent))
             clip_len = min(inner.clip, total.clip)
-        c = min(math.floor(t * CLIP_FPS + Fraction(1, 2)), total.clip - clip_len)
+        # the nearest CLIP frame (8 fps is off the 0.32 s grid); the last window ends with the clip
+        c = total.clip - clip_len if is_last else min(math.floor(t * CLIP_FPS + Fraction(1, 2)),
+                                                      total.clip - clip_len)
         sync = (k * SYNC_TOKENS_PER_SEGMENT, (k + per_window) * SYNC_TOKENS_PER_SEGMENT)
         windows.append(Window(float(t), seconds, latent, sync, (c, c + clip_len)))
     return WindowPlan(total, tuple(windows))
