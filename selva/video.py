@@ -187,15 +187,17 @@ def _check_start(walk: _Walk, requested: Optional[Fraction], interval: Optional[
     """A start past the end, or leaving less than one sync segment, is the user's to fix."""
     if walk.latest is None:
         raise SelvaError("The video has no frames.")
-    end = start + walk.latest + (interval or 0)  # how long the video lasts
-    latest_start = max(float(end) - MIN_DURATION, 0)
+    step = interval or 0
+    end = start + walk.latest + step  # how long the video lasts
+    # the last start that still gives 16 sync frames and enough 8 fps frames to cover them
+    latest_start = max(math.floor(100 * float(end - step - Fraction(5, CLIP_FPS))) / 100, 0.0)
     if walk.last_time is None:
         raise SelvaError(f"start {float(start):.2f} s is at or beyond the end of the video "
                          f"({float(end):.2f} s long): choose a start of at most {latest_start:.2f} s.")
-    left = walk.last_time + (interval or 0)
-    if walk.finished or (requested is not None and requested <= left):
-        return  # the requested span lies inside the video: the usual checks apply
-    if math.floor(SYNC_FPS * left) < SYNC_SEGMENT_FRAMES:
+    left = walk.last_time + step
+    usable = min(requested or left, left, Fraction(len(walk.clip.indices), CLIP_FPS),
+                 Fraction(len(walk.sync.indices), SYNC_FPS))
+    if math.floor(SYNC_FPS * usable) < SYNC_SEGMENT_FRAMES:
         raise SelvaError(f"start {float(start):.2f} s leaves only {float(left):.2f} s of the "
                          f"{float(end):.2f} s video; SelVA needs at least {MIN_DURATION:.2f} s: "
                          f"choose a start of at most {latest_start:.2f} s.")
