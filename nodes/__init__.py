@@ -5,6 +5,7 @@ from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .mux import SelvaMuxVideo
 from .sampler import SelvaSampler
 
 comfy_compat.register_models_folder()
@@ -16,6 +17,7 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}
