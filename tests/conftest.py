@@ -9,6 +9,7 @@ load it separately, exactly as ComfyUI does), so the core tests import
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -36,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def pytest_configure(config):
     import torch
+
+    config.addinivalue_line("markers", "allow_skip: this integration test may skip even in CI")
 
     # The test networks are tiny: one thread avoids hand-off overhead that dominates their run
     # time on a busy machine, and makes float sums come out the same on every machine.
@@ -70,3 +73,94 @@ def model(models_dir):
                            offload_strategy="auto")
     yield pipe
     pack_module("nodes.loader").clear_cache()
+
+
+# ------------------------------------------------------------------ real ComfyUI (integration)
+# One ComfyUI server per pytest session, shared by every tests/test_comfyui_*.py module.
+# With SELVA_REQUIRE_COMFYUI=1 (set by .ci/run) a skipped integration test fails the run.
+REQUIRE_COMFYUI = "SELVA_REQUIRE_COMFYUI"
+REQUIRE_BROWSER = "SELVA_REQUIRE_BROWSER"
+BROWSER_SKIP_TAG = "[browser]"  # reason prefix of skips allowed when no browser can be had
+
+
+def _required(name: str) -> bool:
+    return os.environ.get(name, "").strip() == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not _required(REQUIRE_COMFYUI):
+        return
+    if not Path(str(item.fspath)).name.startswith("test_comfyui_"):
+        return
+    if item.get_closest_marker("allow_skip") is not None:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if BROWSER_SKIP_TAG in reason and not _required(REQUIRE_BROWSER):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"integration test skipped although {REQUIRE_COMFYUI}=1 requires it to "
+                       f"run: {reason}")
+
+
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    """The ComfyUI checkout named by COMFYUI_DIR (skips, or fails under SELVA_REQUIRE_COMFYUI=1)."""
+    value = os.environ.get("COMFYUI_DIR", "")
+    if not value or not (Path(value) / "main.py").is_file():
+        pytest.skip("set COMFYUI_DIR to a ComfyUI checkout (its requirements installed) to run")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def comfy_tiny_models_dir(models_dir, tmp_path_factory) -> Path:
+    """The tiny variants' models folder under the file names the test server gives them."""
+    import server_tiny
+
+    return server_tiny.write_models_dir(models_dir, tmp_path_factory.mktemp("comfy_tiny_models"))
+
+
+def _full_models_path() -> Path:
+    import full_weights
+
+    return full_weights.cache_root() / f"full-small_16k-{full_weights.cache_key('small_16k')}"
+
+
+@pytest.fixture(scope="session")
+def full_models_dir() -> Path:
+    """Full-size random small_16k weights in the released layout (cached across sessions).
+
+    The server registers this folder from the start; asking for the fixture writes it on first
+    use (about a minute), so tests that need only the tiny variants never pay for it.
+    """
+    import full_weights
+
+    path = full_weights.full_models_dir("small_16k")
+    assert path == _full_models_path()
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy(comfyui_dir, comfy_tiny_models_dir, tmp_path_factory):
+    """One real ComfyUI server for the whole session (see tests/comfy_server.py).
+
+    Model folders: the full-size small_16k cache folder (see ``full_models_dir``) and the tiny
+    variants' folder (``tiny_16k`` / ``tiny_44k``), plus ``$SELVA_TEST_MODELS_DIR`` if set.
+    """
+    from comfy_server import start_server
+
+    folders = [_full_models_path(), comfy_tiny_models_dir]
+    if os.environ.get("SELVA_TEST_MODELS_DIR"):  # real weights win over the random ones
+        folders.insert(0, Path(os.environ["SELVA_TEST_MODELS_DIR"]))
+    server = start_server(comfyui_dir, tmp_path_factory.mktemp("comfy_base"), folders)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy) -> dict:
+    return comfy.object_info()

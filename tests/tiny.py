@@ -124,10 +124,9 @@ _WORDS = ("a dog barking while bell rings music the sound of rain on roof footst
           "engine car horn birds singing water").split()
 
 
-def write_t5(directory: Path) -> None:
-    """A tiny flan-T5 snapshot: Unigram tokenizer.json + T5 weights (encoder and decoder)."""
+def write_t5_tokenizer(directory: Path) -> int:
+    """A small Unigram tokenizer.json with T5's special tokens; returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5Config, T5ForConditionalGeneration
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
@@ -142,7 +141,15 @@ def write_t5(directory: Path) -> None:
     (directory / "special_tokens_map.json").write_text(json.dumps(special))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {**special, "model_max_length": 512, "tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
-    cfg = T5Config(vocab_size=len(vocab), d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2,
+    return len(vocab)
+
+
+def write_t5(directory: Path) -> None:
+    """A tiny flan-T5 snapshot: Unigram tokenizer.json + T5 weights (encoder and decoder)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    vocab_size = write_t5_tokenizer(directory)
+    cfg = T5Config(vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2,
                    num_decoder_layers=1, num_heads=4, feed_forward_proj="gated-gelu",
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
