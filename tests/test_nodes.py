@@ -21,6 +21,7 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaMuxVideo": "SelVA Mux Video",
 }
 
 
@@ -58,10 +59,10 @@ def test_input_names_match_the_spec():
     assert names["SelvaModelLoader"][:3] == ["variant", "precision", "offload_strategy"]
     assert set(names["SelvaFeatureExtractor"]) == {
         "model", "video", "prompt", "video_info", "fps", "duration", "cache_dir", "mask",
-        "mask_strength", "mask_clip", "mask_sync"}
+        "mask_strength", "mask_clip", "mask_sync", "start"}
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
-        "seed", "normalize", "target_lufs", "batch_size"}
+        "seed", "normalize", "target_lufs", "batch_size", "window_seconds", "overlap_seconds"}
     assert classes["SelvaSampler"].RETURN_TYPES == ("AUDIO",)
     assert classes["SelvaVaeRoundtrip"].RETURN_NAMES == ("audio_reconstructed",)
     assert classes["SelvaFeatureExtractor"].RETURN_NAMES == ("features", "fps", "prompt")
