@@ -202,7 +202,10 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
                 dst.mux(packet)
             if start > 0:
                 gap = start - float(((shift if shift is not None else origin) - (origin or 0)) * v_in.time_base)
-                data = np.pad(data, ((0, 0), (int(round(max(gap, 0.0) * sample_rate)), 0)))
+                shift_samples = int(round(gap * sample_rate))
+                # a later first keyframe (a seek that found none before start) cuts the audio instead
+                data = np.pad(data, ((0, 0), (shift_samples, 0))) if shift_samples >= 0 \
+                    else np.ascontiguousarray(data[:, -shift_samples:])
             _encode_audio(dst, a_out, data, int(sample_rate), "fltp")
     except av.FFmpegError as e:
         raise SelvaError(f"Could not mux audio into {video_out}: {e}") from e

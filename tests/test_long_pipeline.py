@@ -131,8 +131,9 @@ def test_progress_counts_windows_times_steps_and_cancel_stops_between_steps(pipe
             pipe.sample_latent(f, steps=STEPS, hooks=hooks)
     finally:
         handle.remove()
-    per_window = len(calls) // max(1, len(calls) // 5) if calls else 0
-    assert 5 <= len(calls) <= 5 + 2 * per_window, "it stopped after the window that was running"
+    # the cancel is seen after each window: at most the window that was running finishes
+    # (one generator pass per window with batched guidance, two without)
+    assert 5 <= len(calls) <= 6 < n * STEPS
 
 
 class _ScaleOutput:
