@@ -94,7 +94,7 @@ class SelvaFeatureExtractor:
                                "its own timestamps."}),
                 "duration": ("FLOAT", {
                     "default": 8.0, "min": 0.0, "max": 600.0, "step": 0.1,
-                    "tooltip": "Seconds of audio to prepare for, from the start of the video. 0 = "
+                    "tooltip": "Seconds of audio to prepare for, from `start` (0 s unless set). 0 = "
                                "the whole video. Longer than the video is clamped (with a warning). "
                                "The models were trained on 8 s."}),
                 "cache_dir": ("STRING", {
