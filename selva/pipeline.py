@@ -388,7 +388,7 @@ class SelvaPipeline:
         return (clip, sync.to(self.device, gen_dtype).expand(batch, -1, -1),
                 features.text_clip.to(self.device, gen_dtype).expand(batch, -1, -1))
 
-    def _sample(self, features: Features, neg_clip: torch.Tensor, plan, steps: int, cfg_strength: float,
+    def _sample(self, features: Features, neg_clip: torch.Tensor, plan: WindowPlan, steps: int, cfg_strength: float,
                 seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
         seq = plan.total
         with self.use_generator() as gen:
