@@ -97,3 +97,23 @@ def types_overlap(a: str, b: str) -> bool:
     if a == "*" or b == "*":
         return True
     return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
+
+
+CONTROL_AFTER_GENERATE = "control_after_generate"
+
+
+def widget_names(node_cls: type) -> list[str]:
+    """The names behind a saved node's ``widgets_values``, in order (the frontend stores a seed's
+    control mode right after it, as ``control_after_generate``)."""
+    names = []
+    for name, value in input_spec(node_cls).items():
+        if is_widget(value):
+            names.append(name)
+            if len(value) > 1 and value[1].get("control_after_generate"):
+                names.append(CONTROL_AFTER_GENERATE)
+    return names
+
+
+def saved_widget_values(node: dict, names: list[str]) -> dict:
+    """A saved node's widget values by name, read with the widget order ``names``."""
+    return dict(zip(names, node.get("widgets_values") or []))

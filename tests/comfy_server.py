@@ -18,21 +18,18 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from comfy_pack import FRONTEND_ONLY, REPO_ROOT, WIDGET_TYPES
+
 TEST_NODES_DIR = Path(__file__).resolve().parent / "comfy_custom_nodes"
 PACK_FOLDER = "ComfyUI-SelVA"
 
 STARTUP_TIMEOUT = 300
 RUN_TIMEOUT = 900
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# Nodes that exist only in the frontend (never sent to the server).
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 class WorkflowError(AssertionError):
@@ -228,12 +225,21 @@ def start_server(comfyui_dir: Path, base: Path, models_dirs: Iterable[Path],
 
 
 # ---------------------------------------------------------------------------- workflows
+SAVED_WORKFLOWS_DIR = REPO_ROOT / "tests" / "data" / "saved_workflows"
+
+
 def load_workflow(name_or_path) -> dict:
-    """A UI-format workflow: a name in ``workflows/`` (with or without .json) or a path."""
+    """A UI-format workflow: a path, or a name (with or without .json) in ``workflows/``, else
+    among the saved copies of older workflows (``tests/data/saved_workflows/``, which keeps the
+    names the bundled workflows had before, e.g. ``selva_basic_video_to_audio``)."""
     path = Path(name_or_path)
-    if not path.is_file():
-        path = REPO_ROOT / "workflows" / (path.name if path.suffix == ".json" else f"{path.name}.json")
-    return json.loads(path.read_text())
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    file_name = path.name if path.name.endswith(".json") else f"{path.name}.json"
+    for folder in (REPO_ROOT / "workflows", SAVED_WORKFLOWS_DIR):
+        if (folder / file_name).is_file():
+            return json.loads((folder / file_name).read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"no workflow {file_name} in workflows/ or {SAVED_WORKFLOWS_DIR}")
 
 
 def _spec(info: dict, name: str):

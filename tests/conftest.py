@@ -87,18 +87,37 @@ def _required(name: str) -> bool:
     return os.environ.get(name, "").strip() == "1"
 
 
+def _skip_reason(longrepr) -> str:
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _must_run(path, reason: str) -> bool:
+    """Whether a skip of something in ``path`` breaks the CI rule that integration tests run."""
+    if not _required(REQUIRE_COMFYUI) or not Path(str(path)).name.startswith("test_comfyui_"):
+        return False
+    return not (BROWSER_SKIP_TAG in reason and not _required(REQUIRE_BROWSER))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole integration module skipped at import (importorskip, allow_module_level)."""
+    outcome = yield
+    report = outcome.get_result()
+    path = getattr(collector, "path", None)
+    if report.skipped and path is not None and _must_run(path, _skip_reason(report.longrepr)):
+        report.outcome = "failed"
+        report.longrepr = (f"{Path(str(path)).name} skipped although {REQUIRE_COMFYUI}=1 requires "
+                           f"it to run: {_skip_reason(report.longrepr)}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if not report.skipped or not _required(REQUIRE_COMFYUI):
+    if not report.skipped or item.get_closest_marker("allow_skip") is not None:
         return
-    if not Path(str(item.fspath)).name.startswith("test_comfyui_"):
-        return
-    if item.get_closest_marker("allow_skip") is not None:
-        return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if BROWSER_SKIP_TAG in reason and not _required(REQUIRE_BROWSER):
+    reason = _skip_reason(report.longrepr)
+    if not _must_run(item.path, reason):
         return
     report.outcome = "failed"
     report.longrepr = (f"integration test skipped although {REQUIRE_COMFYUI}=1 requires it to "

@@ -8,8 +8,8 @@ nesting of the released files) and the Hugging Face snapshots (flan-T5-base, DFN
 their public architectures. (Variants that need the BigVGAN v2 snapshot are not supported yet.)
 
 The folder lives in a cache (``$SELVA_TEST_CACHE``, else ``~/.cache/selva-tests``) under a name
-keyed by a digest of the manifest, this module and the variant, so it is rebuilt only when one of
-them changes. It is written into a temporary sibling folder and renamed into place when complete,
+keyed by a digest of the manifest, ``FORMAT_VERSION`` and the variant, so it is rebuilt only when
+one of them changes (older folders are not deleted: remove them by hand). It is written into a temporary sibling folder and renamed into place when complete,
 under a file lock: a killed run never leaves a half-written folder that a later run would trust.
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ from manifest import MANIFEST_PATH, file_entry
 from tiny import write_t5_tokenizer
 
 from comfyui_selva.selva import variants as V
-from comfyui_selva.selva import weights as W
 from comfyui_selva.selva.loading import required_files, required_snapshots
 
 # Random values with the magnitudes of trained networks (N(0, 1) weights blow up deep stacks).
@@ -62,11 +61,14 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "selva-tests"
 
 
+# Bump when the files written here change (their values, layout or snapshots).
+FORMAT_VERSION = 1
+
+
 def cache_key(variant: str) -> str:
     h = hashlib.sha256()
     h.update(MANIFEST_PATH.read_bytes())
-    h.update(Path(__file__).read_bytes())
-    h.update(variant.encode())
+    h.update(f"{FORMAT_VERSION}:{WEIGHT_SCALE}:{SEED}:{variant}".encode())
     return h.hexdigest()[:16]
 
 
@@ -92,15 +94,8 @@ def full_models_dir(variant: str = "small_16k") -> Path:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        _drop_stale(root, variant, keep=final)
+    # Folders of older keys are left alone: another checkout may still be using them.
     return final
-
-
-def _drop_stale(root: Path, variant: str, keep: Path) -> None:
-    """Older folders of the same variant (an earlier manifest) would only fill the disk."""
-    for old in root.glob(f"full-{variant}-*"):
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- writers

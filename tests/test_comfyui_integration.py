@@ -31,7 +31,7 @@ def _audio_info(path):
 
 def _generation_prompt(comfy, object_info, variant: str, seconds: float, name: str) -> dict:
     write_video(comfy.input_dir / name, frames(seconds, seed=1), fps=25)
-    prompt = to_api_prompt(load_workflow("selva_basic_video_to_audio"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA Video to Audio"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant=variant, precision="fp32")
     set_inputs(prompt, "LoadVideo", file=name)
     set_inputs(prompt, "SelvaFeatureExtractor", duration=seconds)
@@ -72,7 +72,7 @@ def test_vae_roundtrip_on_full_size_weights(comfy, object_info, full_models_dir)
     t = torch.arange(22050) / 22050
     tone = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.2 * torch.sin(2 * torch.pi * 660 * t)])
     cli.write_audio(comfy.input_dir / "selva_test.wav", tone, 22050)
-    prompt = to_api_prompt(load_workflow("selva_vae_roundtrip"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA VAE Round Trip"), object_info)
     set_inputs(prompt, "LoadAudio", audio="selva_test.wav")
     set_inputs(prompt, "SelvaModelLoader", variant="small_16k", precision="fp32")
     entry = comfy.run(prompt)

@@ -30,7 +30,7 @@ def test_long_video_workflow_scores_from_start_and_muxes(comfy, object_info):
     from comfyui_selva.selva.variants import get_variant
 
     write_video(comfy.input_dir / "selva_long_20s.mp4", frames(20.0, seed=4), fps=25)
-    prompt = to_api_prompt(load_workflow("selva_long_video"), object_info)
+    prompt = to_api_prompt(load_workflow("SelVA Long Video to Audio"), object_info)
     set_inputs(prompt, "SelvaModelLoader", variant="tiny_16k", precision="fp32")
     set_inputs(prompt, "LoadVideo", file="selva_long_20s.mp4")
     set_inputs(prompt, "SelvaFeatureExtractor", start=2.0, duration=0.0)

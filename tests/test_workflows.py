@@ -9,8 +9,10 @@ import pytest
 from comfy_pack import (CORE_NODES, FRONTEND_ONLY, REPO_ROOT, input_spec, is_widget, load_pack,
                         types_overlap, widget_value_count)
 
-WORKFLOW_DIRS = ("workflows", "example_workflows")
-WORKFLOWS = sorted(p for d in WORKFLOW_DIRS for p in (REPO_ROOT / d).glob("*.json"))
+# ComfyUI's template browser lists the .json files of every one of these folders of a pack
+# (app/custom_node_manager.py), so the pack keeps exactly one of them.
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
 
 def _load(path: Path) -> dict:
@@ -18,18 +20,42 @@ def _load(path: Path) -> dict:
 
 
 def _ids(paths):
-    return [f"{p.parent.name}/{p.name}" for p in paths]
+    return [p.stem for p in paths]
 
 
-def test_both_folders_hold_the_same_workflows():
-    by_dir = {d: {p.name: p.read_bytes() for p in (REPO_ROOT / d).glob("*.json")} for d in WORKFLOW_DIRS}
-    assert by_dir["workflows"], "no bundled workflows"
-    assert by_dir["workflows"] == by_dir["example_workflows"]
+def test_one_template_folder_and_no_duplicate_template():
+    assert WORKFLOWS, "no bundled workflows"
+    present = [d for d in TEMPLATE_FOLDERS if (REPO_ROOT / d).is_dir()]
+    assert present == ["workflows"], (f"ComfyUI lists the templates of {present} alike: keep "
+                                      f"workflows/ only, or every template shows more than once")
+    stems = [p.stem.casefold() for p in WORKFLOWS]
+    assert len(stems) == len(set(stems)), f"duplicate template names: {stems}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=_ids(WORKFLOWS))
+def test_template_has_a_thumbnail(path):
+    """The template browser shows <name>.jpg beside the workflow (tools/workflow_thumbnails.py)."""
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} is missing: run python tools/workflow_thumbnails.py"
+    data = thumb.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and len(data) > 2000, f"{thumb.name} is not a real JPEG"
+    from PIL import Image
+
+    with Image.open(thumb) as img:
+        assert img.format == "JPEG" and img.width >= 256 and img.height >= 128
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=_ids(WORKFLOWS))
+def test_template_name_reads_as_a_title(path):
+    """ComfyUI's frontend shows a pack template's file name as its title (and, with '-' and '_'
+    turned into spaces, as its description): the name is what a person reads."""
+    assert path.stem.startswith("SelVA "), f"{path.name}: start the name with 'SelVA '"
+    assert not set(path.stem) & set("_-"), f"{path.name}: words are separated by spaces"
+    assert path.stem[6:7].isupper(), f"{path.name}: write the name as a title"
 
 
 def test_the_four_scenarios_are_covered():
-    types_per_file = {p.name: {n["type"] for n in _load(p)["nodes"]} for p in WORKFLOWS
-                      if p.parent.name == "workflows"}
+    types_per_file = {p.name: {n["type"] for n in _load(p)["nodes"]} for p in WORKFLOWS}
     all_types = set().union(*types_per_file.values())
     assert {"SelvaModelLoader", "SelvaFeatureExtractor", "SelvaSampler", "SelvaVaeRoundtrip",
             "LoadVideo", "SaveAudio"} <= all_types
