@@ -117,12 +117,13 @@ def test_feature_extractor_start_and_its_errors(model, tmp_path):
 def test_sampler_window_inputs(model, tmp_path):
     feats = _features(model, frames(2.0))
     base = _sample(model, feats)
-    # a 2 s clip fits any window: the window inputs change nothing
-    same = _sample(model, feats, window_seconds=1.28, overlap_seconds=0.32)
-    assert not torch.equal(same["waveform"], base["waveform"])  # 1.28 s windows: 2 s is long
+    # 1.28 s windows make a 2 s clip a long one (same length, other audio) ...
+    windowed = _sample(model, feats, window_seconds=1.28, overlap_seconds=0.32)
+    assert windowed["waveform"].shape == base["waveform"].shape
+    assert not torch.equal(windowed["waveform"], base["waveform"])
+    # ... the defaults leave it one window, as without the inputs
     assert torch.equal(_sample(model, feats, window_seconds=8.0, overlap_seconds=2.56)["waveform"],
                        base["waveform"])
-    assert same["waveform"].shape == base["waveform"].shape
     with pytest.raises(SelvaError, match="shorter than window_seconds"):
         _sample(model, feats, window_seconds=1.28, overlap_seconds=1.28)
 
