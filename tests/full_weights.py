@@ -88,6 +88,7 @@ def full_models_dir(variant: str = "small_16k") -> Path:
             started = time.monotonic()
             write_variant(tmp, variant)
             (tmp / ".complete").write_text(f"written in {time.monotonic() - started:.0f} s\n")
+            os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache is shared like ~/.cache
             if final.exists():  # a stale, incomplete folder from an older scheme
                 shutil.rmtree(final)
             os.replace(tmp, final)
