@@ -6,7 +6,7 @@
 
 With ``--models-dir`` the real weights are loaded; without it the same full-size architectures get
 random weights, so timings and memory are those of the real model (the audio is noise). Stages: T5, CLIP text,
-(CLIP frames with --clip-frames), TextSynchformer, sampling (steps x 2 generator passes for CFG),
+(CLIP frames with --clip-frames), TextSynchformer, sampling (steps x 1 batched generator pass for CFG),
 VAE decode, vocoder. Peak memory is the accelerator's allocator peak during each stage on CUDA,
 and the process's peak resident memory so far on the CPU (weights included).
 

@@ -24,11 +24,11 @@ from torch import nn
 
 try:
     from ..selva.errors import SelvaError
-    from ..selva.models.state_dicts import load_strict
+    from ..selva.models.state_dicts import load_strict, memory_span, release_file_pages
     from ..selva.weights import load_checkpoint
 except ImportError:  # the core run as top-level packages (python -m selva)
     from selva.errors import SelvaError
-    from selva.models.state_dicts import load_strict
+    from selva.models.state_dicts import load_strict, memory_span, release_file_pages
     from selva.weights import load_checkpoint
 
 from .v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
@@ -124,17 +124,26 @@ def _build_and_load(build: Callable[[], nn.Module], obj: Any, *, source: str, wh
     return load_generator(model, obj, source=source, what=what)
 
 
+def _load_file(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str) -> nn.Module:
+    """:func:`_build_and_load` on a file we read ourselves: the folded weights are new tensors, so
+    the few left viewing the (memory-mapped) file are copied and the mapping can go."""
+    span = memory_span(obj)
+    model = _build_and_load(build, obj, source=source, what=what)
+    del obj
+    release_file_pages(model, span)
+    return model
+
+
 def load_bigvgan_v1(path_or_state: PathLike | Mapping[str, Any],
                     cfg: BigVGANv1Config = BIGVGAN_V1_16K, *,
                     source: str | None = None) -> BigVGANv1:
     """BigVGAN v1 from ``best_netG.pt`` (a path, or what ``torch.load`` returned for it)."""
     if isinstance(path_or_state, (str, os.PathLike)):
         source = source or str(path_or_state)
-        obj = load_checkpoint(path_or_state)
-    else:
-        source = source or "BigVGAN v1 state dict"
-        obj = path_or_state
-    return _build_and_load(lambda: BigVGANv1(cfg), obj, source=source, what="BigVGAN v1 (16 kHz)")
+        return _load_file(lambda: BigVGANv1(cfg), load_checkpoint(path_or_state), source=source,
+                          what="BigVGAN v1 (16 kHz)")
+    source = source or "BigVGAN v1 state dict"
+    return _build_and_load(lambda: BigVGANv1(cfg), path_or_state, source=source, what="BigVGAN v1 (16 kHz)")
 
 
 def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
@@ -158,4 +167,5 @@ def load_bigvgan_v2(snapshot_dir: PathLike) -> BigVGANv2:
     """BigVGAN v2 from a hub snapshot folder holding config.json and bigvgan_generator.pt."""
     cfg = read_bigvgan_v2_config(snapshot_dir)
     weights = Path(snapshot_dir) / V2_WEIGHTS_NAME
-    return load_bigvgan_v2_state(load_checkpoint(weights), cfg, source=str(weights))
+    return _load_file(lambda: BigVGANv2(cfg), load_checkpoint(weights), source=str(weights),
+                      what="BigVGAN v2 (44.1 kHz)")

@@ -5,6 +5,7 @@ from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
+from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .mux import SelvaMuxVideo
 from .sampler import SelvaSampler
 
@@ -17,6 +18,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
+    ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
 )
 

@@ -84,6 +84,14 @@ def pick_models_dir(relative_files: Iterable[str], candidates: Optional[list[Pat
     return best
 
 
+def output_dir() -> Path:
+    """ComfyUI's output folder (where relative adapter / run paths start); the working folder
+    outside ComfyUI."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path.cwd()
+
+
 def temp_dir() -> Path:
     """The system temp folder: ComfyUI empties its own temp folder at start-up, which would
     throw the feature cache away every session."""

@@ -11,6 +11,7 @@ from . import comfy_compat
 CATEGORY = "SelVA"
 MODEL_TYPE = "SELVA_MODEL"
 FEATURES_TYPE = "SELVA_FEATURES"
+LORA_TYPE = "SELVA_LORA"  # selva.adapters.LoraAdapter
 # ComfyUI matches comma-separated types as a union, so one socket takes either an IMAGE batch
 # (VHS, Get Video Components) or the native VIDEO of core Load Video.
 VIDEO_TYPE = "IMAGE,VIDEO"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m selva generate | download | features``.
+"""Command line: ``python -m selva generate | download | features | cache``.
 
 The options mirror the ComfyUI nodes; every piece of model work goes through
 :mod:`selva.pipeline`. Audio and muxed video are written with PyAV.
@@ -253,6 +253,9 @@ def _add_feature_args(p: argparse.ArgumentParser, prompt_required: bool = True) 
     g.add_argument("--no-mask-sync", action="store_true", help="do not mask the sync frames")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="cache extracted features here (.npz); off when not given")
+    g.add_argument("--cache-max-gb", type=float, default=None,
+                   help="size cap of the feature cache; least recently used entries go first "
+                        "(default: $SELVA_FEATURE_CACHE_GB or 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(feat)
     feat.add_argument("--out", type=Path, required=True, help="features file (.npz)")
     feat.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+
+    cache = sub.add_parser("cache", help="show or trim the feature cache")
+    what = cache.add_mutually_exclusive_group(required=True)
+    what.add_argument("--info", action="store_true", help="entries and size of the cache")
+    what.add_argument("--prune", action="store_true",
+                      help="remove least recently used entries until the cache fits its cap")
+    cache.add_argument("--dir", type=Path, default=None,
+                       help="the cache folder (default: <system temp>/selva_features, the one "
+                            "the ComfyUI Feature Extractor uses when its cache_dir is empty)")
+    cache.add_argument("--max-gb", type=float, default=None,
+                       help="the cap (default: $SELVA_FEATURE_CACHE_GB or 4); --prune --max-gb 0 "
+                            "empties the cache")
     return parser
 
 
@@ -327,14 +342,14 @@ def _read_mask(path: Optional[Path]) -> Any:
 
 
 def _features(pipe: Any, args: argparse.Namespace) -> Any:
-    from .features import FeatureCache
+    from .features import FeatureCache, cache_max_bytes
 
     return pipe.extract_features_from_video(
         args.video, args.prompt, duration=args.duration or None, mask=_read_mask(args.mask),
         mask_strength=args.mask_strength, mask_clip=not args.no_mask_clip,
         mask_sync=not args.no_mask_sync,
-        cache=FeatureCache(args.cache_dir) if args.cache_dir else None, hooks=_hooks(),
-        start=args.start)
+        cache=FeatureCache(args.cache_dir, cache_max_bytes(args.cache_max_gb)) if args.cache_dir else None,
+        hooks=_hooks(), start=args.start)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -395,7 +410,19 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "download": cmd_download, "features": cmd_features}
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .features import FeatureCache, cache_max_bytes, default_cache_dir
+
+    cache = FeatureCache(args.dir or default_cache_dir(), cache_max_bytes(args.max_gb))
+    if args.prune:
+        removed = cache.prune()
+        log.info("Removed %d entries.", len(removed))
+    print(cache.info().describe())
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "download": cmd_download, "features": cmd_features,
+            "cache": cmd_cache}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,6 +5,9 @@ prompt, the text-conditioned sync features, optional CLIP frame features) plus t
 frames as uint8. SelVA's sync features depend on the prompt, so keeping the frames lets the
 sampler re-encode them when it is given a different prompt, without touching the video again.
 Saved as ``.npz`` (no pickles: plain arrays and a JSON header).
+
+:class:`FeatureCache` keeps such files (compressed) under their cache key, with a size cap and
+least-recently-used eviction; ``python -m selva cache --info | --prune`` shows and trims it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +50,11 @@ class Features:
     mask_strength: float = 1.0
     start: float = 0.0  # seconds into the video where the features begin (muxing needs it)
 
-    def save(self, path: Path) -> None:
-        """Write atomically: a reader never sees a half-written file, an old one stays until done."""
+    def save(self, path: Path, *, compress: bool = False) -> None:
+        """Write atomically: a reader never sees a half-written file, an old one stays until done.
+
+        ``compress`` deflates the arrays (the cache does; about half the size for features).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {name: _to_numpy(getattr(self, name)) for name in _TENSORS
@@ -59,7 +66,7 @@ class Features:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                (np.savez_compressed if compress else np.savez)(f, **arrays)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -119,15 +126,64 @@ def content_hash(parts: Iterable[Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- cache
-class FeatureCache:
-    """Features on disk, one ``<key>.npz`` per entry.
+CACHE_MAX_ENV = "SELVA_FEATURE_CACHE_GB"
+DEFAULT_CACHE_MAX_GB = 4.0
+GB = 1024**3
+# Only files named like a cache key are entries: anything else in the folder is not ours to evict.
+_ENTRY = re.compile(r"^[0-9a-f]{40}\.npz$")
 
-    A cache must never break a run: an unreadable entry is set aside (renamed ``*.corrupt``, so
-    nothing is destroyed) and recomputed; an unwritable directory only costs the cache.
+
+def default_cache_dir() -> Path:
+    """``<system temp>/selva_features``: where the ComfyUI Feature Extractor caches by default."""
+    return Path(tempfile.gettempdir()) / "selva_features"
+
+
+def cache_max_bytes(max_gb: Optional[float] = None) -> int:
+    """The size cap: ``max_gb`` if given, else ``$SELVA_FEATURE_CACHE_GB``, else 4 GB."""
+    if max_gb is None:
+        text = os.environ.get(CACHE_MAX_ENV, "").strip()
+        try:
+            max_gb = float(text) if text else DEFAULT_CACHE_MAX_GB
+        except ValueError:
+            raise SelvaError(f"{CACHE_MAX_ENV}={text!r} is not a number of gigabytes (e.g. 4 or 0.5).") from None
+    if not max_gb >= 0:
+        raise SelvaError(f"The feature cache size cap must be 0 GB or more, got {max_gb}.")
+    return int(max_gb * GB)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size: int
+    last_used: float  # seconds since the epoch (the file's modification time, renewed on each hit)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    directory: Path
+    entries: int
+    total_bytes: int
+    max_bytes: int
+    set_aside: int  # unreadable entries renamed *.corrupt (kept for inspection, not counted)
+
+    def describe(self) -> str:
+        return (f"{self.directory}: {self.entries} entries, {self.total_bytes / 1024**2:.1f} MB of "
+                f"{self.max_bytes / 1024**2:.0f} MB allowed"
+                + (f"; {self.set_aside} unreadable entries set aside (*.corrupt)" if self.set_aside else ""))
+
+
+class FeatureCache:
+    """Features on disk, one compressed ``<key>.npz`` per entry, at most ``max_bytes`` in all.
+
+    When a new entry makes the folder exceed the cap, the least recently used entries are
+    removed (a hit counts as a use). Only files named like a key are ever removed. A cache must
+    never break a run: an unreadable entry is set aside (renamed ``*.corrupt``, so nothing is
+    destroyed) and recomputed; an unwritable directory only costs the cache.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, max_bytes: Optional[int] = None):
         self.directory = Path(directory)
+        self.max_bytes = cache_max_bytes() if max_bytes is None else int(max_bytes)
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.npz"
@@ -137,7 +193,7 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            return Features.load(path)
+            features = Features.load(path)
         except SelvaError as e:
             aside = path.with_suffix(".corrupt")
             log.warning("Ignoring unreadable feature cache entry %s (%s); recomputing.", path, e)
@@ -146,13 +202,74 @@ class FeatureCache:
             except OSError:
                 pass
             return None
+        self._touch(path)
+        return features
 
     def put(self, key: str, features: Features) -> Optional[Path]:
         path = self.path(key)
         try:
-            features.save(path)
+            features.save(path, compress=True)
         except OSError as e:
             log.warning("Could not write the feature cache %s (%s); continuing without caching.",
                         path, e)
             return None
+        self.prune(keep=path)
         return path
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        try:
+            os.utime(path)  # the modification time is the last use (atime is often not kept)
+        except OSError:
+            pass
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry, least recently used first."""
+        found = []
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        for name in names:
+            if not _ENTRY.match(name):
+                continue
+            try:
+                st = os.stat(self.directory / name)
+            except OSError:  # removed meanwhile (another process pruning)
+                continue
+            found.append(CacheEntry(self.directory / name, st.st_size, st.st_mtime))
+        return sorted(found, key=lambda e: (e.last_used, e.path.name))
+
+    def info(self) -> CacheInfo:
+        entries = self.entries()
+        try:
+            aside = sum(1 for n in os.listdir(self.directory) if n.endswith(".corrupt"))
+        except OSError:
+            aside = 0
+        return CacheInfo(self.directory, len(entries), sum(e.size for e in entries), self.max_bytes, aside)
+
+    def prune(self, max_bytes: Optional[int] = None, keep: Optional[Path] = None) -> list[Path]:
+        """Remove least recently used entries until the cache fits ``max_bytes`` (default: its
+        cap). ``keep`` (the entry just written) stays even if it alone is larger."""
+        limit = self.max_bytes if max_bytes is None else int(max_bytes)
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        removed = []
+        for entry in entries:
+            if total <= limit:
+                break
+            if keep is not None and entry.path == keep:
+                continue
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("Could not remove the feature cache entry %s (%s).", entry.path, e)
+                continue
+            total -= entry.size
+            removed.append(entry.path)
+        if removed:
+            log.info("Feature cache %s: removed %d least recently used entries (cap %.1f MB)",
+                     self.directory, len(removed), limit / 1024**2)
+        return removed

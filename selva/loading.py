@@ -20,7 +20,7 @@ from .models.generator import SelvaGenerator, load_generator_weights
 from .models.mel import MelConverter
 from .models.state_dicts import unset_tensors
 from .models.text_synch import TextSynchformer, load_text_synch_weights
-from .models.vae import load_vae
+from .models.vae import load_vae, load_vae_statistics
 
 try:
     from ..bigvgan.loading import load_bigvgan_v1, load_bigvgan_v2
@@ -28,7 +28,7 @@ except ImportError:  # selva imported as a top-level package (python -m selva)
     from bigvgan.loading import load_bigvgan_v1, load_bigvgan_v2
 
 if TYPE_CHECKING:
-    from .pipeline import SelvaPipeline
+    from .offload import OffloadManager
     from .variants import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,11 @@ def _load_file_into(build: Callable[[], nn.Module], load: Callable[..., None], p
     return net
 
 
+def _identity(path: Path) -> tuple[str, int, int]:
+    st = path.stat()  # follows the Hugging Face cache's symlinks to the real blob
+    return (str(path.resolve()), int(st.st_size), int(st.st_mtime_ns))
+
+
 class StageBuilders:
     """How to build each stage of one pipeline from the files (each resolved when first needed)."""
 
@@ -144,6 +149,28 @@ class StageBuilders:
         return W.missing_error(W.check_available(required_files(self.spec), required_snapshots(self.spec),
                                                  self.models_dir))
 
+    def feature_encoder_files(self) -> list[tuple[str, int, int]]:
+        """(path, size, modification time in ns) of every file the feature encoders read.
+
+        T5, CLIP (text; image tower too when ``clip_frames``) and the TextSynchformer: the
+        identity of the weights that make a clip's features, for the feature cache key. A file
+        that is missing appears as its name with size -1 (it cannot have made any features).
+        Nothing is downloaded here.
+        """
+        found: list[tuple[str, int, int]] = []
+        wf = W.FILES[self.spec.video_enc_file]
+        path = W.local_path(wf, self.models_dir)
+        found.append(_identity(path) if path is not None else (wf.path, -1, -1))
+        for key in ("t5", "clip"):
+            snap = W.HUB[key]
+            try:
+                folder = W.resolve_snapshot(snap, self.models_dir, allow_download=False)
+            except W.MissingWeightsError:
+                found += [(f"{snap.repo_id}/{name}", -1, -1) for name in snap.files]
+                continue
+            found += [_identity(folder / name) for name in snap.files]
+        return found
+
     def t5(self) -> nn.Module:
         from .encoders.t5 import T5TextEncoder
 
@@ -169,6 +196,10 @@ class StageBuilders:
         # The encoder is only needed for the VAE round trip: leave it out unless asked for.
         return load_vae(self._file(self.spec.vae_file), self.spec.vae, need_encoder=need_encoder)
 
+    def vae_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's mel statistics, read from its file without loading the network."""
+        return load_vae_statistics(self._file(self.spec.vae_file), self.spec.vae)
+
     def vocoder(self) -> nn.Module:
         if self.spec.vocoder != "bigvgan_v1":
             return load_bigvgan_v2(self._snapshot(self.spec.vocoder_snapshot))
@@ -184,11 +215,12 @@ class StageBuilders:
 STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")
 
 
-def register_stages(pipe: "SelvaPipeline") -> StageBuilders:
-    """Register every stage of ``pipe`` with its offload manager, to be built on first use."""
-    opts = pipe.options
-    builders = StageBuilders(pipe.variant, Path(opts.models_dir), opts.allow_download, opts.clip_frames)
-    dtypes = stage_dtypes(pipe.dtype)
+def register_stages(manager: "OffloadManager", builders: StageBuilders,
+                    precision_dtype: torch.dtype) -> None:
+    """Register every stage ``builders`` can make with ``manager``, to be built on first use.
+
+    This module knows nothing of the pipeline (the pipeline imports it, never the reverse).
+    """
+    dtypes = stage_dtypes(precision_dtype)
     for name in STAGES:
-        pipe.manager.add_lazy(name, getattr(builders, name), dtypes[name])
-    return builders
+        manager.add_lazy(name, getattr(builders, name), dtypes[name])

@@ -185,30 +185,32 @@ def blended_velocity(plan: WindowPlan, window_velocity: WindowVelocity,
 
 def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, clip_f: Optional[torch.Tensor],
                    sync_f: torch.Tensor, text_clip: torch.Tensor, neg_clip: torch.Tensor, steps: int,
-                   cfg_strength: float, hooks) -> torch.Tensor:
+                   cfg_strength: float, hooks, velocity: Optional[Callable] = None) -> torch.Tensor:
     """Euler-sample the whole clip's latent ``x0`` (B, L, C) window by window (normalised space).
 
-    ``clip_f`` (B, Tc, D) or None (the generator's empty CLIP sequence), ``sync_f`` (B, S, D) and
-    ``text_clip`` (B, 77, D) cover the whole clip; ``neg_clip`` is the negative prompt's CLIP
-    text (1, 77, D). Progress counts windows x steps; a cancel stops after the current window.
+    ``clip_f`` (1, Tc, D) or None (the generator's empty CLIP sequence), ``sync_f`` (1, S, D) and
+    ``text_clip`` (1, 77, D) cover the whole clip; ``neg_clip`` is the negative prompt's CLIP
+    text (1, 77, D). The conditions stay batch 1 (each window's projected once, shared by every
+    batch item; ``cfg_velocity`` runs both CFG branches in one pass). ``velocity`` replaces the
+    generator's ``predict_flow`` (its compiled form). Progress counts windows x steps; a cancel
+    stops after the current window.
     """
     from .sampling import euler_sample
 
-    batch = x0.shape[0]
     conds, unconds = [], {}
     for w in plan.windows:
         gen.set_seq_lengths(*w.lengths)
         a, b = w.clip
-        clip = gen.empty_clip_sequence(batch) if clip_f is None else clip_f[:, a:b]
+        clip = gen.empty_clip_sequence(1) if clip_f is None else clip_f[:, a:b]
         conds.append(gen.preprocess_conditions(clip, sync_f[:, w.sync[0]:w.sync[1]], text_clip))
         if w.lengths not in unconds:
             unconds[w.lengths] = gen.empty_conditions(
-                batch, negative_text_clip_f=neg_clip.to(x0.device, x0.dtype).expand(batch, -1, -1))
+                1, negative_text_clip_f=neg_clip.to(x0.device, x0.dtype))
 
     def window_velocity(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
         w = plan.windows[i]
         gen.set_seq_lengths(*w.lengths)
-        return gen.cfg_velocity(t, x, conds[i], unconds[w.lengths], cfg_strength)
+        return gen.cfg_velocity(t, x, conds[i], unconds[w.lengths], cfg_strength, velocity=velocity)
 
     total = steps * len(plan.windows)
     done = [0]

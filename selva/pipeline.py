@@ -20,13 +20,16 @@ from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import accel
 from . import audio as audio_ops
 from . import streamed_encode
 from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
+from .loading import StageBuilders, prefetch, register_stages
 from .long_video import WindowOptions, WindowPlan, default_decode_spans, plan_windows, sample_windows
+from .memo import BackboneCache, EncodingCache
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
@@ -50,6 +53,8 @@ class LoadOptions:
     models_dir: Optional[Path] = None  # None: $SELVA_MODELS_DIR or ./models/selva
     clip_frames: bool = False  # official demo: False (the generator's learned empty CLIP sequence)
     allow_download: bool = True
+    tf32: bool = True  # CUDA only: TF32 matmuls while SelVA runs, as the official demo (selva/accel.py)
+    compile: bool = False  # torch.compile the generator (selva/accel.py: when it recompiles)
 
 
 @dataclass(frozen=True)
@@ -103,19 +108,30 @@ class SelvaPipeline:
         self.manager = manager
         self.dtype = dtype
         self._builders = None  # set by load(): rebuilds the VAE with its encoder when needed
+        self._vae_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # read on first use
         # What loaders attached (see selva/patches.py): shared networks, per-view additions.
         self.generator_patches: tuple[GeneratorPatch, ...] = ()
         self.stage_overrides: dict[str, str] = {}
+        # Parts a view adds to every feature key (e.g. a textual-inversion embedding's digest):
+        # anything that changes what the encoders produce must be named here.
+        self.feature_key_extra: tuple = ()
+        # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
+        self._encodings = EncodingCache()
+        self._backbone = BackboneCache()  # the last clip's text-independent sync-encoder tokens
 
     # ------------------------------------------------------------------------------- views
     def with_patches(self, generator: Sequence[GeneratorPatch] = (),
-                     stages: Optional[dict[str, str]] = None) -> "SelvaPipeline":
+                     stages: Optional[dict[str, str]] = None,
+                     feature_key: Sequence = ()) -> "SelvaPipeline":
         """A view of this pipeline with more generator patches and/or stage overrides.
 
         The view shares every network (and the offload manager) with ``self``; ``self`` is not
-        changed, so other branches of a graph keep the base behaviour.
+        changed, so other branches of a graph keep the base behaviour. ``feature_key`` parts
+        (JSON-able values or tensors) join every feature cache key of the view: a patch that
+        changes the features (textual inversion) passes its digest here.
         """
         view = copy.copy(self)
+        view.feature_key_extra = self.feature_key_extra + tuple(feature_key)
         view.generator_patches = self.generator_patches + tuple(generator)
         view.stage_overrides = {**self.stage_overrides, **(stages or {})}
         for logical, actual in view.stage_overrides.items():
@@ -141,8 +157,6 @@ class SelvaPipeline:
              make_room: Optional[Callable[[int, torch.device], None]] = None) -> "SelvaPipeline":
         """A pipeline for ``options``: weights are fetched now (``hooks`` sees each file), networks
         load on first use."""
-        from .loading import prefetch, register_stages
-
         spec = get_variant(options.variant)
         device = pick_device(options.device)
         dtype = resolve_dtype(options.precision, device)
@@ -152,7 +166,8 @@ class SelvaPipeline:
         prefetch(spec, models_dir, options.allow_download, or_default(hooks))
         manager = OffloadManager(device=device, offload=offload, make_room=make_room)
         pipe = cls(spec, options, manager, dtype)
-        pipe._builders = register_stages(pipe)
+        pipe._builders = StageBuilders(spec, models_dir, options.allow_download, options.clip_frames)
+        register_stages(manager, pipe._builders, dtype)
         log.info("SelVA %s ready on %s (%s, %s)", spec.name, device, options.precision,
                  "offload_to_cpu" if offload else "keep_in_vram")
         return pipe
@@ -178,6 +193,7 @@ class SelvaPipeline:
 
     def release(self) -> None:
         self.manager.release()
+        self._backbone.clear()
 
     # ---------------------------------------------------------------------------- features
     def prepare(self, frames: Optional[Frames] = None, fps: Optional[float] = None, *,
@@ -198,8 +214,10 @@ class SelvaPipeline:
         if video_path is not None:
             # progress in tenths of a second of video; the end is unknown without a duration
             span = int(round(10 * duration)) if duration else 0
+            # Only a per-frame mask needs the whole file's frame count (reading to its end).
+            per_frame_mask = mask is not None and mask_strength > 0 and video_ops.mask_frames(mask) > 1
             prepared = video_ops.decode_video(
-                video_path, duration=duration or None, start=start,
+                video_path, duration=duration or None, start=start, count_frames=per_frame_mask,
                 on_frame=lambda sec: hooks.step("decode", min(max(int(10 * (sec - start)), 0), span), span))
         else:
             if fps is None or fps <= 0:
@@ -212,20 +230,35 @@ class SelvaPipeline:
                                           mask_clip and self.options.clip_frames, mask_sync)
         return PreparedInput(prepared, sync_mask, clip_mask, float(mask_strength))
 
-    def feature_cache_key(self, prepared: PreparedInput, prompt: str) -> str:
-        """Digest of everything that changes the features (all pixels and mask values included)."""
+    def encoder_identity(self) -> list:
+        """What makes the encoders' output: their weight files (path, size, mtime) and the
+        dtypes they really run in (bf16 that fell back to fp16 is fp16), plus the view's
+        ``feature_key_extra``."""
+        files = self._builders.feature_encoder_files() if self._builders is not None else []
+        dtypes = [str(self.stage_dtype(name)) for name in ("t5", "clip", "text_synch")]
+        return ["encoders", files, dtypes, *self.feature_key_extra]
+
+    def feature_cache_key(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
+        """Digest of everything that changes the features: every pixel and mask value, the
+        prompt, the encoders' weights and dtypes, and ``extra_key`` (JSON-able values or tensors
+        of an adapter that changes the features, e.g. a textual-inversion embedding's digest)."""
         fr = prepared.frames
         use_clip = self.options.clip_frames
         return content_hash([
-            "features", FORMAT_VERSION, self.variant.name, self.options.precision, use_clip,
+            "features", FORMAT_VERSION, self.variant.name, use_clip, *self.encoder_identity(),
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
             *([fr.start] if fr.start else []),  # keys of features from 0 s stay as they were
+            "extra", *extra_key,  # last: its length varies
         ])
 
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
         """Run the encoders: T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames."""
         hooks = or_default(hooks)
+        with accel.tf32(self.device, self.options.tf32):
+            return self._encode(prepared, prompt, hooks)
+
+    def _encode(self, prepared: PreparedInput, prompt: str, hooks: Hooks) -> Features:
         text = self.encode_text(prompt, hooks)
         sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                           prepared.mask_strength, text, hooks)
@@ -263,11 +296,12 @@ class SelvaPipeline:
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
-                      hooks: Optional[Hooks] = None) -> Features:
-        """:meth:`encode`, skipped when ``cache`` already holds features for exactly this input."""
+                      hooks: Optional[Hooks] = None, extra_key: Sequence = ()) -> Features:
+        """:meth:`encode`, skipped when ``cache`` already holds features for exactly this input
+        (``extra_key``: see :meth:`feature_cache_key`)."""
         if cache is None:
             return self.encode(prepared, prompt, hooks)
-        key = self.feature_cache_key(prepared, prompt)
+        key = self.feature_cache_key(prepared, prompt, extra_key)
         hit = cache.get(key)
         if hit is not None:
             log.info("Features loaded from cache %s", cache.path(key))
@@ -292,15 +326,34 @@ class SelvaPipeline:
 
     def encode_sync(self, sync_u8_tchw: torch.Tensor, sync_mask: Optional[torch.Tensor],
                     mask_strength: float, text: TextFeatures, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
-        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224),
-        converted and encoded a few seconds at a time (selva/streamed_encode.py)."""
+        """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224).
+
+        A clip of one chunk (up to ~8 s, selva/streamed_encode.py) is encoded in one piece, and
+        its backbone tokens -- they do not depend on the prompt -- are kept, so another prompt on
+        the same frames runs only the text cross-attention and the pooling. A longer clip is
+        converted and encoded a chunk at a time so that memory stays bounded whatever its
+        length; its tokens (hundreds of MB per minute) are not kept.
+        """
+        on_batch = lambda d, n: hooks.step("sync encoder", d, n)  # noqa: E731
         with self.manager.use("text_synch") as net:
             net: TextSynchformer
             text_f = text.t5.to(self.device, net.dtype)
             text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
-            return streamed_encode.encode_sync(net, sync_u8_tchw, sync_mask, mask_strength, text_f,
-                                               text_mask,
-                                               on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+            if not streamed_encode.fits_one_chunk(sync_u8_tchw.shape[0]):
+                return streamed_encode.encode_sync(net, sync_u8_tchw, sync_mask, mask_strength, text_f,
+                                                   text_mask, on_batch=on_batch)
+            key = content_hash(["sync backbone", self.variant.name, *self.encoder_identity()[:3],
+                                sync_u8_tchw, sync_mask, float(mask_strength)])
+            tokens = self._backbone.get(key)
+            if tokens is None:
+                frames = streamed_encode.sync_input(net, sync_u8_tchw, sync_mask, mask_strength)
+                tokens = net.backbone_tokens(frames, on_batch=on_batch)
+                del frames
+                self._backbone.put(key, tokens)
+            else:
+                log.info("Sync encoder: reusing the video's backbone tokens (only the prompt changed)")
+                hooks.step("sync encoder", 1, 1)
+            return net.encode_tokens(tokens, text_f, text_mask)
 
     def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
         """CLIP image features (1, T, D) of 8 fps frames (T, 3, 384, 384) in [0, 1]."""
@@ -309,17 +362,38 @@ class SelvaPipeline:
                                       batch_size=40, on_batch=lambda d, n: hooks.step("clip", d, n))
 
     def _features_for_prompt(self, features: Features, prompt: Optional[str], hooks: Hooks) -> Features:
-        """``features`` re-encoded for another prompt (SelVA's sync features depend on the text)."""
+        """``features`` re-encoded for another prompt (SelVA's sync features depend on the text).
+
+        The result is remembered (a few entries, in memory), so re-running a Sampler whose prompt
+        differs from the features' prompt does not run T5, CLIP and the sync encoder again.
+        """
         if not prompt or prompt == features.prompt:
             return features
+        key = content_hash(["prompt features", self.variant.name, *self.encoder_identity(), prompt,
+                            features.variant, features.sync_frames_u8, features.sync_mask,
+                            features.mask_strength])
+        hit = self._encodings.get(key)
+        if hit is not None:
+            log.info("Using the cached encoding of prompt %r", prompt)
+            return replace(features, prompt=prompt, **hit)
         log.info("Prompt differs from the one the features were extracted with: re-encoding text "
                  "and sync features for %r", prompt)
         text = self.encode_text(prompt, hooks)
         frames_tchw = features.sync_frames_u8.permute(0, 3, 1, 2)
         sync = self.encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
-        return replace(features, prompt=prompt, text_t5=text.t5.float().cpu(),
-                       text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
-                       sync_features=sync.float().cpu())
+        encoded = dict(text_t5=text.t5.float().cpu(), text_t5_mask=text.t5_mask.cpu(),
+                       text_clip=text.clip.float().cpu(), sync_features=sync.float().cpu())
+        self._encodings.put(key, encoded)
+        return replace(features, prompt=prompt, **encoded)
+
+    def _negative_text(self, negative_prompt: str) -> torch.Tensor:
+        """CLIP text features of the negative prompt, remembered like re-encoded prompts."""
+        key = content_hash(["negative", self.variant.name, *self.encoder_identity(), negative_prompt])
+        hit = self._encodings.get(key)
+        if hit is None:
+            hit = {"clip": self.encode_clip_text([negative_prompt]).cpu()}
+            self._encodings.put(key, hit)
+        return hit["clip"]
 
     # ---------------------------------------------------------------------------- generation
     def generate(self, features: Features, *, prompt: Optional[str] = None, negative_prompt: str = "",
@@ -357,10 +431,11 @@ class SelvaPipeline:
             raise SelvaError(f"steps must be at least 1, got {steps}.")
         if batch_size < 1:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
-        features = self._features_for_prompt(features, prompt, hooks)
-        plan = self.plan(features, duration, windows)
-        neg_clip = self.encode_clip_text([negative_prompt])
-        return self._sample(features, neg_clip, plan, steps, cfg_strength, seed, batch_size, hooks)
+        with accel.tf32(self.device, self.options.tf32):
+            features = self._features_for_prompt(features, prompt, hooks)
+            plan = self.plan(features, duration, windows)
+            neg_clip = self._negative_text(negative_prompt)
+            return self._sample(features, neg_clip, plan, steps, cfg_strength, seed, batch_size, hooks)
 
     def plan(self, features: Features, duration: Optional[float] = None,
              windows: Optional[WindowOptions] = None) -> WindowPlan:
@@ -376,7 +451,8 @@ class SelvaPipeline:
             return features.duration
         return float(duration)
 
-    def _conditions_inputs(self, features: Features, seq, batch: int):
+    def _conditions_inputs(self, features: Features, seq):
+        """The clip's condition sequences for ``seq``, batch 1 (projected once, for any batch)."""
         gen_dtype = self.stage_dtype("generator")
         sync = features.sync_features[:, :seq.sync]
         if sync.shape[1] != seq.sync:
@@ -384,30 +460,30 @@ class SelvaPipeline:
                              f"{seq.duration:.2f} s needs {seq.sync}: extract the features again.")
         clip = None
         if features.clip_features is not None:
-            clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype).expand(batch, -1, -1)
-        return (clip, sync.to(self.device, gen_dtype).expand(batch, -1, -1),
-                features.text_clip.to(self.device, gen_dtype).expand(batch, -1, -1))
+            clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype)
+        return (clip, sync.to(self.device, gen_dtype), features.text_clip.to(self.device, gen_dtype))
 
-    def _sample(self, features: Features, neg_clip: torch.Tensor, plan: WindowPlan, steps: int, cfg_strength: float,
-                seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
+    def _sample(self, features: Features, neg_clip: torch.Tensor, plan: WindowPlan, steps: int,
+                cfg_strength: float, seed: int, batch: int, hooks: Hooks) -> torch.Tensor:
         seq = plan.total
         with self.use_generator() as gen:
             dtype = self.stage_dtype("generator")
+            # One clip: the conditions are batch 1, projected once and shared by every batch item.
+            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq)
+            neg_clip = neg_clip.to(self.device, dtype)
             x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
+            velocity = accel.compiled_velocity(gen) if self.options.compile else None
             if not plan.single:
-                clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
                 x1 = sample_windows(gen, plan, x0, clip_f, sync_f, text_clip, neg_clip, steps,
-                                    cfg_strength, hooks)
+                                    cfg_strength, hooks, velocity=velocity)
                 return gen.unnormalize(x1)
             gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq, batch)
             if clip_f is None:
-                clip_f = gen.empty_clip_sequence(batch)
+                clip_f = gen.empty_clip_sequence(1)
             cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
-            uncond: Conditions = gen.empty_conditions(
-                batch, negative_text_clip_f=neg_clip.to(self.device, dtype).expand(batch, -1, -1))
-            x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength), x0, steps,
-                              on_step=lambda d, n: hooks.step("sampling", d, n))
+            uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip)
+            x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength, velocity=velocity),
+                              x0, steps, on_step=lambda d, n: hooks.step("sampling", d, n))
             return gen.unnormalize(x1)
 
     def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None,
@@ -421,6 +497,10 @@ class SelvaPipeline:
         hooks = or_default(hooks)
         if spans is None:
             spans = default_decode_spans(self.variant, latent.shape[1])
+        with accel.tf32(self.device, self.options.tf32):
+            return self._decode(latent, spans, hooks)
+
+    def _decode(self, latent: torch.Tensor, spans: Sequence[tuple[int, int]], hooks: Hooks) -> torch.Tensor:
         n = len(spans)
         with self.manager.use("vae") as vae:
             mel = decode_tiles(vae.decode, latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2),
@@ -474,6 +554,17 @@ class SelvaPipeline:
         log.info("Loading the VAE encoder for the round trip")
         self.manager.add_lazy("vae", lambda: self._builders.vae(need_encoder=True), self.stage_dtype("vae"))
 
+    def _vae_data_mean(self) -> torch.Tensor:
+        """The VAE's per-band mel mean (data_dim,) on the CPU: from the loaded VAE if it is
+        loaded, else read from its file alone (the network is neither built nor moved)."""
+        if self.manager.is_loaded("vae"):
+            return self.manager.get("vae").data_mean.detach().float().cpu().reshape(-1)
+        if self._builders is None:
+            raise SelvaError("This pipeline has no VAE file to read the spectral profile from.")
+        if self._vae_stats is None:
+            self._vae_stats = self._builders.vae_statistics()
+        return self._vae_stats[0]
+
     def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float) -> torch.Tensor:
         """Per-band EQ toward the spectral profile the VAE was trained on (its data mean).
 
@@ -484,7 +575,7 @@ class SelvaPipeline:
         mel = self.manager.get("mel")
         cfg = self.variant.mel
         profile = self.log_mel(wave, self.sample_rate).reshape(b, c, cfg.num_mels, -1).mean(dim=1)
-        target = self.manager.get("vae").data_mean.detach().float().cpu().reshape(-1)
+        target = self._vae_data_mean()
         log_to_db = 20.0 if cfg.log == "log10" else 20.0 / math.log(10.0)
         return audio_ops.spectral_match(wave, profile, target, mel.mel_basis.detach().float().cpu(),
                                         cfg.n_fft, strength, log_to_db=log_to_db)

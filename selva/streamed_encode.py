@@ -28,6 +28,16 @@ def _mask_rows(mask: Optional[torch.Tensor], a: int, b: int) -> Optional[torch.T
     return mask[a:b]
 
 
+def sync_segments(n_frames: int) -> int:
+    """How many Synchformer segments ``n_frames`` frames at 25 fps hold (0: too short)."""
+    return 0 if n_frames < SYNC_SEGMENT else (n_frames - SYNC_SEGMENT) // SYNC_STEP + 1
+
+
+def fits_one_chunk(n_frames: int, segments_per_chunk: int = SYNC_SEGMENTS_PER_CHUNK) -> bool:
+    """Whether :func:`encode_sync` would encode these frames in one piece (up to ~8 s)."""
+    return sync_segments(n_frames) <= segments_per_chunk
+
+
 def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float,
                 text_f: torch.Tensor, text_mask: torch.Tensor, *,
                 segments_per_chunk: int = SYNC_SEGMENTS_PER_CHUNK,
@@ -37,16 +47,15 @@ def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], stre
     ``net`` is the TextSynchformer; ``text_f`` / ``text_mask`` already carry its supplementary
     tokens. ``on_batch(done, total)`` counts segments.
     """
-    n = frames_u8.shape[0]
-    total = 0 if n < SYNC_SEGMENT else (n - SYNC_SEGMENT) // SYNC_STEP + 1
+    total = sync_segments(frames_u8.shape[0])
     if total == 0:  # let the network say what is wrong
-        return net.encode(_sync_input(net, frames_u8, mask, strength), text_f, text_mask)
+        return net.encode(sync_input(net, frames_u8, mask, strength), text_f, text_mask)
     outputs = []
     for first in range(0, total, segments_per_chunk):
         count = min(segments_per_chunk, total - first)
         a = first * SYNC_STEP
         b = a + (count - 1) * SYNC_STEP + SYNC_SEGMENT
-        chunk = _sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
+        chunk = sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
         outputs.append(net.encode(chunk, text_f, text_mask))
         del chunk
         if on_batch is not None:
@@ -54,7 +63,8 @@ def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], stre
     return torch.cat(outputs, dim=1)
 
 
-def _sync_input(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> torch.Tensor:
+def sync_input(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> torch.Tensor:
+    """uint8 frames (T, 3, 224, 224) -> masked, normalised (1, T, 3, 224, 224) on ``net``'s device."""
     frames01 = video_ops.to_float01(frames_u8)
     if mask is not None:
         frames01 = video_ops.apply_mask(frames01, mask, strength)

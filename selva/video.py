@@ -330,6 +330,11 @@ def warn_if_mask_stretched(mask: Union[torch.Tensor, np.ndarray], source_size: O
                     "shape. Make the mask from the same video to keep it aligned.", mw, mh, vw, vh)
 
 
+def mask_frames(mask: Union[torch.Tensor, np.ndarray]) -> int:
+    """How many frames a mask has (1 = a static mask)."""
+    return int(_mask_stack(mask).shape[0])
+
+
 def mask_for_indices(mask: Union[torch.Tensor, np.ndarray], indices: Sequence[int],
                      n_source_frames: Optional[int]) -> torch.Tensor:
     """Pick the mask frames that go with the selected source frames (a 1-frame mask is static)."""
@@ -356,7 +361,7 @@ class PreparedFrames:
     fps: Optional[float]  # source frame rate (estimated when only frame times were known)
     clip_indices: tuple[int, ...]  # source frame used for each clip frame
     sync_indices: tuple[int, ...]  # source frame used for each sync frame
-    n_source_frames: Optional[int]  # frames in the whole video; None when they could not be counted
+    n_source_frames: Optional[int]  # frames in the whole video; None when not counted
     source_size: Optional[tuple[int, int]] = None  # (height, width) of the source frames
     start: float = 0.0  # seconds into the video where the result begins
 
@@ -509,8 +514,9 @@ def _count_rest(packets, decoded: _Decoded) -> None:
 
 
 def _walk_stream(container, stream, walk: _Walk, offset: Fraction, rate: Optional[Fraction],
-                 on_frame: Optional[Callable[[float], None]]) -> _Decoded:
-    """Decode until the walk is finished, resizing the frames it takes; then count the rest."""
+                 on_frame: Optional[Callable[[float], None]], count_frames: bool) -> _Decoded:
+    """Decode until the walk is finished, resizing the frames it takes; with ``count_frames``,
+    demux the rest of the stream to count its frames (otherwise reading stops there)."""
     out = _Decoded()
     # Times count from the stream's start: MPEG-TS and stream-copied cuts begin well after 0 s.
     base = _stream_start(stream)
@@ -542,14 +548,18 @@ def _walk_stream(container, stream, walk: _Walk, offset: Fraction, rate: Optiona
                 if to_sync:
                     out.sync_of[index] = resize_uint8(rgb, SYNC_SIZE)[0]
         if walk.finished:
-            _count_rest(packets, out)
+            if count_frames:
+                _count_rest(packets, out)
+            else:
+                out.n_packets = None
             break
     return out
 
 
 def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] = None,
                  start: Number = 0.0, *,
-                 on_frame: Optional[Callable[[float], None]] = None) -> PreparedFrames:
+                 on_frame: Optional[Callable[[float], None]] = None,
+                 count_frames: bool = False) -> PreparedFrames:
     """Decode a video (a file path, or a seekable binary file object) frame by frame, keeping
     only the frames SelVA uses.
 
@@ -557,9 +567,10 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
     MPEG-TS begin after 0 s), decides whether it is used; used frames are converted to RGB and
     resized to 384 / 224 uint8 at once, so memory holds only the two small streams. ``start``
     skips that many seconds (times are then counted from ``start``); ``duration`` None or 0 = to
-    the end of the file. Frame indices in the result count every decoded frame. When decoding
-    stops at ``duration``, the rest of the stream is demuxed but not decoded, so that
-    ``n_source_frames`` is still the video's frame count (a per-frame mask is checked against it).
+    the end of the file. Frame indices in the result count every decoded frame. Reading stops at
+    ``duration``: an 8 s clip of a 2-hour file reads a few seconds of it, and ``n_source_frames``
+    is then None (unknown). ``count_frames`` demuxes (without decoding) the rest of the stream
+    so that ``n_source_frames`` is the video's frame count: a per-frame mask is checked against it.
 
     ``on_frame(seconds)`` is called every few decoded frames with the time of the latest one
     (seconds from the start of the stream); anything it raises stops decoding and propagates
@@ -599,7 +610,7 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
             guessed = stream.guessed_rate or stream.average_rate
             rate = Fraction(guessed) if guessed else None
             decoded = _walk_stream(container, stream, walk, offset, rate,
-                                   report if on_frame is not None else None)
+                                   report if on_frame is not None else None, count_frames)
     except SelvaError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:

@@ -25,7 +25,7 @@ def run_module(*args, env=None, timeout=120):
 def test_help_lists_the_commands():
     out = run_module("--help")
     assert out.returncode == 0, out.stderr
-    for command in ("generate", "download", "features"):
+    for command in ("generate", "download", "features", "cache"):
         assert command in out.stdout
     gen = run_module("generate", "--help")
     for option in ("--video", "--prompt", "--out", "--negative-prompt", "--variant", "--precision",

@@ -43,6 +43,16 @@ SMALL_BY_TYPE = {
 WORKFLOW_SETUP: dict = {}
 
 
+def _lora_adapter(comfy) -> dict:
+    from lora_helpers import write_tiny_adapter
+
+    write_tiny_adapter(comfy.output_dir / "selva_frontend" / "adapter.safetensors")
+    return {"SelvaLoraLoader": {"adapter_path": "selva_frontend/adapter.safetensors"}}
+
+
+WORKFLOW_SETUP["SelVA LoRA Base vs Adapter"] = _lora_adapter
+
+
 @pytest.fixture(scope="module")
 def browser():
     reason = F.missing_browser_reason()

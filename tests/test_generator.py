@@ -140,7 +140,7 @@ def test_cfg_strength():
     # Below 1 the unconditional pass is skipped; at 1 it has zero weight.
     assert torch.equal(model.cfg_velocity(0.5, x, cond, uncond, 0.5), v_c)
     torch.testing.assert_close(model.cfg_velocity(0.5, x, cond, uncond, 1.0), v_c)
-    torch.testing.assert_close(model.cfg_velocity(0.5, x, cond, uncond, 4.5),
+    torch.testing.assert_close(model.cfg_velocity(0.5, x, cond, uncond, 4.5, batched=False),
                                4.5 * v_c - 3.5 * v_u)
 
 
@@ -338,3 +338,55 @@ def test_real_tensors_copy_into_real_and_meta_networks():
 
 def state_dict_for_tiny_meta(model):
     return {k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# batched classifier-free guidance
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_batched_cfg_matches_two_passes(dtype, rel):
+    model = tiny_generator().to(dtype)
+    feats = [f.to(dtype) for f in features(TINY, 1)]
+    cond = model.preprocess_conditions(*feats)
+    uncond = model.empty_conditions(1, torch.randn(1, 77, TINY.text_dim).to(dtype))
+    x = torch.randn(3, LENS[0], 8).to(dtype)
+    one = model.cfg_velocity(0.25, x, cond, uncond, 4.5, batched=True)
+    two = model.cfg_velocity(0.25, x, cond, uncond, 4.5, batched=False)
+    assert one.shape == two.shape == x.shape
+    # float rounding only: relative to the size of the velocities, at the dtype's precision
+    tol = rel * float(two.float().abs().max())
+    torch.testing.assert_close(one.float(), two.float(), rtol=0, atol=tol)
+    # guidance really mixes two different branches (not e.g. the conditional one twice)
+    v_c = model.predict_flow(x, torch.full((3,), 0.25).to(dtype), cond.expand(3))
+    assert (one.float() - v_c.float()).abs().max() > 10 * tol
+
+
+def test_batched_cfg_runs_the_network_once_per_step():
+    model = tiny_generator()
+    feats = features(TINY, 1)
+    cond, uncond = model.preprocess_conditions(*feats), model.empty_conditions(1)
+    batches = []
+    handle = model.final_layer.register_forward_hook(lambda m, i, o: batches.append(o.shape[0]))
+    try:
+        model.cfg_velocity(0.5, torch.randn(2, LENS[0], 8), cond, uncond, 4.5)
+        assert batches == [4]  # conditional and unconditional stacked
+        batches.clear()
+        model.cfg_velocity(0.5, torch.randn(2, LENS[0], 8), cond, uncond, 4.5, batched=False)
+        assert batches == [2, 2]
+    finally:
+        handle.remove()
+
+
+def test_conditions_projected_once_serve_every_batch_item():
+    model = tiny_generator()
+    clip, sync, text = features(TINY, 1)
+    once = model.preprocess_conditions(clip, sync, text).expand(3)
+    per_item = model.preprocess_conditions(clip.expand(3, -1, -1), sync.expand(3, -1, -1),
+                                           text.expand(3, -1, -1))
+    for name in ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c"):
+        want = getattr(per_item, name)
+        torch.testing.assert_close(getattr(once, name), want, rtol=0,
+                                   atol=2e-6 * float(want.abs().max()))
+    with pytest.raises(SelvaError, match="batch"):
+        model.preprocess_conditions(*features(TINY, 2)).expand(3)

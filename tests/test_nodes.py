@@ -21,6 +21,8 @@ EXPECTED = {
     "SelvaVaeRoundtrip": "SelVA VAE Roundtrip",
     "SelvaHfSmoother": "SelVA HF Smoother",
     "SelvaSpectralMatcher": "SelVA Spectral Matcher",
+    "SelvaLoraLoader": "SelVA LoRA Loader",
+    "SelvaLoraEvaluator": "SelVA LoRA Evaluator",
     "SelvaMuxVideo": "SelVA Mux Video",
 }
 

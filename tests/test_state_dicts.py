@@ -79,3 +79,23 @@ def test_unset_tensors_lists_what_is_still_on_meta():
         net = _net()
     assert set(unset_tensors(net)) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     assert unset_tensors(net, ignore={"0.weight", "0.bias"}) == ["1.weight", "1.bias"]
+
+
+def test_release_file_pages_copies_only_what_views_the_file(tmp_path):
+    from comfyui_selva.selva.models.state_dicts import memory_span, release_file_pages
+    from comfyui_selva.selva.weights import load_checkpoint
+
+    torch.save({"weight": torch.randn(4, 3), "bias": torch.randn(4)}, tmp_path / "lin.pt")
+    sd = load_checkpoint(tmp_path / "lin.pt")  # memory-mapped
+    span = memory_span(sd)
+    with torch.device("meta"):
+        lin = torch.nn.Linear(3, 4)
+    lin.load_state_dict(sd, assign=True)
+    lin.weight = torch.nn.Parameter(lin.weight.detach() * 2)  # rebuilt at load: owns its memory
+    inside = lambda t: span[0] <= t.untyped_storage().data_ptr() < span[1]  # noqa: E731
+    assert inside(lin.bias) and not inside(lin.weight)
+    want_bias, weight_ptr = lin.bias.detach().clone(), lin.weight.data_ptr()
+    assert release_file_pages(lin, span) == 1
+    assert not inside(lin.bias) and isinstance(lin.bias, torch.nn.Parameter)
+    assert torch.equal(lin.bias, want_bias) and lin.weight.data_ptr() == weight_ptr
+    assert release_file_pages(lin, None) == 0

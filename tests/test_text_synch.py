@@ -83,6 +83,29 @@ def test_batching_does_not_change_results(tiny):
     assert calls[-1] == (total, total)
 
 
+def test_default_runs_several_segments_per_backbone_call(tiny):
+    from comfyui_selva.selva.models.text_synch import DEFAULT_SEGMENTS_PER_CALL
+
+    frames, text, mask = _inputs(1, 40)  # 4 segments
+    sizes = []
+    original = tiny.vfeat_extractor.patch_tokens
+
+    def counting(segments):
+        sizes.append(segments.shape[0])
+        return original(segments)
+
+    tiny.vfeat_extractor.patch_tokens = counting
+    try:
+        batched = _encode(tiny, frames, text, mask)
+        assert sizes == [min(4, DEFAULT_SEGMENTS_PER_CALL)] and DEFAULT_SEGMENTS_PER_CALL > 1
+        sizes.clear()
+        single = _encode(tiny, frames, text, mask, segments_per_batch=1)
+        assert sizes == [1, 1, 1, 1]
+    finally:
+        del tiny.vfeat_extractor.patch_tokens
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
 def test_clips_are_encoded_independently(tiny):
     frames, text, mask = _inputs(2, 32, pad=(2, 0))
     both = _encode(tiny, frames, text, mask)

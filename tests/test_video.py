@@ -1,6 +1,7 @@
 """Frame selection, resizing, masking and decoding (selva/video.py)."""
 from __future__ import annotations
 
+import io
 import logging
 from fractions import Fraction
 
@@ -417,8 +418,10 @@ def test_decode_matches_prepare_frames_on_the_same_frames(mp4):
         assert a.sync_indices == b.sync_indices
         assert torch.equal(a.clip_u8, b.clip_u8) and torch.equal(a.sync_u8, b.sync_u8)
     one = V.decode_video(mp4, duration=1.0)
-    # decoding stopped after 1 s, the rest was only counted
-    assert (one.clip_u8.shape[0], one.sync_u8.shape[0], one.n_source_frames) == (8, 25, 50)
+    # decoding stopped after 1 s, the rest was not read
+    assert (one.clip_u8.shape[0], one.sync_u8.shape[0], one.n_source_frames) == (8, 25, None)
+    counted = V.decode_video(mp4, duration=1.0, count_frames=True)  # the rest only counted
+    assert (counted.sync_u8.shape[0], counted.n_source_frames) == (25, 50)
 
 
 def test_decode_keeps_the_frame_the_reference_reader_drops(mp4):
@@ -487,7 +490,7 @@ def test_late_stream_counts_time_from_its_first_frame(late_video):
 
 
 def test_mask_is_checked_against_the_whole_video_when_decoding_stops_early(late_video):
-    p = V.decode_video(late_video, duration=1.0)
+    p = V.decode_video(late_video, duration=1.0, count_frames=True)
     assert p.n_source_frames == 50  # counted past the decoded second
     with pytest.raises(SelvaError, match="mask has 40 frames but the video has 50"):
         V.mask_for_indices(torch.ones(40, 4, 4), p.sync_indices, p.n_source_frames)
@@ -514,3 +517,70 @@ def test_decode_is_cancelled_by_what_on_frame_raises(late_video, error):
     with pytest.raises(error, match="interrupted"):
         V.decode_video(late_video, on_frame=cancel)
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------- a short clip of a long file
+class CountingReader(io.RawIOBase):
+    """A seekable binary file that counts the bytes handed out."""
+
+    def __init__(self, path):
+        self._f = open(path, "rb")
+        self.bytes_read = 0
+        self.name = str(path)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self.bytes_read += n or 0
+        return n
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+@pytest.fixture(scope="module")
+def two_hour_video(tmp_path_factory):
+    """A 2-hour 25 fps mp4 (180 000 frames): one tiny intra frame, muxed over and over."""
+    path = tmp_path_factory.mktemp("long") / "two_hours.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 100, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = 0, Fraction(1, 25)
+        data = bytes(next(iter(stream.encode(frame))))
+        for i in range(25 * 7200):
+            packet = av.Packet(data)
+            packet.pts = packet.dts = i
+            packet.time_base, packet.stream, packet.is_keyframe = Fraction(1, 25), stream, True
+            out.mux(packet)
+    return path
+
+
+def test_a_short_request_does_not_read_a_long_file(two_hour_video, monkeypatch):
+    packets = []
+    counting = V._is_frame_packet
+    monkeypatch.setattr(V, "_is_frame_packet", lambda p: packets.append(1) or counting(p))
+    reader = CountingReader(two_hour_video)
+    p = V.decode_video(reader, duration=8.0)
+    assert p.duration == 8.0 and p.sync_u8.shape[0] == 200 and p.n_source_frames is None
+    assert len(packets) < 25 * 10  # about 8 s of the 7200 s were demuxed
+    # the container's index is read, but not the frames of the other 2 hours
+    assert reader.bytes_read < 0.2 * two_hour_video.stat().st_size
+    reader.close()
+
+    # the frame count, when a per-frame mask asks for it, demuxes the whole file (no decoding)
+    packets.clear()
+    counted = V.decode_video(two_hour_video, duration=8.0, count_frames=True)
+    assert counted.n_source_frames == 25 * 7200 and len(packets) > 25 * 7200  # + the flush packet

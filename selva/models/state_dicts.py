@@ -117,3 +117,45 @@ def unset_tensors(module: nn.Module, ignore: Collection[str] = ()) -> list[str]:
     """Names of parameters and buffers still on the meta device (not in ``ignore``)."""
     return [n for n, t in list(module.named_parameters()) + list(module.named_buffers())
             if t.is_meta and n not in ignore]
+
+
+def _tensors_in(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from _tensors_in(value)
+
+
+def memory_span(obj: Any) -> Optional[tuple[int, int]]:
+    """The address range of every CPU tensor in ``obj`` (a loaded checkpoint: nested dicts)."""
+    spans = [(t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes())
+             for t in _tensors_in(obj) if t.device.type == "cpu" and t.untyped_storage().nbytes()]
+    if not spans:
+        return None
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def release_file_pages(module: nn.Module, span: Optional[tuple[int, int]]) -> int:
+    """Give ``module`` its own copy of the few tensors it still shares with a loaded file.
+
+    For networks whose weights are rebuilt at load time (weight norm folded into plain weights):
+    the memory-mapped file stays mapped, with every page read while rebuilding still counted as
+    resident, as long as any tensor views it. Copying the small leftovers (biases, statistics)
+    lets the whole mapping go once the checkpoint dict is dropped. Returns how many were copied.
+    """
+    if span is None:
+        return 0
+    lo, hi = span
+    copied = 0
+    for holder in module.modules():
+        for table in (holder._parameters, holder._buffers):
+            for name, t in table.items():
+                if t is None or t.device.type != "cpu" or t.is_meta:
+                    continue
+                if lo <= t.untyped_storage().data_ptr() < hi:
+                    fresh = t.detach().clone()
+                    table[name] = nn.Parameter(fresh, requires_grad=t.requires_grad) \
+                        if isinstance(t, nn.Parameter) else fresh
+                    copied += 1
+    return copied

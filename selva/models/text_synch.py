@@ -56,6 +56,11 @@ TEXT_SYNCH_DEPTH1 = TextSynchConfig()
 
 BatchCallback = Callable[[int, int], None]
 
+# Segments per backbone call by default. The official code runs one clip's segments one batch
+# item at a time; stacking several gives the matrix kernels bigger, faster products. 8 segments
+# (an 8 s clip has 23) keep the activations of one call around a few hundred MB in fp32.
+DEFAULT_SEGMENTS_PER_CALL = 8
+
 
 class TextSynchformer(nn.Module):
     """Text-conditioned Synchformer; attribute names follow ``video_enc_sup_5.pth``."""
@@ -107,29 +112,79 @@ class TextSynchformer(nn.Module):
         start = index * self.cfg.step_size
         return frames[batch, start:start + self.cfg.segment_size].transpose(0, 1)
 
-    def _encode_segments(self, segments: torch.Tensor, text: torch.Tensor,
-                         text_mask: torch.Tensor) -> torch.Tensor:
-        """segments (N, C, T, H, W), projected text (N, L, D), bool mask (N, L) -> (N, slots, D)."""
-        tokens = self.vfeat_extractor.patch_tokens(segments)
-        for block in self.synch_text_cross_blocks:
-            tokens = block(tokens, text, None, None, text_mask)
-        return self.vfeat_extractor.aggregate(tokens)
-
-    def _check_inputs(self, sync_frames: torch.Tensor, text_f: torch.Tensor,
-                      text_mask: torch.Tensor) -> None:
+    def _check_frames(self, sync_frames: torch.Tensor) -> None:
         bb = self.cfg.backbone
         if sync_frames.dim() != 5 or tuple(sync_frames.shape[2:]) != (bb.in_chans, bb.img_size, bb.img_size):
             raise SelvaError(f"sync frames must be (B, T, {bb.in_chans}, {bb.img_size}, {bb.img_size}), "
                              f"got {tuple(sync_frames.shape)}")
-        b, t = sync_frames.shape[:2]
-        if t < self.cfg.segment_size:
-            raise SelvaError(f"the video is too short for the sync encoder: {t} frames, at least "
-                             f"{self.cfg.segment_size} are needed ({self.cfg.segment_size / 25:.2f} s at 25 fps)")
-        if text_f.dim() != 3 or text_f.shape[0] != b or text_f.shape[2] != self.cfg.text_dim:
-            raise SelvaError(f"text features must be ({b}, L, {self.cfg.text_dim}), got {tuple(text_f.shape)}")
+        if sync_frames.shape[1] < self.cfg.segment_size:
+            raise SelvaError(f"the video is too short for the sync encoder: {sync_frames.shape[1]} frames, "
+                             f"at least {self.cfg.segment_size} are needed "
+                             f"({self.cfg.segment_size / 25:.2f} s at 25 fps)")
+
+    def _check_text(self, batch: int, text_f: torch.Tensor, text_mask: torch.Tensor) -> None:
+        if text_f.dim() != 3 or text_f.shape[0] != batch or text_f.shape[2] != self.cfg.text_dim:
+            raise SelvaError(f"text features must be ({batch}, L, {self.cfg.text_dim}), got {tuple(text_f.shape)}")
         if tuple(text_mask.shape) != tuple(text_f.shape[:2]):
             raise SelvaError(f"text mask {tuple(text_mask.shape)} does not match text features "
                              f"{tuple(text_f.shape)}")
+
+    def backbone_tokens(self,
+                        sync_frames: torch.Tensor,
+                        *,
+                        segments_per_batch: Optional[int] = None,
+                        on_batch: Optional[BatchCallback] = None) -> torch.Tensor:
+        """The text-independent part of :meth:`encode`: the backbone's patch tokens of every
+        segment, ``(B * S, slots * patches, D)`` in clip-major order.
+
+        The prompt only enters after the backbone, so these can be kept and reused for another
+        prompt on the same frames (:meth:`encode_tokens`). ``segments_per_batch`` bounds how many
+        segments run through the backbone at once (default :data:`DEFAULT_SEGMENTS_PER_CALL`);
+        ``on_batch(done, total)`` is called after each batch of segments. The result does not
+        depend on the batching beyond float rounding: segments never interact.
+        """
+        self._check_frames(sync_frames)
+        b, t = sync_frames.shape[:2]
+        per_clip = self.cfg.num_segments(t)
+        total = b * per_clip
+        step = segments_per_batch if segments_per_batch is not None else DEFAULT_SEGMENTS_PER_CALL
+        if step < 1:
+            raise SelvaError(f"segments_per_batch must be at least 1, got {step}")
+        sync_frames = sync_frames.to(self.device)
+        order = [(i, s) for i in range(b) for s in range(per_clip)]  # the output sequence's order
+        outputs = []
+        for start in range(0, total, step):
+            chunk = order[start:start + step]
+            segments = torch.stack([self._segment(sync_frames, i, s) for i, s in chunk])
+            outputs.append(self.vfeat_extractor.patch_tokens(segments))
+            if on_batch is not None:
+                on_batch(min(start + step, total), total)
+        return torch.cat(outputs, dim=0)
+
+    def encode_tokens(self, tokens: torch.Tensor, text_f: torch.Tensor,
+                      text_mask: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens of B clips (from :meth:`backbone_tokens`) + their prompts -> the sync
+        features (B, S * 8, D): the text cross-attention and the spatial pooling."""
+        b = text_f.shape[0]
+        self._check_text(b, text_f, text_mask)
+        if tokens.dim() != 3 or tokens.shape[0] % b:
+            raise SelvaError(f"backbone tokens {tuple(tokens.shape)} do not belong to {b} clips")
+        per_clip = tokens.shape[0] // b
+        param = self.text_proj[0].weight
+        # Projecting per clip instead of per segment: same numbers (row-wise ops), less work.
+        text = self.text_proj(text_f.to(param.device, param.dtype))
+        mask = text_mask.to(param.device) != 0
+        rows = torch.arange(b, device=param.device).repeat_interleave(per_clip)
+        outputs = []
+        step = DEFAULT_SEGMENTS_PER_CALL  # bounds the feed-forward's working memory
+        for start in range(0, tokens.shape[0], step):
+            x = tokens[start:start + step].to(param.device)
+            r = rows[start:start + step]
+            for block in self.synch_text_cross_blocks:
+                x = block(x, text[r], None, None, mask[r])
+            outputs.append(self.vfeat_extractor.aggregate(x))  # (n, slots, D)
+        features = torch.cat(outputs, dim=0)
+        return features.reshape(b, per_clip * features.shape[1], features.shape[2])
 
     def encode(self,
                sync_frames: torch.Tensor,
@@ -143,37 +198,13 @@ class TextSynchformer(nn.Module):
         sync_frames: (B, T, 3, 224, 224) in [-1, 1] at 25 fps. text_f/text_mask: T5 features and
         mask (True/1 = real token) with the supplementary tokens already prepended
         (``prepend_sup_tokens``). Returns (B, S * 8, 768) with S = ``cfg.num_segments(T)``.
-
-        ``segments_per_batch`` bounds how many segments run through the backbone at once (default:
-        B, like the official code); ``on_batch(done, total)`` is called after each batch of
-        segments. The result does not depend on the batching: segments never interact.
+        ``segments_per_batch`` / ``on_batch``: see :meth:`backbone_tokens`.
         """
-        self._check_inputs(sync_frames, text_f, text_mask)
-        b, t = sync_frames.shape[:2]
-        per_clip = self.cfg.num_segments(t)
-        total = b * per_clip
-        step = segments_per_batch if segments_per_batch is not None else b
-        if step < 1:
-            raise SelvaError(f"segments_per_batch must be at least 1, got {step}")
-
-        param = self.text_proj[0].weight
-        sync_frames = sync_frames.to(param.device)
-        # Projecting per clip instead of per segment: same numbers (row-wise ops), less work.
-        text = self.text_proj(text_f.to(param.device, param.dtype))
-        mask = text_mask.to(param.device) != 0
-
-        # (b, s) in clip-major order, the order of the output sequence
-        order = [(i, s) for i in range(b) for s in range(per_clip)]
-        outputs = []
-        for start in range(0, total, step):
-            chunk = order[start:start + step]
-            segments = torch.stack([self._segment(sync_frames, i, s) for i, s in chunk])
-            rows = torch.tensor([i for i, _ in chunk], device=param.device)
-            outputs.append(self._encode_segments(segments, text[rows], mask[rows]))
-            if on_batch is not None:
-                on_batch(min(start + step, total), total)
-        features = torch.cat(outputs, dim=0)  # (B*S, slots, D)
-        return features.reshape(b, per_clip * features.shape[1], features.shape[2])
+        self._check_frames(sync_frames)
+        self._check_text(sync_frames.shape[0], text_f, text_mask)
+        tokens = self.backbone_tokens(sync_frames, segments_per_batch=segments_per_batch,
+                                      on_batch=on_batch)
+        return self.encode_tokens(tokens, text_f, text_mask)
 
     @property
     def dtype(self) -> torch.dtype:

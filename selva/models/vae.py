@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import SelvaError
 from ..weights import load_checkpoint
-from .state_dicts import check_fit, load_strict, shapes_of
+from .state_dicts import check_fit, load_strict, memory_span, release_file_pages, shapes_of
 
 log = logging.getLogger(__name__)
 
@@ -443,10 +443,29 @@ def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
         source = source or str(path_or_state)
         log.debug("loading VAE from %s (encoder: %s)", source, need_encoder)
         sd = load_checkpoint(path_or_state)
+        span = memory_span(sd)
         _load_raw(model, sd, source=source)
         # the file's dict is ours: dropping it lets each raw weight be freed as soon as its
         # normalised replacement exists (peak ~ one file, not two)
         del sd
-    else:
-        _load_raw(model, path_or_state, source=source or "VAE state dict")
+        model = _finish(model)
+        release_file_pages(model, span)  # and the mapped file itself, once nothing views it
+        return model
+    _load_raw(model, path_or_state, source=source or "VAE state dict")
     return _finish(model)
+
+
+def load_vae_statistics(path: PathLike, cfg: VAEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mel normalisation statistics ``(data_mean, data_std)``, each ``(data_dim,)`` float32,
+    read from a VAE file without building the network (the file is memory-mapped, so only
+    these two small tensors are read)."""
+    sd = load_checkpoint(path)
+    stats = []
+    for name in ("data_mean", "data_std"):
+        t = sd.get(name) if isinstance(sd, Mapping) else None
+        if not isinstance(t, torch.Tensor) or t.numel() != cfg.data_dim:
+            raise SelvaError(f"{path} has no {name} of {cfg.data_dim} values: it is not the VAE of "
+                             f"this model. Use the v1-16 file for 16 kHz models and v1-44 for "
+                             f"44.1 kHz ones.")
+        stats.append(t.detach().float().reshape(-1).clone())
+    return stats[0], stats[1]

@@ -1,0 +1,124 @@
+"""SelVA LoRA Loader and LoRA Evaluator: thin glue over selva/adapters."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import comfy_compat
+from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run,
+                     make_hooks)
+from .sampler import MAX_SEED
+
+EVAL_FOLDER = "selva_lora_eval"
+
+
+class SelvaLoraLoader:
+    DESCRIPTION = ("Applies a LoRA adapter to the generator at a strength. The input model is not "
+                   "changed: other branches of the graph still get the base model, and loaders chain.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same pipeline with the adapter attached whenever it generates.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader (or another "
+                                                  "LoRA Loader, to stack adapters)."}),
+                "adapter_path": ("STRING", {
+                    "default": "",
+                    "tooltip": "Adapter file (.safetensors from the SelVA trainer, peft lora_A/lora_B "
+                               "files, or .pt adapters of the earlier SelVA pack). Relative paths "
+                               "start in ComfyUI's output folder."}),
+                "strength": ("FLOAT", {
+                    "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                    "tooltip": "1 = as trained, 0 = off (exactly the base model), above 1 "
+                               "exaggerates, negative pushes away from what it learned."}),
+            },
+            "optional": {
+                "adapter": (LORA_TYPE, {"tooltip": "An adapter straight from SelVA LoRA Trainer; "
+                                                   "when connected, adapter_path is ignored."}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
+        """A file replaced at the same path is read again (ComfyUI caches by input values)."""
+        from pathlib import Path
+
+        p = Path(str(adapter_path or "").strip().strip('"')).expanduser()
+        if not p.is_absolute():
+            p = comfy_compat.output_dir() / p
+        try:
+            stat = p.stat()
+        except OSError:
+            return str(p)
+        return f"{p}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    def load(self, model: Any, adapter_path: str, strength: float,
+             adapter: Optional[Any] = None) -> tuple[Any]:
+        from ..selva.adapters import LoraPatch, check_adapter_for, resolve_adapter
+
+        with comfy_run():
+            lora = resolve_adapter(adapter, adapter_path, comfy_compat.output_dir())
+            check_adapter_for(lora, model.variant.name, model.variant.generator)
+            return (model.with_patches([LoraPatch(lora, strength)]),)
+
+
+class SelvaLoraEvaluator:
+    DESCRIPTION = ("Generates the same clip with the base model and each adapter (same seed) and "
+                   "compares their spectra: centroid, flatness, band energy, log-spectral distance "
+                   "to the baseline and to an optional reference.")
+    CATEGORY = CATEGORY
+    FUNCTION = "evaluate"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_image")
+    OUTPUT_TOOLTIPS = ("The JSON summary (metrics per adapter), in output/selva_lora_eval/.",
+                       "Spectrograms side by side and the metrics table.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The base pipeline (adapters are added on top)."}),
+                "features": (FEATURES_TYPE, {"tooltip": "The fixed reference clip every adapter "
+                                                        "generates for."}),
+                "adapters_file": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "A JSON file (or the JSON text) with a list of adapter paths, e.g. "
+                               "[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"]; \"\" = the "
+                               "baseline, which is always included. Relative paths: beside the "
+                               "JSON file, then ComfyUI's output folder. Empty = baseline only."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 200,
+                                  "tooltip": "Sampling steps for every generation."}),
+                "cfg_strength": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                                           "tooltip": "Guidance strength for every generation."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                                 "tooltip": "One seed for all, so only the adapter differs."}),
+            },
+            "optional": {
+                "reference_audio": ("AUDIO", {"tooltip": "The sound you trained for: adds the "
+                                                         "log-spectral distance to it."}),
+            },
+        }
+
+    def evaluate(self, model: Any, features: Any, adapters_file: str, steps: int,
+                 cfg_strength: float, seed: int, reference_audio: Optional[dict] = None):
+        import torch
+
+        from ..selva.adapters.compare import compare_adapters, read_adapter_list, save_comparison
+
+        with comfy_run():
+            out = comfy_compat.output_dir()
+            entries = read_adapter_list(adapters_file, out)
+            reference = None if reference_audio is None else audio_input(reference_audio,
+                                                                          "reference_audio")
+            comparison = compare_adapters(model, features, entries, steps=int(steps),
+                                          cfg_strength=float(cfg_strength), seed=int(seed),
+                                          reference=reference,
+                                          reference_name=None if reference is None else "reference_audio",
+                                          hooks=make_hooks())
+            path, image = save_comparison(comparison, out / EVAL_FOLDER)
+        tensor = torch.from_numpy(image).float().div(255.0)[None]
+        return (str(path), tensor)

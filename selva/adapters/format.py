@@ -1,0 +1,342 @@
+"""LoRA adapter files: the in-memory value (``SELVA_LORA``) and its readers / writer.
+
+What we write is safetensors in ComfyUI's LoRA key convention, one triple per adapted module
+(module names exactly as in the released generator's state dict)::
+
+    <module>.lora_down.weight   (rank, in)  or (rank, in, kernel) for sequence convolutions
+    <module>.lora_up.weight     (out, rank) or (out, rank, 1)
+    <module>.alpha              scalar: the module's delta is (alpha / rank) * up @ down
+
+plus header metadata (format, version, variant, rank, alpha, targets, init, rslora, steps,
+dataset digest). The per-module ``alpha`` always gives the effective scale with the plain
+``alpha / rank`` rule, so rsLoRA and converted PiSSA adapters need no special reader anywhere.
+
+Also read: peft-style ``lora_A`` / ``lora_B`` keys (safetensors or ``.pt``, with an
+``adapter_config.json`` beside the file when present), and the ``.pt`` adapters of the earlier
+SelVA ComfyUI pack (``{"state_dict": {"<module>.lora_A": ..., "<module>.lora_B": ...},
+"meta": {"variant", "rank", "alpha", "target", "steps"}}``), loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ..errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "selva-lora"
+FORMAT_VERSION = 1
+INITS = ("default", "pissa")
+ADAPTER_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class LoraWeights:
+    """One adapted module: ``delta W = (alpha / rank) * up @ down``."""
+
+    down: torch.Tensor  # (rank, in) or (rank, in, kernel)
+    up: torch.Tensor  # (out, rank) or (out, rank, 1)
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.dim() == 3
+
+    def dense_delta(self) -> torch.Tensor:
+        """The full weight delta in the base layer's weight layout (for tests and merging)."""
+        up = self.up.float().reshape(self.up.shape[0], self.rank)
+        if self.is_conv:
+            return self.scale * torch.einsum("or,rik->oik", up, self.down.float())
+        return self.scale * up @ self.down.float()
+
+
+@dataclass
+class AdapterMeta:
+    """What the header says about how the adapter was made."""
+
+    variant: Optional[str]  # None: an older file that did not say (cannot be checked)
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    init: str = "default"
+    rslora: bool = False
+    steps: int = 0
+    dataset_digest: str = ""
+    source_format: str = FORMAT  # selva-lora | peft | selva-pt (earlier pack)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoraAdapter:
+    """The ``SELVA_LORA`` value: weights that apply to the ORIGINAL base generator, + metadata.
+
+    Tensors are on the CPU in whatever dtype the file held (ours: float32). ``path`` is where it
+    was read from or last written to (None for one that came straight from a trainer).
+    """
+
+    modules: dict[str, LoraWeights]
+    meta: AdapterMeta
+    path: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        if not self.modules:
+            raise SelvaError("The LoRA adapter holds no modules.")
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "adapter from the trainer"
+
+    def check_variant(self, variant: str) -> None:
+        """Refuse an adapter trained for another generator, naming both."""
+        if self.meta.variant is None:
+            log.warning("%s does not say which SelVA variant it was trained for; assuming %s.",
+                        self.name, variant)
+            return
+        if self.meta.variant != variant:
+            raise SelvaError(f"{self.name} was trained for SelVA {self.meta.variant}, but the model "
+                             f"is {variant}: load the {self.meta.variant} model, or use an "
+                             f"adapter trained on {variant}.")
+
+
+# ------------------------------------------------------------------------------------- write
+def _header(meta: AdapterMeta, modules: Mapping[str, LoraWeights]) -> dict[str, str]:
+    ranks = sorted({w.rank for w in modules.values()})
+    header = {
+        "format": FORMAT, "format_version": str(FORMAT_VERSION),
+        "variant": meta.variant or "", "rank": str(meta.rank), "alpha": repr(float(meta.alpha)),
+        "targets": json.dumps(list(meta.targets)), "init": meta.init,
+        "rslora": "true" if meta.rslora else "false", "steps": str(int(meta.steps)),
+        "dataset_digest": meta.dataset_digest, "module_ranks": json.dumps(ranks),
+    }
+    header.update({k: str(v) for k, v in meta.extra.items() if k not in header})
+    return header
+
+
+def save_adapter(adapter: LoraAdapter, path: Path, *, overwrite: bool = False) -> Path:
+    """Write ``adapter`` as safetensors, atomically; an existing file is kept unless ``overwrite``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise SelvaError(f"LoRA adapters are written as .safetensors, got {path.name}.")
+    if path.exists() and not overwrite:
+        raise SelvaError(f"{path} already exists; choose another name (it is never overwritten).")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, w in adapter.modules.items():
+        tensors[f"{name}.lora_down.weight"] = w.down.detach().cpu().contiguous()
+        tensors[f"{name}.lora_up.weight"] = w.up.detach().cpu().contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(w.alpha), dtype=torch.float32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise SelvaError(f"Cannot write the adapter to {path.parent}: {e}.") from e
+    try:
+        save_file(tensors, tmp, metadata=_header(adapter.meta, adapter.modules))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    adapter.path = path
+    return path
+
+
+# -------------------------------------------------------------------------------------- read
+_PEFT_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+_COMFY_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
+_PEFT_PREFIXES = ("base_model.model.", "model.", "generator.", "net_generator.")
+
+
+def load_adapter(path: Path) -> LoraAdapter:
+    """Read any supported adapter file (see the module docstring); errors say what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"LoRA adapter not found: {path}.")
+    if path.suffix == ".safetensors":
+        tensors, header = _read_safetensors(path)
+    elif path.suffix in (".pt", ".pth", ".bin"):
+        tensors, header = _read_torch(path)
+    else:
+        raise SelvaError(f"{path.name}: not a LoRA adapter file (expected one of "
+                         f"{', '.join(ADAPTER_SUFFIXES)}).")
+    if any(k.endswith(("lora_down.weight", "lora_up.weight")) for k in tensors):
+        modules = _comfy_modules(tensors, path)
+        meta = _meta_from_header(header, modules, FORMAT if header.get("format") == FORMAT else "comfy")
+    elif any(".lora_A" in k or ".lora_B" in k for k in tensors):
+        config = _peft_config(path, header)
+        modules = _peft_modules(tensors, path, config)
+        meta = _meta_from_header(config, modules, config.get("source_format", "peft"))
+    else:
+        sample = ", ".join(sorted(tensors)[:3]) or "none"
+        raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
+                         f"keys; first keys: {sample}).")
+    return LoraAdapter(modules, meta, path)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own types for every kind of damage
+        raise SelvaError(f"Cannot read {path.name} as safetensors ({e}); the file may be "
+                         f"incomplete or not an adapter.") from e
+    return tensors, header
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SelvaError(f"Cannot read {path.name} as a PyTorch adapter ({e}). Only plain tensor "
+                         f"files load (weights_only=True); re-save it as safetensors.") from e
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict) and "state_dict" in obj:
+        meta = dict(obj.get("meta") or {})
+        meta.setdefault("source_format", "selva-pt")
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SelvaError(f"{path.name} is not a LoRA state dict (expected tensors by name, or "
+                         f"{{'state_dict': ..., 'meta': ...}}).")
+    return dict(obj), meta
+
+
+def _strip_prefix(name: str) -> str:
+    for prefix in _PEFT_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _comfy_modules(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[str, LoraWeights]:
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _COMFY_KEY.match(key)
+        if m is None:
+            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_down.weight, "
+                             f"<module>.lora_up.weight and <module>.alpha).")
+        parts.setdefault(_strip_prefix(m["module"]), {})[m["part"].split(".")[0]] = value
+    modules = {}
+    for name, p in parts.items():
+        if "lora_down" not in p or "lora_up" not in p:
+            missing = "lora_down" if "lora_down" not in p else "lora_up"
+            raise SelvaError(f"{path.name}: module {name} has no {missing}.weight.")
+        rank = p["lora_down"].shape[0]
+        alpha = float(p["alpha"].item()) if "alpha" in p else float(rank)
+        modules[name] = _weights(name, p["lora_down"], p["lora_up"], alpha, path)
+    return modules
+
+
+def _peft_config(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
+    """peft keeps r / lora_alpha in adapter_config.json beside the weights; older .pt in "meta"."""
+    config = dict(header)
+    side = path.with_name("adapter_config.json")
+    if side.is_file():
+        try:
+            peft = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise SelvaError(f"Cannot read {side}: {e}.") from e
+        config.setdefault("rank", peft.get("r"))
+        config.setdefault("alpha", peft.get("lora_alpha"))
+        config.setdefault("rslora", peft.get("use_rslora", False))
+        targets = peft.get("target_modules")
+        if targets:
+            config.setdefault("targets", [targets] if isinstance(targets, str) else list(targets))
+    return config
+
+
+def _peft_modules(tensors: Mapping[str, torch.Tensor], path: Path,
+                  config: Mapping[str, Any]) -> dict[str, LoraWeights]:
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _PEFT_KEY.match(key)
+        if m is None:
+            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_A / "
+                             f"<module>.lora_B).")
+        parts.setdefault(_strip_prefix(m["module"]), {})[m["part"]] = value
+    modules = {}
+    for name, p in parts.items():
+        if "A" not in p or "B" not in p:
+            raise SelvaError(f"{path.name}: module {name} has no lora_{'A' if 'A' not in p else 'B'}.")
+        rank = int(p["A"].shape[0])
+        alpha = float(config.get("alpha") or rank)
+        if rank != int(config.get("rank") or rank):
+            raise SelvaError(f"{path.name}: module {name} has rank {rank} but the file says "
+                             f"{config.get('rank')}.")
+        if _truthy(config.get("rslora")):
+            alpha = alpha * math.sqrt(rank)  # alpha / sqrt(r) expressed as an alpha / r scale
+        modules[name] = _weights(name, p["A"], p["B"], alpha, path)
+    return modules
+
+
+def _weights(name: str, down: torch.Tensor, up: torch.Tensor, alpha: float, path: Path) -> LoraWeights:
+    """Check the pair's shapes agree; an up of (out, rank) for a conv down gains its 1x1 axis."""
+    if down.dim() not in (2, 3) or up.dim() not in (2, 3):
+        raise SelvaError(f"{path.name}: module {name} has weights of shapes {tuple(down.shape)} and "
+                         f"{tuple(up.shape)}; expected 2-D (linear) or 3-D (sequence conv) ones.")
+    if up.dim() == 3 and up.shape[-1] != 1:
+        raise SelvaError(f"{path.name}: module {name}: lora_up must be a 1x1 conv, got {tuple(up.shape)}.")
+    if up.shape[1] != down.shape[0]:
+        raise SelvaError(f"{path.name}: module {name}: lora_up {tuple(up.shape)} does not fit "
+                         f"lora_down {tuple(down.shape)} (ranks differ).")
+    if down.dim() == 3 and up.dim() == 2:
+        up = up[..., None]
+    if down.dim() == 2 and up.dim() == 3:
+        up = up[..., 0]
+    if not (down.is_floating_point() and up.is_floating_point()):
+        raise SelvaError(f"{path.name}: module {name} holds non-float weights.")
+    return LoraWeights(down, up, float(alpha))
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights],
+                      source_format: str) -> AdapterMeta:
+    version = header.get("format_version")
+    if header.get("format") == FORMAT and version is not None and int(version) > FORMAT_VERSION:
+        raise SelvaError(f"This adapter uses format version {version}; this pack reads up to "
+                         f"{FORMAT_VERSION}. Update ComfyUI-SelVA.")
+    targets = header.get("targets", header.get("target"))
+    if isinstance(targets, str):
+        try:
+            targets = json.loads(targets)
+        except json.JSONDecodeError:
+            targets = targets.replace(",", " ").split()
+    first = next(iter(modules.values()))
+    rank = int(header.get("rank") or first.rank)
+    init = str(header.get("init") or "default")
+    known = {"format", "format_version", "variant", "rank", "alpha", "targets", "target", "init",
+             "rslora", "steps", "dataset_digest", "module_ranks", "source_format"}
+    return AdapterMeta(
+        variant=str(header["variant"]) if header.get("variant") else None,
+        rank=rank, alpha=float(header.get("alpha") or rank),
+        targets=tuple(targets) if targets else tuple(sorted({n.rsplit(".", 1)[-1] for n in modules})),
+        init=init, rslora=_truthy(header.get("rslora", False)),
+        steps=int(header.get("steps") or 0), dataset_digest=str(header.get("dataset_digest") or ""),
+        source_format=source_format,
+        extra={k: str(v) for k, v in header.items() if k not in known and isinstance(v, (str, int, float))})
