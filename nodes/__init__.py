@@ -7,6 +7,7 @@ from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .lora import SelvaLoraEvaluator, SelvaLoraLoader
+from .mux import SelvaMuxVideo
 from .sampler import SelvaSampler
 from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
@@ -39,6 +40,7 @@ _NODES = (
     ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
+    ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

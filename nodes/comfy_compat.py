@@ -95,6 +95,24 @@ def temp_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def video_from_file(path: Path) -> Any:
+    """ComfyUI's VIDEO for a file (what Load Video returns); outside ComfyUI a stand-in with the
+    same ``get_stream_source``."""
+    try:
+        from comfy_api.input_impl import VideoFromFile  # type: ignore[import-not-found]
+    except ImportError:
+        return _FileVideo(str(path))
+    return VideoFromFile(str(path))
+
+
+class _FileVideo:
+    def __init__(self, path: str):
+        self.path = path
+
+    def get_stream_source(self) -> str:
+        return self.path
+
+
 # ---------------------------------------------------------------------------- device / VRAM
 def torch_device() -> Optional[str]:
     """ComfyUI's chosen device (respects --cpu, --directml...), or None to let the core pick."""

@@ -45,7 +45,7 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
                      duration: float = 0.0, cache_dir: str = "", video_info: Any = None,
                      mask: Any = None, mask_strength: float = 1.0, mask_clip: bool = True,
                      mask_sync: bool = True, hooks: Any = None, name: str = "",
-                     audio: Any = None) -> tuple[Any, float]:
+                     audio: Any = None, start: float = 0.0) -> tuple[Any, float]:
     """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
 
     With ``name``, the features are also written as ``<name>_NNN.npz`` (next free number) into
@@ -64,7 +64,7 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
     src = resolve_video(video, video_info, fps)
     common = dict(duration=duration if duration > 0 else None, mask=as_mask_stack(mask),
                   mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
-                  mask_sync=bool(mask_sync))
+                  mask_sync=bool(mask_sync), start=float(start or 0.0))
     if src.frames is not None:
         prepared = model.prepare(src.frames, src.fps, hooks=hooks, **common)
     else:
@@ -112,7 +112,7 @@ class SelvaFeatureExtractor:
                                "its own timestamps."}),
                 "duration": ("FLOAT", {
                     "default": 8.0, "min": 0.0, "max": 600.0, "step": 0.1,
-                    "tooltip": "Seconds of audio to prepare for, from the start of the video. 0 = "
+                    "tooltip": "Seconds of audio to prepare for, from `start` (0 s unless set). 0 = "
                                "the whole video. Longer than the video is clamped (with a warning). "
                                "The models were trained on 8 s."}),
                 "cache_dir": ("STRING", {
@@ -143,16 +143,20 @@ class SelvaFeatureExtractor:
                 "audio": ("AUDIO", {
                     "tooltip": "With name: the clip's clean target audio, saved beside the features "
                                "as name_NNN.wav (what a LoRA learns to make)."}),
+                "start": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
+                    "tooltip": "Seconds into the video where the audio begins; duration counts from "
+                               "here. SelVA Mux Audio keeps the result aligned with it."}),
             },
         }
 
     def extract(self, model: Any, video: Any, prompt: str, fps: float, duration: float,
                 cache_dir: str, mask_strength: float, mask_clip: bool, mask_sync: bool,
                 video_info: Optional[dict] = None, mask: Any = None, name: str = "",
-                audio: Any = None) -> tuple[Any, float, str]:
+                audio: Any = None, start: float = 0.0) -> tuple[Any, float, str]:
         with comfy_run():
             feats, rate = extract_features(
                 model, video, prompt, fps=fps, duration=duration, cache_dir=cache_dir,
                 video_info=video_info, mask=mask, mask_strength=mask_strength,
-                mask_clip=mask_clip, mask_sync=mask_sync, name=name, audio=audio)
+                mask_clip=mask_clip, mask_sync=mask_sync, name=name, audio=audio, start=start)
         return feats, rate, prompt

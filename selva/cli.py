@@ -152,19 +152,23 @@ def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt:
 
 
 def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
-              duration: Optional[float] = None) -> Path:
+              duration: Optional[float] = None, start: float = 0.0) -> Path:
     """Copy ``video_in``'s picture (no re-encoding) and add ``wave`` (C, T) as AAC audio.
 
     The picture is cut to ``duration`` seconds (the audio's length by default) at packet level.
     Both streams start at 0 s: a picture that starts later in its file (MPEG-TS, stream-copied
     cuts) is moved to 0 s, since the audio was made for the frames counted from its start.
+    With ``start`` (seconds into the video, as the features were extracted from), the picture
+    begins at the last keyframe at or before ``start`` (a copied picture can only begin on
+    one) and the audio is delayed by the same gap, so it plays exactly with the frames it was
+    made for; the gap (usually well under a second) is silent.
     """
     import av
     import numpy as np
 
     video_out = Path(video_out)
     data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
-    limit = duration if duration is not None else data.shape[-1] / sample_rate
+    limit = start + (duration if duration is not None else data.shape[-1] / sample_rate)
     try:
         with atomic_output(video_out) as tmp, av.open(str(video_in)) as src, \
                 av.open(str(tmp), "w") as dst:
@@ -174,19 +178,34 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
             v_out = dst.add_stream_from_template(v_in)
             a_out = dst.add_stream("aac", rate=int(sample_rate))
             _configure_audio_stream(a_out, data.shape[0], "fltp")
-            start = v_in.start_time  # decode_video counts frame times from here too
+            origin = v_in.start_time  # decode_video counts frame times from here too
+            if start > 0:
+                src.seek(int((origin or 0) + start / v_in.time_base), stream=v_in, backward=True)
+            shift = None  # the first copied frame's pts: it goes to 0 s
             for packet in src.demux(v_in):
                 if packet.dts is None:
                     continue
-                if start is None:
-                    start = packet.pts if packet.pts is not None else packet.dts
-                if packet.pts is not None and float((packet.pts - start) * v_in.time_base) >= limit:
+                if origin is None:
+                    origin = packet.pts if packet.pts is not None else packet.dts
+                if packet.pts is not None and float((packet.pts - origin) * v_in.time_base) >= limit:
                     continue
-                packet.dts -= start
+                if shift is None:
+                    if start > 0 and not packet.is_keyframe:
+                        continue
+                    shift = packet.pts if start > 0 and packet.pts is not None else origin
+                elif packet.pts is not None and packet.pts < shift:
+                    continue  # leading frames of an open GOP: they need the frames before it
+                packet.dts -= shift
                 if packet.pts is not None:
-                    packet.pts -= start
+                    packet.pts -= shift
                 packet.stream = v_out
                 dst.mux(packet)
+            if start > 0:
+                gap = start - float(((shift if shift is not None else origin) - (origin or 0)) * v_in.time_base)
+                shift_samples = int(round(gap * sample_rate))
+                # a later first keyframe (a seek that found none before start) cuts the audio instead
+                data = np.pad(data, ((0, 0), (shift_samples, 0))) if shift_samples >= 0 \
+                    else np.ascontiguousarray(data[:, -shift_samples:])
             _encode_audio(dst, a_out, data, int(sample_rate), "fltp")
     except av.FFmpegError as e:
         raise SelvaError(f"Could not mux audio into {video_out}: {e}") from e
@@ -224,7 +243,9 @@ def _add_feature_args(p: argparse.ArgumentParser, prompt_required: bool = True) 
     g.add_argument("--video", type=Path, required=True, help="input video file")
     g.add_argument("--prompt", required=prompt_required, default="", help="the sound to generate")
     g.add_argument("--duration", type=float, default=8.0,
-                   help="seconds from the start of the video (0 = whole video; default: 8)")
+                   help="seconds from --start (0 = to the end of the video; default: 8)")
+    g.add_argument("--start", type=float, default=0.0,
+                   help="seconds into the video where the audio begins (default: 0)")
     g.add_argument("--mask", type=Path, default=None,
                    help="image marking the sound source (white = keep), static over the clip")
     g.add_argument("--mask-strength", type=float, default=1.0, help="0 = no effect, 1 = full (default)")
@@ -256,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=1, help="variations (seed, seed+1, ...)")
     g.add_argument("--no-normalize", action="store_true", help="skip loudness normalisation")
     g.add_argument("--target-lufs", type=float, default=-27.0, help="loudness target (default: -27)")
+    g.add_argument("--window-seconds", type=float, default=8.0,
+                   help="longer clips are sampled in overlapping windows of this length (default: 8)")
+    g.add_argument("--overlap-seconds", type=float, default=2.56,
+                   help="overlap of neighbouring windows (default: 2.56)")
     o = gen.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="audio file (.wav .flac .m4a .mp3 .opus); a batch adds _0, _1, ...")
@@ -333,11 +358,12 @@ def _features(pipe: Any, args: argparse.Namespace) -> Any:
         mask_strength=args.mask_strength, mask_clip=not args.no_mask_clip,
         mask_sync=not args.no_mask_sync,
         cache=FeatureCache(args.cache_dir, cache_max_bytes(args.cache_max_gb)) if args.cache_dir else None,
-        hooks=_hooks())
+        hooks=_hooks(), start=args.start)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .audio import loudness_normalize
+    from .long_video import WindowOptions
     from .pipeline import SelvaPipeline
 
     if not args.video.is_file():
@@ -354,7 +380,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     feats = _features(pipe, args)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
                          cfg_strength=args.cfg, seed=args.seed, batch_size=args.batch_size,
-                         hooks=_hooks())
+                         hooks=_hooks(), windows=WindowOptions(args.window_seconds, args.overlap_seconds))
     if not args.no_normalize:
         wave = loudness_normalize(wave, pipe.sample_rate, args.target_lufs)
     for i in range(count):
@@ -363,7 +389,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                  wave.shape[-1] / pipe.sample_rate, pipe.sample_rate)
         if args.mux is not None:
             muxed = mux_video(args.video, wave[i], pipe.sample_rate, numbered(args.mux, i, count),
-                              duration=feats.duration)
+                              duration=feats.duration, start=feats.start)
             log.info("Wrote %s", muxed)
     return 0
 

@@ -48,6 +48,7 @@ class Features:
     clip_features: Optional[torch.Tensor] = None  # (1, Tc, 1024) CLIP frame features, if used
     sync_mask: Optional[torch.Tensor] = None  # (1 | T, 224, 224) mask applied to the sync frames
     mask_strength: float = 1.0
+    start: float = 0.0  # seconds into the video where the features begin (muxing needs it)
 
     def save(self, path: Path, *, compress: bool = False) -> None:
         """Write atomically: a reader never sees a half-written file, an old one stays until done.
@@ -60,7 +61,7 @@ class Features:
                   if getattr(self, name) is not None}
         header = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
                   "prompt": self.prompt, "duration": self.duration, "fps": self.fps,
-                  "mask_strength": self.mask_strength}
+                  "mask_strength": self.mask_strength, "start": self.start}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
         try:
@@ -92,7 +93,8 @@ class Features:
             raise SelvaError(f"{path} lacks {', '.join(missing)}; extract the features again.")
         return cls(variant=header["variant"], prompt=header["prompt"],
                    duration=float(header["duration"]), fps=float(header["fps"]),
-                   mask_strength=float(header.get("mask_strength", 1.0)), **arrays)
+                   mask_strength=float(header.get("mask_strength", 1.0)),
+                   start=float(header.get("start", 0.0)), **arrays)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -22,11 +22,13 @@ import torch
 
 from . import accel
 from . import audio as audio_ops
+from . import streamed_encode
 from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
 from .loading import StageBuilders, prefetch, register_stages
+from .long_video import WindowOptions, WindowPlan, default_decode_spans, plan_windows, sample_windows
 from .memo import BackboneCache, EncodingCache
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
@@ -34,6 +36,7 @@ from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
 from .patches import GeneratorPatch, attached
 from .residency import Residency
 from .sampling import euler_sample, initial_noise
+from .tiled_decode import decode_tiles
 from .variants import LATENT_DOWNSAMPLE, VariantSpec, get_variant
 from .weights import default_models_dir
 
@@ -205,10 +208,11 @@ class SelvaPipeline:
                 video_path: Optional[Union[str, Path, BinaryIO]] = None, duration: Optional[float] = None,
                 mask: Optional[torch.Tensor] = None, mask_strength: float = 1.0,
                 mask_clip: bool = True, mask_sync: bool = True,
-                hooks: Optional[Hooks] = None) -> PreparedInput:
+                hooks: Optional[Hooks] = None, start: float = 0.0) -> PreparedInput:
         """Pick and resize frames (from memory or streamed from a file): no network runs.
 
-        ``hooks`` sees the decoding / resizing progress and can cancel it.
+        ``start`` seconds of the video are skipped (``duration`` counts from there); ``hooks``
+        sees the decoding / resizing progress and can cancel it.
         """
         hooks = or_default(hooks)
         if not 0.0 <= mask_strength <= 1.0:
@@ -221,14 +225,14 @@ class SelvaPipeline:
             # Only a per-frame mask needs the whole file's frame count (reading to its end).
             per_frame_mask = mask is not None and mask_strength > 0 and video_ops.mask_frames(mask) > 1
             prepared = video_ops.decode_video(
-                video_path, duration=duration or None, count_frames=per_frame_mask,
-                on_frame=lambda sec: hooks.step("decode", min(int(10 * sec), span), span))
+                video_path, duration=duration or None, start=start, count_frames=per_frame_mask,
+                on_frame=lambda sec: hooks.step("decode", min(max(int(10 * (sec - start)), 0), span), span))
         else:
             if fps is None or fps <= 0:
                 raise SelvaError(f"The video's frame rate must be positive, got {fps}. Connect the "
                                  f"loader's video_info or set fps.")
             n = len(frames)
-            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None,
+            prepared = video_ops.prepare_frames(frames, fps=fps, duration=duration or None, start=start,
                                                 on_frame=lambda done: hooks.step("resize", done, n))
         sync_mask, clip_mask = _masks_for(prepared, mask, mask_strength,
                                           mask_clip and self.options.clip_frames, mask_sync)
@@ -252,7 +256,8 @@ class SelvaPipeline:
             "features", FORMAT_VERSION, self.variant.name, use_clip, *self.encoder_identity(),
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
-            "extra", *extra_key,
+            *([fr.start] if fr.start else []),  # keys of features from 0 s stay as they were
+            "extra", *extra_key,  # last: its length varies
         ])
 
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None) -> Features:
@@ -266,34 +271,36 @@ class SelvaPipeline:
         sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                           prepared.mask_strength, text, hooks)
         clip_features = None
-        if self.options.clip_frames:
-            clip_in = video_ops.to_float01(prepared.frames.clip_u8)
-            if prepared.clip_mask is not None:  # already one mask frame per clip frame (or 1)
-                clip_in = video_ops.apply_mask(clip_in, prepared.clip_mask, prepared.mask_strength)
-            clip_features = self.encode_clip_frames(clip_in, hooks)
+        if self.options.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
+            with self.manager.use("clip") as clip:
+                clip_features = streamed_encode.encode_clip(
+                    clip, prepared.frames.clip_u8, prepared.clip_mask, prepared.mask_strength,
+                    self.stage_dtype("clip"), on_batch=lambda d, n: hooks.step("clip", d, n))
         return Features(variant=self.variant.name, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
                         text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
                         sync_features=sync_features.float().cpu(),
                         sync_frames_u8=prepared.frames.sync_u8.permute(0, 2, 3, 1).contiguous(),
                         clip_features=None if clip_features is None else clip_features.float().cpu(),
-                        sync_mask=prepared.sync_mask, mask_strength=prepared.mask_strength)
+                        sync_mask=prepared.sync_mask, mask_strength=prepared.mask_strength,
+                        start=prepared.frames.start)
 
     def extract_features(self, frames: Frames, fps: float, prompt: str, *,
                          duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
                          mask_strength: float = 1.0, mask_clip: bool = True, mask_sync: bool = True,
-                         cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None) -> Features:
+                         cache: Optional[FeatureCache] = None, hooks: Optional[Hooks] = None,
+                         start: float = 0.0) -> Features:
         prepared = self.prepare(frames, fps, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks, start=start)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def extract_features_from_video(self, path: Union[str, Path, BinaryIO], prompt: str, *,
                                     duration: Optional[float] = None, mask: Optional[torch.Tensor] = None,
                                     mask_strength: float = 1.0, mask_clip: bool = True,
                                     mask_sync: bool = True, cache: Optional[FeatureCache] = None,
-                                    hooks: Optional[Hooks] = None) -> Features:
+                                    hooks: Optional[Hooks] = None, start: float = 0.0) -> Features:
         prepared = self.prepare(video_path=path, duration=duration, mask=mask, mask_strength=mask_strength,
-                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks)
+                                mask_clip=mask_clip, mask_sync=mask_sync, hooks=hooks, start=start)
         return self.encode_cached(prepared, prompt, cache, hooks)
 
     def encode_cached(self, prepared: PreparedInput, prompt: str, cache: Optional[FeatureCache],
@@ -329,27 +336,31 @@ class SelvaPipeline:
                     mask_strength: float, text: TextFeatures, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
         """Text-conditioned sync features (1, S * 8, D) of 25 fps uint8 frames (T, 3, 224, 224).
 
-        The backbone's tokens do not depend on the prompt: those of the last clip are kept, so
-        another prompt on the same frames runs only the text cross-attention and the pooling.
+        A clip of one chunk (up to ~8 s, selva/streamed_encode.py) is encoded in one piece, and
+        its backbone tokens -- they do not depend on the prompt -- are kept, so another prompt on
+        the same frames runs only the text cross-attention and the pooling. A longer clip is
+        converted and encoded a chunk at a time so that memory stays bounded whatever its
+        length; its tokens (hundreds of MB per minute) are not kept.
         """
+        on_batch = lambda d, n: hooks.step("sync encoder", d, n)  # noqa: E731
         with self.manager.use("text_synch") as net:
             net: TextSynchformer
+            text_f = text.t5.to(self.device, net.dtype)
+            text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
+            if not streamed_encode.fits_one_chunk(sync_u8_tchw.shape[0]):
+                return streamed_encode.encode_sync(net, sync_u8_tchw, sync_mask, mask_strength, text_f,
+                                                   text_mask, on_batch=on_batch)
             key = content_hash(["sync backbone", self.variant.name, *self.encoder_identity()[:3],
                                 sync_u8_tchw, sync_mask, float(mask_strength)])
             tokens = self._backbone.get(key)
             if tokens is None:
-                frames01 = video_ops.to_float01(sync_u8_tchw)
-                if sync_mask is not None:
-                    frames01 = video_ops.apply_mask(frames01, sync_mask, mask_strength)
-                frames = video_ops.normalize_sync(frames01)
-                tokens = net.backbone_tokens(frames[None].to(self.device, net.dtype),
-                                             on_batch=lambda d, n: hooks.step("sync encoder", d, n))
+                frames = streamed_encode.sync_input(net, sync_u8_tchw, sync_mask, mask_strength)
+                tokens = net.backbone_tokens(frames, on_batch=on_batch)
+                del frames
                 self._backbone.put(key, tokens)
             else:
                 log.info("Sync encoder: reusing the video's backbone tokens (only the prompt changed)")
                 hooks.step("sync encoder", 1, 1)
-            text_f = text.t5.to(self.device, net.dtype)
-            text_f, text_mask = net.prepend_sup_tokens(text_f, text.t5_mask.to(self.device))
             return net.encode_tokens(tokens, text_f, text_mask)
 
     def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
@@ -403,19 +414,24 @@ class SelvaPipeline:
                  duration: Optional[float] = None, steps: int = 25, cfg_strength: float = 4.5,
                  seed: int = 0, batch_size: int = 1, hooks: Optional[Hooks] = None,
                  extra_patches: Sequence[GeneratorPatch] = (),
-                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 noise: Optional[torch.Tensor] = None,
+                 windows: Optional[WindowOptions] = None) -> torch.Tensor:
         """Audio for ``features``: (batch_size, 1, samples) float32 on the CPU at ``sample_rate``.
 
         Variation ``i`` of a batch equals a single run with ``seed + i``. ``extra_patches`` are
         attached for this call only (a Sampler's steering vectors); ``noise`` replaces the
-        seeded initial noise (DITTO's optimised x0, shaped like it).
+        seeded initial noise (DITTO's optimised x0, shaped like it). Clips longer than one
+        window (``windows``, default 8 s) are sampled in overlapping windows and decoded in tiles
+        (see selva/long_video.py).
         """
         hooks = or_default(hooks)
+        plan = self.plan(features, duration, windows)
         latent = self.sample_latent(features, prompt=prompt, negative_prompt=negative_prompt,
-                                    duration=duration, steps=steps, cfg_strength=cfg_strength,
-                                    seed=seed, batch_size=batch_size, hooks=hooks,
-                                    extra_patches=extra_patches, noise=noise)
-        wave = self.decode(latent, hooks)
+                                    duration=plan.total.duration, steps=steps,
+                                    cfg_strength=cfg_strength, seed=seed, batch_size=batch_size,
+                                    hooks=hooks, extra_patches=extra_patches, noise=noise,
+                                    windows=windows)
+        wave = self.decode(latent, hooks, spans=[w.latent for w in plan.windows])
         audio_ops.assert_finite(wave, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32"))
         return wave
 
@@ -423,8 +439,13 @@ class SelvaPipeline:
                       negative_prompt: str = "", duration: Optional[float] = None, steps: int = 25,
                       cfg_strength: float = 4.5, seed: int = 0, batch_size: int = 1,
                       hooks: Optional[Hooks] = None, extra_patches: Sequence[GeneratorPatch] = (),
-                      noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The generator's output latent (batch_size, L, C), un-normalised, before the VAE."""
+                      noise: Optional[torch.Tensor] = None,
+                      windows: Optional[WindowOptions] = None) -> torch.Tensor:
+        """The generator's output latent (batch_size, L, C), un-normalised, before the VAE.
+
+        The noise is ``initial_noise(batch_size, L, C, seed)`` for the whole duration's L latent
+        frames, however many windows sample it (``noise`` replaces it, shaped like it).
+        """
         hooks = or_default(hooks)
         if steps < 1:
             raise SelvaError(f"steps must be at least 1, got {steps}.")
@@ -432,10 +453,15 @@ class SelvaPipeline:
             raise SelvaError(f"batch_size must be at least 1, got {batch_size}.")
         with accel.tf32(self.device, self.options.tf32):
             features = self._features_for_prompt(features, prompt, hooks)
-            seq = self.variant.seq_lengths(self._duration_for(features, duration))
+            plan = self.plan(features, duration, windows)
             neg_clip = self._negative_text(negative_prompt)
-            return self._sample(features, neg_clip, seq, steps, cfg_strength, seed, batch_size, hooks,
+            return self._sample(features, neg_clip, plan, steps, cfg_strength, seed, batch_size, hooks,
                                 extra_patches, noise)
+
+    def plan(self, features: Features, duration: Optional[float] = None,
+             windows: Optional[WindowOptions] = None) -> WindowPlan:
+        """The sampling windows for ``duration`` seconds of ``features`` (one when it fits)."""
+        return plan_windows(self.variant, self._duration_for(features, duration), windows)
 
     def _duration_for(self, features: Features, duration: Optional[float]) -> float:
         if not duration:
@@ -458,15 +484,16 @@ class SelvaPipeline:
             clip = features.clip_features[:, :seq.clip].to(self.device, gen_dtype)
         return (clip, sync.to(self.device, gen_dtype), features.text_clip.to(self.device, gen_dtype))
 
-    def _sample(self, features: Features, neg_clip: torch.Tensor, seq, steps: int, cfg_strength: float,
-                seed: int, batch: int, hooks: Hooks, extra_patches: Sequence[GeneratorPatch] = (),
+    def _sample(self, features: Features, neg_clip: torch.Tensor, plan: WindowPlan, steps: int,
+                cfg_strength: float, seed: int, batch: int, hooks: Hooks,
+                extra_patches: Sequence[GeneratorPatch] = (),
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        seq = plan.total
         with self.use_generator(extra_patches) as gen:
-            gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq)
-            if clip_f is None:
-                clip_f = gen.empty_clip_sequence(1)
             dtype = self.stage_dtype("generator")
+            # One clip: the conditions are batch 1, projected once and shared by every batch item.
+            clip_f, sync_f, text_clip = self._conditions_inputs(features, seq)
+            neg_clip = neg_clip.to(self.device, dtype)
             if noise is None:
                 x0 = initial_noise(batch, seq.latent, gen.latent_dim, seed=seed, device=self.device, dtype=dtype)
             else:
@@ -474,27 +501,44 @@ class SelvaPipeline:
                     raise SelvaError(f"The initial noise has shape {tuple(noise.shape)}, expected "
                                      f"{(batch, seq.latent, gen.latent_dim)} for this duration.")
                 x0 = noise.to(self.device, dtype)
-            # One clip: both branches are projected once and shared by every batch item.
-            cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
-            uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(self.device, dtype))
             velocity = accel.compiled_velocity(gen) if self.options.compile else None
+            if not plan.single:
+                x1 = sample_windows(gen, plan, x0, clip_f, sync_f, text_clip, neg_clip, steps,
+                                    cfg_strength, hooks, velocity=velocity)
+                return gen.unnormalize(x1)
+            gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
+            if clip_f is None:
+                clip_f = gen.empty_clip_sequence(1)
+            cond: Conditions = gen.preprocess_conditions(clip_f, sync_f, text_clip)
+            uncond: Conditions = gen.empty_conditions(1, negative_text_clip_f=neg_clip)
             x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength, velocity=velocity),
                               x0, steps, on_step=lambda d, n: hooks.step("sampling", d, n))
             return gen.unnormalize(x1)
 
-    def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None) -> torch.Tensor:
-        """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU."""
-        hooks = or_default(hooks)
-        with accel.tf32(self.device, self.options.tf32):
-            return self._decode(latent, hooks)
+    def decode(self, latent: torch.Tensor, hooks: Optional[Hooks] = None,
+               spans: Optional[Sequence[tuple[int, int]]] = None) -> torch.Tensor:
+        """Latent (B, L, C) -> waveform (B, 1, T) float32 on the CPU.
 
-    def _decode(self, latent: torch.Tensor, hooks: Hooks) -> torch.Tensor:
+        ``spans`` are overlapping tiles in latent frames (default: 8 s ones for a latent longer
+        than one default window); the VAE and the vocoder decode one tile at a time and the
+        results are crossfaded (selva/tiled_decode.py). One tile = one piece, as always.
+        """
+        hooks = or_default(hooks)
+        if spans is None:
+            spans = default_decode_spans(self.variant, latent.shape[1])
+        with accel.tf32(self.device, self.options.tf32):
+            return self._decode(latent, spans, hooks)
+
+    def _decode(self, latent: torch.Tensor, spans: Sequence[tuple[int, int]], hooks: Hooks) -> torch.Tensor:
+        n = len(spans)
         with self.manager.use("vae") as vae:
-            mel = vae.decode(latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2))
-        hooks.step("decode", 1, 2)
+            mel = decode_tiles(vae.decode, latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2),
+                               spans, LATENT_DOWNSAMPLE, on_tile=lambda d, _: hooks.step("decode", d, 2 * n))
         with self.manager.use(self.stage_name("vocoder")) as vocoder:
-            wave = vocoder(mel.to(self.device, self.stage_dtype("vocoder")))
-        hooks.step("decode", 2, 2)
+            mel_spans = [(a * LATENT_DOWNSAMPLE, b * LATENT_DOWNSAMPLE) for a, b in spans]
+            wave = decode_tiles(vocoder, mel.to(self.device, self.stage_dtype("vocoder")), mel_spans,
+                                self.variant.hop, out_device=torch.device("cpu"),
+                                on_tile=lambda d, _: hooks.step("decode", n + d, 2 * n))
         return wave.float().cpu()
 
     # ---------------------------------------------------------------------- audio utilities

@@ -102,10 +102,12 @@ class _Walk:
         self.clip = _RateSelector(Fraction(CLIP_FPS))
         self.sync = _RateSelector(Fraction(SYNC_FPS))
         self.last_time: Optional[Fraction] = None
+        self.latest: Optional[Fraction] = None  # time of the latest frame, used or not
         self.finished = False  # a frame past the end was seen
 
     def feed(self, index: int, time: Fraction) -> tuple[int, int]:
         """How many clip and sync slots this frame fills (the reference's skip/stop rules)."""
+        self.latest = time
         if time < 0:
             return 0, 0
         if self.end is not None and time > self.end:
@@ -164,8 +166,11 @@ def _settle(clip_idx: list[int], sync_idx: list[int], requested: Fraction,
     return clip_idx[:n_clip], sync_idx[:n_sync], float(duration)
 
 
-def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction]):
+def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction],
+            start: Fraction = Fraction(0)):
     """Settle a finished walk; without a requested duration the whole video counts."""
+    if start > 0:
+        _check_start(walk, requested, interval, start)
     if walk.last_time is None:
         raise SelvaError(f"No video frame lies inside the requested time span; SelVA needs at least "
                          f"{MIN_DURATION:.2f} s of video.")
@@ -175,6 +180,27 @@ def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fract
         # a video lasts until its last frame has been shown for one frame interval
         target = walk.last_time + (interval if interval is not None else 0)
     return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None)
+
+
+def _check_start(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction],
+                 start: Fraction) -> None:
+    """A start past the end, or leaving less than one sync segment, is the user's to fix."""
+    if walk.latest is None:
+        raise SelvaError("The video has no frames.")
+    step = interval or 0
+    end = start + walk.latest + step  # how long the video lasts
+    # the last start that still gives 16 sync frames and enough 8 fps frames to cover them
+    latest_start = max(math.floor(100 * float(end - step - Fraction(5, CLIP_FPS))) / 100, 0.0)
+    if walk.last_time is None:
+        raise SelvaError(f"start {float(start):.2f} s is at or beyond the end of the video "
+                         f"({float(end):.2f} s long): choose a start of at most {latest_start:.2f} s.")
+    left = walk.last_time + step
+    usable = min(requested or left, left, Fraction(len(walk.clip.indices), CLIP_FPS),
+                 Fraction(len(walk.sync.indices), SYNC_FPS))
+    if math.floor(SYNC_FPS * usable) < SYNC_SEGMENT_FRAMES:
+        raise SelvaError(f"start {float(start):.2f} s leaves only {float(left):.2f} s of the "
+                         f"{float(end):.2f} s video; SelVA needs at least {MIN_DURATION:.2f} s: "
+                         f"choose a start of at most {latest_start:.2f} s.")
 
 
 def _typical_interval(times: Sequence[Fraction]) -> Optional[Fraction]:
@@ -337,6 +363,7 @@ class PreparedFrames:
     sync_indices: tuple[int, ...]  # source frame used for each sync frame
     n_source_frames: Optional[int]  # frames in the whole video; None when not counted
     source_size: Optional[tuple[int, int]] = None  # (height, width) of the source frames
+    start: float = 0.0  # seconds into the video where the result begins
 
     def clip_frames(self) -> torch.Tensor:
         """CLIP input without a mask: float32 in [0, 1] (the pipeline masks on its own)."""
@@ -390,15 +417,23 @@ def _requested(duration: Optional[Number]) -> Optional[Fraction]:
     return requested
 
 
+def _start(start: Optional[Number]) -> Fraction:
+    offset = _exact(start or 0, "start")
+    if offset < 0:
+        raise SelvaError(f"start must not be negative, got {float(offset)} s.")
+    return offset
+
+
 def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number] = None,
                    duration: Optional[Number] = None, *,
-                   frame_times: Optional[Sequence[Number]] = None,
+                   frame_times: Optional[Sequence[Number]] = None, start: Number = 0.0,
                    on_frame: Optional[Callable[[int], None]] = None) -> PreparedFrames:
     """Select, convert and resize an in-memory ``(T, H, W, 3)`` video for SelVA.
 
     ``frames`` are uint8 or float in [0, 1] (ComfyUI IMAGE). Give ``fps`` for a constant frame
     rate or ``frame_times`` (seconds, one per frame) for any other. ``duration`` None or 0 uses
-    the whole video; a longer duration than the video is clamped (with a warning).
+    the whole video; a longer duration than the video is clamped (with a warning). ``start``
+    skips that many seconds (times then count from it), as in :func:`decode_video`.
 
     ``on_frame(done)`` is called after each chunk of resized frames with the number of source
     frames converted so far (each used frame is converted once; at most ``T``); anything it
@@ -417,18 +452,19 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
         raise SelvaError("prepare_frames needs the frame rate (fps) or the frame times.")
     interval = 1 / rate if rate is not None else _typical_interval(times)
     requested = _requested(duration)
+    offset = _start(start)
 
     walk = _Walk(requested)
     for i, t in enumerate(times):
-        walk.feed(i, t)
+        walk.feed(i, t - offset)
         if walk.finished:
             break
-    clip_idx, sync_idx, used = _finish(walk, requested, interval)
+    clip_idx, sync_idx, used = _finish(walk, requested, interval, offset)
     clip_u8, sync_u8 = _resize_selected(frames, clip_idx, sync_idx, on_frame)
     src_fps = float(fps) if fps is not None else (1 / float(interval) if interval else None)
     return PreparedFrames(clip_u8=clip_u8, sync_u8=sync_u8, duration=used, fps=src_fps,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx), n_source_frames=n,
-                          source_size=(int(frames.shape[1]), int(frames.shape[2])))
+                          source_size=(int(frames.shape[1]), int(frames.shape[2])), start=float(offset))
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -551,7 +587,7 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
         source = str(path)
     else:
         path = getattr(source, "name", "the video stream")
-    offset = _exact(start, "start")
+    offset = _start(start)
     requested = _requested(duration)
 
     walk = _Walk(requested)
@@ -583,10 +619,10 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
         raise SelvaError(f"Could not decode {path}: {e}") from e
 
     interval = 1 / rate if rate is not None else None
-    clip_idx, sync_idx, used = _finish(walk, requested, interval)
+    clip_idx, sync_idx, used = _finish(walk, requested, interval, offset)
     return PreparedFrames(clip_u8=_stack(decoded.clip_of, clip_idx, CLIP_SIZE),
                           sync_u8=_stack(decoded.sync_of, sync_idx, SYNC_SIZE), duration=used,
                           fps=float(rate) if rate is not None else None,
                           clip_indices=tuple(clip_idx), sync_indices=tuple(sync_idx),
                           n_source_frames=decoded.n_packets if walk.finished else decoded.n_decoded,
-                          source_size=decoded.size)
+                          source_size=decoded.size, start=float(offset))

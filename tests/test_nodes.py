@@ -35,6 +35,7 @@ EXPECTED = {
     "SelvaTiScheduler": "SelVA Textual Inversion Scheduler",
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
+    "SelvaMuxVideo": "SelVA Mux Video",
 }
 
 
@@ -72,13 +73,14 @@ def test_input_names_match_the_spec():
     assert names["SelvaModelLoader"][:3] == ["variant", "precision", "offload_strategy"]
     assert set(names["SelvaFeatureExtractor"]) == {
         "model", "video", "prompt", "video_info", "fps", "duration", "cache_dir", "mask",
-        "mask_strength", "mask_clip", "mask_sync", "name", "audio"}
+        "mask_strength", "mask_clip", "mask_sync", "name", "audio", "start"}
     # inputs added later go last (saved workflows store widget values by position)
-    assert list(classes["SelvaFeatureExtractor"].INPUT_TYPES()["optional"])[-2:] == ["name", "audio"]
+    assert list(classes["SelvaFeatureExtractor"].INPUT_TYPES()["optional"])[-3:] == ["name", "audio", "start"]
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
         "seed", "normalize", "target_lufs", "batch_size", "steering_vectors", "steering_strength",
-        "steering_blocks", "textual_inversion", "ti_strength"}
+        "steering_blocks", "textual_inversion", "ti_strength", "window_seconds", "overlap_seconds"}
+    assert list(classes["SelvaSampler"].INPUT_TYPES()["optional"])[-2:] == ["window_seconds", "overlap_seconds"]
     optional = list(classes["SelvaSampler"].INPUT_TYPES()["optional"])
     assert optional[optional.index("steering_vectors"):optional.index("steering_vectors") + 5] == [
         "steering_vectors", "steering_strength", "steering_blocks", "textual_inversion", "ti_strength"]

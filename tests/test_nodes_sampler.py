@@ -88,7 +88,7 @@ def test_normalize_reaches_the_target_without_clipping(model, features):
 
 
 def test_nan_audio_is_an_error_that_names_the_precision(model, features, monkeypatch):
-    monkeypatch.setattr(model, "decode", lambda latent, hooks=None: torch.full((1, 1, 100), float("nan")))
+    monkeypatch.setattr(model, "decode", lambda latent, hooks=None, **kw: torch.full((1, 1, 100), float("nan")))
     with pytest.raises(SelvaError, match="(?i)nan.*(precision|fp32)|precision"):
         sample(model, features)
 

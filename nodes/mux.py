@@ -1,0 +1,83 @@
+"""SelVA Mux Video: the generated audio into the source video file, aligned with the features' start.
+
+The picture is copied, not re-encoded, so a long or high-resolution video never sits in memory as
+frames (Create Video would decode all of it). The result is a new numbered file in the system
+temp folder; Save Video stores it where the user wants.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import comfy_compat
+from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run
+
+MUX_SUBDIR = "selva_mux"
+_COPYABLE = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take any picture codec and AAC
+
+
+def _source_path(video: Any) -> Path:
+    from ..selva.errors import SelvaError
+
+    source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_file():
+        raise SelvaError("SelVA Mux Video needs a video loaded from a file (core Load Video); for "
+                         "frames made in the graph use Create Video instead.")
+    return Path(source)
+
+
+def _new_output(folder: Path, suffix: str) -> Path:
+    """The next unused ``selva_mux_00001<suffix>``: nothing earlier is overwritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 1 + max((int(p.stem.rsplit("_", 1)[-1]) for p in folder.glob("selva_mux_*")
+                 if p.stem.rsplit("_", 1)[-1].isdigit()), default=0)
+    return folder / f"selva_mux_{n:05d}{suffix}"
+
+
+def mux_audio(video: Any, audio: Any, features: Any, variation: int = 0) -> Any:
+    """A VIDEO: ``video``'s picture from the features' start with ``audio`` (one variation)."""
+    from ..selva.cli import mux_video
+    from ..selva.errors import SelvaError
+
+    src = _source_path(video)
+    wave, rate = audio_input(audio)
+    if not 0 <= variation < wave.shape[0]:
+        raise SelvaError(f"variation {variation} does not exist: the audio holds {wave.shape[0]} "
+                         f"(0 to {wave.shape[0] - 1}).")
+    suffix = src.suffix.lower() if src.suffix.lower() in _COPYABLE else ".mkv"
+    out = _new_output(comfy_compat.temp_dir() / MUX_SUBDIR, suffix)
+    mux_video(src, wave[variation], rate, out, duration=wave.shape[-1] / rate,
+              start=float(getattr(features, "start", 0.0)))
+    return comfy_compat.video_from_file(out)
+
+
+class SelvaMuxVideo:
+    DESCRIPTION = ("Puts the generated audio into the video it was made for, starting at the "
+                   "Feature Extractor's start. The picture is copied, not re-encoded, so long "
+                   "videos need no memory for frames.")
+    CATEGORY = CATEGORY
+    FUNCTION = "mux"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The video with the new audio; connect Save Video.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "video": ("VIDEO", {"tooltip": "The video from core Load Video (the same one the "
+                                               "features were extracted from)."}),
+                "audio": ("AUDIO", {"tooltip": "Audio from SelVA Sampler."}),
+                "features": (FEATURES_TYPE, {"tooltip": "The features the audio was made from: "
+                                                        "their start places the audio."}),
+            },
+            "optional": {
+                "variation": ("INT", {"default": 0, "min": 0, "max": 63,
+                                      "tooltip": "Which variation of a batch to use."}),
+            },
+        }
+
+    def mux(self, video: Any, audio: Any, features: Any, variation: int = 0) -> tuple[Any]:
+        with comfy_run():
+            return (mux_audio(video, audio, features, int(variation)),)
