@@ -229,7 +229,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="bf16", choices=list(PRECISIONS),
                    help="compute precision (default: bf16; fp16 on GPUs without bf16)")
     g.add_argument("--offload", default="auto", choices=list(OFFLOAD_STRATEGIES),
-                   help="keep_in_vram, offload_to_cpu, or auto by free VRAM (default: auto)")
+                   help="keep_in_vram, offload_to_cpu, or auto by free VRAM (default: auto); on a "
+                        "CPU-only machine offload_to_cpu releases each network after use (least RAM)")
     g.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     g.add_argument("--models-dir", type=Path, default=None,
                    help="folder with the weights (default: $SELVA_MODELS_DIR or ./models/selva)")

@@ -7,7 +7,13 @@ Strategies:
   uploads a device copy and drops it afterwards (nothing is copied back). Slower, but peak VRAM
   is about one stage.
 * ``auto``: ``keep_in_vram`` when the device has at least 16 GB free, else ``offload_to_cpu``.
-  On a CPU-only machine both are the same.
+  On a CPU-only machine ``auto`` keeps every stage loaded.
+
+On a CPU-only machine there is no second memory to offload to, so ``offload_to_cpu`` there
+means *release after use*: a stage that can be rebuilt is dropped as soon as its last user is
+done, and built again (from the memory-mapped checkpoint) the next time it runs. Peak RAM is
+then about the largest stage plus the working set instead of every stage at once; each
+generation pays for loading its stages again (:func:`releases_after_use`).
 
 How stages move is delegated to a residency backend (selva/residency.py); ComfyUI plugs in
 its own model management there.
@@ -27,7 +33,8 @@ from .errors import SelvaError
 from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
-           "resolve_dtype", "resolve_offload", "free_bytes", "empty_cache", "module_bytes"]
+           "resolve_dtype", "resolve_offload", "releases_after_use", "free_bytes", "empty_cache",
+           "module_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +111,19 @@ def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = N
     return not keep
 
 
+def releases_after_use(strategy: str, device: torch.device) -> bool:
+    """Whether stages are dropped after each use and rebuilt on the next (``offload_to_cpu`` on a
+    CPU-only device, where keeping a "CPU copy" would keep everything)."""
+    resolve_offload(strategy, device)  # validates the name
+    return device.type == "cpu" and strategy == "offload_to_cpu"
+
+
 @dataclass
 class Stage:
     dtype: torch.dtype
     module: Optional[nn.Module] = None
     build: Optional[Callable[[], nn.Module]] = None  # builds ``module`` on first use
+    users: int = 0  # open ``use`` blocks (nested uses share one module)
 
 
 @dataclass
@@ -121,7 +136,8 @@ class OffloadManager:
     ``residency`` backend's business (selva/residency.py): by default :class:`OnDevice` or
     :class:`CpuMaster` as ``offload`` says; a host application passes its own (ComfyUI's model
     management). ``make_room(bytes, device)`` lets a host evict its own models before a
-    built-in backend puts a stage on the accelerator.
+    built-in backend puts a stage on the accelerator. With ``release_after_use`` a rebuildable
+    stage is dropped when its last open :meth:`use` block ends (see the module docstring).
     """
 
     device: torch.device
@@ -129,6 +145,7 @@ class OffloadManager:
     make_room: Optional[MakeRoom] = None
     stages: dict[str, Stage] = field(default_factory=dict)
     residency: Optional[Residency] = None
+    release_after_use: bool = False
 
     def __post_init__(self) -> None:
         if self.residency is None:
@@ -177,8 +194,15 @@ class OffloadManager:
     def use(self, name: str) -> Iterator[nn.Module]:
         """The stage's module on the compute device for the duration of the block."""
         module = self.get(name)
-        with self.residency.use(name, module):
-            yield module
+        stage = self.stages[name]
+        stage.users += 1
+        try:
+            with self.residency.use(name, module):
+                yield module
+        finally:
+            stage.users -= 1
+            if self.release_after_use and stage.users == 0 and stage.module is module:
+                self.forget(name)
 
     def forget(self, name: str) -> None:
         """Drop one stage's built module (a lazy stage is built again on its next use)."""

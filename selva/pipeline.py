@@ -32,7 +32,7 @@ from .long_video import WindowOptions, WindowPlan, default_decode_spans, plan_wi
 from .memo import BackboneCache, EncodingCache
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
-from .offload import OffloadManager, pick_device, resolve_dtype, resolve_offload
+from .offload import OffloadManager, pick_device, releases_after_use, resolve_dtype, resolve_offload
 from .patches import GeneratorPatch, attached
 from .residency import Residency
 from .sampling import euler_sample, initial_noise
@@ -170,13 +170,16 @@ class SelvaPipeline:
         if residency is not None and residency.device != device:
             raise SelvaError(f"The residency backend runs on {residency.device} but the pipeline "
                              f"was asked to run on {device}.")
+        # A host's memory manager decides residency itself; release-after-use is ours only.
+        release = residency is None and releases_after_use(options.offload, device)
         manager = OffloadManager(device=device, offload=offload, make_room=make_room,
-                                 residency=residency)
+                                 residency=residency, release_after_use=release)
         pipe = cls(spec, options, manager, dtype)
         pipe._builders = StageBuilders(spec, models_dir, options.allow_download, options.clip_frames)
         register_stages(manager, pipe._builders, dtype)
         log.info("SelVA %s ready on %s (%s, %s)", spec.name, device, options.precision,
                  type(residency).__name__ if residency is not None
+                 else "release after use" if release
                  else "offload_to_cpu" if offload else "keep_in_vram")
         return pipe
 

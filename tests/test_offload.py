@@ -80,6 +80,35 @@ def test_lazy_stage_is_built_once_on_first_use():
     assert mgr.get("probe") is m and built == [1]
 
 
+def test_release_after_use_applies_to_offload_to_cpu_on_a_cpu_only_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert O.releases_after_use("offload_to_cpu", cpu) is True
+    assert O.releases_after_use("auto", cpu) is False
+    assert O.releases_after_use("keep_in_vram", cpu) is False
+    assert O.releases_after_use("offload_to_cpu", cuda) is False  # there it is a CPU master copy
+    with pytest.raises(SelvaError, match="offload"):
+        O.releases_after_use("sometimes", cpu)
+
+
+def test_release_after_use_rebuilds_a_lazy_stage_once_its_last_user_is_done():
+    built = []
+    mgr = O.OffloadManager(device=torch.device("cpu"), offload=False, release_after_use=True)
+    mgr.add_lazy("probe", lambda: built.append(1) or Probe(), torch.float32)
+    with mgr.use("probe") as outer:
+        with mgr.use("probe") as inner:  # nested uses share one module and keep it
+            assert inner is outer
+        assert mgr.is_loaded("probe")
+    assert not mgr.is_loaded("probe") and built == [1]
+    with mgr.use("probe") as again:
+        assert again is not outer
+    assert built == [1, 1]
+    # a stage handed over as a ready module cannot be rebuilt, so it stays
+    ready = mgr.add("ready", Probe(), torch.float32)
+    with mgr.use("ready"):
+        pass
+    assert mgr.get("ready") is ready
+
+
 def test_bf16_falls_back_to_fp16_where_unsupported(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with caplog.at_level("WARNING"):

@@ -196,6 +196,15 @@ def test_released_pipeline_reloads_on_next_use(models_dir, feats):
     torch.testing.assert_close(pipe.generate(feats, steps=1, seed=2), a)
 
 
+def test_offload_to_cpu_on_cpu_releases_each_network_after_use_with_the_same_audio(models_dir, pipe, feats):
+    lean = load(models_dir, offload="offload_to_cpu")
+    assert lean.manager.release_after_use and not pipe.manager.release_after_use
+    wave = lean.generate(feats, steps=2, seed=3)
+    assert not any(lean.manager.is_loaded(n) for n in ("generator", "vae", "vocoder"))
+    assert torch.equal(wave, pipe.generate(feats, steps=2, seed=3))
+    assert torch.equal(lean.generate(feats, steps=2, seed=3), wave)  # rebuilt, same numbers
+
+
 def test_spectral_match_uses_vae_statistics(pipe):
     x = torch.randn(1, 1, 16000) * 0.1
     y = pipe.spectral_match(x, 16000, strength=1.0)
