@@ -15,21 +15,24 @@ def ti_inputs() -> dict:
             "tooltip": "Learned tokens from SelVA Textual Inversion Loader. Not connected = none."}),
         "ti_strength": ("FLOAT", {
             "default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-            "tooltip": "Blend of the learned tokens into the prompt's CLIP text sequence: 0 = off "
-                       "(bit-identical output), 1 = as trained."}),
+            "tooltip": "Blend of the learned tokens into the prompt: 0 = off (bit-identical "
+                       "output), 1 = as trained. A clip_t5 embedding also appends its T5 tokens "
+                       "(from the prompt's end token toward the learned ones) and re-encodes the "
+                       "sync features from the features' frames."}),
     }
 
 
 def features_with_ti(model: Any, features: Any, prompt: str, textual_inversion: Any,
                      ti_strength: Optional[float], hooks: Any) -> tuple[Any, str]:
     """(features, prompt) for the Sampler: unchanged without TI; else re-encoded for ``prompt``
-    first (so the tokens are not lost to a later re-encode) and carrying the tokens."""
+    first (so the tokens are not lost to a later re-encode) and carrying the tokens (a clip_t5
+    embedding re-encodes the sync features through ``model``, see the core)."""
     from ..selva.style.textual_inversion import apply_to_features
 
     if textual_inversion is None or not ti_strength:
         return features, prompt
     features = model.features_for_prompt(features, prompt if prompt.strip() else None, hooks)
-    return apply_to_features(features, textual_inversion, float(ti_strength)), ""
+    return apply_to_features(features, textual_inversion, float(ti_strength), pipe=model, hooks=hooks), ""
 
 
 def _resume_arg(resume: str) -> Optional[str]:
@@ -88,7 +91,10 @@ class SelvaTextualInversionTrainer:
                 "path": (list(PATHS), {
                     "default": "clip",
                     "tooltip": "clip: tokens in the CLIP text sequence the generator attends to and "
-                               "pools."}),
+                               "pools. clip_t5: also tokens appended to the T5 sequence the "
+                               "TextSynchformer conditions the sync features on (SelVA's "
+                               "selectivity); slower per step and keeps the clips' video-encoder "
+                               "tokens in memory."}),
                 "resume": ("STRING", {
                     "default": "",
                     "tooltip": "Empty = a fresh run; 'latest' = the newest run in output_path; or a "

@@ -366,6 +366,39 @@ class SelvaPipeline:
                 hooks.step("sync encoder", 1, 1)
             return net.encode_tokens(tokens, text_f, text_mask)
 
+    def sync_features_for_text(self, features: Features, text_t5: torch.Tensor, text_t5_mask: torch.Tensor,
+                               hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """Sync features (1, S * 8, D), float32 on the CPU, of the frames kept in ``features``
+        (with their sync mask and mask strength, as extracted) conditioned on the T5 sequence
+        ``text_t5`` (1, L, 768) / ``text_t5_mask`` (1, L) instead of the features' own.
+
+        For callers that change the T5 sequence itself (textual inversion's ``clip_t5`` path
+        appends learned tokens). The supplementary tokens are put in front here, as for a
+        prompt. The result is remembered in memory keyed by the sequence's content, and the
+        backbone tokens of the frames are reused (:meth:`encode_sync`), so a re-run costs nothing.
+        """
+        hooks = or_default(hooks)
+        if features.variant != self.variant.name:
+            raise SelvaError(f"These features were extracted with {features.variant!r}, the model is "
+                             f"{self.variant.name!r}; extract them again with this model.")
+        t5 = text_t5.detach().float().cpu()
+        mask = text_t5_mask.detach().cpu()
+        key = content_hash(["sync for text", self.variant.name, *self.encoder_identity(),
+                            features.sync_frames_u8, features.sync_mask, float(features.mask_strength),
+                            t5, mask])
+        hit = self._encodings.get(key)
+        if hit is not None:
+            log.info("Using the cached sync features for this T5 sequence")
+            return hit["sync_features"]
+        frames_tchw = features.sync_frames_u8.permute(0, 3, 1, 2)
+        # only the T5 side is read by encode_sync; the CLIP sequence is carried along unchanged
+        text = TextFeatures(t5, mask, features.text_clip)
+        with accel.tf32(self.device, self.options.tf32):
+            sync = self.encode_sync(frames_tchw, features.sync_mask, features.mask_strength, text, hooks)
+        sync = sync.float().cpu()
+        self._encodings.put(key, {"sync_features": sync})
+        return sync
+
     def encode_clip_frames(self, frames01: torch.Tensor, hooks: Hooks = NO_HOOKS) -> torch.Tensor:
         """CLIP image features (1, T, D) of 8 fps frames (T, 3, 384, 384) in [0, 1]."""
         with self.manager.use("clip") as clip:

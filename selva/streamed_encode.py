@@ -63,6 +63,26 @@ def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], stre
     return torch.cat(outputs, dim=1)
 
 
+def sync_backbone_tokens(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float, *,
+                         segments_per_chunk: int = SYNC_SEGMENTS_PER_CHUNK) -> torch.Tensor:
+    """The text-independent backbone tokens (S, slots * patches, D) of one clip's 25 fps uint8
+    frames (T, 3, 224, 224), masked as for :func:`encode_sync`; ``net.encode_tokens`` turns them
+    into sync features for any prompt. Converted to float a chunk at a time (segments never
+    interact, so the result equals one call over all frames)."""
+    total = sync_segments(frames_u8.shape[0])
+    if total == 0:  # let the network say what is wrong
+        return net.backbone_tokens(sync_input(net, frames_u8, mask, strength))
+    outputs = []
+    for first in range(0, total, segments_per_chunk):
+        count = min(segments_per_chunk, total - first)
+        a = first * SYNC_STEP
+        b = a + (count - 1) * SYNC_STEP + SYNC_SEGMENT
+        chunk = sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
+        outputs.append(net.backbone_tokens(chunk))
+        del chunk
+    return torch.cat(outputs, dim=0)
+
+
 def sync_input(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> torch.Tensor:
     """uint8 frames (T, 3, 224, 224) -> masked, normalised (1, T, 3, 224, 224) on ``net``'s device."""
     frames01 = video_ops.to_float01(frames_u8)

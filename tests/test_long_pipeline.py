@@ -256,6 +256,9 @@ def test_streamed_sync_and_clip_encoding_equal_the_one_piece_encoders(models_dir
         for chunk in (1, 3, 100):
             got = streamed_encode.encode_sync(net, fr.sync_u8, mask, 0.7, t5, m, segments_per_chunk=chunk)
             assert torch.equal(got, whole), chunk
+            # the text-independent half alone (textual inversion's clip_t5 training keeps it)
+            tokens = streamed_encode.sync_backbone_tokens(net, fr.sync_u8, mask, 0.7, segments_per_chunk=chunk)
+            assert torch.equal(net.encode_tokens(tokens, t5, m), whole), chunk
     clip_mask = torch.rand(fr.clip_u8.shape[0], 384, 384)
     with p.manager.use("clip") as clip:
         frames01 = video_ops.apply_mask(video_ops.to_float01(fr.clip_u8), clip_mask, 1.0)

@@ -86,7 +86,9 @@ def test_apply_blends_only_the_last_positions(trained):
 
 def test_bad_options_are_refused(model, data_dir, tmp_path):
     with pytest.raises(SelvaError, match="path"):
-        ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(path="clip_t5"))
+        ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(path="t5"))
+    with pytest.raises(SelvaError, match="backbone_cache_mb"):
+        ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(path="clip_t5", backbone_cache_mb=-1))
     with pytest.raises(SelvaError, match="n_tokens"):
         ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(n_tokens=0))
 
@@ -180,10 +182,220 @@ def test_command_line_trains_tokens(models_dir, data_dir, tmp_path):
     cli = str(Path(__file__).resolve().parent / "tiny_cli.py")
     args = [sys.executable, cli, "train-ti", "--data_dir", str(data_dir), "--output_dir", str(tmp_path),
             "--variant", "tiny_16k", "--models-dir", str(models_dir), "--precision", "fp32", "--device", "cpu",
-            "--offline", "--steps", "2", "--n_tokens", "2", "--save_every", "2", "--no_eval_samples"]
+            "--offline", "--steps", "2", "--n_tokens", "2", "--save_every", "2", "--no_eval_samples",
+            "--path", "clip_t5", "--backbone_cache_mb", "1"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "textual_inversion_001" / "embeddings_final.safetensors"
-    assert ti_mod.TextualInversion.load(path).n_tokens == 2
+    loaded = ti_mod.TextualInversion.load(path)
+    assert loaded.n_tokens == 2 and loaded.path_kind == "clip_t5" and loaded.embeddings_t5.shape == (2, 32)
+
+
+# ------------------------------------------------------------------------- path clip_t5
+T5_DIM = 32  # the tiny T5 width (tests/tiny.py)
+
+
+@pytest.fixture(scope="module")
+def trained_t5(model, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ti_t5_out")
+    with torch.inference_mode():  # as inside ComfyUI
+        return ti_mod.train_textual_inversion(model, data_dir, out, opts(init_text="a metal clang", path="clip_t5"))
+
+
+def test_clip_t5_training_inside_inference_mode_learns_both_token_sets(model, trained_t5):
+    ti = trained_t5.embedding
+    assert ti.path_kind == "clip_t5"
+    init = ti_mod.initial_tokens(model, "a metal clang", 3)
+    init_t5 = ti_mod.initial_t5_tokens(model, "a metal clang", 3)
+    assert ti.embeddings.shape == init.shape and not torch.allclose(ti.embeddings, init)
+    assert ti.embeddings_t5.shape == init_t5.shape == (3, T5_DIM)
+    assert not torch.allclose(ti.embeddings_t5, init_t5)
+    assert len(trained_t5.result.losses) == 4 and all(torch.isfinite(torch.tensor(trained_t5.result.losses)))
+
+
+def test_initial_t5_tokens_repeat_the_end_token_for_short_texts(model):
+    with torch.no_grad(), model.manager.use("t5") as t5:
+        feats, mask = t5.encode(["bang"])
+    real = feats[0][mask[0]].float().cpu()
+    tokens = ti_mod.initial_t5_tokens(model, "bang", real.shape[0] + 2)
+    assert torch.equal(tokens[:real.shape[0]], real)
+    assert torch.equal(tokens[-1], real[-1]) and torch.equal(tokens[-2], real[-1])
+
+
+def test_clip_t5_training_changes_no_weight(model, data_dir, tmp_path):
+    nets = {name: model.manager.get(name) for name in ("generator", "text_synch")}
+    before = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in nets.items()}
+    with torch.inference_mode():
+        ti_mod.train_textual_inversion(model, data_dir, tmp_path, opts(steps=1, save_every=1, path="clip_t5"))
+    for name, net in nets.items():
+        after = net.state_dict()
+        assert after.keys() == before[name].keys()
+        assert all(torch.equal(before[name][k], v) for k, v in after.items()), name
+        assert all(p.grad is None for p in net.parameters()), name
+
+
+def test_clip_t5_round_trip_keeps_both_tensors_and_metadata(trained_t5):
+    from safetensors import safe_open
+
+    path = trained_t5.result.run_dir / "embeddings_final.safetensors"
+    loaded = ti_mod.TextualInversion.load(path)
+    assert torch.equal(loaded.embeddings, trained_t5.embedding.embeddings)
+    assert torch.equal(loaded.embeddings_t5, trained_t5.embedding.embeddings_t5)
+    assert loaded.path_kind == "clip_t5" and loaded.variant == "tiny_16k" and loaded.n_tokens == 3
+    assert loaded.info["options"]["path"] == "clip_t5" and loaded.info["init_text"] == "a metal clang"
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == {"embeddings", "embeddings_t5"}
+        assert f.metadata()["path"] == '"clip_t5"' and f.metadata()["t5_dim"] == str(T5_DIM)
+
+
+def test_clip_only_files_still_load(trained, tmp_path):
+    artifacts = pack_module("selva.artifacts")
+    loaded = ti_mod.TextualInversion.load(trained.result.run_dir / "embeddings_final.safetensors")
+    assert loaded.path_kind == "clip" and loaded.embeddings_t5 is None
+    # a file written before paths were recorded at all reads as clip
+    old = artifacts.save_safetensors(tmp_path / "old.safetensors", {"embeddings": torch.ones(2, 32)},
+                                     {"format": ti_mod.FORMAT, "version": 1, "variant": "tiny_16k"})
+    legacy = ti_mod.TextualInversion.load(old)
+    assert legacy.path_kind == "clip" and legacy.embeddings_t5 is None and legacy.n_tokens == 2
+
+
+def test_clip_t5_file_checks(model, features, tmp_path):
+    artifacts = pack_module("selva.artifacts")
+    wrong = ti_mod.TextualInversion(torch.zeros(3, 32), "tiny_16k", "clip_t5", embeddings_t5=torch.zeros(3, 5))
+    loaded = ti_mod.TextualInversion.load(wrong.save(tmp_path / "wrong.safetensors"))
+    with pytest.raises(SelvaError, match=r"5 wide.*width 32"):
+        ti_mod.apply_to_features(features, loaded, 1.0, pipe=model)
+    missing = artifacts.save_safetensors(tmp_path / "missing.safetensors", {"embeddings": torch.ones(3, 32)},
+                                         {"format": ti_mod.FORMAT, "version": 1, "variant": "tiny_16k",
+                                          "path": "clip_t5"})
+    with pytest.raises(SelvaError, match="embeddings_t5"):
+        ti_mod.TextualInversion.load(missing)
+    with pytest.raises(SelvaError, match="T5 tokens"):
+        ti_mod.TextualInversion(torch.zeros(3, 32), "tiny_16k", "clip_t5")
+    ok = ti_mod.TextualInversion(torch.zeros(3, 32), "tiny_16k", "clip_t5", embeddings_t5=torch.zeros(3, T5_DIM))
+    with pytest.raises(SelvaError, match="needs the model"):
+        ti_mod.apply_to_features(features, ok, 1.0)
+
+
+def test_clip_t5_resume_is_exact_and_the_token_cache_changes_nothing(model, data_dir, tmp_path):
+    t5 = dict(path="clip_t5")
+    with torch.inference_mode():
+        full = ti_mod.train_textual_inversion(model, data_dir, tmp_path / "a", opts(**t5))
+        # no backbone tokens kept at all: every step recomputes them, with the same result
+        ti_mod.train_textual_inversion(model, data_dir, tmp_path / "b", opts(steps=2, backbone_cache_mb=0, **t5))
+        resumed = ti_mod.train_textual_inversion(model, data_dir, tmp_path / "b", opts(**t5), resume="latest")
+        with pytest.raises(SelvaError):  # a clip checkpoint does not resume as clip_t5
+            ti_mod.train_textual_inversion(model, data_dir, tmp_path / "b", opts(), resume="latest")
+    assert torch.equal(resumed.embedding.embeddings, full.embedding.embeddings)
+    assert torch.equal(resumed.embedding.embeddings_t5, full.embedding.embeddings_t5)
+
+
+def test_clip_t5_apply_appends_t5_tokens_and_reencodes_sync(model, features, trained_t5, monkeypatch):
+    ti = trained_t5.embedding
+    assert ti_mod.apply_to_features(features, ti, 0.0, pipe=model) is features
+    calls = []
+    real_encode = model.encode_sync
+    monkeypatch.setattr(model, "encode_sync", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    full = ti_mod.apply_to_features(features, ti, 1.0, pipe=model)
+    length = features.text_t5.shape[1]
+    assert full.text_t5.shape == (1, length + 3, T5_DIM) and full.text_t5_mask.shape == (1, length + 3)
+    assert torch.equal(full.text_t5[:, :length], features.text_t5) and torch.equal(full.text_t5[0, length:], ti.embeddings_t5)
+    assert bool(full.text_t5_mask[0, length:].all())
+    assert full.sync_features.shape == features.sync_features.shape
+    assert not torch.allclose(full.sync_features, features.sync_features)
+    assert torch.equal(full.text_clip[0, -3:], ti.embeddings)
+    again = ti_mod.apply_to_features(features, ti, 1.0, pipe=model)
+    assert torch.equal(again.sync_features, full.sync_features) and len(calls) == 1  # remembered
+    half = ti_mod.apply_to_features(features, ti, 0.5, pipe=model)
+    eos = features.text_t5[0, length - 1]
+    torch.testing.assert_close(half.text_t5[0, length:], eos + 0.5 * (ti.embeddings_t5 - eos))
+    assert len(calls) == 2 and not torch.allclose(half.sync_features, full.sync_features)
+
+
+def test_clip_t5_training_sees_the_sync_features_sampling_uses(model, data_dir, trained_t5):
+    """The task's differentiable sync features (cached backbone tokens) equal the pipeline's."""
+    dataset = pack_module("selva.train.dataset").load_dataset(model, data_dir)
+    ti = trained_t5.embedding
+    o = opts(path="clip_t5")
+    with model.use_generator() as gen, model.manager.use("text_synch") as net:
+        task = ti_mod.TiTask(model, gen, dataset, o, ti.embeddings, init_t5=ti.embeddings_t5, text_synch=net)
+        with torch.no_grad():
+            ours = task.sync_features(1)
+            assert len(task.backbone) == 1 and torch.equal(task.sync_features(1), ours)
+    item = dataset.clips[1]
+    theirs = ti_mod.apply_to_features(item.features, ti, 1.0, pipe=model).sync_features[0, :item.seq.sync]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_t5_tokens_follow_each_rows_last_real_token():
+    text = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    tokens = torch.randn(2, 3)
+    t5, m = ti_mod.with_t5_tokens(text, mask, tokens, 0.25)
+    assert t5.shape == (2, 6, 3) and m.dtype == torch.bool and bool(m[:, 4:].all())
+    assert torch.equal(m[:, :4], mask) and torch.equal(t5[:, :4], text)
+    torch.testing.assert_close(t5[0, 4:], text[0, 3] + 0.25 * (tokens - text[0, 3]))
+    torch.testing.assert_close(t5[1, 4:], text[1, 1] + 0.25 * (tokens - text[1, 1]))
+    assert torch.equal(ti_mod.with_t5_tokens(text, mask, tokens)[0][:, 4:], tokens.expand(2, -1, -1))
+
+
+def test_token_cache_keeps_a_byte_budget():
+    TokenCache = pack_module("selva.memo").TokenCache
+    cache = TokenCache(max_bytes=2 * 400)
+    a, b, c = (torch.full((10, 10), float(i)) for i in range(3))  # 400 bytes each
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", c)
+    assert cache.get("b") is None and torch.equal(cache.get("a"), a) and torch.equal(cache.get("c"), c)
+    assert cache.nbytes == 800 and len(cache) == 2
+    nothing = TokenCache(max_bytes=0)
+    nothing.put("a", a)
+    assert nothing.get("a") is None and len(nothing) == 0
+
+
+def test_sampler_with_clip_t5_differs_and_strength_zero_is_the_sampler(model, features, trained_t5):
+    (ti,) = run_node("SelvaTextualInversionLoader",
+                     path=str(trained_t5.result.run_dir / "embeddings_final.safetensors"))
+    assert ti.path_kind == "clip_t5"
+    for kw in ({}, {"prompt": "rain"}):
+        plain = sample(model, features, **kw)
+        assert torch.equal(plain, sample(model, features, textual_inversion=ti, ti_strength=0.0, **kw))
+        assert not torch.allclose(plain, sample(model, features, textual_inversion=ti, ti_strength=1.0, **kw))
+    # the T5 tokens matter on their own: the same CLIP tokens without them sound different
+    clip_only = ti_mod.TextualInversion(ti.embeddings, ti.variant)
+    assert not torch.allclose(sample(model, features, textual_inversion=clip_only, ti_strength=1.0),
+                              sample(model, features, textual_inversion=ti, ti_strength=1.0))
+
+
+def test_ditto_applies_clip_t5_like_the_sampler(model, features, trained_t5, tmp_path):
+    from style_helpers import reference_dir
+
+    ti = trained_t5.embedding
+    with_ti = sample(model, features, textual_inversion=ti, ti_strength=0.7)
+    (audio,) = run_node("SelvaDittoOptimizer", model=model, features=features, prompt="", negative_prompt="",
+                        reference_dir=str(reference_dir(tmp_path)), n_opt_steps=0, opt_lr=0.1,
+                        n_ode_steps=2, n_grad_steps=1, style_weight=1.0, steps=2, cfg_strength=4.5,
+                        seed=0, normalize=False, textual_inversion=ti, ti_strength=0.7)
+    assert torch.equal(audio["waveform"], with_ti)
+
+
+def test_trainer_node_and_sweep_take_clip_t5(model, data_dir, tmp_path):
+    import json
+
+    choices = pack_module("nodes.textual_inversion").SelvaTextualInversionTrainer.INPUT_TYPES()
+    assert choices["optional"]["path"][0] == ["clip", "clip_t5"]
+    path, _ = run_node("SelvaTextualInversionTrainer", model=model, data_dir=str(data_dir),
+                       output_path=str(tmp_path / "node"), n_tokens=2, init_text="", steps=2, lr=1e-2,
+                       batch_size=1, save_every=2, seed=0, path="clip_t5")
+    assert ti_mod.TextualInversion.load(path).embeddings_t5.shape == (2, T5_DIM)
+    spec = {"base": {"data_dir": str(data_dir), "steps": 2, "save_every": 2, "lr": 1e-2, "eval_samples": False},
+            "experiments": [{"name": "t5", "n_tokens": 2, "path": "clip_t5"}]}
+    exp = tmp_path / "ti_t5_sweep.json"
+    exp.write_text(json.dumps(spec))
+    result = ti_mod.run_ti_sweep(model, exp, tmp_path / "sweep")
+    assert result.summary["runs"]["t5"]["status"] == "finished"
+    made = ti_mod.TextualInversion.load(next((tmp_path / "sweep" / "ti_t5_sweep").glob("t5_*/embeddings_final.safetensors")))
+    assert made.path_kind == "clip_t5"

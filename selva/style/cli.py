@@ -27,7 +27,12 @@ def add_train_ti_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--save_every", type=int, default=d.save_every)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--path", choices=PATHS, default=d.path)
+    p.add_argument("--path", choices=PATHS, default=d.path,
+                   help="clip: tokens in the generator's CLIP text sequence; clip_t5: also in the T5 "
+                        "sequence that conditions the sync features (default clip)")
+    p.add_argument("--backbone_cache_mb", type=int, default=d.backbone_cache_mb,
+                   help=f"clip_t5: host memory for the clips' video-encoder tokens, recomputed when "
+                        f"they do not fit (default {d.backbone_cache_mb})")
     p.add_argument("--no_eval_samples", action="store_true", help="skip the eval samples at each save")
     p.add_argument("--resume", default="", help="'latest', a checkpoint or a run folder")
     p.add_argument("--cache_dir", type=Path, default=None, help="VAE posterior cache (default: in data_dir)")
@@ -41,7 +46,8 @@ def cmd_train_ti(args: argparse.Namespace, load_options) -> int:
 
     options = TiTrainOptions(n_tokens=args.n_tokens, init_text=args.init_text, steps=args.steps, lr=args.lr,
                              batch_size=args.batch_size, save_every=args.save_every, seed=args.seed,
-                             path=args.path, eval_samples=not args.no_eval_samples)
+                             path=args.path, eval_samples=not args.no_eval_samples,
+                             backbone_cache_mb=args.backbone_cache_mb)
     options.validate()
     pipe = SelvaPipeline.load(load_options(args))
     with ctrl_c_requests_stop() as stop:
