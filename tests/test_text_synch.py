@@ -83,8 +83,21 @@ def test_batching_does_not_change_results(tiny):
     assert calls[-1] == (total, total)
 
 
-def test_default_runs_several_segments_per_backbone_call(tiny):
+def test_default_segments_per_call_is_several_on_an_accelerator_one_on_the_cpu(tiny):
+    from comfyui_selva.selva.models.text_synch import (CPU_SEGMENTS_PER_CALL, DEFAULT_SEGMENTS_PER_CALL,
+                                                       default_segments_per_call)
+
+    assert default_segments_per_call(torch.device("cpu")) == CPU_SEGMENTS_PER_CALL == 1
+    assert default_segments_per_call(torch.device("cuda")) == DEFAULT_SEGMENTS_PER_CALL > 1
+    assert default_segments_per_call(torch.device("mps")) == DEFAULT_SEGMENTS_PER_CALL
+
+
+def test_default_runs_several_segments_per_backbone_call_on_an_accelerator(tiny, monkeypatch):
+    from comfyui_selva.selva.models import text_synch as ts
     from comfyui_selva.selva.models.text_synch import DEFAULT_SEGMENTS_PER_CALL
+
+    # the tiny network runs on the CPU; here it is batched as on an accelerator
+    monkeypatch.setattr(ts, "CPU_SEGMENTS_PER_CALL", DEFAULT_SEGMENTS_PER_CALL)
 
     frames, text, mask = _inputs(1, 40)  # 4 segments
     sizes = []

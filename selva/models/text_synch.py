@@ -56,10 +56,20 @@ TEXT_SYNCH_DEPTH1 = TextSynchConfig()
 
 BatchCallback = Callable[[int, int], None]
 
-# Segments per backbone call by default. The official code runs one clip's segments one batch
-# item at a time; stacking several gives the matrix kernels bigger, faster products. 8 segments
-# (an 8 s clip has 23) keep the activations of one call around a few hundred MB in fp32.
+# Segments per backbone call by default, on an accelerator. The official code runs one clip's
+# segments one batch item at a time; stacking several gives a GPU's matrix kernels bigger,
+# faster products. 8 segments (an 8 s clip has 23) keep the activations of one call around a few
+# hundred MB in fp32.
 DEFAULT_SEGMENTS_PER_CALL = 8
+# On the CPU the opposite holds: one segment's activations (~1569 x 3072 floats per MLP) stay in
+# the caches, and 8 stacked segments measured 25 % slower per segment (one thread, AVX-512 Xeon;
+# benchmarks/sync_encoder_side_by_side.py), so segments go one at a time there.
+CPU_SEGMENTS_PER_CALL = 1
+
+
+def default_segments_per_call(device: torch.device) -> int:
+    """Segments per backbone call when the caller does not say (see the constants above)."""
+    return CPU_SEGMENTS_PER_CALL if torch.device(device).type == "cpu" else DEFAULT_SEGMENTS_PER_CALL
 
 
 class TextSynchformer(nn.Module):
@@ -139,7 +149,7 @@ class TextSynchformer(nn.Module):
 
         The prompt only enters after the backbone, so these can be kept and reused for another
         prompt on the same frames (:meth:`encode_tokens`). ``segments_per_batch`` bounds how many
-        segments run through the backbone at once (default :data:`DEFAULT_SEGMENTS_PER_CALL`);
+        segments run through the backbone at once (default :func:`default_segments_per_call`);
         ``on_batch(done, total)`` is called after each batch of segments. The result does not
         depend on the batching beyond float rounding: segments never interact.
         """
@@ -147,7 +157,7 @@ class TextSynchformer(nn.Module):
         b, t = sync_frames.shape[:2]
         per_clip = self.cfg.num_segments(t)
         total = b * per_clip
-        step = segments_per_batch if segments_per_batch is not None else DEFAULT_SEGMENTS_PER_CALL
+        step = segments_per_batch if segments_per_batch is not None else default_segments_per_call(self.device)
         if step < 1:
             raise SelvaError(f"segments_per_batch must be at least 1, got {step}")
         sync_frames = sync_frames.to(self.device)
@@ -176,7 +186,7 @@ class TextSynchformer(nn.Module):
         mask = text_mask.to(param.device) != 0
         rows = torch.arange(b, device=param.device).repeat_interleave(per_clip)
         outputs = []
-        step = DEFAULT_SEGMENTS_PER_CALL  # bounds the feed-forward's working memory
+        step = default_segments_per_call(param.device)  # bounds the feed-forward's working memory
         for start in range(0, tokens.shape[0], step):
             x = tokens[start:start + step].to(param.device)
             r = rows[start:start + step]
