@@ -17,18 +17,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 try:
     from ..selva.errors import SelvaError
-    from ..selva.models.state_dicts import load_strict, memory_span, release_file_pages
+    from ..selva.models.state_dicts import (drop_mapped_pages, file_mapping_span, load_strict, memory_span,
+                                              release_file_pages)
     from ..selva.weights import load_checkpoint
 except ImportError:  # the core run as top-level packages (python -m selva)
     from selva.errors import SelvaError
-    from selva.models.state_dicts import load_strict, memory_span, release_file_pages
+    from selva.models.state_dicts import (drop_mapped_pages, file_mapping_span, load_strict, memory_span,
+                                          release_file_pages)
     from selva.weights import load_checkpoint
 
 from .v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
@@ -57,8 +59,10 @@ def _weight_norm_part(key: str) -> tuple[str, int] | None:
     return None
 
 
-def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[str, torch.Tensor]:
-    """Replace every weight-norm (gain, direction) pair by the plain ``<m>.weight`` it encodes."""
+def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str,
+                     done: Optional[Callable[[torch.Tensor], None]] = None) -> dict[str, torch.Tensor]:
+    """Replace every weight-norm (gain, direction) pair by the plain ``<m>.weight`` it encodes;
+    ``done(t)`` is called for each factor once its weight is folded (it is not needed after)."""
     out: dict[str, torch.Tensor] = {}
     pairs: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in state.items():
@@ -86,6 +90,9 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str) -> dict[
             continue
         # dim=0: the norm is taken over all but the first axis, as both torch APIs default to
         out[name] = torch._weight_norm(direction.float(), gain.float(), 0).to(direction.dtype)
+        if done is not None:
+            done(gain)
+            done(direction)
     return out
 
 
@@ -107,28 +114,35 @@ def _finish(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_generator(model: nn.Module, obj: Any, *, source: str, what: str) -> nn.Module:
-    """Fold weight norm, then load strictly into an already built (meta or real) generator."""
-    state = fold_weight_norm(_generator_state(obj, source=source), source=source)
+def load_generator(model: nn.Module, obj: Any, *, source: str, what: str,
+                   done: Optional[Callable[[torch.Tensor], None]] = None) -> nn.Module:
+    """Fold weight norm, then load strictly into an already built (meta or real) generator
+    (``done``: see :func:`fold_weight_norm`)."""
+    state = fold_weight_norm(_generator_state(obj, source=source), source=source, done=done)
     load_strict(model, state, source=source, what=f"{what} network",
                 hint="SelVA's 16 kHz models use ext_weights/best_netG.pt (v1), the 44.1 kHz "
                      "ones nvidia/bigvgan_v2_44khz_128band_512x (v2).")
     return _finish(model)
 
 
-def _build_and_load(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str) -> nn.Module:
+def _build_and_load(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str,
+                    done: Optional[Callable[[torch.Tensor], None]] = None) -> nn.Module:
     # built on meta: the file's tensors are assigned, never copied over a random initialisation
     with torch.device("meta"):
         model = build()
     log.debug("loading %s from %s", what, source)
-    return load_generator(model, obj, source=source, what=what)
+    return load_generator(model, obj, source=source, what=what, done=done)
 
 
 def _load_file(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str) -> nn.Module:
     """:func:`_build_and_load` on a file we read ourselves: the folded weights are new tensors, so
-    the few left viewing the (memory-mapped) file are copied and the mapping can go."""
+    the few left viewing the (memory-mapped) file are copied and the mapping can go. Each
+    weight-norm factor's pages are let go as soon as it is folded, so the load peaks at about
+    the folded network, not the raw file plus the folded network."""
     span = memory_span(obj)
-    model = _build_and_load(build, obj, source=source, what=what)
+    mapped = file_mapping_span(obj)
+    model = _build_and_load(build, obj, source=source, what=what,
+                            done=lambda t: drop_mapped_pages(t, mapped))
     del obj
     release_file_pages(model, span)
     return model

@@ -1,4 +1,6 @@
 """The shared strict loader every checkpoint loader goes through."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,37 @@ def test_release_file_pages_copies_only_what_views_the_file(tmp_path):
     assert not inside(lin.bias) and isinstance(lin.bias, torch.nn.Parameter)
     assert torch.equal(lin.bias, want_bias) and lin.weight.data_ptr() == weight_ptr
     assert release_file_pages(lin, None) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file mappings are read from /proc (Linux)")
+def test_dropped_pages_of_a_memory_mapped_checkpoint_read_back_the_same_values(tmp_path):
+    from comfyui_selva.selva.models.state_dicts import drop_mapped_pages, file_mapping_span
+
+    def resident_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    path = tmp_path / "w.pt"
+    big = torch.randn(8192, 1024)  # 32 MiB
+    torch.save({"big": big, "small": torch.arange(3.0)}, path)
+    sd = torch.load(path, mmap=True, weights_only=True)
+    span = file_mapping_span(sd)
+    assert span is not None  # torch.load(mmap=True) maps the file
+    float(sd["big"].sum())  # every page read: resident in this process
+    before = resident_bytes()
+    drop_mapped_pages(sd["big"], span)
+    assert before - resident_bytes() > 16 * 1024**2  # the pages left this process
+    assert torch.equal(sd["big"], big)  # read again from the file
+    assert torch.equal(sd["small"], torch.arange(3.0))
+
+
+def test_pages_outside_a_file_mapping_are_never_dropped():
+    from comfyui_selva.selva.models.state_dicts import drop_mapped_pages, file_mapping_span
+
+    sd = {"w": torch.randn(256, 1024)}  # ordinary memory: dropping would zero it
+    assert file_mapping_span(sd) is None
+    before = sd["w"].clone()
+    drop_mapped_pages(sd["w"], file_mapping_span(sd))
+    # even a span given by mistake does not reach a tensor outside it
+    drop_mapped_pages(sd["w"], (0, 4096))
+    assert torch.equal(sd["w"], before)

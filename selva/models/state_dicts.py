@@ -8,6 +8,9 @@ which is what full-size loading tests and the pipeline rely on; a real network c
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -134,6 +137,61 @@ def memory_span(obj: Any) -> Optional[tuple[int, int]]:
     if not spans:
         return None
     return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def file_mapping_span(obj: Any) -> Optional[tuple[int, int]]:
+    """:func:`memory_span` of a loaded checkpoint, but only when that whole range lies in one
+    file-backed memory mapping of this process (``torch.load(mmap=True)``), else None.
+
+    Only Linux can tell (``/proc/self/maps``); elsewhere, and for a checkpoint read into
+    ordinary memory, the answer is None and :func:`drop_mapped_pages` does nothing.
+    """
+    span = memory_span(obj)
+    if span is None or not sys.platform.startswith("linux"):
+        return None
+    lo, hi = span
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                path = fields[5].strip() if len(fields) > 5 else ""
+                if start <= lo and hi <= end:
+                    return span if path.startswith("/") else None
+    except OSError:
+        return None
+    return None
+
+
+_MADV_DONTNEED = 4  # Linux
+_libc = None
+
+
+def drop_mapped_pages(t: torch.Tensor, span: Optional[tuple[int, int]]) -> None:
+    """Let the kernel drop the resident pages wholly inside ``t``'s bytes, when they lie in
+    ``span`` (a file mapping found by :func:`file_mapping_span`).
+
+    For weights rebuilt at load time (weight norm folded): each raw factor read from the file
+    stays resident as long as the mapping lives, so without this a load peaks at the raw file
+    plus the rebuilt weights. The pages are clean copies of the file, so should anything read
+    them again they are simply read from the file again. Only whole pages go; a page shared with
+    a neighbouring tensor is kept.
+    """
+    global _libc
+    if span is None or t.device.type != "cpu" or t.is_meta or not t.numel():
+        return
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    if not (span[0] <= start and end <= span[1]):
+        return
+    page = 4096
+    first, last = -(-start // page) * page, (end // page) * page
+    if last <= first:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
 def release_file_pages(module: nn.Module, span: Optional[tuple[int, int]]) -> int:

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..errors import SelvaError
 from ..weights import load_checkpoint
-from .state_dicts import check_fit, load_strict, memory_span, release_file_pages, shapes_of
+from .state_dicts import (check_fit, drop_mapped_pages, file_mapping_span, load_strict, memory_span,
+                          release_file_pages, shapes_of)
 
 log = logging.getLogger(__name__)
 
@@ -444,10 +445,17 @@ def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
         log.debug("loading VAE from %s (encoder: %s)", source, need_encoder)
         sd = load_checkpoint(path_or_state)
         span = memory_span(sd)
+        mapped = file_mapping_span(sd)
         _load_raw(model, sd, source=source)
         # the file's dict is ours: dropping it lets each raw weight be freed as soon as its
-        # normalised replacement exists (peak ~ one file, not two)
+        # normalised replacement exists, and a memory-mapped file's pages of that weight are let
+        # go at once (peak ~ one file, not two)
         del sd
+        for conv in model.mp_convs():
+            raw = conv.weight.data
+            conv.remove_weight_norm()
+            drop_mapped_pages(raw, mapped)
+            del raw
         model = _finish(model)
         release_file_pages(model, span)  # and the mapped file itself, once nothing views it
         return model
