@@ -8,7 +8,7 @@ encodes frame by frame.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -51,15 +51,11 @@ def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], stre
     if total == 0:  # let the network say what is wrong
         return net.encode(sync_input(net, frames_u8, mask, strength), text_f, text_mask)
     outputs = []
-    for first in range(0, total, segments_per_chunk):
-        count = min(segments_per_chunk, total - first)
-        a = first * SYNC_STEP
-        b = a + (count - 1) * SYNC_STEP + SYNC_SEGMENT
-        chunk = sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
+    for done, chunk in _input_chunks(net, frames_u8, mask, strength, total, segments_per_chunk):
         outputs.append(net.encode(chunk, text_f, text_mask))
         del chunk
         if on_batch is not None:
-            on_batch(first + count, total)
+            on_batch(done, total)
     return torch.cat(outputs, dim=1)
 
 
@@ -73,14 +69,21 @@ def sync_backbone_tokens(net, frames_u8: torch.Tensor, mask: Optional[torch.Tens
     if total == 0:  # let the network say what is wrong
         return net.backbone_tokens(sync_input(net, frames_u8, mask, strength))
     outputs = []
+    for _, chunk in _input_chunks(net, frames_u8, mask, strength, total, segments_per_chunk):
+        outputs.append(net.backbone_tokens(chunk))
+        del chunk
+    return torch.cat(outputs, dim=0)
+
+
+def _input_chunks(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float, total: int,
+                  segments_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(segments done after this chunk, the chunk's network input) for ``total`` segments, a
+    chunk of whole segments at a time (they overlap by ``SYNC_SEGMENT - SYNC_STEP`` frames)."""
     for first in range(0, total, segments_per_chunk):
         count = min(segments_per_chunk, total - first)
         a = first * SYNC_STEP
         b = a + (count - 1) * SYNC_STEP + SYNC_SEGMENT
-        chunk = sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
-        outputs.append(net.backbone_tokens(chunk))
-        del chunk
-    return torch.cat(outputs, dim=0)
+        yield first + count, sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
 
 
 def sync_input(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> torch.Tensor:

@@ -130,9 +130,11 @@ def test_strength_zero_is_the_sampler_and_above_zero_differs(model, features, tr
     assert not torch.allclose(a, b)
 
 
-def test_ditto_takes_textual_inversion_too(model, features, trained, tmp_path):
+@pytest.mark.parametrize("run", ["trained", "trained_t5"])
+def test_ditto_applies_textual_inversion_like_the_sampler(model, features, run, request, tmp_path):
     from style_helpers import reference_dir
 
+    trained = request.getfixturevalue(run)  # clip, then clip_t5 (sync features re-encoded)
     (ti,) = run_node("SelvaTextualInversionLoader",
                      path=str(trained.result.run_dir / "embeddings_final.safetensors"))
     with_ti = sample(model, features, textual_inversion=ti, ti_strength=0.7)
@@ -368,18 +370,6 @@ def test_sampler_with_clip_t5_differs_and_strength_zero_is_the_sampler(model, fe
     clip_only = ti_mod.TextualInversion(ti.embeddings, ti.variant)
     assert not torch.allclose(sample(model, features, textual_inversion=clip_only, ti_strength=1.0),
                               sample(model, features, textual_inversion=ti, ti_strength=1.0))
-
-
-def test_ditto_applies_clip_t5_like_the_sampler(model, features, trained_t5, tmp_path):
-    from style_helpers import reference_dir
-
-    ti = trained_t5.embedding
-    with_ti = sample(model, features, textual_inversion=ti, ti_strength=0.7)
-    (audio,) = run_node("SelvaDittoOptimizer", model=model, features=features, prompt="", negative_prompt="",
-                        reference_dir=str(reference_dir(tmp_path)), n_opt_steps=0, opt_lr=0.1,
-                        n_ode_steps=2, n_grad_steps=1, style_weight=1.0, steps=2, cfg_strength=4.5,
-                        seed=0, normalize=False, textual_inversion=ti, ti_strength=0.7)
-    assert torch.equal(audio["waveform"], with_ti)
 
 
 def test_trainer_node_and_sweep_take_clip_t5(model, data_dir, tmp_path):
