@@ -9,11 +9,20 @@ Strategies:
 * ``auto``: ``keep_in_vram`` when the device has at least 16 GB free, else ``offload_to_cpu``.
   On a CPU-only machine ``auto`` keeps every stage loaded.
 
-On a CPU-only machine there is no second memory to offload to, so ``offload_to_cpu`` there
-means *release after use*: a stage that can be rebuilt is dropped as soon as its last user is
-done, and built again (from the memory-mapped checkpoint) the next time it runs. Peak RAM is
-then about the largest stage plus the working set instead of every stage at once; each
-generation pays for loading its stages again (:func:`releases_after_use`).
+On a CPU-only machine there is no second memory to offload to, so:
+
+* ``offload_to_cpu`` there means *release after use*: a stage that can be rebuilt is dropped as
+  soon as its last user is done, and built again (from the memory-mapped checkpoint) the next
+  time it runs. Peak RAM is then about the largest stage plus the working set instead of every
+  stage at once; each generation pays for loading its stages again (:func:`releases_after_use`).
+* stages that stay loaded (``auto``, ``keep_in_vram``) give back the resident pages of their
+  memory-mapped weights whenever they are idle: the weights stay in the kernel's file cache and
+  the next use maps them again, at a small cost, so the process does not hold every network's
+  pages at once although one runs at a time. What a stage computed at load time (folded weight
+  norm, a dtype cast) stays in its memory.
+* in both, the heap a stage freed (its activations, a released network) goes back to the
+  system after each use instead of staying reserved under the next stage's run
+  (:func:`returns_idle_memory`, selva/host_memory.py).
 
 How stages move is delegated to a residency backend (selva/residency.py); ComfyUI plugs in
 its own model management there.
@@ -29,12 +38,13 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from . import host_memory
 from .errors import SelvaError
 from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
-           "resolve_dtype", "resolve_offload", "releases_after_use", "free_bytes", "empty_cache",
-           "module_bytes"]
+           "resolve_dtype", "resolve_offload", "releases_after_use", "returns_idle_memory",
+           "free_bytes", "empty_cache", "module_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +128,14 @@ def releases_after_use(strategy: str, device: torch.device) -> bool:
     return device.type == "cpu" and strategy == "offload_to_cpu"
 
 
+def returns_idle_memory(device: torch.device) -> bool:
+    """Whether host memory a stage no longer needs goes back to the system after each use
+    (selva/host_memory.py): on the CPU, where the mapped pages are the very weights the network
+    computes with and its activations are host memory (on an accelerator both live on the
+    device)."""
+    return device.type == "cpu"
+
+
 @dataclass
 class Stage:
     dtype: torch.dtype
@@ -137,7 +155,10 @@ class OffloadManager:
     :class:`CpuMaster` as ``offload`` says; a host application passes its own (ComfyUI's model
     management). ``make_room(bytes, device)`` lets a host evict its own models before a
     built-in backend puts a stage on the accelerator. With ``release_after_use`` a rebuildable
-    stage is dropped when its last open :meth:`use` block ends (see the module docstring).
+    stage is dropped when its last open :meth:`use` block ends (see the module docstring). With
+    ``return_idle_memory`` the memory a stage no longer needs goes back to the system then: the
+    pages of its memory-mapped weights when it stays built, and the freed heap
+    (selva/host_memory.py).
     """
 
     device: torch.device
@@ -146,6 +167,7 @@ class OffloadManager:
     stages: dict[str, Stage] = field(default_factory=dict)
     residency: Optional[Residency] = None
     release_after_use: bool = False
+    return_idle_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.residency is None:
@@ -193,16 +215,23 @@ class OffloadManager:
     @contextlib.contextmanager
     def use(self, name: str) -> Iterator[nn.Module]:
         """The stage's module on the compute device for the duration of the block."""
+        stage = self._stage(name)
+        if self.return_idle_memory and stage.users == 0:
+            host_memory.trim_heap()  # what the previous stage's caller freed after it finished
         module = self.get(name)
-        stage = self.stages[name]
         stage.users += 1
         try:
             with self.residency.use(name, module):
                 yield module
         finally:
             stage.users -= 1
-            if self.release_after_use and stage.users == 0 and stage.module is module:
-                self.forget(name)
+            if stage.users == 0 and stage.module is module:
+                if self.release_after_use:
+                    self.forget(name)
+                elif self.return_idle_memory:
+                    host_memory.release_idle_pages(host_memory.module_tensors(module))
+                if self.return_idle_memory:
+                    host_memory.trim_heap()
 
     def forget(self, name: str) -> None:
         """Drop one stage's built module (a lazy stage is built again on its next use)."""
@@ -223,3 +252,5 @@ class OffloadManager:
                 self.residency.forget(name)
                 stage.module = None
         self.residency.release()
+        if self.return_idle_memory:
+            host_memory.trim_heap()

@@ -32,7 +32,8 @@ from .long_video import WindowOptions, WindowPlan, default_decode_spans, plan_wi
 from .memo import BackboneCache, EncodingCache
 from .models.generator import Conditions, SelvaGenerator
 from .models.text_synch import TextSynchformer
-from .offload import OffloadManager, pick_device, releases_after_use, resolve_dtype, resolve_offload
+from .offload import (OffloadManager, pick_device, releases_after_use, resolve_dtype, resolve_offload,
+                      returns_idle_memory)
 from .patches import GeneratorPatch, attached
 from .residency import Residency
 from .sampling import euler_sample, initial_noise
@@ -173,7 +174,8 @@ class SelvaPipeline:
         # A host's memory manager decides residency itself; release-after-use is ours only.
         release = residency is None and releases_after_use(options.offload, device)
         manager = OffloadManager(device=device, offload=offload, make_room=make_room,
-                                 residency=residency, release_after_use=release)
+                                 residency=residency, release_after_use=release,
+                                 return_idle_memory=returns_idle_memory(device))
         pipe = cls(spec, options, manager, dtype)
         pipe._builders = StageBuilders(spec, models_dir, options.allow_download, options.clip_frames)
         register_stages(manager, pipe._builders, dtype)
@@ -323,12 +325,17 @@ class SelvaPipeline:
 
     # ----------------------------------------------------------------------------- encoders
     def encode_text(self, prompt: str, hooks: Hooks = NO_HOOKS) -> TextFeatures:
-        with self.manager.use("t5") as t5:
-            t5_f, t5_mask = t5.encode([prompt])
+        # Each network is used in a function of its own: a released one (offload_to_cpu on the
+        # CPU) is freed when that function returns, not only after the next stage ran.
+        t5_f, t5_mask = self._encode_t5(prompt)
         hooks.step("text", 1, 2)
         clip_text = self.encode_clip_text([prompt])
         hooks.step("text", 2, 2)
         return TextFeatures(t5_f, t5_mask, clip_text)
+
+    def _encode_t5(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.manager.use("t5") as t5:
+            return t5.encode([prompt])
 
     def encode_clip_text(self, texts: list[str]) -> torch.Tensor:
         """Per-token CLIP text features (B, 77, D), unit length, as the generator takes them."""
@@ -566,15 +573,24 @@ class SelvaPipeline:
             return self._decode(latent, spans, hooks)
 
     def _decode(self, latent: torch.Tensor, spans: Sequence[tuple[int, int]], hooks: Hooks) -> torch.Tensor:
+        # one function per network: see encode_text
         n = len(spans)
+        mel = self._decode_mel(latent, spans, lambda d: hooks.step("decode", d, 2 * n))
+        mel_spans = [(a * LATENT_DOWNSAMPLE, b * LATENT_DOWNSAMPLE) for a, b in spans]
+        return self._vocode(mel, mel_spans, lambda d: hooks.step("decode", n + d, 2 * n))
+
+    def _decode_mel(self, latent: torch.Tensor, spans: Sequence[tuple[int, int]],
+                    on_tile: Callable[[int], None]) -> torch.Tensor:
         with self.manager.use("vae") as vae:
-            mel = decode_tiles(vae.decode, latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2),
-                               spans, LATENT_DOWNSAMPLE, on_tile=lambda d, _: hooks.step("decode", d, 2 * n))
+            return decode_tiles(vae.decode, latent.to(self.device, self.stage_dtype("vae")).transpose(1, 2),
+                                spans, LATENT_DOWNSAMPLE, on_tile=lambda d, _: on_tile(d))
+
+    def _vocode(self, mel: torch.Tensor, spans: Sequence[tuple[int, int]],
+                on_tile: Callable[[int], None]) -> torch.Tensor:
         with self.manager.use(self.stage_name("vocoder")) as vocoder:
-            mel_spans = [(a * LATENT_DOWNSAMPLE, b * LATENT_DOWNSAMPLE) for a, b in spans]
-            wave = decode_tiles(vocoder, mel.to(self.device, self.stage_dtype("vocoder")), mel_spans,
+            wave = decode_tiles(vocoder, mel.to(self.device, self.stage_dtype("vocoder")), spans,
                                 self.variant.hop, out_device=torch.device("cpu"),
-                                on_tile=lambda d, _: hooks.step("decode", n + d, 2 * n))
+                                on_tile=lambda d, _: on_tile(d))
         return wave.float().cpu()
 
     # ---------------------------------------------------------------------- audio utilities

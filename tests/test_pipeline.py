@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
 import pytest
 import torch
 
+from comfyui_selva.selva import host_memory
 from comfyui_selva.selva import weights as W
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.features import FeatureCache
@@ -14,6 +16,7 @@ from comfyui_selva.selva.hooks import Hooks, Interrupted
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 
 import tiny
+from page_helpers import present_pages, whole_pages
 
 
 def load(models_dir, variant="tiny_16k", precision="fp32", **kw) -> SelvaPipeline:
@@ -194,6 +197,19 @@ def test_released_pipeline_reloads_on_next_use(models_dir, feats):
     pipe.release()
     assert not pipe.manager.is_loaded("generator")
     torch.testing.assert_close(pipe.generate(feats, steps=1, seed=2), a)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are read from /proc (Linux)")
+def test_auto_on_cpu_gives_back_idle_weight_pages_with_the_same_audio(pipe, feats):
+    assert pipe.manager.return_idle_memory and not pipe.manager.release_after_use
+    a = pipe.generate(feats, steps=2, seed=3)
+    gen = pipe.manager.get("generator")  # still loaded ...
+    mapped = [t for t in host_memory.module_tensors(gen)
+              if host_memory.mapping_holding(host_memory.tensor_span(t), host_memory.file_mappings())]
+    whole = sum(last - first for first, last in map(whole_pages, mapped))
+    assert whole > 0, "the generator's weights should be the memory-mapped file's"
+    assert sum(map(present_pages, mapped)) == 0  # ... but none of its file pages is resident
+    assert torch.equal(pipe.generate(feats, steps=2, seed=3), a)
 
 
 def test_offload_to_cpu_on_cpu_releases_each_network_after_use_with_the_same_audio(models_dir, pipe, feats):

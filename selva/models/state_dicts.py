@@ -8,15 +8,13 @@ which is what full-size loading tests and the pipeline rely on; a real network c
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import SelvaError
+from ..host_memory import drop_clean_pages, file_mappings, mapping_holding, tensor_span
 
 Shape = tuple[int, ...]
 
@@ -147,24 +145,9 @@ def file_mapping_span(obj: Any) -> Optional[tuple[int, int]]:
     ordinary memory, the answer is None and :func:`drop_mapped_pages` does nothing.
     """
     span = memory_span(obj)
-    if span is None or not sys.platform.startswith("linux"):
+    if span is None or mapping_holding(span, file_mappings()) is None:
         return None
-    lo, hi = span
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                path = fields[5].strip() if len(fields) > 5 else ""
-                if start <= lo and hi <= end:
-                    return span if path.startswith("/") else None
-    except OSError:
-        return None
-    return None
-
-
-_MADV_DONTNEED = 4  # Linux
-_libc = None
+    return span
 
 
 def drop_mapped_pages(t: torch.Tensor, span: Optional[tuple[int, int]]) -> None:
@@ -173,25 +156,13 @@ def drop_mapped_pages(t: torch.Tensor, span: Optional[tuple[int, int]]) -> None:
 
     For weights rebuilt at load time (weight norm folded): each raw factor read from the file
     stays resident as long as the mapping lives, so without this a load peaks at the raw file
-    plus the rebuilt weights. The pages are clean copies of the file, so should anything read
-    them again they are simply read from the file again. Only whole pages go; a page shared with
-    a neighbouring tensor is kept.
+    plus the rebuilt weights. Only clean pages go (selva/host_memory.py): should anything read
+    them again they are simply read from the file again.
     """
-    global _libc
-    if span is None or t.device.type != "cpu" or t.is_meta or not t.numel():
+    own = tensor_span(t)
+    if span is None or own is None or not (span[0] <= own[0] and own[1] <= span[1]):
         return
-    start = t.data_ptr()
-    end = start + t.numel() * t.element_size()
-    if not (span[0] <= start and end <= span[1]):
-        return
-    page = 4096
-    first, last = -(-start // page) * page, (end // page) * page
-    if last <= first:
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+    drop_clean_pages(own)
 
 
 def release_file_pages(module: nn.Module, span: Optional[tuple[int, int]]) -> int:
