@@ -21,8 +21,11 @@ Elsewhere every function here does nothing.
 """
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
+import functools
+import math
 import mmap
 import sys
 from typing import Iterable, Optional
@@ -85,10 +88,11 @@ def file_mappings() -> list[Span]:
 
 
 def mapping_holding(span: Span, mappings: list[Span]) -> Optional[Span]:
-    """The mapping of ``mappings`` that holds all of ``span``, or None."""
-    for start, end in mappings:
-        if start <= span[0] and span[1] <= end:
-            return start, end
+    """The mapping of ``mappings`` (sorted, as :func:`file_mappings` gives them) that holds all
+    of ``span``, or None."""
+    i = bisect.bisect_right(mappings, (span[0], math.inf)) - 1  # the last one starting at or before
+    if i >= 0 and span[1] <= mappings[i][1]:
+        return mappings[i]
     return None
 
 
@@ -101,9 +105,8 @@ def tensor_span(t: torch.Tensor) -> Optional[Span]:
     return t.data_ptr(), t.data_ptr() + (reach + 1) * t.element_size()
 
 
-def _written_pages(first: int, last: int) -> Optional[np.ndarray]:
-    """For each page in [first, last): whether it holds data of this process's own (an anonymous
-    copy-on-write page, resident or swapped out). None when pagemap cannot be read."""
+def _page_flags(first: int, last: int) -> Optional[np.ndarray]:
+    """The pagemap entries of the pages in [first, last), or None when they cannot be read."""
     count = (last - first) // PAGE
     try:
         with open("/proc/self/pagemap", "rb") as pagemap:
@@ -111,9 +114,28 @@ def _written_pages(first: int, last: int) -> Optional[np.ndarray]:
             raw = pagemap.read(count * 8)
     except OSError:
         return None
-    if len(raw) != count * 8:
+    return np.frombuffer(raw, dtype="<u8") if len(raw) == count * 8 else None
+
+
+@functools.lru_cache(maxsize=1)
+def _pagemap_tells_written_pages() -> bool:
+    # A system could hide the flags (all zero) instead of refusing to read them; then a
+    # written page would look clean. So check once on a page known to be written.
+    probe = ctypes.create_string_buffer(3 * PAGE)
+    start = -(-ctypes.addressof(probe) // PAGE) * PAGE
+    ctypes.memset(start, 1, PAGE)
+    flags = _page_flags(start, start + PAGE)
+    return flags is not None and bool(flags[0] & _PRESENT) and not flags[0] & _FILE_OR_SHARED
+
+
+def _written_pages(first: int, last: int) -> Optional[np.ndarray]:
+    """For each page in [first, last): whether it holds data of this process's own (an anonymous
+    copy-on-write page, resident or swapped out). None when that cannot be told."""
+    if not _pagemap_tells_written_pages():
         return None
-    flags = np.frombuffer(raw, dtype="<u8")
+    flags = _page_flags(first, last)
+    if flags is None:
+        return None
     present_anonymous = ((flags & _PRESENT) != 0) & ((flags & _FILE_OR_SHARED) == 0)
     return present_anonymous | ((flags & _SWAPPED) != 0)
 

@@ -1,8 +1,9 @@
-"""Idle networks give back their memory-mapped weights' pages, and never lose a value doing so."""
+"""Idle networks give host memory back (mapped weight pages, freed heap), and never lose a value doing so."""
 from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -161,3 +162,28 @@ def test_the_manager_trims_the_heap_before_and_after_each_outermost_use(monkeypa
     with quiet.use("net"):
         pass
     assert len(trims) == 3  # off unless asked for
+
+
+def test_mapping_holding_finds_the_one_mapping_that_holds_the_whole_span():
+    mappings = [(0x1000, 0x3000), (0x5000, 0x9000)]
+    assert M.mapping_holding((0x5000, 0x9000), mappings) == (0x5000, 0x9000)
+    assert M.mapping_holding((0x6000, 0x6100), mappings) == (0x5000, 0x9000)
+    assert M.mapping_holding((0x2000, 0x5800), mappings) is None  # runs across a gap
+    assert M.mapping_holding((0x8000, 0x9001), mappings) is None  # past the end
+    assert M.mapping_holding((0x0800, 0x0900), mappings) is None  # before the first
+    assert M.mapping_holding((0x4000, 0x4100), []) is None
+
+
+@linux_only
+def test_nothing_is_dropped_where_pagemap_hides_which_pages_were_written(tmp_path, monkeypatch):
+    net, want = mapped_net(tmp_path)
+    read_all(net)
+    net[0].weight.mul_(2)
+    monkeypatch.setattr(M, "_page_flags", lambda first, last: np.zeros((last - first) // M.PAGE, "<u8"))
+    M._pagemap_tells_written_pages.cache_clear()
+    try:
+        assert M.release_idle_pages(M.module_tensors(net)) == 0
+    finally:
+        M._pagemap_tells_written_pages.cache_clear()
+    assert present_pages(net[1].weight) > 0
+    assert torch.equal(net[0].weight, want["0.weight"] * 2)
