@@ -50,6 +50,8 @@ def _c_library():
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        if hasattr(_libc, "malloc_trim"):  # glibc only
+            _libc.malloc_trim.argtypes = (ctypes.c_size_t,)
     return _libc
 
 
@@ -62,11 +64,10 @@ def trim_heap() -> bool:
     (not glibc, not Linux)."""
     if not sys.platform.startswith("linux"):
         return False
-    trim = getattr(_c_library(), "malloc_trim", None)
-    if trim is None:
+    libc = _c_library()
+    if not hasattr(libc, "malloc_trim"):
         return False
-    trim.argtypes = (ctypes.c_size_t,)
-    trim(0)
+    libc.malloc_trim(0)
     return True
 
 

@@ -116,7 +116,7 @@ def test_the_manager_gives_back_a_stage_s_pages_when_its_last_user_is_done(tmp_p
     assert present_pages(weight) > 0  # off by default
 
 
-def test_idle_pages_go_on_the_cpu_only():
+def test_idle_memory_goes_back_on_the_cpu_only():
     assert O.returns_idle_memory(torch.device("cpu"))
     assert not O.returns_idle_memory(torch.device("cuda"))  # the network runs from device memory there
     assert not O.returns_idle_memory(torch.device("mps"))
