@@ -18,7 +18,9 @@ our numbers are printed, when that environment is absent.
   libraries before its clock starts (:func:`_import_libraries`).
 * warm: a second generation in the same process with another prompt and seed (networks already
   loaded): decode the video, encode, sample, decode the audio again.
-* peak: the process's peak resident memory (``ru_maxrss``).
+* peak: the process's peak resident memory (``ru_maxrss``); on CUDA also the allocator's peak
+  (``max_memory_allocated``) and what it reserved from the card (``max_memory_reserved``, about
+  what ``nvidia-smi`` shows less the CUDA context).
 
 ``--offload`` sets our loader's ``offload_strategy`` (default ``auto``: everything stays loaded
 on a CPU-only machine). ``offload_to_cpu`` on the CPU releases each network after it ran and
@@ -52,6 +54,22 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _cuda_peaks() -> dict:
+    """Peak device memory of the process so far (empty when CUDA never ran)."""
+    if not _cuda_in_use():
+        return {}
+    import torch
+
+    return {"vram_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "vram_reserved_mib": torch.cuda.max_memory_reserved() / 2**20}
+
+
 class Clock:
     """Wall and CPU seconds of each lap."""
 
@@ -60,6 +78,10 @@ class Clock:
         self._start = (time.perf_counter(), time.process_time())
 
     def lap(self) -> None:
+        if _cuda_in_use():  # a lap ends when the device's queued work has finished
+            import torch
+
+            torch.cuda.synchronize()
         now = (time.perf_counter(), time.process_time())
         self.laps.append((now[0] - self._start[0], now[1] - self._start[1]))
         self._start = now
@@ -67,7 +89,7 @@ class Clock:
     def result(self, samples: int) -> dict:
         (cold_wall, cold_cpu), (warm_wall, warm_cpu) = self.laps
         return {"cold": cold_cpu, "warm": warm_cpu, "cold_wall": cold_wall, "warm_wall": warm_wall,
-                "peak_mib": _peak_mib(), "samples": samples}
+                "peak_mib": _peak_mib(), "samples": samples, **_cuda_peaks()}
 
 
 # ------------------------------------------------------------------------------------ children
@@ -148,10 +170,18 @@ def child_official(a: argparse.Namespace) -> dict:
 
 
 # -------------------------------------------------------------------------------------- driver
-def official_python() -> Path | None:
-    py = _work() / "venv-ref" / "bin" / "python"
+def official_python(interpreter: str | None = None) -> str | None:
+    """The interpreter for the official side: ``interpreter`` if given (it must import the official
+    code's dependencies), else the parity kit's venv; None when the official code is absent."""
     src = Path(os.environ.get("SELVA_REF_SRC") or _work() / "ref-src")
-    return py if py.is_file() and (src / "selva" / "model" / "networks_generator.py").is_file() else None
+    have_src = (src / "selva" / "model" / "networks_generator.py").is_file()
+    if interpreter is not None:
+        if not have_src:
+            raise SystemExit(f"--official-python given, but the official source is not in {src}: "
+                             "set SELVA_REF_SRC to an export of jnwnlee/selva (the parity kit's setup_ref.sh)")
+        return interpreter
+    py = _work() / "venv-ref" / "bin" / "python"
+    return str(py) if py.is_file() and have_src else None
 
 
 def run_child(side: str, python: str, args: argparse.Namespace, duration: float) -> dict:
@@ -200,6 +230,8 @@ def main() -> int:
     ap.add_argument("--hf-home", type=Path, default=work / "hf-home")
     ap.add_argument("--videos", type=Path, default=work / "video", help="holds test<N>s.mp4")
     ap.add_argument("--ours-only", action="store_true")
+    ap.add_argument("--official-python", default=None,
+                    help="interpreter for the official side (default: the parity kit's venv-ref)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     args.video_for = lambda d: args.videos / f"test{int(d)}s.mp4"
@@ -207,7 +239,7 @@ def main() -> int:
         if not args.video_for(d).is_file():
             raise SystemExit(f"{args.video_for(d)} is missing: make it with the parity kit's "
                              f"make_test_video.py --seconds {int(d)}")
-    ref_py = None if args.ours_only else official_python()
+    ref_py = None if args.ours_only else official_python(args.official_python)
     if ref_py is None and not args.ours_only:
         print("official environment not found (run the parity kit's setup_ref.sh): ours only")
 
@@ -215,7 +247,7 @@ def main() -> int:
     for d in args.durations:
         row = {"duration": d, "ours": run_child("ours", sys.executable, args, d)}
         if ref_py is not None:
-            row["official"] = run_child("official", str(ref_py), args, d)
+            row["official"] = run_child("official", ref_py, args, d)
         results.append(row)
 
     print(f"\n{args.variant}, {args.precision}, {args.steps} steps, device {args.device or 'cpu'}, "
@@ -224,12 +256,16 @@ def main() -> int:
     print(f"{'clip':>5} {'measure':>10} {'ours':>10} {'official':>10} {'ratio':>7}")
     for row in results:
         for key, unit in (("cold", "s"), ("warm", "s"), ("cold_wall", "s"), ("warm_wall", "s"),
-                          ("peak_mib", "MiB")):
+                          ("peak_mib", "MiB"), ("vram_allocated_mib", "MiB"), ("vram_reserved_mib", "MiB")):
+            if key not in row["ours"]:  # the VRAM peaks exist only where CUDA ran
+                continue
             ours = row["ours"][key]
             ref = row.get("official", {}).get(key)
             fmt = (lambda v: f"{v:9.2f}{unit[0]}") if unit == "s" else (lambda v: f"{v:7.0f}MiB")
             ratio = f"{ours / ref:6.2f}x" if ref else "      -"
-            label = {"cold": "cold cpu", "warm": "warm cpu", "peak_mib": "peak"}.get(key, key.replace("_", " "))
+            label = {"cold": "cold cpu", "warm": "warm cpu", "peak_mib": "peak",
+                     "vram_allocated_mib": "vram alloc", "vram_reserved_mib": "vram rsrvd"
+                     }.get(key, key.replace("_", " "))
             print(f"{row['duration']:4.0f}s {label:>10} {fmt(ours):>10} "
                   f"{fmt(ref) if ref else '-':>10} {ratio}")
     if args.json:
