@@ -40,9 +40,8 @@ bundle() {
     [ -f "$ref/selva/model/networks_generator.py" ] || {
         echo "no official source at $ref: run the parity kit's setup_ref.sh (or set SELVA_REF_SRC)" >&2; exit 1; }
     # filled aside and moved into place at the end, so a failed bundle leaves no half-filled one
-    bundle_tmp=$(mktemp -d)
-    trap 'rm -rf "$bundle_tmp"' EXIT
-    local tmp=$bundle_tmp
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT  # global, so the trap still sees it when the script exits
     mkdir -p "$tmp/wheels" "$tmp/kit" "$tmp/ref-src"
     cp "$kit"/*.py "$tmp/kit/"
     cp -r "$ref/selva" "$tmp/ref-src/"
