@@ -60,7 +60,7 @@ bundle() {
 }
 
 run() {
-    [ -d "$BUNDLE/wheels" ] || { echo "no $BUNDLE here: make it with '$0 bundle' and carry it" >&2; exit 1; }
+    [ -d "$BUNDLE/wheels" ] || { echo "no $BUNDLE here: make it with '$0 bundle' on a machine with network and copy it here" >&2; exit 1; }
     export SELVA_WORK=${SELVA_WORK:-${TMPDIR:-/tmp}/selva-harness}
     export SELVA_REF_SRC=$PWD/$BUNDLE/ref-src HF_HOME=$SELVA_WORK/hf-home PYTHONUNBUFFERED=1
     local out=${OUT:-$SELVA_WORK/gpu-out} py=${PYTHON:-python3}

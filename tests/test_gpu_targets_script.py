@@ -63,5 +63,5 @@ def test_bundle_checks_its_sources_before_touching_the_bundle(tmp_path):
 def test_run_without_a_bundle_says_how_to_make_one(tmp_path):
     out = _run("run", SELVA_GPU_BUNDLE=str(tmp_path / "missing"), SELVA_WORK=str(tmp_path / "work"))
     assert out.returncode == 1
-    assert "bundle" in out.stderr and "carry" in out.stderr
+    assert "gpu_targets.sh bundle" in out.stderr and "copy it here" in out.stderr
     assert not (tmp_path / "work").exists()  # stopped before writing anything
