@@ -95,6 +95,9 @@ class LoraAdapter:
     modules: dict[str, LoraWeights]
     meta: AdapterMeta
     path: Optional[Path] = None
+    # Earlier-pack PiSSA files only: each module's stored residual base weight; such an adapter
+    # becomes a plain one against the real generator's weights in :meth:`against`.
+    base_residuals: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.modules:
@@ -103,6 +106,17 @@ class LoraAdapter:
     @property
     def name(self) -> str:
         return self.path.name if self.path is not None else "adapter from the trainer"
+
+    def against(self, generator: Optional[torch.nn.Module]) -> "LoraAdapter":
+        """The adapter to apply to ``generator`` (itself, unless it is an earlier PiSSA file)."""
+        if not self.base_residuals:
+            return self
+        if generator is None:
+            raise SelvaError(f"{self.name} is an earlier-pack PiSSA adapter: it can only be applied "
+                             f"once the generator's weights are known.")
+        from ..compat.adapters import pissa_against_base
+
+        return pissa_against_base(self, generator)
 
     def check_variant(self, variant: str) -> None:
         """Refuse an adapter trained for another generator, naming both."""
@@ -171,10 +185,16 @@ def load_adapter(path: Path) -> LoraAdapter:
     path = Path(path)
     if not path.is_file():
         raise SelvaError(f"LoRA adapter not found: {path}.")
+    residuals: dict[str, torch.Tensor] = {}
     if path.suffix == ".safetensors":
         tensors, header = _read_safetensors(path)
     elif path.suffix in (".pt", ".pth", ".bin"):
         tensors, header = _read_torch(path)
+        if header.get("source_format") == "selva-pt":  # the earlier pack's names and PiSSA files
+            from ..compat.adapters import split_residuals, translate_meta
+
+            header = translate_meta(header)
+            tensors, residuals = split_residuals(tensors)
     else:
         raise SelvaError(f"{path.name}: not a LoRA adapter file (expected one of "
                          f"{', '.join(ADAPTER_SUFFIXES)}).")
@@ -189,7 +209,7 @@ def load_adapter(path: Path) -> LoraAdapter:
         sample = ", ".join(sorted(tensors)[:3]) or "none"
         raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
                          f"keys; first keys: {sample}).")
-    return LoraAdapter(modules, meta, path)
+    return LoraAdapter(modules, meta, path, base_residuals=residuals)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -280,6 +280,7 @@ class LoraSet(nn.Module):
         """A frozen set holding ``adapter``'s weights; checked against ``generator`` when given."""
         if generator is not None:
             check_adapter(adapter, generator)
+        adapter = adapter.against(generator)
         layers = {}
         for name, w in adapter.modules.items():
             conv_args = None

@@ -1,0 +1,109 @@
+"""LoRA adapters of the earlier pack: metadata names, and PiSSA files turned into plain deltas.
+
+Earlier ``.pt`` adapters are ``{"state_dict": {"<module>.lora_A", "<module>.lora_B", ...},
+"meta": {...}}``. Its metadata says ``use_rslora`` (scale ``alpha / sqrt(rank)``), ``init_mode``
+(``standard`` | ``pissa``) and ``target``. A PiSSA adapter also holds each adapted layer's
+RESIDUAL base weight ``<module>.linear.weight`` (``W - scale * B0 @ A0``, B0/A0 the initial
+singular-vector pair) and its bias: there the layer computed ``W_res x + scale * B A x``.
+
+We apply adapters to the ORIGINAL base weights, so a PiSSA adapter becomes, against the loaded
+generator's own weight ``W``, the change ``(W_res - W) + scale * B A``: the trained pair plus the
+rank-``rank`` pair that factors ``W_res - W`` (its exact rank; computed in float64), a rank-2r
+adapter. At strength 1 this is exactly what the earlier pack ran; at strength s it is s times that
+change, so strength 0 is the plain base model (the earlier pack kept the residual at strength 0).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import SelvaError
+
+log = logging.getLogger(__name__)
+
+# earlier metadata name -> ours
+META_NAMES = {"use_rslora": "rslora", "init_mode": "init", "target": "targets"}
+INIT_NAMES = {"standard": "default", "pissa": "pissa"}
+RESIDUAL_SUFFIXES = (".linear.weight", ".linear.bias")
+# Relative size of the part of W_res - W beyond its top-`rank` singular values above which the
+# file's residual was not made from this generator's weights.
+_FOREIGN_BASE = 1e-2
+
+
+def translate_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Earlier metadata keys renamed to ours (ours win where a file has both)."""
+    out = dict(meta)
+    for old, new in META_NAMES.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    if out.get("init") is not None:
+        out["init"] = INIT_NAMES.get(str(out["init"]), str(out["init"]))
+    return out
+
+
+def split_residuals(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the LoRA tensors, {"<module>": residual weight}) from an earlier state dict.
+
+    The stored bias is the unchanged base bias (PiSSA never touches it), so it is dropped.
+    """
+    lora: dict[str, torch.Tensor] = {}
+    residuals: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".linear.weight"):
+            residuals[key[:-len(".linear.weight")]] = value
+        elif not key.endswith(".linear.bias"):
+            lora[key] = value
+    return lora, residuals
+
+
+def pissa_against_base(adapter, generator: nn.Module):
+    """``adapter`` (holding ``base_residuals``) as a plain rank-2r adapter against ``generator``'s
+    weights; see the module docstring. ``adapter`` itself is left as it is."""
+    from ..adapters.format import LoraAdapter, LoraWeights
+
+    modules: dict[str, LoraWeights] = {}
+    for name, w in adapter.modules.items():
+        residual = adapter.base_residuals.get(name)
+        if w.is_conv:
+            raise SelvaError(f"{adapter.name}: {name} is a sequence convolution here; the earlier "
+                             f"pack's PiSSA only adapted linear layers, so the file does not fit.")
+        if residual is None:
+            raise SelvaError(f"{adapter.name}: PiSSA adapter without the residual weight of {name} "
+                             f"({name}.linear.weight); the file is incomplete. Train it again.")
+        try:
+            base = generator.get_submodule(name).weight
+        except AttributeError:
+            raise SelvaError(f"{adapter.name}: module {name} is not in this generator; the adapter "
+                             f"was made for a different model.") from None
+        if base.is_meta:
+            raise SelvaError("A PiSSA adapter needs the generator's real weights to be converted.")
+        if tuple(residual.shape) != tuple(base.shape):
+            raise SelvaError(f"{adapter.name}: the stored base weight of {name} has shape "
+                             f"{tuple(residual.shape)}, this generator's is {tuple(base.shape)}: the "
+                             f"adapter was made for a different model.")
+        diff = residual.double().cpu() - base.detach().double().cpu()
+        u, s, vh = torch.linalg.svd(diff, full_matrices=False)
+        rank = w.rank
+        total = float(s.norm())
+        rest = float(s[rank:].norm())
+        if total > 0 and rest > _FOREIGN_BASE * total:
+            raise SelvaError(f"{adapter.name}: its stored base weight of {name} is not this "
+                             f"generator's weight minus a rank-{rank} part (left over: "
+                             f"{rest / total:.1%}), so it was trained on different base weights "
+                             f"(another variant or checkpoint). Load the model it was trained on.")
+        root = s[:rank].sqrt()
+        down2 = (root[:, None] * vh[:rank]).to(torch.float32)
+        up2 = (u[:, :rank] * root / w.scale).to(torch.float32)
+        down = torch.cat([w.down.float(), down2], dim=0)
+        up = torch.cat([w.up.float(), up2], dim=1)
+        modules[name] = LoraWeights(down, up, w.scale * down.shape[0])
+    meta = replace(adapter.meta, extra={**adapter.meta.extra,
+                                        "pissa_conversion": "earlier pack: rank-2r, (W_res - W) + B A"})
+    log.info("%s: PiSSA adapter converted against the loaded base weights (%d modules).",
+             adapter.name, len(modules))
+    return LoraAdapter(modules, meta, adapter.path)
