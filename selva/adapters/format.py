@@ -24,7 +24,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -116,7 +116,10 @@ class LoraAdapter:
                              f"once the generator's weights are known.")
         from ..compat.adapters import pissa_against_base
 
-        return pissa_against_base(self, generator)
+        pairs = pissa_against_base(self, generator)
+        meta = replace(self.meta, extra={**self.meta.extra,
+                                         "pissa_conversion": "earlier pack: rank 2r, (W_res - W) + B A"})
+        return LoraAdapter({n: LoraWeights(*p) for n, p in pairs.items()}, meta, self.path)
 
     def check_variant(self, variant: str) -> None:
         """Refuse an adapter trained for another generator, naming both."""

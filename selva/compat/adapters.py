@@ -15,7 +15,6 @@ change, so strength 0 is the plain base model (the earlier pack kept the residua
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -61,12 +60,10 @@ def split_residuals(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
     return lora, residuals
 
 
-def pissa_against_base(adapter, generator: nn.Module):
-    """``adapter`` (holding ``base_residuals``) as a plain rank-2r adapter against ``generator``'s
-    weights; see the module docstring. ``adapter`` itself is left as it is."""
-    from ..adapters.format import LoraAdapter, LoraWeights
-
-    modules: dict[str, LoraWeights] = {}
+def pissa_against_base(adapter, generator: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """``{module: (down, up, alpha)}``: ``adapter``'s pairs (it holds ``base_residuals``) as plain
+    rank-2r ones against ``generator``'s weights; see the module docstring."""
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for name, w in adapter.modules.items():
         residual = adapter.base_residuals.get(name)
         if w.is_conv:
@@ -101,9 +98,7 @@ def pissa_against_base(adapter, generator: nn.Module):
         up2 = (u[:, :rank] * root / w.scale).to(torch.float32)
         down = torch.cat([w.down.float(), down2], dim=0)
         up = torch.cat([w.up.float(), up2], dim=1)
-        modules[name] = LoraWeights(down, up, w.scale * down.shape[0])
-    meta = replace(adapter.meta, extra={**adapter.meta.extra,
-                                        "pissa_conversion": "earlier pack: rank-2r, (W_res - W) + B A"})
+        modules[name] = (down, up, w.scale * down.shape[0])
     log.info("%s: PiSSA adapter converted against the loaded base weights (%d modules).",
              adapter.name, len(modules))
-    return LoraAdapter(modules, meta, adapter.path)
+    return modules
