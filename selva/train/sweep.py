@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -46,6 +46,7 @@ _ACTIVE_LOCK = threading.Lock()
 class Experiment:
     name: str
     settings: dict[str, Any]  # base + overrides: trainer inputs (data_dir and LoRA options)
+    info: dict[str, Any] = field(default_factory=dict)  # description / group, kept in the summary
 
 
 def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[Experiment]:
@@ -64,6 +65,9 @@ def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[Exp
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise SelvaError(f"{path} is not valid JSON: {e}.") from e
+    from ..compat.sweep import from_earlier_layout  # a file of the earlier pack runs as it did there
+
+    data = from_earlier_layout(data, options_cls, path)
     if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
         raise SelvaError(f"{path} must hold {{\"base\": {{...}}, \"experiments\": [{{\"name\": ...}}, ...]}} "
                          f"with at least one experiment.")
@@ -79,19 +83,22 @@ def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[Exp
         if name in seen or "/" in name or "\\" in name:
             raise SelvaError(f"{path}: experiment name {name!r} is repeated or not a valid folder name.")
         seen.add(name)
-        settings = {**base, **{k: v for k, v in entry.items() if k != "name"}}
+        info = {k: entry[k] for k in ("description", "group") if k in entry}
+        settings = {**base, **{k: v for k, v in entry.items() if k != "name" and k not in info}}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise SelvaError(f"{path}: experiment {name!r} has unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}.")
         if not settings.get("data_dir"):
             raise SelvaError(f"{path}: experiment {name!r} has no data_dir (set it in base).")
-        out.append(Experiment(name, settings))
+        out.append(Experiment(name, settings, info))
     return out
 
 
 def sweep_dir_for(experiments_file: Path, output_dir: Path) -> Path:
-    return Path(output_dir) / Path(experiments_file).stem
+    from ..compat.sweep import sweep_folder  # an earlier-pack file names its folder (output_root)
+
+    return sweep_folder(experiments_file, Path(output_dir) / Path(experiments_file).stem, output_dir)
 
 
 def request_skip(sweep_dir: Optional[Path] = None) -> Path:
@@ -185,7 +192,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
             if previous.get("status") in DONE:
                 log.info("Sweep: %s already done (%s), skipping", exp.name, previous["status"])
                 continue
-            record = {"settings": exp.settings, "status": "running", "error": None}
+            record = {"settings": exp.settings, **exp.info, "status": "running", "error": None}
             settings = dict(exp.settings)
             data_dir = Path(str(settings.pop("data_dir"))).expanduser()
             eval_path = settings.pop("eval_features", None)
