@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler in register_style(sub, _add_model_args, _load_options).items():
         sub.choices[name].set_defaults(handler=handler)
+    from .compat.convert import register as register_convert  # earlier-pack .pt -> safetensors
+
+    register_convert(sub)
     return parser
 
 

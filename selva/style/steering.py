@@ -92,6 +92,10 @@ class SteeringVectors:
 
     @classmethod
     def load(cls, path: Path) -> "SteeringVectors":
+        from ..compat.pt_files import is_pt, read_steering  # the earlier pack's .pt: a clear refusal
+
+        if is_pt(path):
+            read_steering(path)
         tensors, meta = load_safetensors(path, "steering vectors")
         if meta_value(meta, "format") != FORMAT:
             raise SelvaError(f"{path} is not a SelVA steering-vector file (format "

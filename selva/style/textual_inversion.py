@@ -104,6 +104,11 @@ class TextualInversion:
 
     @classmethod
     def load(cls, path: Path) -> "TextualInversion":
+        from ..compat.pt_files import is_pt, read_textual_inversion  # the earlier pack's .pt files
+
+        if is_pt(path):  # no variant recorded: its tokens fit every variant's 1024-wide CLIP text
+            emb, kind, info = read_textual_inversion(path)
+            return cls(emb, "", kind, info, Path(path))
         tensors, meta = load_safetensors(path, "textual inversion")
         if meta_value(meta, "format") != FORMAT:
             raise SelvaError(f"{path} is not a SelVA textual-inversion file (format "
@@ -132,7 +137,7 @@ class TextualInversion:
 
 def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size) -> None:
     seq_len, dim = int(text_shape[-2]), int(text_shape[-1])
-    if ti.variant != variant or ti.embeddings.shape[1] != dim:
+    if (ti.variant and ti.variant != variant) or ti.embeddings.shape[1] != dim:
         raise SelvaError(f"This textual inversion was trained on {ti.variant} (token width "
                          f"{ti.embeddings.shape[1]}), but the model is {variant} (width {dim}). "
                          f"Train one for this model.")

@@ -94,6 +94,12 @@ def read_tuned_vocoder(path: Union[str, Path]) -> TunedVocoder:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    from ..compat.pt_files import is_pt, read_vocoder  # the earlier pack's BigVGAN .pt files
+
+    if is_pt(path) and path.is_file():
+        tensors, name, rate, mels = read_vocoder(path)
+        return TunedVocoder(tensors, VocoderIdentity(name, rate, mels), "all_params", 0, "earlier pack",
+                            str(path), file_digest(path))
     if not path.is_file():
         raise SelvaError(f"Tuned vocoder not found: {path}. Give the checkpoint_path the BigVGAN Trainer "
                          f"returned (relative paths are in ComfyUI's output folder).")

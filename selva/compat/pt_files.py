@@ -1,0 +1,112 @@
+"""The earlier pack's ``.pt`` files for textual inversion, fine-tuned BigVGAN and steering.
+
+Each is read with ``torch.load(weights_only=True)``: only tensors and plain containers, never a
+pickle that runs code. What they hold (as that pack wrote them):
+
+* textual inversion (final and ``step_NNNNN.pt``): ``{"embeddings": (n_tokens, 1024),
+  "n_tokens", "inject_mode": "suffix" | "prefix", "step", "init_text", "lr", "steps",
+  "loss_history"}``; no variant (CLIP text features are 1024 wide for every variant).
+* BigVGAN (final and step files): ``{"generator": <the vocoder's state dict>, "has_gafilter",
+  "gafilter_kernel_size"}``, the whole generator under the released names.
+* steering: ``{"steering_vectors": [per block (latent positions, hidden)], "n_blocks", "n_joint",
+  "n_fused", "latent_seq_len", "n_samples", "seed", "mode", "variant"}``.
+
+The readers return plain values; our file classes are built by their own loaders, which fall back
+to these. What cannot be reproduced is refused in :mod:`.unsupported`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SelvaError
+from . import unsupported
+
+PT_SUFFIXES = (".pt", ".pth", ".ckpt")
+# conv_pre's input channels (mel bands) -> (our vocoder name, sample rate): the two released
+# vocoders SelVA uses, v1 for 16 kHz and v2 for 44.1 kHz.
+VOCODER_BY_MELS = {80: ("bigvgan_v1", 16000), 128: ("bigvgan_v2", 44100)}
+
+
+def is_pt(path: Path) -> bool:
+    return Path(path).suffix.lower() in PT_SUFFIXES
+
+
+def read_pt(path: Path, what: str) -> Any:
+    """The file's object, loaded weights-only; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"{what} file {path} does not exist.")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling error names the global it refused
+        raise SelvaError(f"Cannot read {path} as a {what} file: only plain tensor files load "
+                         f"(weights_only=True), and this one is not ({e}).") from e
+
+
+def kind_of(obj: Any) -> str:
+    """Which earlier file this object is: ti | vocoder | steering | lora | unknown."""
+    if not isinstance(obj, dict):
+        return "unknown"
+    if "embeddings" in obj and "inject_mode" in obj:
+        return "ti"
+    if "generator" in obj and isinstance(obj["generator"], dict):
+        return "vocoder"
+    if "steering_vectors" in obj:
+        return "steering"
+    if "state_dict" in obj or any(".lora_A" in str(k) for k in obj):
+        return "lora"
+    return "unknown"
+
+
+def _expect(obj: Any, kind: str, path: Path, what: str) -> dict:
+    if kind_of(obj) != kind:
+        raise SelvaError(f"{path} is not an earlier-pack {what} file (it holds "
+                         f"{sorted(obj)[:5] if isinstance(obj, dict) else type(obj).__name__}).")
+    return obj
+
+
+def read_textual_inversion(path: Path) -> tuple[torch.Tensor, str, dict[str, Any]]:
+    """(embeddings float32, our path kind, info) of an earlier TI file."""
+    obj = _expect(read_pt(path, "textual inversion"), "ti", Path(path), "textual-inversion")
+    emb = obj["embeddings"]
+    if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
+        raise SelvaError(f"{path}: 'embeddings' is not an (n_tokens, dim) tensor; the file is damaged.")
+    kind = unsupported.check_ti(str(path), str(obj.get("inject_mode", "suffix")))
+    info = {"converted_from": "earlier SelVA pack"}
+    for key in ("init_text", "step", "steps", "lr"):
+        if key in obj and isinstance(obj[key], (str, int, float)):
+            info[key] = obj[key]
+    return emb.detach().float(), kind, info
+
+
+def read_vocoder(path: Path) -> tuple[dict[str, torch.Tensor], str, int, int]:
+    """(state dict with weight norm folded, vocoder name, sample rate, mel bands)."""
+    try:
+        from ...bigvgan.loading import fold_weight_norm
+    except ImportError:  # selva imported as a top-level package (python -m selva)
+        from bigvgan.loading import fold_weight_norm
+
+    obj = _expect(read_pt(path, "fine-tuned vocoder"), "vocoder", Path(path), "BigVGAN")
+    unsupported.check_vocoder(str(path), obj)
+    state = obj["generator"]
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SelvaError(f"{path}: the 'generator' entry is not a state dict of tensors.")
+    tensors = fold_weight_norm(state, source=str(path))
+    conv_pre = tensors.get("conv_pre.weight")
+    if conv_pre is None or conv_pre.dim() != 3 or int(conv_pre.shape[1]) not in VOCODER_BY_MELS:
+        raise SelvaError(f"{path} does not hold a BigVGAN generator of SelVA's vocoders (no "
+                         f"conv_pre.weight taking 80 or 128 mel bands).")
+    mels = int(conv_pre.shape[1])
+    name, rate = VOCODER_BY_MELS[mels]
+    tensors = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in tensors.items()}
+    return tensors, name, rate, mels
+
+
+def read_steering(path: Path) -> None:
+    """Earlier steering files: always refused, saying what to do (see :mod:`.unsupported`)."""
+    obj = _expect(read_pt(path, "steering vectors"), "steering", Path(path), "steering")
+    unsupported.check_steering(str(path), obj.get("steering_vectors"))
