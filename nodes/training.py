@@ -218,10 +218,11 @@ class SelvaDatasetBrowser:
 
     def browse(self, dataset_json: str, index: int) -> tuple[str, str, str, str, int]:
         from ..selva.errors import SelvaError
+        from ..selva.compat.datasets import read_earlier_index
         from ..selva.train.prepare import read_index
 
         path = comfy_compat.resolve_input_path(dataset_json)
-        data = read_index(path)
+        data = read_earlier_index(path) or read_index(path)  # the earlier pack's array, or ours
         total = len(data.clips)
         if not 0 <= index < total:
             raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "

@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..compat.datasets import earlier_clip_features
 from ..errors import SelvaError
 from ..features import Features, content_hash
 from ..hooks import Hooks, or_default
@@ -232,7 +233,8 @@ def load_dataset(pipe, data_dir: Path, *, cache_dir: Optional[Path] = None,
     digest = hashlib.blake2b(digest_size=16)
     clips = []
     for i, clip in enumerate(files, 1):
-        features = load_clip_features(clip, variant)
+        features = (earlier_clip_features(pipe, clip.features_path, clip.caption, fallback_prompt, hooks)
+                    or load_clip_features(clip, variant))  # the earlier pack's .npz, or ours
         prompt = clip.caption if clip.caption is not None else (features.prompt or fallback_prompt)
         if prompt != features.prompt:
             log.info("Clip %s: re-encoding the features for the prompt %r", clip.stem, prompt)
