@@ -139,6 +139,9 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
     except json.JSONDecodeError as e:
         raise SelvaError(f"adapters_file is not valid JSON ({e}); expected e.g. "
                          f"[\"\", \"selva_lora/lora_001/adapter_final.safetensors\"].") from e
+    from ..compat.adapters import earlier_adapter_list  # the earlier pack's lists and summaries
+
+    items = earlier_adapter_list(items)
     if isinstance(items, dict) and isinstance(items.get("adapters"), list):
         items = items["adapters"]
     elif isinstance(items, dict) and isinstance(items.get("runs"), dict):

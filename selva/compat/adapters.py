@@ -102,3 +102,23 @@ def pissa_against_base(adapter, generator: nn.Module) -> dict[str, tuple[torch.T
     log.info("%s: PiSSA adapter converted against the loaded base weights (%d modules).",
              adapter.name, len(modules))
     return modules
+
+
+def earlier_adapter_list(items: Any) -> Any:
+    """The earlier pack's evaluator lists in the form our LoRA Evaluator reads; others unchanged.
+
+    * ``{"adapters": [{"id", "path", "description"}, ...]}`` (its eval files; an entry without a
+      path is the baseline): ``id`` becomes the label.
+    * its sweep summary ``experiment_summary.json`` (``{"experiments": [{"id", "adapter_path",
+      ...}]}``): every experiment that saved an adapter, labelled by its id.
+    """
+    if not isinstance(items, dict):
+        return items
+    if isinstance(items.get("adapters"), list):
+        return {**items, "adapters": [
+            {**{k: v for k, v in a.items() if k != "id"}, "name": a.get("name", a["id"])}
+            if isinstance(a, dict) and "id" in a else a for a in items["adapters"]]}
+    if isinstance(items.get("experiments"), list) and "runs" not in items:
+        return [{"path": e["adapter_path"], "name": str(e.get("id", ""))} for e in items["experiments"]
+                if isinstance(e, dict) and isinstance(e.get("adapter_path"), str) and e["adapter_path"]]
+    return items
