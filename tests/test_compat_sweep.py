@@ -120,3 +120,34 @@ def test_earlier_sweep_runs_into_its_output_root(pipe, tmp_path):
     from comfyui_selva.selva.adapters import load_adapter
     adapter = load_adapter(tmp_path / runs["pissa_rslora"]["adapter"])
     assert adapter.meta.init == "pissa" and adapter.meta.rslora and adapter.meta.alpha == 4.0
+
+
+def test_earlier_vocoder_layout_uses_its_defaults(tmp_path):
+    """The BigVGAN Scheduler's files (its bigvgan_*.json layout), read with a vocoder options class."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class VocoderOptions:  # the fields our vocoder tuning has today
+        train_mode: str = "snake_alpha_only"
+        steps: int = 2000
+        lr: float = 1e-4
+        batch_size: int = 1
+        segment_seconds: float = 1.0
+        lambda_l2sp: float = 0.0
+        save_every: int = 500
+        seed: int = 0
+        discriminator_path: str = ""
+
+    path = tmp_path / "bigvgan_optimized_dataset.json"
+    spec = {"name": "bigvgan_optimized_dataset", "data_dir": "/audio", "output_root": "voc",
+            "base": {"steps": 4000, "use_gafilter": False, "lambda_phase": 0.0, "lora_adapter": ""},
+            "experiments": [{"id": "snake", "description": "alpha only"}]}
+    path.write_text(json.dumps(spec))
+    (exp,) = S.read_experiments(path, VocoderOptions)
+    assert exp.settings == {"train_mode": "snake_alpha_only", "steps": 4000, "lr": 1e-4, "batch_size": 4,
+                            "segment_seconds": 2.0, "lambda_l2sp": 1e-3, "save_every": 500, "seed": 42,
+                            "discriminator_path": "", "data_dir": "/audio"}
+    del spec["base"]["use_gafilter"]  # GAFilter was on by default there
+    path.write_text(json.dumps(spec))
+    with pytest.raises(SelvaError, match=r"use_gafilter=True, which this version's trainer does not have"):
+        S.read_experiments(path, VocoderOptions)

@@ -96,3 +96,18 @@ def test_loading_does_not_import_the_pipeline():
 
 def test_the_import_graph_has_no_cycle():
     assert find_cycle(import_graph()) is None
+
+
+def test_only_the_fallback_loaders_import_the_compat_package():
+    """selva/compat reads the earlier pack's files; only the loaders that fall back to it (and
+    the convert command's registration) may import it, so nothing else grows a dependency on
+    the earlier layouts."""
+    allowed = {"selva.adapters.format", "selva.adapters.compare", "selva.train.sweep", "selva.train.dataset",
+               "selva.style.textual_inversion", "selva.style.steering", "selva.vocoder_tuning.checkpoint",
+               "selva.cli"}
+    graph = import_graph()
+    users = {m for m, deps in graph.items() if not m.startswith("selva.compat")
+             and any(d == "selva.compat" or d.startswith("selva.compat.") for d in deps)}
+    assert users <= allowed, sorted(users - allowed)
+    nodes = [p for p in (ROOT / "nodes").glob("*.py") if "selva.compat" in p.read_text(encoding="utf-8")]
+    assert [p.name for p in nodes] == ["training.py"]  # the Dataset Browser's fallback

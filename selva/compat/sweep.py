@@ -12,7 +12,8 @@ What changes in translation (:func:`from_earlier_layout`):
   trainer; top-level ``data_dir`` goes into ``base``; ``output_root`` is the sweep folder (a
   relative one inside the sweep's output folder).
 * Settings the file leaves out take the EARLIER trainer's defaults (:data:`LORA_DEFAULTS`,
-  :data:`TI_DEFAULTS`), not ours, so a run trains what it trained there.
+  :data:`TI_DEFAULTS`, :data:`VOCODER_DEFAULTS`), not ours, so a run trains what it trained there.
+  Which trainer a file is for is told by the options class the sweep runner is given.
 * Earlier option names become ours (:data:`LORA_NAMES`, :data:`TI_NAMES`); ``alpha: 0`` means
   2 x rank; ``init_mode`` ``standard`` is our ``default``; ``inject_mode`` ``suffix`` is our
   path ``clip``.
@@ -48,13 +49,21 @@ TI_DEFAULTS: dict[str, Any] = {
     "n_tokens": 4, "lr": 2e-4, "steps": 3000, "batch_size": 4, "warmup_steps": 100, "seed": 42,
     "save_every": 1000, "init_text": "", "path": "clip", "timestep_sampling": "uniform",
 }
+# The earlier BigVGAN Scheduler's defaults (GAFilter was on unless a file said otherwise).
+VOCODER_DEFAULTS: dict[str, Any] = {
+    "train_mode": "snake_alpha_only", "steps": 2000, "lr": 1e-4, "batch_size": 4,
+    "segment_seconds": 2.0, "lambda_l2sp": 1e-3, "use_gafilter": True, "gafilter_kernel_size": 9,
+    "lambda_phase": 1.0, "save_every": 500, "seed": 42, "discriminator_path": "", "lora_adapter": "",
+}
 # Earlier options with the value at which they change nothing: dropped if our trainer lacks them.
 NEUTRAL = {"lora_dropout": 0.0, "lora_plus_ratio": 1.0, "lr_schedule": "constant",
            "latent_mixup_alpha": 0.0, "latent_noise_sigma": 0.0, "resume_path": "",
-           "logit_normal_sigma": 1.0}  # our logit-normal sampling is sigmoid(N(0, 1))
+           "logit_normal_sigma": 1.0,  # our logit-normal sampling is sigmoid(N(0, 1))
+           "use_gafilter": False, "lambda_phase": 0.0, "lora_adapter": "", "discriminator_path": ""}
 # Earlier options that only mean something in a mode (dropped with it, if our trainer lacks them).
 MODE_ONLY = {"logit_normal_sigma": ("timestep_sampling", ("logit_normal", "curriculum")),
-             "curriculum_switch": ("timestep_sampling", ("curriculum",))}
+             "curriculum_switch": ("timestep_sampling", ("curriculum",)),
+             "gafilter_kernel_size": ("use_gafilter", (True,))}
 # Every option the earlier Schedulers passed to their trainers (under the earlier names).
 EARLIER_LORA_OPTIONS = frozenset(
     ("steps", "rank", "lr", "alpha", "target", "batch_size", "warmup_steps", "grad_accum",
@@ -63,6 +72,7 @@ EARLIER_LORA_OPTIONS = frozenset(
      "latent_mixup_alpha", "latent_noise_sigma"))
 EARLIER_TI_OPTIONS = frozenset(("n_tokens", "lr", "steps", "batch_size", "warmup_steps", "seed",
                                 "save_every", "init_text", "inject_mode"))
+EARLIER_VOCODER_OPTIONS = frozenset(VOCODER_DEFAULTS)
 EARLIER_TOP = ("name", "description", "data_dir", "output_root", "base", "experiments")
 INFO_KEYS = ("description", "group")
 
@@ -85,15 +95,21 @@ def from_earlier_layout(data: Any, options_cls: type, source: Path) -> Any:
         raise SelvaError(f"{source}: unknown top-level key(s) {', '.join(unknown_top)} (a sweep file "
                          f"holds {', '.join(EARLIER_TOP)}).")
     fields = set(options_cls.__dataclass_fields__)
-    ti = "n_tokens" in fields
-    names, defaults = (TI_NAMES, TI_DEFAULTS) if ti else (LORA_NAMES, LORA_DEFAULTS)
+    if "n_tokens" in fields:
+        names, defaults = TI_NAMES, TI_DEFAULTS
+    elif "train_mode" in fields:  # vocoder tuning (the BigVGAN Scheduler's files)
+        names, defaults = {}, VOCODER_DEFAULTS
+    else:
+        names, defaults = LORA_NAMES, LORA_DEFAULTS
     base = data.get("base", {})
     if not isinstance(base, dict):
         raise SelvaError(f"{source}: 'base' must be an object of trainer inputs.")
     entries = data.get("experiments")
     if not isinstance(entries, list) or not entries:
         raise SelvaError(f"{source} must hold an \"experiments\" list with at least one experiment.")
-    out_base = {k: v for k, v in defaults.items() if k in fields}
+    # every earlier default, also of options ours lacks: at a neutral value they are dropped below,
+    # otherwise the run could not train what it trained there and says so
+    out_base = dict(defaults)
     if data.get("data_dir"):
         out_base["data_dir"] = data["data_dir"]
     out_base.update(_rename(base, names, fields))
@@ -139,7 +155,8 @@ def _settle(settings: dict[str, Any], fields: set, source: Path, name: str) -> d
     for key, (mode_key, modes) in MODE_ONLY.items():
         if key in settings and key not in fields and settings.get(mode_key) not in modes:
             del settings[key]
-    lacking = sorted(k for k in settings if k not in fields and k in EARLIER_LORA_OPTIONS | EARLIER_TI_OPTIONS)
+    earlier = EARLIER_LORA_OPTIONS | EARLIER_TI_OPTIONS | EARLIER_VOCODER_OPTIONS
+    lacking = sorted(k for k in settings if k not in fields and k in earlier)
     if lacking:
         raise SelvaError(f"{source}: experiment {name!r} sets the earlier pack's option(s) "
                          f"{', '.join(f'{k}={settings[k]!r}' for k in lacking)}, which this version's "
