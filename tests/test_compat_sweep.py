@@ -84,7 +84,8 @@ def test_earlier_ti_layout(tmp_path):
     spec["experiments"].append({"id": "n4_prefix", "inject_mode": "prefix"})
     path.write_text(json.dumps(spec))
     if "inject_mode" not in fields:
-        with pytest.raises(SelvaError, match="inject_mode 'prefix'.*Train them again"):
+        with pytest.raises(SelvaError, match="experiment 'n4_prefix' uses inject_mode 'prefix'.*Use "
+                                             "inject_mode 'suffix' for it, or remove the experiment"):
             S.read_experiments(path, TiTrainOptions)
 
 

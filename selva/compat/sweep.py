@@ -148,7 +148,7 @@ def _settle(settings: dict[str, Any], fields: set, source: Path, name: str) -> d
     if settings.get("path") == "prefix" and "inject_mode" not in fields:
         from .unsupported import check_ti
 
-        check_ti(f"{source}: experiment {name!r}", "prefix")
+        check_ti(f"{source}: experiment {name!r}", "prefix", training=True)
     for key, neutral in NEUTRAL.items():
         if key in settings and key not in fields and _same(settings[key], neutral):
             del settings[key]

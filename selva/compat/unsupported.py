@@ -14,10 +14,17 @@ from ..errors import SelvaError
 TI_INJECT_MODES = {"suffix": "clip"}
 
 
-def check_ti(source: str, inject_mode: str) -> str:
-    """Our textual-inversion path for an earlier ``inject_mode``, or a clear refusal."""
+def check_ti(source: str, inject_mode: str, *, training: bool = False) -> str:
+    """Our textual-inversion path for an earlier ``inject_mode``, or a clear refusal (``training``:
+    a sweep experiment asks for it rather than a trained file holding it)."""
     if inject_mode in TI_INJECT_MODES:
         return TI_INJECT_MODES[inject_mode]
+    if training:
+        raise SelvaError(
+            f"{source} uses inject_mode {inject_mode!r} (learned tokens right after the start "
+            f"token), which this version cannot train: it puts learned tokens at the end of the "
+            f"prompt sequence (the earlier 'suffix' mode). Use inject_mode 'suffix' for it, or "
+            f"remove the experiment.")
     raise SelvaError(
         f"{source} was trained with inject_mode {inject_mode!r}: its tokens replace the CLIP text "
         f"positions right after the start token. This pack only puts learned tokens at the end of "
