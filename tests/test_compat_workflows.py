@@ -132,3 +132,39 @@ def test_sockets_to_reconnect_and_alpha_zero(tmp_path):
     # the Evaluator's eval_file is our adapters_file (it reads that file's adapters and their ids)
     ev = _by_name("SelvaLoraEvaluator", out["nodes"][2]["widgets_values"])
     assert ev["adapters_file"] == "eval_file-saved"
+
+
+def test_layout_tool_reads_node_sources_without_running_them(tmp_path):
+    """tools/earlier_layouts.py on a small git repository in the earlier pack's layout."""
+    import importlib.util
+    import subprocess as sp
+
+    repo = tmp_path / "earlier"
+    (repo / "nodes").mkdir(parents=True)
+    (repo / "nodes" / "__init__.py").write_text(
+        '_NODES = {"SelvaX": (".x", "SelvaX", "SelVA X")}\n')
+    (repo / "nodes" / "x.py").write_text(
+        "import folder_paths  # ComfyUI: never imported by the tool\n"
+        "KIND = 'AUDIO_DATASET'\n_VARIANTS = {'a': 1, 'b': 2}\n"
+        "class SelvaX:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {'model': ('SELVA_MODEL',), 'variant': (list(_VARIANTS),),\n"
+        "                             'seed': ('INT', {'default': 42, 'max': 0xFFFFFFFF}),\n"
+        "                             'mode': (['a', 'b'], {'default': 'b'})},\n"
+        "                'optional': {'lr': ('FLOAT', {'default': 1e-4, 'tooltip': 'x' + 'y'}),\n"
+        "                             'text': ('STRING', {'forceInput': True}), 'data': (KIND,)}}\n"
+        "    RETURN_TYPES = (KIND, 'STRING')\n    RETURN_NAMES = ('dataset', 'path')\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        sp.run(["git", *args], cwd=repo, check=True)
+    spec = importlib.util.spec_from_file_location("earlier_layouts", REPO_ROOT / "tools" / "earlier_layouts.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    table = tool.collect(repo / ".git", ["HEAD"])
+    (layout,) = table["nodes"]["SelvaX"]
+    assert [w["name"] for w in layout["widgets"]] == ["variant", "seed", "control_after_generate", "mode", "lr"]
+    assert layout["widgets"][3] == {"name": "mode", "type": "COMBO", "options": ["a", "b"], "default": "b"}
+    assert layout["widgets"][1]["max"] == 0xFFFFFFFF and layout["widgets"][4]["default"] == 1e-4
+    assert [(s["name"], s["type"]) for s in layout["inputs"]] == [
+        ("model", "SELVA_MODEL"), ("text", "STRING"), ("data", "AUDIO_DATASET")]
+    assert layout["outputs"] == [{"name": "dataset", "type": "AUDIO_DATASET"}, {"name": "path", "type": "STRING"}]
