@@ -96,6 +96,10 @@ def test_our_layout_is_unchanged(tmp_path):
     (exp,) = S.read_experiments(path)
     assert exp.settings == {"data_dir": "/d", "rank": 4, "alpha": 0.5} and exp.info == {"description": "kept"}
     assert S.sweep_dir_for(path, tmp_path / "out") == tmp_path / "out" / "mine"
+    earlier = json.loads(earlier_lora_file(tmp_path / "e.json").read_text())
+    del earlier["output_root"]  # then the earlier pack used the sweep's name as its folder
+    (tmp_path / "e.json").write_text(json.dumps(earlier))
+    assert S.sweep_dir_for(tmp_path / "e.json", tmp_path / "out") == tmp_path / "out" / "pissa_sweep"
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,7 @@ def test_earlier_sweep_runs_into_its_output_root(pipe, tmp_path):
     assert [r["status"] for r in runs.values()] == ["finished", "finished"], runs
     assert runs["pissa_rslora"]["group"] == "tier_s" and runs["standard_baseline"]["description"] == "classic"
     assert runs["pissa_rslora"]["settings"]["init"] == "pissa"
+    assert (summary["name"], summary["description"]) == ("pissa_sweep", "PiSSA vs standard init")
     from comfyui_selva.selva.adapters import load_adapter
     adapter = load_adapter(tmp_path / runs["pissa_rslora"]["adapter"])
     assert adapter.meta.init == "pissa" and adapter.meta.rslora and adapter.meta.alpha == 4.0

@@ -171,16 +171,30 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def sweep_folder(experiments_file: Path, default: Path, output_dir: Path) -> Path:
-    """The earlier file's ``output_root`` (relative: inside ``output_dir``), else ``default``."""
+def _earlier_file(experiments_file: Path) -> Optional[dict]:
     import json
 
     try:
         data = json.loads(Path(experiments_file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return default  # reading the experiments reports what is wrong with the file
-    root: Optional[str] = data.get("output_root") if is_earlier_layout(data) else None
+        return None  # reading the experiments reports what is wrong with the file
+    return data if is_earlier_layout(data) else None
+
+
+def sweep_folder(experiments_file: Path, default: Path, output_dir: Path) -> Path:
+    """An earlier file's ``output_root`` (relative: inside ``output_dir``), else its ``name``
+    inside ``output_dir`` (the earlier default), else ``default``."""
+    data = _earlier_file(experiments_file)
+    if data is None:
+        return default
+    root = data.get("output_root") or data.get("name")
     if not root:
         return default
     p = Path(str(root)).expanduser()
     return p if p.is_absolute() else Path(output_dir) / p
+
+
+def sweep_info(experiments_file: Path) -> dict[str, Any]:
+    """An earlier file's top-level ``name`` and ``description`` for the summary ({} otherwise)."""
+    data = _earlier_file(experiments_file) or {}
+    return {k: data[k] for k in ("name", "description") if isinstance(data.get(k), str)}

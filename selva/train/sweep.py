@@ -179,6 +179,9 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
     summary_path = sweep_dir / SUMMARY_NAME
     summary = _read_summary(summary_path) or {"format": SUMMARY_FORMAT, "version": 1}
     summary["experiments_file"] = str(experiments_file)
+    from ..compat.sweep import sweep_info  # an earlier-pack file's name and description
+
+    summary.update(sweep_info(experiments_file))
     runs: dict[str, dict] = summary.setdefault("runs", {})
     flag = sweep_dir / SKIP_FLAG
     flag.unlink(missing_ok=True)  # a flag left from before must not skip a new run
