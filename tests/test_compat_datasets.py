@@ -106,3 +106,14 @@ def test_dataset_browser_reads_the_earlier_array(tmp_path):
     path.write_text(json.dumps([{"label": "no path"}]))
     with pytest.raises(SelvaError, match='entry 0 has no "path"'):
         run_node("SelvaDatasetBrowser", dataset_json=str(path), index=0)
+
+
+def test_a_lora_trains_on_earlier_features_with_eval_samples(pipe, tmp_path):
+    from comfyui_selva.selva.train.lora_trainer import LoraTrainOptions, train_lora
+
+    _, old = _earlier_folder(pipe, tmp_path)
+    options = LoraTrainOptions(steps=2, rank=2, alpha=2.0, save_every=2, warmup_steps=1, grad_accum=1,
+                               eval_steps=2, eval_samples=True)
+    run = train_lora(pipe, old, tmp_path / "out", options)
+    assert run.result.status == "finished" and run.result.exported.is_file()
+    assert list(run.result.exported.parent.rglob("*.wav")) or list(run.result.exported.parent.rglob("*.flac"))
