@@ -105,7 +105,7 @@ def measure(args) -> dict:
         t0 = time.perf_counter()
         with PeakRss() as rss, torch.inference_mode():
             base_rss = _rss_bytes()
-            feats = pipe.extract_features_from_video(video, "a dog barking", duration=args.duration)
+            feats = pipe.extract_features(video, None, "a dog barking", duration=args.duration)
             latent = pipe.sample_latent(feats, steps=args.steps)
             if args.decode:
                 pipe.decode(latent)

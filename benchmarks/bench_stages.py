@@ -30,7 +30,8 @@ from selva.hooks import NO_HOOKS  # noqa: E402
 from selva.loading import stage_dtypes  # noqa: E402
 from selva.offload import OffloadManager, pick_device, resolve_dtype, resolve_offload  # noqa: E402
 from selva.features import Features  # noqa: E402
-from selva.pipeline import LoadOptions, PreparedInput, SelvaPipeline, TextFeatures  # noqa: E402
+from selva.encoding import PreparedInput, TextFeatures  # noqa: E402
+from selva.pipeline import LoadOptions, SelvaPipeline  # noqa: E402
 from selva.variants import VARIANTS, get_variant  # noqa: E402
 from selva.video import prepare_frames  # noqa: E402
 
@@ -134,14 +135,14 @@ def run_stages(pipe: SelvaPipeline, prepared: PreparedInput, a: argparse.Namespa
         with pipe.manager.use("t5") as t5:
             t5_f, t5_mask = t5.encode([prompt])
     with table.stage("CLIP text"):
-        text_clip = pipe.encode_clip_text([prompt])
+        text_clip = pipe.encoding.encode_clip_text([prompt])
     text = TextFeatures(t5_f, t5_mask, text_clip)
     with table.stage("TextSynchformer"):
-        sync = pipe.encode_sync(prepared.frames.sync_u8, None, 1.0, text, NO_HOOKS)
+        sync = pipe.encoding.encode_sync(prepared.frames.sync_u8, None, 1.0, text, NO_HOOKS)
     clip_features = None
     if a.clip_frames:
         with table.stage("CLIP frames"):
-            clip_features = pipe.encode_clip_frames(prepared.frames.clip_frames(), NO_HOOKS)
+            clip_features = pipe.encoding.encode_clip_frames(prepared.frames.clip_frames(), NO_HOOKS)
     feats = Features(variant=a.variant, prompt=prompt, duration=prepared.duration, fps=25.0,
                      text_t5=t5_f.float().cpu(), text_t5_mask=t5_mask.cpu(),
                      text_clip=text_clip.float().cpu(), sync_features=sync.float().cpu(),

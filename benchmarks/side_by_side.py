@@ -116,7 +116,7 @@ def child_ours(a: argparse.Namespace) -> dict:
                                           models_dir=a.models, allow_download=False,
                                           offload=a.offload or "auto"))
     for prompt, negative, seed in PROMPTS:
-        feats = pipe.extract_features_from_video(a.video, prompt, duration=a.duration)
+        feats = pipe.extract_features(a.video, None, prompt, duration=a.duration)
         wave = pipe.generate(feats, negative_prompt=negative, steps=a.steps, cfg_strength=4.5, seed=seed)
         assert torch.isfinite(wave).all()
         clock.lap()

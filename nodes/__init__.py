@@ -8,7 +8,7 @@ from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
 from .lora import SelvaLoraEvaluator, SelvaLoraLoader
 from .mux import SelvaMuxVideo
-from .sampler import SelvaSampler
+from .sampler import SelvaSampler, SelvaTextToAudio
 from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringLoader
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
 from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
@@ -41,6 +41,7 @@ _NODES = (
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
+    ("SelvaTextToAudio", SelvaTextToAudio, "SelVA Text to Audio"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

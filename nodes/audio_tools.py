@@ -29,7 +29,7 @@ class SelvaVaeRoundtrip:
     def roundtrip(self, model: Any, audio: dict) -> tuple[dict]:
         wave, rate = audio_input(audio)
         with comfy_run():
-            out = model.vae_roundtrip(wave, rate, hooks=make_hooks())
+            out = model.decoding.vae_roundtrip(wave, rate, hooks=make_hooks())
         return (audio_output(out, model.sample_rate),)
 
 
@@ -87,6 +87,6 @@ class SelvaSpectralMatcher:
     def match(self, model: Any, audio: dict, strength: float) -> tuple[dict]:
         wave, rate = audio_input(audio)
         with comfy_run():
-            out = model.spectral_match(wave, rate, strength=float(strength))
+            out = model.decoding.spectral_match(wave, rate, strength=float(strength))
         return (audio_output(out, model.sample_rate),)
 

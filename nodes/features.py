@@ -54,6 +54,7 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
     only named clips. Returns the features and the real frame rate of the video.
     """
     from ..selva.features import FeatureCache
+    from ..selva.options import MaskOptions
 
     hooks = hooks if hooks is not None else make_hooks()
     name = (name or "").strip()
@@ -62,16 +63,12 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
 
         check_clip_name(name)
     src = resolve_video(video, video_info, fps)
-    common = dict(duration=duration if duration > 0 else None, mask=as_mask_stack(mask),
-                  mask_strength=float(mask_strength), mask_clip=bool(mask_clip),
-                  mask_sync=bool(mask_sync), start=float(start or 0.0))
-    if src.frames is not None:
-        prepared = model.prepare(src.frames, src.fps, hooks=hooks, **common)
-    else:
-        prepared = model.prepare(video_path=decodable(src.stream), hooks=hooks, **common)
+    masking = MaskOptions(as_mask_stack(mask), float(mask_strength), bool(mask_clip), bool(mask_sync))
+    source, source_fps = (src.frames, src.fps) if src.frames is not None else (decodable(src.stream), None)
     folder = cache_directory(cache_dir)
     cache = FeatureCache(folder / NAMED_CACHE_SUBDIR if name else folder)
-    feats = model.encode_cached(prepared, prompt, cache, hooks)
+    feats = model.extract_features(source, source_fps, prompt, duration=duration if duration > 0 else None,
+                                   start=float(start or 0.0), mask=masking, cache=cache, hooks=hooks)
     if name:
         from .dataset_clip import save_named_clip
 

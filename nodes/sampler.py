@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_output, comfy_run, make_hooks
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
@@ -15,23 +15,54 @@ DEFAULT_WINDOW_SECONDS = 8.0
 DEFAULT_OVERLAP_SECONDS = 2.56
 
 
+def edit_inputs() -> dict:
+    """Optional inputs that start from audio (the Sampler's and Text to Audio's, after the others)."""
+    return {
+        "init_audio": ("AUDIO", {
+            "tooltip": "Audio to start from: reshape it (denoise < 1), regenerate a time range of it "
+                       "(regenerate_start / _end), or continue it when it is shorter than the "
+                       "duration. Any rate and channel count (mixed to mono)."}),
+        "denoise": ("FLOAT", {
+            "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "tooltip": "How much of init_audio is regenerated: 1 = from pure noise (the plain output), "
+                       "0.5 = keep its broad shape, 0 = the input through the VAE. Steps count only "
+                       "the part that runs."}),
+        "regenerate_start": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 600.0, "step": 0.01,
+            "tooltip": "Seconds: start of the range of init_audio to regenerate. Both 0 = no range."}),
+        "regenerate_end": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 600.0, "step": 0.01,
+            "tooltip": "Seconds: end of the range to regenerate. Outside it the output is init_audio "
+                       "exactly; the joins crossfade over up to 0.1 s inside the range."}),
+    }
+
+
+def edit_options(init_audio: Any, denoise: Optional[float], regenerate_start: Optional[float],
+                 regenerate_end: Optional[float]) -> Any:
+    from ..selva.editing import EditOptions
+
+    wave, rate = audio_input(init_audio, "init_audio") if init_audio is not None else (None, 0)
+    return EditOptions(wave, rate, 1.0 if denoise is None else float(denoise),
+                       float(regenerate_start or 0.0), float(regenerate_end or 0.0))
+
+
 def generate_audio(model: Any, features: Any, *, prompt: str = "", negative_prompt: str = "",
                    duration: float = 0.0, steps: int = 25, cfg_strength: float = 4.5,
                    seed: int = 0, normalize: bool = True, target_lufs: float = -27.0,
                    batch_size: int = 1, hooks: Any = None, extra_patches: Any = (),
                    window_seconds: float = DEFAULT_WINDOW_SECONDS,
-                   overlap_seconds: float = DEFAULT_OVERLAP_SECONDS) -> dict:
+                   overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, edit: Any = None) -> dict:
     """ComfyUI AUDIO holding ``batch_size`` variations (variation i = seed + i)."""
     from ..selva.audio import loudness_normalize
     from ..selva.long_video import WindowOptions
+    from ..selva.options import SamplingOptions
 
     hooks = hooks if hooks is not None else make_hooks()
-    wave = model.generate(
-        features, prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
-        duration=duration if duration > 0 else None, steps=int(steps),
-        cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size), hooks=hooks,
-        extra_patches=tuple(extra_patches),
-        windows=WindowOptions(float(window_seconds), float(overlap_seconds)))
+    options = SamplingOptions(prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
+                              duration=duration if duration > 0 else None, steps=int(steps),
+                              cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size),
+                              windows=WindowOptions(float(window_seconds), float(overlap_seconds)))
+    wave = model.generate(features, options, hooks=hooks, extra_patches=tuple(extra_patches), edit=edit)
     if normalize:
         wave = loudness_normalize(wave, model.sample_rate, float(target_lufs))
     return audio_output(wave, model.sample_rate)
@@ -99,6 +130,7 @@ class SelvaSampler:
                     "tooltip": "How much neighbouring windows share; their predictions are blended "
                                "there. More = smoother joins but slower (each window costs the "
                                "same). Must be shorter than window_seconds."}),
+                **edit_inputs(),
             },
         }
 
@@ -109,8 +141,11 @@ class SelvaSampler:
                steering_blocks: Optional[str] = "all", textual_inversion: Any = None,
                ti_strength: Optional[float] = 1.0,
                window_seconds: Optional[float] = DEFAULT_WINDOW_SECONDS,
-               overlap_seconds: Optional[float] = DEFAULT_OVERLAP_SECONDS) -> tuple[dict]:
+               overlap_seconds: Optional[float] = DEFAULT_OVERLAP_SECONDS, init_audio: Any = None,
+               denoise: Optional[float] = 1.0, regenerate_start: Optional[float] = 0.0,
+               regenerate_end: Optional[float] = 0.0) -> tuple[dict]:
         with comfy_run():
+            edit = edit_options(init_audio, denoise, regenerate_start, regenerate_end)
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
             features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength,
                                                 make_hooks())
@@ -120,5 +155,52 @@ class SelvaSampler:
                 normalize=normalize, target_lufs=-27.0 if target_lufs is None else target_lufs,
                 batch_size=batch_size, extra_patches=patches,
                 window_seconds=DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds,
-                overlap_seconds=DEFAULT_OVERLAP_SECONDS if overlap_seconds is None else overlap_seconds)
+                overlap_seconds=DEFAULT_OVERLAP_SECONDS if overlap_seconds is None else overlap_seconds,
+                edit=edit)
         return (audio,)
+
+
+class SelvaTextToAudio:
+    DESCRIPTION = ("Generates audio from a text prompt alone, no video: the generator's learned "
+                   "empty video sequences take the place of video features (as MMAudio's text to "
+                   "audio). LoRA, steering, textual inversion and init_audio work here too.")
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("AUDIO",)
+    RETURN_NAMES = ("audio",)
+    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate, mono, one batch entry "
+                       "per variation.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        sampler = SelvaSampler.INPUT_TYPES()
+        same = sampler["required"]
+        required = {
+            "model": same["model"],
+            "prompt": ("STRING", {"multiline": True, "default": "",
+                                  "tooltip": "What to hear, e.g. 'rain on a tin roof'."}),
+            "negative_prompt": same["negative_prompt"],
+            "duration": ("FLOAT", {
+                "default": 8.0, "min": 0.5, "max": 600.0, "step": 0.1,
+                "tooltip": "Seconds of audio. The models were trained on 8 s; longer audio is made "
+                           "in overlapping windows."}),
+            **{name: same[name] for name in ("steps", "cfg_strength", "seed", "batch_size")},
+        }
+        return {"required": required, "optional": {"normalize": same["normalize"], **sampler["optional"]}}
+
+    def generate(self, model: Any, prompt: str, negative_prompt: str, duration: float, steps: int,
+                 cfg_strength: float, seed: int, batch_size: int, normalize: Optional[bool] = True,
+                 target_lufs: Optional[float] = -27.0, steering_vectors: Any = None,
+                 steering_strength: Optional[float] = 0.1, steering_blocks: Optional[str] = "all",
+                 textual_inversion: Any = None, ti_strength: Optional[float] = 1.0,
+                 window_seconds: Optional[float] = DEFAULT_WINDOW_SECONDS,
+                 overlap_seconds: Optional[float] = DEFAULT_OVERLAP_SECONDS, init_audio: Any = None,
+                 denoise: Optional[float] = 1.0, regenerate_start: Optional[float] = 0.0,
+                 regenerate_end: Optional[float] = 0.0) -> tuple[dict]:
+        with comfy_run():
+            features = model.encoding.text_features(prompt, float(duration))
+        return SelvaSampler().sample(
+            model, features, "", negative_prompt, float(duration), steps, cfg_strength, seed,
+            True if normalize is None else normalize, batch_size, target_lufs, steering_vectors,
+            steering_strength, steering_blocks, textual_inversion, ti_strength, window_seconds,
+            overlap_seconds, init_audio, denoise, regenerate_start, regenerate_end)

@@ -31,7 +31,7 @@ def features_with_ti(model: Any, features: Any, prompt: str, textual_inversion: 
 
     if textual_inversion is None or not ti_strength:
         return features, prompt
-    features = model.features_for_prompt(features, prompt if prompt.strip() else None, hooks)
+    features = model.encoding.features_for_prompt(features, prompt if prompt.strip() else None, hooks)
     return apply_to_features(features, textual_inversion, float(ti_strength), pipe=model, hooks=hooks), ""
 
 

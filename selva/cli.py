@@ -239,11 +239,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--offline", action="store_true", help="never download; fail if weights are missing")
 
 
-def _add_feature_args(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
+def _add_feature_args(p: argparse.ArgumentParser, prompt_required: bool = True,
+                      video_required: bool = True) -> None:
     g = p.add_argument_group("input")
-    g.add_argument("--video", type=Path, required=True, help="input video file")
+    g.add_argument("--video", type=Path, required=video_required,
+                   help="input video file" + ("" if video_required else
+                                              " (none: text to audio, --duration required)"))
     g.add_argument("--prompt", required=prompt_required, default="", help="the sound to generate")
-    g.add_argument("--duration", type=float, default=8.0,
+    g.add_argument("--duration", type=float, default=None,
                    help="seconds from --start (0 = to the end of the video; default: 8)")
     g.add_argument("--start", type=float, default=0.0,
                    help="seconds into the video where the audio begins (default: 0)")
@@ -266,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate audio for a video")
-    _add_feature_args(gen)
+    from .edit_args import add_edit_args
+
+    gen = sub.add_parser("generate", help="generate audio for a video (or from text alone)")
+    _add_feature_args(gen, video_required=False)
     _add_model_args(gen)
+    add_edit_args(gen)
     g = gen.add_argument_group("sampling")
     g.add_argument("--negative-prompt", default="", help="sounds to steer away from")
     g.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
@@ -357,20 +363,26 @@ def _read_mask(path: Optional[Path]) -> Any:
 def _features(pipe: Any, args: argparse.Namespace) -> Any:
     from .features import FeatureCache, cache_max_bytes
 
-    return pipe.extract_features_from_video(
-        args.video, args.prompt, duration=args.duration or None, mask=_read_mask(args.mask),
-        mask_strength=args.mask_strength, mask_clip=not args.no_mask_clip,
-        mask_sync=not args.no_mask_sync,
+    from .options import MaskOptions
+
+    mask = MaskOptions(_read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
+    return pipe.extract_features(
+        args.video, None, args.prompt, duration=8.0 if args.duration is None else args.duration or None, mask=mask,
         cache=FeatureCache(args.cache_dir, cache_max_bytes(args.cache_max_gb)) if args.cache_dir else None,
         hooks=_hooks(), start=args.start)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .audio import loudness_normalize
+    from .edit_args import edit_from_args
     from .long_video import WindowOptions
     from .pipeline import SelvaPipeline
 
-    if not args.video.is_file():
+    if args.video is None and not args.duration:
+        raise SelvaError("Without --video (text to audio), --duration is required: the seconds of audio to make.")
+    if args.video is None and args.mux is not None:
+        raise SelvaError("--mux needs --video: there is no video to put the audio into.")
+    if args.video is not None and not args.video.is_file():
         raise SelvaError(f"Video file not found: {args.video}")
     if args.out.suffix.lower() not in AUDIO_CODECS:
         raise SelvaError(f"Unsupported audio format {args.out.suffix!r}; use one of "
@@ -379,12 +391,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     outputs = [numbered(args.out, i, count) for i in range(count)]
     if args.mux is not None:
         outputs += [numbered(args.mux, i, count) for i in range(count)]
-    refuse_to_overwrite(outputs, args.overwrite, inputs=[args.video])
+    refuse_to_overwrite(outputs, args.overwrite, inputs=[p for p in (args.video, args.init_audio) if p])
+    edit = edit_from_args(args)
     pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
-    feats = _features(pipe, args)
+    feats = _features(pipe, args) if args.video is not None else pipe.encoding.text_features(args.prompt,
+                                                                                             args.duration)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
                          cfg_strength=args.cfg, seed=args.seed, batch_size=args.batch_size,
-                         hooks=_hooks(), windows=WindowOptions(args.window_seconds, args.overlap_seconds))
+                         hooks=_hooks(), windows=WindowOptions(args.window_seconds, args.overlap_seconds),
+                         edit=edit)
     if not args.no_normalize:
         wave = loudness_normalize(wave, pipe.sample_rate, args.target_lufs)
     for i in range(count):

@@ -50,6 +50,11 @@ class Features:
     mask_strength: float = 1.0
     start: float = 0.0  # seconds into the video where the features begin (muxing needs it)
 
+    @property
+    def has_video(self) -> bool:
+        """False for text-only features (text to audio): no frames and no sync features."""
+        return self.sync_frames_u8.shape[0] > 0
+
     def save(self, path: Path, *, compress: bool = False) -> None:
         """Write atomically: a reader never sees a half-written file, an old one stays until done.
 

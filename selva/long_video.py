@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
@@ -26,6 +26,10 @@ from .blending import Span, even_spans, overlap_weights
 from .errors import SelvaError
 from .variants import CLIP_FPS, LATENT_DOWNSAMPLE, SYNC_FPS, SYNC_STEP, SYNC_TOKENS_PER_SEGMENT, \
     SeqLengths, VariantSpec
+
+if TYPE_CHECKING:
+    from .conditioning import ConditionInputs
+    from .sampling import FlowSchedule
 
 UNIT = Fraction(SYNC_STEP, SYNC_FPS)  # 0.32 s between sync segment starts
 DEFAULT_WINDOW_SECONDS = 8.0  # the training clip length
@@ -183,34 +187,27 @@ def blended_velocity(plan: WindowPlan, window_velocity: WindowVelocity,
     return velocity
 
 
-def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, clip_f: Optional[torch.Tensor],
-                   sync_f: torch.Tensor, text_clip: torch.Tensor, neg_clip: torch.Tensor, steps: int,
-                   cfg_strength: float, hooks, velocity: Optional[Callable] = None) -> torch.Tensor:
+def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, inputs: "ConditionInputs",
+                   neg_clip: Optional[torch.Tensor], steps: int, cfg_strength: float, hooks,
+                   velocity: Optional[Callable] = None, schedule: Optional["FlowSchedule"] = None) -> torch.Tensor:
     """Euler-sample the whole clip's latent ``x0`` (B, L, C) window by window (normalised space).
 
-    ``clip_f`` (1, Tc, D) or None (the generator's empty CLIP sequence), ``sync_f`` (1, S, D) and
-    ``text_clip`` (1, 77, D) cover the whole clip; ``neg_clip`` is the negative prompt's CLIP
-    text (1, 77, D). The conditions stay batch 1 (each window's projected once, shared by every
-    batch item; ``cfg_velocity`` runs both CFG branches in one pass). ``velocity`` replaces the
-    generator's ``predict_flow`` (its compiled form). Progress counts windows x steps; a cancel
-    stops after the current window.
+    ``inputs`` (selva/conditioning.py) cover the whole clip; ``neg_clip`` is the negative
+    prompt's CLIP text (1, 77, D). Each window's conditions are projected once and shared by
+    every batch item (``cfg_velocity`` runs both CFG branches in one pass). ``velocity`` replaces
+    the generator's ``predict_flow`` (its compiled form); ``schedule`` starts part-way along the
+    flow and/or holds known latent frames (selva/sampling.py). Progress counts windows x steps; a
+    cancel stops after the current window.
     """
+    from .conditioning import window_conditions
     from .sampling import euler_sample
 
-    conds, unconds = [], {}
-    for w in plan.windows:
-        gen.set_seq_lengths(*w.lengths)
-        a, b = w.clip
-        clip = gen.empty_clip_sequence(1) if clip_f is None else clip_f[:, a:b]
-        conds.append(gen.preprocess_conditions(clip, sync_f[:, w.sync[0]:w.sync[1]], text_clip))
-        if w.lengths not in unconds:
-            unconds[w.lengths] = gen.empty_conditions(
-                1, negative_text_clip_f=neg_clip.to(x0.device, x0.dtype))
+    conds = window_conditions(gen, plan.windows, inputs, neg_clip, x0.device, x0.dtype)
 
     def window_velocity(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
-        w = plan.windows[i]
-        gen.set_seq_lengths(*w.lengths)
-        return gen.cfg_velocity(t, x, conds[i], unconds[w.lengths], cfg_strength, velocity=velocity)
+        gen.set_seq_lengths(*plan.windows[i].lengths)
+        cond, uncond = conds[i]
+        return gen.cfg_velocity(t, x, cond, uncond, cfg_strength, velocity=velocity)
 
     total = steps * len(plan.windows)
     done = [0]
@@ -219,4 +216,4 @@ def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, clip_f: Optional[tor
         done[0] += 1
         hooks.step("sampling", done[0], total)
 
-    return euler_sample(blended_velocity(plan, window_velocity, on_window), x0, steps)
+    return euler_sample(blended_velocity(plan, window_velocity, on_window), x0, steps, schedule=schedule)

@@ -48,6 +48,8 @@ def test_download_offline_lists_every_missing_file(tmp_path):
 
 def test_missing_arguments_are_usage_errors():
     out = run_module("generate", "--prompt", "x")
+    assert out.returncode == 2 and "--out" in out.stderr
+    out = run_module("features", "--prompt", "x", "--out", "f.npz")
     assert out.returncode == 2 and "--video" in out.stderr
 
 
@@ -204,3 +206,34 @@ def test_mux_starts_picture_and_sound_together(tmp_path):
     assert abs(starts[0] - starts[1]) < 1 / 25
     # the picture is cut to the audio's 1 s counted from the first frame, not from 0 s of the file
     assert len(times) == 25 and times[0] < 1 / 25 and times[-1] < 1.0
+
+
+def test_text_to_audio_needs_a_duration_and_writes_it(models_dir, tmp_path, capfd):
+    out = tmp_path / "rain.wav"
+    assert cli.main(["generate", "--prompt", "rain", "--out", str(out), *_common(models_dir)]) == 1
+    assert "Without --video (text to audio), --duration is required" in capfd.readouterr().err
+    rc = cli.main(["generate", "--prompt", "rain", "--out", str(out), "--duration", "1.5", "--steps", "1",
+                   *_common(models_dir)])
+    assert rc == 0
+    spec = pack_module("selva.variants").VARIANTS["tiny_16k"]
+    assert _read_audio(out) == (16000, spec.seq_lengths(1.5).audio_samples)
+
+
+def test_regenerate_keeps_the_init_audio_outside_the_range(models_dir, video_file, tmp_path, capfd):
+    from style_helpers import write_wav
+
+    take = write_wav(tmp_path / "take.wav", seconds=2.0)
+    out = tmp_path / "edited.flac"
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "a dog", "--out", str(out),
+                   "--steps", "1", "--duration", "2", "--no-normalize", "--init-audio", str(take),
+                   "--regenerate", "0.5:1.2", *_common(models_dir)])
+    assert rc == 0
+    read = pack_module("selva.train.audio_files").read_audio
+    got, _ = read(out)
+    want, _ = read(take)
+    assert (got[0, :7000] - want[0, :7000]).abs().max() < 1e-3
+    assert (got[0, 8000:19000] - want[0, 8000:19000]).abs().max() > 1e-2
+    capfd.readouterr()
+    rc = cli.main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "x.wav"), "--duration", "2",
+                   "--init-audio", str(take), "--regenerate", "1-2", *_common(models_dir)])
+    assert rc == 1 and "--regenerate takes START:END in seconds, e.g. 2.5:4, got '1-2'." in capfd.readouterr().err

@@ -14,7 +14,8 @@ from comfyui_selva.selva import features as F
 from comfyui_selva.selva import offload
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.features import FeatureCache, Features
-from comfyui_selva.selva.pipeline import LoadOptions, PreparedInput, SelvaPipeline
+from comfyui_selva.selva.encoding import PreparedInput
+from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 from comfyui_selva.selva import weights as W
 from comfy_pack import pack_module
 
@@ -133,48 +134,48 @@ def own_models(models_dir, tmp_path):
 def test_key_changes_when_an_encoder_file_is_replaced(own_models):
     pipe = load(own_models)
     inp = prepared(pipe)
-    before = pipe.feature_cache_key(inp, "a dog")
-    assert pipe.feature_cache_key(inp, "a dog") == before
+    before = pipe.encoding.keys.features(inp, "a dog")
+    assert pipe.encoding.keys.features(inp, "a dog") == before
     path = own_models / W.FILES["video_enc"].path
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new file in its place
-    assert pipe.feature_cache_key(inp, "a dog") != before
+    assert pipe.encoding.keys.features(inp, "a dog") != before
     t5_cfg = own_models / "hf" / W.HUB["t5"].local_name / "config.json"
-    again = pipe.feature_cache_key(inp, "a dog")
+    again = pipe.encoding.keys.features(inp, "a dog")
     t5_cfg.write_text(t5_cfg.read_text() + " ")
-    assert pipe.feature_cache_key(inp, "a dog") != again
+    assert pipe.encoding.keys.features(inp, "a dog") != again
 
 
 def test_key_holds_the_dtype_really_used(models_dir, monkeypatch):
     inp = prepared(load(models_dir))
-    fp16 = load(models_dir, "fp16").feature_cache_key(inp, "a dog")
-    bf16 = load(models_dir, "bf16").feature_cache_key(inp, "a dog")
-    assert fp16 != bf16 != load(models_dir).feature_cache_key(inp, "a dog")
+    fp16 = load(models_dir, "fp16").encoding.keys.features(inp, "a dog")
+    bf16 = load(models_dir, "bf16").encoding.keys.features(inp, "a dog")
+    assert fp16 != bf16 != load(models_dir).encoding.keys.features(inp, "a dog")
     monkeypatch.setattr(offload, "_bf16_supported", lambda device: False)
     fallback = load(models_dir, "bf16")
     assert fallback.dtype == torch.float16
-    assert fallback.feature_cache_key(inp, "a dog") == fp16  # bf16 that fell back is fp16
+    assert fallback.encoding.keys.features(inp, "a dog") == fp16  # bf16 that fell back is fp16
 
 
 def test_extra_key_and_view_feature_key(models_dir):
     pipe = load(models_dir)
     inp = prepared(pipe)
-    plain = pipe.feature_cache_key(inp, "a dog")
-    assert pipe.feature_cache_key(inp, "a dog", extra_key=("ti", "abc")) != plain
-    assert pipe.feature_cache_key(inp, "a dog", extra_key=("ti", "abd")) != \
-        pipe.feature_cache_key(inp, "a dog", extra_key=("ti", "abc"))
+    plain = pipe.encoding.keys.features(inp, "a dog")
+    assert pipe.encoding.keys.features(inp, "a dog", extra_key=("ti", "abc")) != plain
+    assert pipe.encoding.keys.features(inp, "a dog", extra_key=("ti", "abd")) != \
+        pipe.encoding.keys.features(inp, "a dog", extra_key=("ti", "abc"))
     view = pipe.with_patches(feature_key=("ti", "abc"))
-    assert view.feature_cache_key(inp, "a dog") != plain
-    assert pipe.feature_cache_key(inp, "a dog") == plain  # the base is unchanged
-    assert pipe.feature_cache_key(prepared(pipe, seed=1), "a dog") != plain
-    assert pipe.feature_cache_key(inp, "a cat") != plain
+    assert view.encoding.keys.features(inp, "a dog") != plain
+    assert pipe.encoding.keys.features(inp, "a dog") == plain  # the base is unchanged
+    assert pipe.encoding.keys.features(prepared(pipe, seed=1), "a dog") != plain
+    assert pipe.encoding.keys.features(inp, "a cat") != plain
 
 
 def test_encode_cached_uses_the_extra_key(models_dir, tmp_path):
     pipe = load(models_dir)
     inp = prepared(pipe)
     cache = FeatureCache(tmp_path)
-    pipe.encode_cached(inp, "a dog", cache)
-    pipe.encode_cached(inp, "a dog", cache, extra_key=("ti", "abc"))
+    pipe.encode(inp, "a dog", cache=cache)
+    pipe.encode(inp, "a dog", cache=cache, extra_key=("ti", "abc"))
     assert cache.info().entries == 2
-    assert cache.path(pipe.feature_cache_key(inp, "a dog", ("ti", "abc"))).is_file()
+    assert cache.path(pipe.encoding.keys.features(inp, "a dog", ("ti", "abc"))).is_file()

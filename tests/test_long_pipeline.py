@@ -35,7 +35,7 @@ def pipe(models_dir):
 
 @pytest.fixture(scope="module")
 def text(pipe):
-    return pipe.encode_text("a dog barking")
+    return pipe.encoding.encode_text("a dog barking")
 
 
 def synthetic_features(pipe, text, duration: float, seed: int = 0) -> Features:
@@ -52,7 +52,7 @@ def synthetic_features(pipe, text, duration: float, seed: int = 0) -> Features:
 def todays_output(pipe, features, duration, steps, cfg, seed, negative=""):
     """The one-piece sampler and decoder as they were before windows existed."""
     seq = pipe.variant.seq_lengths(duration)
-    neg = pipe.encode_clip_text([negative])
+    neg = pipe.encoding.encode_clip_text([negative])
     with pipe.use_generator() as gen:
         gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
         sync = features.sync_features[:, :seq.sync]
@@ -293,8 +293,8 @@ def test_start_skips_into_the_video(pipe, tmp_path):
     assert shifted.start == 2.0 and shifted.duration == 3.0
     # the same from a file, decoded in a stream
     path = write_video(tmp_path / "six.mp4", video)
-    from_file = pipe.prepare(video_path=path, start=2.0, duration=3.0).frames
-    whole_file = pipe.prepare(video_path=path).frames
+    from_file = pipe.prepare(path, start=2.0, duration=3.0).frames
+    whole_file = pipe.prepare(path).frames
     assert torch.equal(from_file.sync_u8, whole_file.sync_u8[50:125])
     assert from_file.start == 2.0
     # without a duration it runs to the end
@@ -310,7 +310,7 @@ def test_bad_start_is_a_clear_error(pipe, tmp_path, from_file):
 
     def prepare(start, duration=None):
         if from_file:
-            return pipe.prepare(video_path=path, start=start, duration=duration)
+            return pipe.prepare(path, start=start, duration=duration)
         return pipe.prepare(video, 25.0, start=start, duration=duration)
 
     with pytest.raises(SelvaError, match=r"start 5.00 s is at or beyond the end of the video \(3.00 s"):

@@ -36,6 +36,7 @@ EXPECTED = {
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
     "SelvaMuxVideo": "SelVA Mux Video",
+    "SelvaTextToAudio": "SelVA Text to Audio",
 }
 
 
@@ -79,8 +80,12 @@ def test_input_names_match_the_spec():
     assert set(names["SelvaSampler"]) == {
         "model", "features", "prompt", "negative_prompt", "duration", "steps", "cfg_strength",
         "seed", "normalize", "target_lufs", "batch_size", "steering_vectors", "steering_strength",
-        "steering_blocks", "textual_inversion", "ti_strength", "window_seconds", "overlap_seconds"}
-    assert list(classes["SelvaSampler"].INPUT_TYPES()["optional"])[-2:] == ["window_seconds", "overlap_seconds"]
+        "steering_blocks", "textual_inversion", "ti_strength", "window_seconds", "overlap_seconds",
+        "init_audio", "denoise", "regenerate_start", "regenerate_end"}
+    assert list(classes["SelvaSampler"].INPUT_TYPES()["optional"])[-6:] == [
+        "window_seconds", "overlap_seconds", "init_audio", "denoise", "regenerate_start", "regenerate_end"]
+    assert list(classes["SelvaTextToAudio"].INPUT_TYPES()["required"]) == [
+        "model", "prompt", "negative_prompt", "duration", "steps", "cfg_strength", "seed", "batch_size"]
     optional = list(classes["SelvaSampler"].INPUT_TYPES()["optional"])
     assert optional[optional.index("steering_vectors"):optional.index("steering_vectors") + 5] == [
         "steering_vectors", "steering_strength", "steering_blocks", "textual_inversion", "ti_strength"]

@@ -16,13 +16,13 @@ from node_helpers import (H, W, FakeVideoFromFile, VideoFromComponents, decode_v
 def spy(model, monkeypatch):
     """Counts calls of the pipeline's encoders (the expensive part the cache must skip)."""
     calls = []
-    real = model.encode
+    real = model.encoding._encode
 
     def encode(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "encode", encode)
+    monkeypatch.setattr(model.encoding, "_encode", encode)
     return calls
 
 

@@ -181,3 +181,38 @@ def test_audio_input_of_two_dims_is_accepted():
     audio = {"waveform": _tone(rate=16000, channels=1)["waveform"][0], "sample_rate": 16000}
     (out,) = run_node("SelvaHfSmoother", audio=audio, cutoff_hz=4000.0, blend=0.5)
     assert out["waveform"].dim() == 3
+
+
+def _init_audio(seconds, rate=16000):
+    t = torch.arange(int(seconds * rate)) / rate
+    return {"waveform": (0.3 * torch.sin(2 * math.pi * 440 * t))[None, None].repeat(1, 2, 1), "sample_rate": rate}
+
+
+def test_sampler_edit_inputs_default_to_the_plain_output(model, features):
+    plain = sample(model, features, seed=3)["waveform"]
+    same = sample(model, features, seed=3, init_audio=_init_audio(1.0), denoise=1.0, regenerate_start=0.0,
+                  regenerate_end=0.0)["waveform"]
+    assert torch.equal(plain, same)
+
+
+def test_sampler_regenerates_a_range_of_init_audio(model, features):
+    init = _init_audio(1.0)
+    out = sample(model, features, seed=3, init_audio=init, regenerate_start=0.25, regenerate_end=0.6)["waveform"]
+    mono = init["waveform"].mean(dim=1, keepdim=True)
+    assert torch.equal(out[..., :4000], mono[..., :4000])
+    assert torch.equal(out[..., 9600:16000], mono[..., 9600:16000])
+    assert not torch.allclose(out[..., 5600:8000], mono[..., 5600:8000])
+
+
+def test_sampler_range_without_init_audio_is_a_clear_error(model, features):
+    with pytest.raises(SelvaError, match="regenerate_start / regenerate_end need init_audio"):
+        sample(model, features, regenerate_start=0.2, regenerate_end=0.5)
+
+
+def test_text_to_audio_node(model):
+    (audio,) = run_node("SelvaTextToAudio", model=model, prompt="rain on a roof", negative_prompt="",
+                        duration=1.2, steps=2, cfg_strength=4.5, seed=0, batch_size=2, normalize=False)
+    wave = audio["waveform"]
+    assert wave.shape == (2, 1, model.variant.seq_lengths(1.2).audio_samples)
+    direct = model.generate(model.encoding.text_features("rain on a roof", 1.2), steps=2, seed=0, batch_size=2)
+    assert torch.equal(wave, direct)

@@ -8,6 +8,7 @@ import torch
 from comfyui_selva.selva import video as video_ops
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.hooks import NO_HOOKS
+from comfyui_selva.selva.options import MaskOptions
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 
 from node_helpers import frames, write_video
@@ -72,7 +73,7 @@ def test_a_new_prompt_on_the_same_frames_reuses_the_sync_backbone(models_dir, mo
     pipe.extract_features(frames(1.0, seed=2), 25.0, "a bell")  # other frames: the backbone runs
     assert runs
     runs.clear()
-    pipe.extract_features(video, 25.0, "a bell", mask=torch.ones(1, 32, 48) * 0.5)  # a mask too
+    pipe.extract_features(video, 25.0, "a bell", mask=MaskOptions(torch.ones(1, 32, 48) * 0.5))  # a mask too
     assert runs
 
 
@@ -80,8 +81,8 @@ def test_the_cached_encoding_belongs_to_the_frames(models_dir):
     pipe = load(models_dir)
     a = pipe.extract_features(frames(1.0, seed=1), 25.0, "a dog")
     b = pipe.extract_features(frames(1.0, seed=2), 25.0, "a dog")
-    ra = pipe._features_for_prompt(a, "a bell", NO_HOOKS)
-    rb = pipe._features_for_prompt(b, "a bell", NO_HOOKS)
+    ra = pipe.encoding.features_for_prompt(a, "a bell", NO_HOOKS)
+    rb = pipe.encoding.features_for_prompt(b, "a bell", NO_HOOKS)
     assert not torch.equal(ra.sync_features, rb.sync_features)
     assert torch.equal(ra.text_t5, rb.text_t5)  # same prompt, same text features
 
@@ -89,11 +90,11 @@ def test_the_cached_encoding_belongs_to_the_frames(models_dir):
 def test_spectral_match_does_not_load_the_vae(models_dir):
     pipe = load(models_dir)
     x = torch.randn(1, 2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
-    y = pipe.spectral_match(x, 16000, strength=0.8)
+    y = pipe.decoding.spectral_match(x, 16000, strength=0.8)
     assert not pipe.manager.is_loaded("vae")
     with_vae = load(models_dir)
     with_vae.manager.get("vae")
-    torch.testing.assert_close(with_vae.spectral_match(x, 16000, strength=0.8), y, rtol=0, atol=0)
+    torch.testing.assert_close(with_vae.decoding.spectral_match(x, 16000, strength=0.8), y, rtol=0, atol=0)
     assert not torch.allclose(x, y)
 
 
@@ -115,9 +116,9 @@ def test_only_a_per_frame_mask_reads_the_whole_file(models_dir, video_file, monk
 
     monkeypatch.setattr(video_ops, "decode_video", spy)
     mask = None if mask_frames is None else torch.ones(mask_frames, 32, 48)
-    p = pipe.prepare(video_path=video_file, duration=1.0, mask=mask)
+    p = pipe.prepare(video_file, duration=1.0, mask=MaskOptions(mask))
     assert calls == [counted]
     assert (p.frames.n_source_frames == 75) == counted
     if counted:  # and a per-frame mask of the wrong length is still caught
         with pytest.raises(SelvaError, match="the video has 75"):
-            pipe.prepare(video_path=video_file, duration=1.0, mask=torch.ones(40, 32, 48))
+            pipe.prepare(video_file, duration=1.0, mask=MaskOptions(torch.ones(40, 32, 48)))

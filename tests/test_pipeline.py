@@ -13,6 +13,7 @@ from comfyui_selva.selva import weights as W
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.features import FeatureCache
 from comfyui_selva.selva.hooks import Hooks, Interrupted
+from comfyui_selva.selva.options import MaskOptions
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 
 import tiny
@@ -103,8 +104,8 @@ def test_clip_frames_mode(models_dir):
     # a per-frame mask follows the frames picked for CLIP (8 fps) as well as for sync (25 fps)
     per_frame = torch.ones(50, 48, 64)
     per_frame[:, :, :32] = 0
-    masked = pipe.extract_features(video(), 25.0, "a dog barking", mask=per_frame)
-    static = pipe.extract_features(video(), 25.0, "a dog barking", mask=per_frame[:1])
+    masked = pipe.extract_features(video(), 25.0, "a dog barking", mask=MaskOptions(per_frame))
+    static = pipe.extract_features(video(), 25.0, "a dog barking", mask=MaskOptions(per_frame[:1]))
     torch.testing.assert_close(masked.clip_features, static.clip_features)
     assert not torch.allclose(masked.clip_features, f.clip_features)
 
@@ -128,8 +129,8 @@ def test_44k_variant_runs_bigvgan_v2(models_dir):
 
 def test_feature_cache_skips_encoders_and_misses_on_any_change(pipe, tmp_path, monkeypatch):
     calls = []
-    real = pipe.encode
-    monkeypatch.setattr(pipe, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipe.encoding._encode
+    monkeypatch.setattr(pipe.encoding, "_encode", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = FeatureCache(tmp_path)
     frames = video(seed=3)
     first = pipe.extract_features(frames, 25.0, "a dog", cache=cache)
@@ -139,7 +140,7 @@ def test_feature_cache_skips_encoders_and_misses_on_any_change(pipe, tmp_path, m
     changed = frames.clone()
     changed[30, 10, 10, 0] = 1.0 - changed[30, 10, 10, 0]
     for kwargs in ({"frames": changed}, {"prompt": "a cat"}, {"fps": 24.0}, {"duration": 1.5},
-                   {"mask": torch.ones(1, 48, 64) * 0.5}):
+                   {"mask": MaskOptions(torch.ones(1, 48, 64) * 0.5)}):
         args = {"frames": frames, "fps": 25.0, "prompt": "a dog", **kwargs}
         n = len(calls)
         pipe.extract_features(args.pop("frames"), args.pop("fps"), args.pop("prompt"), cache=cache, **args)
@@ -149,17 +150,17 @@ def test_feature_cache_skips_encoders_and_misses_on_any_change(pipe, tmp_path, m
 def test_mask_semantics(pipe):
     frames = video(seed=4)
     plain = pipe.extract_features(frames, 25.0, "a dog")
-    zero_strength = pipe.extract_features(frames, 25.0, "a dog", mask=torch.zeros(1, 48, 64),
-                                          mask_strength=0.0)
+    zero_strength = pipe.extract_features(frames, 25.0, "a dog", mask=MaskOptions(torch.zeros(1, 48, 64),
+                                                                               mask_strength=0.0))
     assert torch.equal(plain.sync_features, zero_strength.sync_features)
-    full = pipe.extract_features(frames, 25.0, "a dog", mask=torch.zeros(1, 48, 64), mask_strength=1.0)
+    full = pipe.extract_features(frames, 25.0, "a dog", mask=MaskOptions(torch.zeros(1, 48, 64), mask_strength=1.0))
     # a full background is the neutral fill: exactly 0 at the sync encoder's input
     net = pipe.manager.get("text_synch")
     text_f, text_mask = net.prepend_sup_tokens(full.text_t5, full.text_t5_mask)
     neutral = net.encode(torch.zeros(1, 50, 3, 224, 224), text_f, text_mask)
     torch.testing.assert_close(full.sync_features, neutral)
     with pytest.raises(SelvaError, match="mask"):
-        pipe.extract_features(frames, 25.0, "a dog", mask=torch.ones(7, 48, 64))
+        pipe.extract_features(frames, 25.0, "a dog", mask=MaskOptions(torch.ones(7, 48, 64)))
 
 
 def test_bad_inputs(pipe):
@@ -183,12 +184,12 @@ def test_interrupt_stops_sampling(pipe, feats):
 def test_vae_roundtrip_any_rate_and_channels(pipe):
     t = torch.arange(44100) / 44100
     stereo = torch.stack([torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 660 * t)])[None] * 0.3
-    out = pipe.vae_roundtrip(stereo, 44100)
+    out = pipe.decoding.vae_roundtrip(stereo, 44100)
     assert out.shape == (1, 2, 16000)  # same length as the input, at the model's rate
     assert torch.isfinite(out).all()
-    assert pipe.vae_roundtrip(torch.zeros(1, 1, 16100), 16000).shape == (1, 1, 16100)
+    assert pipe.decoding.vae_roundtrip(torch.zeros(1, 1, 16100), 16000).shape == (1, 1, 16100)
     with pytest.raises(SelvaError, match="too short"):
-        pipe.vae_roundtrip(torch.zeros(1, 1, 300), 16000)
+        pipe.decoding.vae_roundtrip(torch.zeros(1, 1, 300), 16000)
 
 
 def test_released_pipeline_reloads_on_next_use(models_dir, feats):
@@ -223,9 +224,9 @@ def test_offload_to_cpu_on_cpu_releases_each_network_after_use_with_the_same_aud
 
 def test_spectral_match_uses_vae_statistics(pipe):
     x = torch.randn(1, 1, 16000) * 0.1
-    y = pipe.spectral_match(x, 16000, strength=1.0)
+    y = pipe.decoding.spectral_match(x, 16000, strength=1.0)
     assert y.shape == x.shape and not torch.allclose(x, y)
-    assert torch.equal(pipe.spectral_match(x, 16000, strength=0.0), x)
+    assert torch.equal(pipe.decoding.spectral_match(x, 16000, strength=0.0), x)
 
 
 def test_missing_weights_offline_lists_every_file(tmp_path, monkeypatch, caplog):
@@ -258,7 +259,7 @@ def test_stages_load_on_first_use(models_dir):
     pipe = load(models_dir)
     assert not any(pipe.manager.is_loaded(n) for n in pipe.manager.stages)
     t = torch.arange(16000) / 16000
-    pipe.vae_roundtrip(torch.sin(2 * math.pi * 440 * t)[None, None] * 0.3, 16000)
+    pipe.decoding.vae_roundtrip(torch.sin(2 * math.pi * 440 * t)[None, None] * 0.3, 16000)
     loaded = {n for n in pipe.manager.stages if pipe.manager.is_loaded(n)}
     assert loaded == {"vae", "vocoder", "mel"}  # no text encoders, video encoder or generator
     assert pipe.manager.get("vae").encoder is not None
@@ -266,7 +267,7 @@ def test_stages_load_on_first_use(models_dir):
 
 def test_interrupt_while_preparing_frames(pipe, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipe, "encode", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pipe.encoding, "_encode", lambda *a, **k: calls.append(1))
     stages = []
     hooks = Hooks(progress=lambda stage, d, n: stages.append(stage), interrupted=lambda: True)
     with pytest.raises(Interrupted):

@@ -298,8 +298,8 @@ def test_clip_t5_apply_appends_t5_tokens_and_reencodes_sync(model, features, tra
     ti = trained_t5.embedding
     assert ti_mod.apply_to_features(features, ti, 0.0, pipe=model) is features
     calls = []
-    real_encode = model.encode_sync
-    monkeypatch.setattr(model, "encode_sync", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    real_encode = model.encoding.encode_sync
+    monkeypatch.setattr(model.encoding, "encode_sync", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
     full = ti_mod.apply_to_features(features, ti, 1.0, pipe=model)
     length = features.text_t5.shape[1]
     assert full.text_t5.shape == (1, length + 3, T5_DIM) and full.text_t5_mask.shape == (1, length + 3)

@@ -25,8 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from selva import conditioning  # noqa: E402
 from selva import video as video_ops  # noqa: E402
-from selva.pipeline import LoadOptions, PreparedInput, SelvaPipeline  # noqa: E402
+from selva.encoding import PreparedInput  # noqa: E402
+from selva.pipeline import LoadOptions, SelvaPipeline  # noqa: E402
 from selva.sampling import initial_noise  # noqa: E402
 
 
@@ -66,9 +68,9 @@ def main() -> int:
     ours["sync_features"] = feats.sync_features
     if meta["clip_video"] == "frames":
         ours["clip_features"] = feats.clip_features
-    ours["negative_text_features_clip"] = pipe.encode_clip_text([meta["negative_prompt"]])
+    ours["negative_text_features_clip"] = pipe.encoding.encode_clip_text([meta["negative_prompt"]])
     if a.clip_frames:
-        ours["clip_features_frames"] = pipe.encode_clip_frames(frames.clip_frames())
+        ours["clip_features_frames"] = pipe.encoding.encode_clip_frames(frames.clip_frames())
     if meta["clip_video"] != "frames":
         feats.clip_features = None  # the reference's generator got its learned empty sequence
 
@@ -77,9 +79,8 @@ def main() -> int:
     gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
     x0 = initial_noise(1, seq.latent, gen.latent_dim, seed=meta["seed"], device="cpu", dtype=torch.float32)
     ours["x0"] = x0
-    clip_in = feats.clip_features if feats.clip_features is not None else gen.empty_clip_sequence(1)
-    cond = gen.preprocess_conditions(clip_in, feats.sync_features, feats.text_clip)
-    uncond = gen.empty_conditions(1, negative_text_clip_f=ours["negative_text_features_clip"])
+    cond, uncond = conditioning.clip_conditions(gen, feats, seq, ours["negative_text_features_clip"],
+                                                pipe.device, torch.float32)
     t0 = torch.zeros(1)
     ours["v0"] = gen.predict_flow(x0, t0, cond)
     ours["v0_uncond"] = gen.predict_flow(x0, t0, uncond)

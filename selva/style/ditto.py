@@ -36,7 +36,7 @@ from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, NO_HOOKS
 from ..patches import GeneratorPatch
 from ..sampling import initial_noise, time_grid
-from .conditions import clip_condition_inputs
+from .. import conditioning
 from .reference import MelStats, differentiable_stats
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def ditto_generate(pipe: "SelvaPipeline", features: Features, target: MelStats, 
                              steps=config.steps, cfg_strength=config.cfg_strength, seed=config.seed,
                              hooks=hooks, extra_patches=extra_patches)
         return DittoResult(wave)
-    features = pipe.features_for_prompt(features, prompt, hooks)
+    features = pipe.encoding.features_for_prompt(features, prompt, hooks)
     x0, losses, best = optimise_noise(pipe, features, target, config, negative_prompt=negative_prompt,
                                       extra_patches=extra_patches, hooks=hooks)
     wave = pipe.generate(features, negative_prompt=negative_prompt, steps=config.steps,
@@ -114,7 +114,7 @@ def optimise_noise(pipe: "SelvaPipeline", features: Features, target: MelStats, 
                    hooks: Hooks = NO_HOOKS) -> tuple[torch.Tensor, list[float], float]:
     """The optimised x0 (1, L, C) in the generator's dtype, the loss history and the best loss."""
     seq = pipe.variant.seq_lengths(features.duration)
-    neg_clip = pipe.encode_clip_text([negative_prompt])
+    neg_clip = pipe.encoding.encode_clip_text([negative_prompt])
     gen_dtype = pipe.stage_dtype("generator")
     vae_dtype = pipe.stage_dtype("vae")
     losses: list[float] = []
@@ -179,10 +179,9 @@ def _guided_velocity(pipe: "SelvaPipeline", gen, features: Features, neg_clip: t
                      cfg_strength: float):
     """v(t, x) with classifier-free guidance, conditions projected once (they need no gradient)."""
     with torch.no_grad():
-        clip_f, sync_f, text_clip = clip_condition_inputs(pipe, gen, features, seq)
         dtype = pipe.stage_dtype("generator")
-        cond = gen.preprocess_conditions(clip_f.clone(), sync_f.clone(), text_clip.clone())
-        uncond = gen.empty_conditions(1, negative_text_clip_f=neg_clip.to(pipe.device, dtype))
+        inputs = conditioning.condition_inputs(features, seq, pipe.device, dtype).cloned()
+        cond, uncond = conditioning.guided(gen, inputs, neg_clip, pipe.device, dtype)
     return lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength)
 
 

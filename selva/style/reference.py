@@ -147,7 +147,7 @@ def compute_reference_stats(pipe: "SelvaPipeline", files: Sequence[Path],
         if mono.shape[-1] < needed:
             raise SelvaError(f"Reference clip {ref.name} is too short ({mono.shape[-1]} samples at "
                              f"{ref.sample_rate} Hz); use clips of at least a quarter second.")
-        mel = pipe.log_mel(mono, ref.sample_rate)[0]  # (n_mels, frames)
+        mel = pipe.decoding.log_mel(mono, ref.sample_rate)[0]  # (n_mels, frames)
         s, o, f = mel_moments(mel)
         total = s if total is None else total + s
         outer = o if outer is None else outer + o

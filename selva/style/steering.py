@@ -30,7 +30,7 @@ from ..errors import SelvaError
 from ..features import Features
 from ..hooks import Hooks, NO_HOOKS
 from ..sampling import initial_noise, time_grid
-from .conditions import clip_condition_inputs
+from .. import conditioning
 
 if TYPE_CHECKING:
     from ..pipeline import SelvaPipeline
@@ -270,7 +270,11 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
         grid = time_grid(config.n_timesteps)
         for sample, path in enumerate(picks):
             feats = _load_features(path, pipe)
-            cond, uncond, x = _clip_inputs(pipe, gen, feats, config.seed + sample)
+            seq, dtype = pipe.variant.seq_lengths(feats.duration), pipe.stage_dtype("generator")
+            # no negative prompt: the unconditional branch is the learned empty one
+            cond, uncond = conditioning.clip_conditions(gen, feats, seq, None, pipe.device, dtype)
+            x = initial_noise(1, seq.latent, gen.latent_dim, seed=config.seed + sample, device=pipe.device,
+                              dtype=dtype)
             for step in range(config.n_timesteps):
                 t = float(grid[step])
                 t_batch = torch.full((1,), t, device=pipe.device).to(x.dtype)
@@ -299,18 +303,6 @@ def _load_features(path: Path, pipe: "SelvaPipeline") -> Features:
         raise SelvaError(f"{path} holds features for {feats.variant}, but the model is "
                          f"{pipe.variant.name}; extract the dataset's features with this model.")
     return feats
-
-
-def _clip_inputs(pipe: "SelvaPipeline", gen, feats: Features, seed: int):
-    """Conditions, empty conditions and initial noise for one clip, as the Sampler builds them."""
-    seq = pipe.variant.seq_lengths(feats.duration)
-    gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-    clip_f, sync_f, text_clip = clip_condition_inputs(pipe, gen, feats, seq)
-    dtype = pipe.stage_dtype("generator")
-    cond = gen.preprocess_conditions(clip_f, sync_f, text_clip)
-    uncond = gen.empty_conditions(1)
-    x = initial_noise(1, seq.latent, gen.latent_dim, seed=seed, device=pipe.device, dtype=dtype)
-    return cond, uncond, x
 
 
 # --------------------------------------------------------------------------------- chart

@@ -208,11 +208,14 @@ def apply_to_features(features: Features, ti: Optional[TextualInversion], streng
     if pipe is None:
         raise SelvaError("A clip_t5 textual inversion re-encodes the sync features, which needs the "
                          "model: pass the pipeline.")
+    if not features.has_video:
+        raise SelvaError("This textual inversion (path clip_t5) changes the video's sync features, and "
+                         "text to audio has no video: use an embedding trained on path clip.")
     check_t5_compatible(ti, pipe.variant.text_synch.text_dim)
     check_t5_compatible(ti, features.text_t5.shape[-1])
     t5, mask = with_t5_tokens(features.text_t5.float(), features.text_t5_mask, ti.embeddings_t5, strength)
     with torch.no_grad():
-        sync = pipe.sync_features_for_text(features, t5, mask, hooks)
+        sync = pipe.encoding.sync_features_for_text(features, t5, mask, hooks)
     return replace(features, text_clip=text_clip, text_t5=t5, text_t5_mask=mask, sync_features=sync)
 
 
@@ -268,7 +271,7 @@ class TiTrainOptions:
 def initial_tokens(pipe, text: str, n_tokens: int) -> torch.Tensor:
     """CLIP text features of ``text``'s first ``n_tokens`` tokens (after the start token)."""
     with torch.no_grad():
-        feats = pipe.encode_clip_text([text])[0].float().cpu()  # (77, D)
+        feats = pipe.encoding.encode_clip_text([text])[0].float().cpu()  # (77, D)
     return feats[1:1 + n_tokens].clone()
 
 
@@ -319,7 +322,7 @@ class TiTask(TrainTask):
         self._negative = None
         if options.eval_samples:
             with torch.no_grad():
-                self._negative = pipe.encode_clip_text([""]).float().cpu()
+                self._negative = pipe.encoding.encode_clip_text([""]).float().cpu()
 
     def trainable_parameters(self):
         return [self.embedding] if self.embedding_t5 is None else [self.embedding, self.embedding_t5]

@@ -201,7 +201,7 @@ def load_clip_features(clip: ClipFiles, variant: str) -> Features:
 
 def encode_posterior(pipe, wave_1t: torch.Tensor, seq: SeqLengths) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior (mean, std), each (L, C) float32 CPU, of a mono clip at the model's rate."""
-    posterior = pipe.vae_encode(pipe.log_mel(wave_1t[None], pipe.sample_rate))
+    posterior = pipe.decoding.vae_encode(pipe.decoding.log_mel(wave_1t[None], pipe.sample_rate))
     mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
     if mean.shape[-1] < seq.latent:
         raise SelvaError(f"The VAE made {mean.shape[-1]} latent frames, {seq.latent} are needed "
@@ -238,7 +238,7 @@ def load_dataset(pipe, data_dir: Path, *, cache_dir: Optional[Path] = None,
         prompt = clip.caption if clip.caption is not None else (features.prompt or fallback_prompt)
         if prompt != features.prompt:
             log.info("Clip %s: re-encoding the features for the prompt %r", clip.stem, prompt)
-            features = pipe.features_for_prompt(features, prompt, hooks)
+            features = pipe.encoding.features_for_prompt(features, prompt, hooks)
         seq = pipe.variant.seq_lengths(features.duration)
         audio_digest = file_digest(clip.audio_path)
         key = cache.key(variant, vae_dtype, audio_digest, seq.audio_samples)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..conditioning import training_inputs
 from ..errors import SelvaError
 from ..models.generator import SelvaGenerator
 
@@ -66,17 +67,11 @@ class ClipConditions:
 
 def condition_batch(gen: SelvaGenerator, items: Sequence[ClipConditions], noises: Sequence[ItemNoise],
                     device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stacked (clip, sync, text) inputs with the null conditions dropped in where drawn."""
-    empty_clip = gen.empty_clip_sequence(1)[0]
-    empty_sync = gen.empty_sync_sequence(1)[0]
-    empty_text = gen.empty_string_sequence(1)[0]
-    clips, syncs, texts = [], [], []
-    for item, noise in zip(items, noises):
-        clip = empty_clip if item.clip_f is None else item.clip_f.to(device, dtype)
-        clips.append(empty_clip if noise.null_video else clip)
-        syncs.append(empty_sync if noise.null_video else item.sync_f.to(device, dtype))
-        texts.append(empty_text if noise.null_text else item.text_clip.to(device, dtype))
-    return torch.stack(clips), torch.stack(syncs), torch.stack(texts)
+    """Stacked (clip, sync, text) inputs with the null conditions dropped in where drawn (the
+    objective's condition dropout; the inputs are built by selva/conditioning.py)."""
+    return training_inputs(gen, [i.clip_f for i in items], [i.sync_f for i in items],
+                           [i.text_clip for i in items], [n.null_video for n in noises],
+                           [n.null_text for n in noises], device, dtype)
 
 
 def flow_matching_loss(gen: SelvaGenerator, latent_mean: torch.Tensor, latent_std: torch.Tensor,

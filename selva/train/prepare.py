@@ -159,7 +159,7 @@ def _save_frames(folder: Path, frames_thwc_u8: torch.Tensor) -> None:
 
 def prepare_dataset(pipe, opts: PrepareOptions, hooks: Optional[Hooks] = None) -> DatasetIndex:
     """Make (or continue) the dataset; returns the index as written."""
-    from ..pipeline import PreparedInput
+    from ..encoding import PreparedInput
     from .. import video as video_ops
 
     hooks = or_default(hooks)

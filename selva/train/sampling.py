@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from .. import conditioning
 from ..features import Features
 from ..models.generator import SelvaGenerator
 from ..sampling import euler_sample, initial_noise
@@ -23,13 +24,7 @@ def sample_latent_with(gen: SelvaGenerator, features: Features, negative_text_cl
     drops in for "no text"), so no text encoder has to be loaded for eval samples.
     """
     device, dtype = gen.device, gen.dtype
-    gen.set_seq_lengths(seq.latent, seq.clip, seq.sync)
-    sync = features.sync_features[:, :seq.sync].to(device, dtype)
-    clip = (gen.empty_clip_sequence(1) if features.clip_features is None
-            else features.clip_features[:, :seq.clip].to(device, dtype))
-    cond = gen.preprocess_conditions(clip, sync, features.text_clip.to(device, dtype))
-    negative = None if negative_text_clip is None else negative_text_clip.to(device, dtype)
-    uncond = gen.empty_conditions(1, negative_text_clip_f=negative)
+    cond, uncond = conditioning.clip_conditions(gen, features, seq, negative_text_clip, device, dtype)
     x0 = initial_noise(1, seq.latent, gen.latent_dim, seed=seed, device=device, dtype=dtype)
     x1 = euler_sample(lambda t, x: gen.cfg_velocity(t, x, cond, uncond, cfg_strength), x0, steps)
     return gen.unnormalize(x1)
