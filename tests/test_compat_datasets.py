@@ -60,7 +60,7 @@ def test_earlier_features_train_as_ours_and_the_text_is_cached(pipe, tmp_path, m
     def no_encoding(*a, **k):
         raise AssertionError("the text encoders ran again")
 
-    monkeypatch.setattr(pipe, "encode_text", no_encoding)
+    monkeypatch.setattr(pipe.encoding, "encode_text", no_encoding)
     again = load_dataset(pipe, old)
     assert torch.equal(again.clips[0].conditions.text_clip, got.clips[0].conditions.text_clip)
 
@@ -71,7 +71,7 @@ def test_a_caption_changes_the_text_and_keeps_the_stored_sync_features(pipe, tmp
     (old / "prompts.txt").write_text("clip_000.npz: a metal clang\n")
     (clip,) = load_dataset(pipe, old).clips
     assert clip.prompt == "a metal clang"  # as the earlier trainer: text of the caption,
-    assert torch.equal(clip.conditions.text_clip, pipe.encode_text("a metal clang").clip[0].float())
+    assert torch.equal(clip.conditions.text_clip, pipe.encoding.encode_text("a metal clang").clip[0].float())
     assert np.array_equal(clip.conditions.sync_f.numpy(), stored[0, :clip.seq.sync])  # sync as stored
 
 

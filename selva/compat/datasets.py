@@ -83,7 +83,7 @@ def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prom
                          f"{tuple(sync_f.shape)} are not (1, N, D); {REEXTRACT}.")
     prompt = prompt if prompt is not None else (data["prompt"] or fallback_prompt)
     digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    key = content_hash(["earlier features", 1, variant, *pipe.encoder_identity(), digest, prompt])
+    key = content_hash(["earlier features", 1, variant, *pipe.encoding.keys.identity(), digest, prompt])
     cached = path.parent / CACHE_SUBDIR / f"{key}.npz"
     if cached.is_file():
         try:
@@ -93,7 +93,7 @@ def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prom
     log.info("%s: earlier-pack features; encoding the text of %r", path.name, prompt)
     from ..hooks import or_default
 
-    text = pipe.encode_text(prompt, or_default(hooks))
+    text = pipe.encoding.encode_text(prompt, or_default(hooks))
     features = Features(
         variant=variant, prompt=prompt, duration=data["duration"], fps=SYNC_FPS,
         text_t5=text.t5.float().cpu(), text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
