@@ -81,7 +81,7 @@ class SelvaBigvganTrainer:
                 "save_every": ("INT", {"default": 500, "min": 0, "max": 1_000_000,
                                        "tooltip": "Steps between checkpoints, tuned files and eval "
                                                   "samples (0 = only at the end)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the segment choice; same seed, same run."}),
             },
             "optional": {
