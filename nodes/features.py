@@ -146,7 +146,7 @@ class SelvaFeatureExtractor:
                 "start": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
                     "tooltip": "Seconds into the video where the audio begins; duration counts from "
-                               "here. SelVA Mux Audio keeps the result aligned with it."}),
+                               "here. SelVA Mux Video keeps the result aligned with it."}),
             },
         }
 

@@ -62,8 +62,8 @@ class SelvaBigvganTrainer:
                                "ComfyUI's output folder."}),
                 "train_mode": (list(TRAIN_MODES), {
                     "default": "snake_alpha_only",
-                    "tooltip": "snake_alpha_only: only the periodic activations' alpha/beta train (a few "
-                               "thousand numbers, hard to break). all_params: every weight (stronger, "
+                    "tooltip": "snake_alpha_only: only the periodic activations' alpha/beta train (54,480 "
+                               "numbers in both released vocoders, hard to break). all_params: every weight (stronger, "
                                "needs more data, can add artefacts)."}),
                 "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000,
                                   "tooltip": "Optimizer steps in total (a resumed run continues to this)."}),
