@@ -94,3 +94,21 @@ def test_comfyignore_leaves_out_development_files_only():
         assert needed in shipped
     for folder in ("nodes/", "selva/", "bigvgan/", "workflows/", "web/", "training/", "docs/"):
         assert not [f for f in left_out if f.startswith(folder)], folder
+
+
+def test_readme_is_for_users_and_keeps_the_ci_commands():
+    # The developers' section opens with the two commands .ci/run repeats: install, then test.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 400
+    section = readme.split("\n## For developers\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert block[0].startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+    assert "pip install -r requirements.txt -r requirements-test.txt" in block[0]
+    assert block[1] == "python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    torch_pins = re.search(r"pip install (torch==\S+ torchvision==\S+)", block[0]).group(1)
+    assert f"pip install -q {torch_pins}" in ci
+    assert "pip install -q -r requirements.txt -r requirements-test.txt" in ci
+    assert "\npython -m pytest -q\n" in ci
+    # Users read what it does and how to install before anything for developers.
+    assert readme.index("## Install") < readme.index("## Quick start") < readme.index("## For developers")
