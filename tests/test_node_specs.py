@@ -24,3 +24,18 @@ def test_every_seed_declares_the_frontend_seed_control():
                     missing.append(f"{node_id}.{name}")
     assert seen >= 7
     assert not missing, missing
+
+
+def test_every_path_input_says_where_relative_paths_go():
+    # One rule for every node (relative = inside ComfyUI's output folder); the tooltip says it.
+    missing, seen = [], 0
+    for node_id, cls in load_pack().NODE_CLASS_MAPPINGS.items():
+        for name, value in _inputs(cls):
+            is_path = name == "path" or name.endswith(("_dir", "_path", "_file", "_json"))
+            if value[0] == "STRING" and is_path:
+                seen += 1
+                tooltip = value[1].get("tooltip", "") if len(value) > 1 else ""
+                if "ComfyUI's output folder" not in tooltip:
+                    missing.append(f"{node_id}.{name}")
+    assert seen >= 15
+    assert not missing, f"tooltips that do not say where a relative path goes: {missing}"
