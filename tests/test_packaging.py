@@ -112,3 +112,13 @@ def test_readme_is_for_users_and_keeps_the_ci_commands():
     assert "\npython -m pytest -q\n" in ci
     # Users read what it does and how to install before anything for developers.
     assert readme.index("## Install") < readme.index("## Quick start") < readme.index("## For developers")
+
+
+def test_readme_shows_every_template_with_its_thumbnail():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for workflow in sorted((ROOT / "workflows").glob("*.json")):
+        name = workflow.stem
+        assert f"**{name}**" in readme, f"README's template table lacks {name}"
+        thumbnail = "workflows/" + name.replace(" ", "%20") + ".jpg"
+        assert f'<img src="{thumbnail}"' in readme, f"README lacks the thumbnail of {name}"
+        assert workflow.with_suffix(".jpg").is_file()
