@@ -23,13 +23,16 @@ GUIDE = "docs/coming-from-earlier-pack.md"
 
 
 def _custom_nodes_dirs(own_dir: Path) -> list[Path]:
-    dirs = [own_dir.parent]
+    # Only inside ComfyUI: elsewhere (the command line, tests) no other pack can take our ids, and
+    # the checkout's sibling folders are not custom nodes.
     fp = comfy_compat.folder_paths
-    if fp is not None:
-        try:
-            dirs += [Path(p) for p in fp.get_folder_paths("custom_nodes")]
-        except Exception:  # noqa: BLE001 - a start-up check must never stop ComfyUI
-            pass
+    if fp is None:
+        return []
+    dirs = [own_dir.parent]
+    try:
+        dirs += [Path(p) for p in fp.get_folder_paths("custom_nodes")]
+    except Exception:  # noqa: BLE001 - a start-up check must never stop ComfyUI
+        pass
     unique: list[Path] = []
     for d in dirs:
         if d.is_dir() and all(d.resolve() != u.resolve() for u in unique):

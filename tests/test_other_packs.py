@@ -56,3 +56,12 @@ def test_alone_it_says_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert other_packs.warn_about_other_selva_packs(ours, IDS, [root]) == {}
     assert not caplog.records
+
+
+def test_outside_comfyui_nothing_is_scanned(tmp_path, monkeypatch):
+    # The command line and the tests import the pack without ComfyUI: a checkout's sibling
+    # folders are not custom nodes, and no other pack can take the ids there.
+    other_packs = pack_module("nodes.other_packs")
+    root, ours = _custom_nodes(tmp_path)
+    monkeypatch.setattr(other_packs.comfy_compat, "folder_paths", None)
+    assert other_packs.warn_about_other_selva_packs(ours, IDS) == {}
