@@ -114,7 +114,8 @@ class SelvaFeatureExtractor:
                                "The models were trained on 8 s."}),
                 "cache_dir": ("STRING", {
                     "default": "",
-                    "tooltip": "Folder for cached features (.npz). Empty = the system temp folder."}),
+                    "tooltip": "Folder for cached features (.npz). Empty = the system temp folder; "
+                               "relative = inside ComfyUI's output folder."}),
                 "mask_strength": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                     "tooltip": "How strongly the mask hides the background: 0 = no effect, 1 = "
@@ -143,7 +144,7 @@ class SelvaFeatureExtractor:
                 "start": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
                     "tooltip": "Seconds into the video where the audio begins; duration counts from "
-                               "here. SelVA Mux Audio keeps the result aligned with it."}),
+                               "here. SelVA Mux Video keeps the result aligned with it."}),
             },
         }
 

@@ -127,8 +127,9 @@ class SelvaModelLoader:
                 "compile": ("BOOLEAN", {
                     "default": False,
                     "tooltip": "torch.compile the generator (needs a working Triton/C++ toolchain). "
-                               "The first run compiles for a minute or so; the first new duration "
-                               "or batch size compiles once more, later ones reuse it. Worth it "
+                               "The first run compiles first (tens of seconds; not measured here); "
+                               "the first new duration or batch size compiles once more, later ones "
+                               "reuse it. Worth it "
                                "for many generations on a GPU; same audio up to float rounding."}),
             },
         }

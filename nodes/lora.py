@@ -29,8 +29,8 @@ class SelvaLoraLoader:
                 "adapter_path": ("STRING", {
                     "default": "",
                     "tooltip": "Adapter file (.safetensors from the SelVA trainer, peft lora_A/lora_B "
-                               "files, or .pt adapters of the earlier SelVA pack). Relative paths "
-                               "start in ComfyUI's output folder."}),
+                               "files, or .pt adapters of the earlier SelVA pack). Relative = inside "
+                               "ComfyUI's output folder."}),
                 "strength": ("FLOAT", {
                     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                     "tooltip": "1 = as trained, 0 = off (exactly the base model), above 1 "
@@ -84,7 +84,7 @@ class SelvaLoraEvaluator:
                                   "tooltip": "Sampling steps for every generation."}),
                 "cfg_strength": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 20.0, "step": 0.1,
                                            "tooltip": "Guidance strength for every generation."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "One seed for all, so only the adapter differs."}),
             },
             "optional": {

@@ -76,9 +76,11 @@ class SelvaTextualInversionTrainer:
                     "tooltip": "Words the tokens start from (e.g. 'metal clang'). Empty = the "
                                "dataset's first prompt."}),
                 "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
-                                  "tooltip": "Optimizer steps. 500-2000 for a timbre."}),
+                                  "tooltip": "Optimizer steps. 500-2000 for a timbre; on 20-50 clips "
+                                             "the loss flattens after a few hundred."}),
                 "lr": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
-                                 "tooltip": "AdamW learning rate on the tokens."}),
+                                 "tooltip": "AdamW learning rate on the tokens (default 5e-4; lower it "
+                                            "if the loss jumps)."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                        "tooltip": "Clips per step (clips of one duration batch together)."}),
                 "save_every": ("INT", {"default": 250, "min": 1, "max": 100000,
@@ -168,7 +170,8 @@ class SelvaTiScheduler:
             "optional": {
                 "output_path": ("STRING", {
                     "default": "selva/textual_inversion",
-                    "tooltip": "The sweep folder goes inside (named after the experiments file)."}),
+                    "tooltip": "The sweep folder goes inside (named after the experiments file). Relative = "
+                               "inside ComfyUI's output folder."}),
             },
         }
 

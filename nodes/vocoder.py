@@ -62,13 +62,16 @@ class SelvaBigvganTrainer:
                                "ComfyUI's output folder."}),
                 "train_mode": (list(TRAIN_MODES), {
                     "default": "snake_alpha_only",
-                    "tooltip": "snake_alpha_only: only the periodic activations' alpha/beta train (a few "
-                               "thousand numbers, hard to break). all_params: every weight (stronger, "
-                               "needs more data, can add artefacts)."}),
+                    "tooltip": "snake_alpha_only: only the periodic activations' alpha/beta train "
+                               "(54,480 numbers in both released vocoders, hard to break). all_params: "
+                               "every weight (stronger, needs more data, can add artefacts)."}),
                 "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000,
-                                  "tooltip": "Optimizer steps in total (a resumed run continues to this)."}),
+                                  "tooltip": "Optimizer steps in total (a resumed run continues to this). "
+                                             "Watch the loss curve and eval samples: stop when they flatten."}),
                 "lr": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5, "round": False,
-                                 "tooltip": "Learning rate (AdamW, BigVGAN's betas 0.8/0.99)."}),
+                                 "tooltip": "Learning rate (AdamW, BigVGAN's betas 0.8/0.99). 1e-4 is "
+                                            "BigVGAN's own; up to 1e-3 speeds snake_alpha_only up; lower "
+                                            "it for all_params if artefacts appear."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
                                        "tooltip": "Segments per step."}),
                 "segment_seconds": ("FLOAT", {
@@ -81,7 +84,7 @@ class SelvaBigvganTrainer:
                 "save_every": ("INT", {"default": 500, "min": 0, "max": 1_000_000,
                                        "tooltip": "Steps between checkpoints, tuned files and eval "
                                                   "samples (0 = only at the end)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the segment choice; same seed, same run."}),
             },
             "optional": {
@@ -89,7 +92,8 @@ class SelvaBigvganTrainer:
                     "default": "",
                     "tooltip": "Optional bigvgan_discriminator_optimizer.pt (nvidia/bigvgan_v2_44khz_"
                                "128band_512x): its frozen discriminators add a feature-matching loss, "
-                               "which then leads. The 16 kHz vocoder was released without one."}),
+                               "which then leads. The 16 kHz vocoder was released without one. "
+                               "Relative = inside ComfyUI's output folder."}),
                 "resume": ("STRING", {
                     "default": "",
                     "tooltip": "Continue a run: 'latest', a run folder, its checkpoints/step_NNNNNN.pt "

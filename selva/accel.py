@@ -8,9 +8,9 @@ Both only matter on CUDA and change nothing on the CPU (parity there is exact as
 * Attention always goes through ``scaled_dot_product_attention``, so PyTorch picks its flash or
   memory-efficient kernels by itself on CUDA (flash for bf16 / fp16, memory-efficient for fp32).
 * ``compile``: the generator's velocity function is wrapped with ``torch.compile``. The first
-  generation compiles it (tens of seconds); a new clip duration or batch size changes the input
-  shapes and compiles once more, after which those sizes are symbolic and further durations and
-  batch sizes reuse the compiled code. Attaching a LoRA / steering patch changes the graph too
+  generation compiles it (tens of seconds; not measured on a GPU here); a new clip duration or
+  batch size changes the input shapes and compiles once more, after which those sizes are
+  symbolic and further durations and batch sizes reuse the compiled code. Attaching a LoRA / steering patch changes the graph too
   (one more compile per set of patches; up to ``torch._dynamo.config.cache_size_limit`` are kept).
 """
 from __future__ import annotations

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
     g.add_argument("--cfg", "--cfg-strength", dest="cfg", type=float, default=4.5,
                    help="classifier-free guidance strength (default: 4.5)")
-    g.add_argument("--seed", type=int, default=42, help="noise seed (default: 42)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0, as the Sampler node)")
     g.add_argument("--batch-size", type=int, default=1, help="variations (seed, seed+1, ...)")
     g.add_argument("--no-normalize", action="store_true", help="skip loudness normalisation")
     g.add_argument("--target-lufs", type=float, default=-27.0, help="loudness target (default: -27)")

@@ -187,3 +187,27 @@ def canvas_picture(page, path: Path) -> Path:
     fit_view(page)
     page.locator("#graph-canvas").screenshot(path=str(path))
     return path
+
+
+def node_boxes(page) -> list[dict]:
+    """Every node's rectangle on the canvas as the frontend sized it after loading: ``{id, type,
+    box: [x, y, width, height]}``, title bar included (LiteGraph's bounding rectangle)."""
+    return page.evaluate("""() => app.graph.nodes.map(n => {
+        let box;
+        if (n.boundingRect) box = Array.from(n.boundingRect);
+        else { const out = new Float32Array(4); n.getBounding(out); box = Array.from(out); }
+        return {id: n.id, type: n.type, box: box, pos: Array.from(n.pos), size: Array.from(n.size)};
+    })""")
+
+
+def overlapping_nodes(boxes: list[dict], margin: float = 0.0) -> list[tuple[dict, dict]]:
+    """Pairs of nodes whose rectangles (from :func:`node_boxes`) intersect."""
+    pairs = []
+    for i, a in enumerate(boxes):
+        ax, ay, aw, ah = a["box"]
+        for b in boxes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if (ax < bx + bw + margin and bx < ax + aw + margin
+                    and ay < by + bh + margin and by < ay + ah + margin):
+                pairs.append((a, b))
+    return pairs

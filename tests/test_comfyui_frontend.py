@@ -177,6 +177,19 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy, object_in
         assert all(p.stat().st_size > 0 for p in saved)
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_nodes_do_not_cover_each_other(page, path):
+    """As the frontend sizes the nodes (it grows them to fit their widgets), none overlaps another.
+
+    After adding an input to a node, ``python tools/layout_workflows.py`` moves nodes apart."""
+    F.load_graph(page, json.loads(path.read_text(encoding="utf-8")), path.stem)
+    boxes = F.node_boxes(page)
+    assert len(boxes) == len(json.loads(path.read_text(encoding="utf-8"))["nodes"])
+    assert all(b["box"][2] > 0 and b["box"][3] > 0 for b in boxes), boxes
+    overlaps = [(a["type"], a["box"], b["type"], b["box"]) for a, b in F.overlapping_nodes(boxes)]
+    assert not overlaps, f"{path.name}: nodes overlap (run tools/layout_workflows.py): {overlaps}"
+
+
 def test_template_route_lists_each_template_once(comfy):
     listed = comfy.get("/api/workflow_templates").get(PACK_FOLDER, [])
     assert sorted(listed) == sorted(p.stem for p in WORKFLOWS), listed

@@ -121,3 +121,13 @@ def test_generation_workflow_on_real_weights(comfy, object_info):
     prompt = _generation_prompt(comfy, object_info, "small_16k", 2.0, "selva_real.mp4")
     entry = comfy.run(prompt)
     assert [p for p in comfy.saved_files(entry) if p.suffix == ".flac"]
+
+
+def test_startup_warns_about_another_selva_pack(comfy):
+    """tests/comfy_custom_nodes/selva_test_earlier_pack names SelVA's node ids like the earlier pack."""
+    log = comfy.log.read_text(errors="replace")
+    lines = [line for line in log.splitlines() if "also registers" in line]
+    assert len(lines) == 1, comfy.log_tail()
+    assert "selva_test_earlier_pack also registers 3 of SelVA's node ids" in lines[0]
+    assert "SelvaModelLoader, SelvaFeatureExtractor, SelvaSampler" in lines[0]
+    assert "docs/coming-from-earlier-pack.md" in lines[0]

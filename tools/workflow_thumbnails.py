@@ -29,8 +29,10 @@ from comfy_server import load_workflow, start_server  # noqa: E402
 SIZE = (768, 480)  # pixels of the thumbnail (the browser's cards show about 4:3 to 16:10)
 VIEWPORT = {"width": 1536, "height": 960}  # twice SIZE: text stays legible when scaled down
 QUALITY = 85
-# Nothing but the graph on the picture: no canvas statistics, no canvas toolbar.
-PICTURE_SETTINGS = {"Comfy.Graph.CanvasInfo": False, "Comfy.Graph.CanvasMenu": False}
+# Nothing but the graph on the picture: no canvas statistics, no canvas toolbar; and node text
+# drawn at any zoom (a wide graph fitted into view otherwise shows empty boxes).
+PICTURE_SETTINGS = {"Comfy.Graph.CanvasInfo": False, "Comfy.Graph.CanvasMenu": False,
+                    "LiteGraph.Canvas.MinFontSizeForLOD": 1}
 
 
 def render(page, workflow_path: Path, out: Path) -> Path:

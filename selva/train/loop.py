@@ -29,6 +29,7 @@ import io
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,6 +269,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SelvaError(f"Resume checkpoint {path} does not exist.")
+    if _is_safetensors(path):
+        raise SelvaError(_exported_file_message(path))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -279,6 +282,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise SelvaError(f"{path} is a checkpoint of format version {ckpt.get('version')}; this "
                          f"version reads {CHECKPOINT_VERSION}.")
     return ckpt
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: 8 bytes of header length, then the JSON header's "{"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _exported_file_message(path: Path) -> str:
+    # adapter_step_000500.safetensors sits beside checkpoints/ in the run folder and is an easy
+    # pick; it holds the exported weights only, not the optimizer and data order a resume needs.
+    match = re.search(r"step_(\d+)", path.stem)
+    step_file = checkpoint_path(path.parent, int(match.group(1))) if match else None
+    if step_file is not None and step_file.is_file():
+        use = f"its training checkpoint {step_file}, or the run folder {path.parent} (its newest checkpoint)"
+    elif list_checkpoints(path.parent):
+        use = f"the run folder {path.parent} (its newest checkpoint) or one of its checkpoints/step_NNNNNN.pt"
+    else:
+        use = "a run folder or its checkpoints/step_NNNNNN.pt file, or 'latest'"
+    what = "an exported adapter" if path.stem.startswith("adapter") else "an exported weights file"
+    loader = " To use the adapter itself, load it with the SelVA LoRA Loader." if what.endswith("adapter") else ""
+    return (f"{path} is {what} (safetensors: the trained weights only), not a training checkpoint: "
+            f"resuming needs the optimizer state and data order saved in checkpoints/. Resume from "
+            f"{use}.{loader}")
 
 
 def resolve_resume(resume: Optional[str], output_dir: Path, run_name: str) -> Optional[Path]:
