@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from . import comfy_compat, common
+from . import comfy_compat, common, paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,10 @@ class SelvaLoraTrainer:
                                    init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
         resume = (resume or "").strip()
         if resume and resume != "latest":
-            resume = str(comfy_compat.resolve_input_path(resume))
+            resume = str(paths.resolve_existing(resume, "resume"))
         with comfy_run():
-            run = train_lora(model, comfy_compat.resolve_input_path(data_dir),
-                             comfy_compat.resolve_output_path(output_dir, "selva_lora"), options,
+            run = train_lora(model, paths.resolve_existing(data_dir, "data_dir"),
+                             paths.resolve(output_dir, "output_dir", "selva_lora"), options,
                              resume=resume or None, eval_features=eval_features, hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
@@ -161,8 +161,9 @@ class SelvaLoraScheduler:
         from ..selva.train.sweep import run_sweep
 
         with comfy_run():
-            result = run_sweep(model, comfy_compat.resolve_input_path(experiments_file),
-                               comfy_compat.resolve_output_path(output_dir, "selva_sweeps"),
+            result = run_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
+                               paths.resolve(output_dir, "output_dir", "selva_sweeps"),
+                               resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"),
                                hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return str(result.summary_path), _image(result.comparison)
@@ -194,7 +195,7 @@ class SelvaSkipExperiment:
     def skip(self, sweep_dir: str) -> tuple[str]:
         from ..selva.train.sweep import request_skip
 
-        target = comfy_compat.resolve_output_path(sweep_dir) if sweep_dir.strip() else None
+        target = paths.resolve(sweep_dir, "sweep_dir") if sweep_dir.strip() else None
         return (str(request_skip(target)),)
 
 
@@ -220,7 +221,7 @@ class SelvaDatasetBrowser:
         from ..selva.errors import SelvaError
         from ..selva.train.prepare import read_index
 
-        path = comfy_compat.resolve_input_path(dataset_json)
+        path = paths.resolve_existing(dataset_json, "dataset_json")
         data = read_index(path)
         total = len(data.clips)
         if not 0 <= index < total:
@@ -256,7 +257,7 @@ def register_routes() -> bool:
             body = {}
         folder = str((body or {}).get("sweep_dir", "")).strip()
         try:
-            flag = request_skip(comfy_compat.resolve_output_path(folder) if folder else None)
+            flag = request_skip(paths.resolve(folder, "sweep_dir") if folder else None)
         except SelvaError as e:
             return web.json_response({"error": str(e), "active": [str(p) for p in active_sweeps()]},
                                      status=409)
