@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import comfy_compat, common, paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
@@ -200,12 +200,15 @@ class SelvaSkipExperiment:
 
 
 class SelvaDatasetBrowser:
-    DESCRIPTION = "Reads one clip of a dataset.json (from prepare_dataset.py): its files and label."
+    DESCRIPTION = ("Reads one clip of a dataset: its files and label. Takes a dataset folder or its "
+                   "dataset.json; datasets made with SelVA Dataset From Folder, prepare-dataset or the "
+                   "Feature Extractor's name input all work.")
     CATEGORY = CATEGORY
     FUNCTION = "browse"
     RETURN_TYPES = ("STRING", "STRING", "STRING", "STRING", "INT")
     RETURN_NAMES = ("video_path", "audio_path", "frames_dir", "label", "total")
-    OUTPUT_TOOLTIPS = ("The source video of the clip.", "The clip's audio file.",
+    OUTPUT_TOOLTIPS = ("The source video of the clip (empty when the dataset does not record it).",
+                       "The clip's audio file.",
                        "Its kept frames (empty when frames were not kept).", "The clip's prompt.",
                        "How many clips the dataset holds.")
 
@@ -213,22 +216,22 @@ class SelvaDatasetBrowser:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "dataset_json": ("STRING", {"default": "selva_dataset/dataset.json", "tooltip":
-                             "The dataset index. Relative = inside ComfyUI's output folder."}),
+                             "The dataset folder or its dataset.json. Relative = inside ComfyUI's "
+                             "output folder."}),
             "index": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Which clip (0 = first)."}),
         }}
 
     def browse(self, dataset_json: str, index: int) -> tuple[str, str, str, str, int]:
+        from ..selva.datasets.folder import dataset_entries
         from ..selva.errors import SelvaError
-        from ..selva.train.prepare import read_index
 
         path = paths.resolve_existing(dataset_json, "dataset_json")
-        data = read_index(path)
-        total = len(data.clips)
+        root, clips = dataset_entries(path)
+        total = len(clips)
         if not 0 <= index < total:
             raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "
                              f"(0 .. {max(total - 1, 0)}).")
-        clip = data.clips[index]
-        root = path.parent
+        clip = clips[index]
         audio = Path(clip.audio)
         frames = str(root / clip.frames_dir) if clip.frames_dir else ""
         return (clip.video, str(audio if audio.is_absolute() else root / audio), frames, clip.label, total)

@@ -36,6 +36,8 @@ EXPECTED = {
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
     "SelvaMuxVideo": "SelVA Mux Video",
+    "SelvaDatasetFromFolder": "SelVA Dataset From Folder",
+    "SelvaDatasetReport": "SelVA Dataset Report",
 }
 
 

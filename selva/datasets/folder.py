@@ -29,6 +29,7 @@ from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from ..train.audio_files import read_audio
 from ..train.files import write_json, write_wav
+from .measure import clip_loudness
 from .reader import audio_beside
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ def video_duration(path: Path) -> float:
 
 def clip_spans(duration: float, clip_seconds: float, hop_seconds: float = 0.0) -> list[tuple[float, float]]:
     """(start, length) of each clip: full clips every ``hop_seconds`` (0 = ``clip_seconds``),
-    plus a last piece of at least MIN_TAIL_SECONDS; a video shorter than one clip is one clip."""
+    plus a last, shorter clip when at least MIN_TAIL_SECONDS are left uncovered; a video shorter
+    than one clip is one clip of its whole length."""
     if clip_seconds <= 0:
         raise SelvaError(f"clip_seconds must be positive, got {clip_seconds}.")
     hop = hop_seconds if hop_seconds > 0 else clip_seconds
@@ -174,19 +176,9 @@ def clip_spans(duration: float, clip_seconds: float, hop_seconds: float = 0.0) -
     if not spans:
         return [(0.0, duration)] if duration > 0 else []
     tail_start = spans[-1][0] + hop
-    if duration - tail_start >= MIN_TAIL_SECONDS:
+    if duration - (spans[-1][0] + clip_seconds) >= MIN_TAIL_SECONDS:  # enough left uncovered
         spans.append((round(tail_start, 6), duration - tail_start))
     return spans
-
-
-def clip_loudness(wave: torch.Tensor, rate: int) -> float:
-    """Integrated loudness (BS.1770, as the Sampler measures) of a (C, T) clip; -inf for silence
-    or a clip shorter than one 400 ms block."""
-    from ..audio import measure_lufs
-
-    if wave.shape[-1] < int(0.4 * rate) or float(wave.abs().max()) == 0.0:
-        return -math.inf
-    return measure_lufs(wave, rate)
 
 
 def _prompt_for(video: Path, opts: PrepareOptions, table: dict[str, str]) -> str:
@@ -345,3 +337,27 @@ def _make_clip(pipe: Any, clip: _Clip, wave: torch.Tensor, rate: int, opts: Prep
     index.clips.append(ClipEntry(clip_id, str(video), f"{clip_id}.wav", f"{clip_id}.npz", frames_dir,
                                  prompt, float(feats.duration), float(start),
                                  round(loud, 2), opts.target_lufs))
+
+
+def dataset_entries(path: Path) -> tuple[Path, list[ClipEntry]]:
+    """The clips of a dataset for browsing: from its ``dataset.json`` when it has one, else from
+    the one reader (a folder made clip by clip with the Feature Extractor). ``path`` is the
+    folder or its ``dataset.json``; returns the folder and the entries (paths relative to it or
+    absolute)."""
+    from .measure import features_header
+    from .reader import read_dataset
+
+    path = Path(path).expanduser()
+    folder = path.parent if path.suffix.lower() == ".json" else path
+    index_path = path if path.suffix.lower() == ".json" else path / INDEX_NAME
+    if index_path.is_file():
+        return folder, read_index(index_path).clips
+    if path.suffix.lower() == ".json" and not folder.is_dir():
+        raise SelvaError(f"Dataset index {path} does not exist, nor its folder.")
+    entries = []
+    for clip in read_dataset(folder, need_audio=False):
+        header = features_header(clip.features_path)
+        entries.append(ClipEntry(clip.stem, "", str(clip.audio_path or ""), clip.features_path.name, None,
+                                 clip.caption if clip.caption is not None else str(header.get("prompt", "")),
+                                 float(header.get("duration", 0.0)), float(header.get("start", 0.0))))
+    return folder, entries

@@ -6,21 +6,16 @@ the From Folder node), so a user sees before training that half the clips are si
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import torch
 
-from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 from ..train.audio_files import read_audio
 from ..train.files import atomic_write, write_json, write_text
-from .folder import clip_loudness
+from .measure import audio_stats, features_header
 from .reader import read_dataset
 
 log = logging.getLogger(__name__)
@@ -28,9 +23,6 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "dataset_report.json"
 REPORT_TABLE = "dataset_report.md"
 REPORT_IMAGE = "dataset_report.png"
-CLIPPED_LEVEL = 0.999  # a sample at or above this magnitude counts as clipped (16-bit full scale)
-SILENT_FRAME_DBFS = -60.0  # a 50 ms frame quieter than this (RMS) is silent
-FRAME_SECONDS = 0.05
 
 
 @dataclass
@@ -73,34 +65,6 @@ class DatasetReport:
                 "clips": [asdict(c) for c in self.clips], "flag_counts": self.counts()}
 
 
-def _features_header(path: Path) -> dict:
-    """The JSON header of a features ``.npz`` alone (np.load reads arrays lazily)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return json.loads(bytes(data["header"]).decode("utf-8"))
-    except Exception as e:
-        raise SelvaError(f"{path} is not a readable SelVA features file ({e}).") from e
-
-
-def audio_stats(wave: torch.Tensor, rate: int) -> dict[str, Any]:
-    """Loudness, peak, clipped samples and silent fraction of a (C, T) float clip."""
-    peak = float(wave.abs().max()) if wave.numel() else 0.0
-    loud = clip_loudness(wave, rate) if wave.numel() else -math.inf
-    frame = max(int(FRAME_SECONDS * rate), 1)
-    mono = wave.float().pow(2).mean(dim=0)
-    n = mono.shape[-1] // frame
-    if n:
-        rms = mono[:n * frame].reshape(n, frame).mean(dim=1).sqrt()
-        silent = float((20 * torch.log10(rms.clamp_min(1e-10)) < SILENT_FRAME_DBFS).float().mean())
-    else:
-        silent = 1.0
-    return {"duration": wave.shape[-1] / rate,
-            "loudness_lufs": round(loud, 2) if math.isfinite(loud) else None,
-            "peak_dbfs": round(20 * math.log10(peak), 2) if peak > 0 else None,
-            "clipped_samples": int((wave.abs() >= CLIPPED_LEVEL).sum()),
-            "silent_fraction": round(silent, 4)}
-
-
 def _flags(stats: dict, features_duration: Optional[float], opts: ReportOptions) -> list[str]:
     flags = []
     loud = stats["loudness_lufs"]
@@ -123,7 +87,7 @@ def build_report(data_dir: Path, opts: Optional[ReportOptions] = None,
     files = read_dataset(Path(data_dir), need_audio=False)
     clips = []
     for i, clip in enumerate(files, 1):
-        header = _features_header(clip.features_path)
+        header = features_header(clip.features_path)
         prompt = clip.caption if clip.caption is not None else str(header.get("prompt", ""))
         fdur = float(header["duration"]) if "duration" in header else None
         if clip.audio_path is None:
@@ -161,9 +125,8 @@ def table_text(report: DatasetReport) -> str:
 
 def report_image(report: DatasetReport):
     """A PIL image: histograms of duration, loudness, peak and silent fraction, flags in the title."""
-    import matplotlib
+    import io
 
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from PIL import Image
 
@@ -186,9 +149,10 @@ def report_image(report: DatasetReport):
     fig.suptitle(f"{report.data_dir.name}: {len(report.clips)} clips, {flagged} flagged ({summary})",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    return Image.fromarray(rgba[..., :3].copy())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
 
 
 def write_report(report: DatasetReport, out_dir: Optional[Path] = None) -> tuple[Path, Any]:
