@@ -38,6 +38,16 @@ EXPECTED = {
     "SelvaMuxVideo": "SelVA Mux Video",
     "SelvaDatasetFromFolder": "SelVA Dataset From Folder",
     "SelvaDatasetReport": "SelVA Dataset Report",
+    "SelvaDatasetLoader": "SelVA Dataset Loader",
+    "SelvaDatasetResampler": "SelVA Dataset Resampler",
+    "SelvaDatasetLUFSNormalizer": "SelVA Dataset LUFS Normalizer",
+    "SelvaDatasetCompressor": "SelVA Dataset Compressor",
+    "SelvaDatasetInspector": "SelVA Dataset Inspector",
+    "SelvaDatasetSpectralMatcher": "SelVA Dataset Spectral Matcher",
+    "SelvaDatasetHfSmoother": "SelVA Dataset HF Smoother",
+    "SelvaDatasetAugmenter": "SelVA Dataset Augmenter",
+    "SelvaDatasetItemExtractor": "SelVA Dataset Item Extractor",
+    "SelvaDatasetSaver": "SelVA Dataset Saver",
 }
 
 
