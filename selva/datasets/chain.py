@@ -301,27 +301,42 @@ class AugmentOptions:
     keep_originals: bool = True
 
 
-def _stretch(wave: torch.Tensor, rate_factor: float) -> torch.Tensor:
-    """Phase-vocoder time stretch by ``rate_factor`` (>1 = faster), cut or padded back to the
-    original length so the clip still matches its features."""
+def _phase_vocoder(wave: torch.Tensor, speed: float) -> torch.Tensor:
+    """Phase-vocoder time stretch: ``speed`` > 1 plays faster (shorter), pitch unchanged."""
     import torchaudio
 
     n_fft, hop = 1024, 256
-    t = wave.shape[-1]
     window = torch.hann_window(n_fft)
     spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)
     phase_advance = torch.linspace(0, math.pi * hop, spec.shape[-2])[..., None]
-    stretched = torchaudio.functional.phase_vocoder(spec, rate_factor, phase_advance)
-    out = torch.istft(stretched, n_fft, hop, window=window)
-    return torch.nn.functional.pad(out, (0, max(t - out.shape[-1], 0)))[..., :t]
+    stretched = torchaudio.functional.phase_vocoder(spec, speed, phase_advance)
+    return torch.istft(stretched, n_fft, hop, window=window)
+
+
+def _fit_length(wave: torch.Tensor, t: int) -> torch.Tensor:
+    """Cut or zero-pad to ``t`` samples, so the clip still matches its features."""
+    return torch.nn.functional.pad(wave, (0, max(t - wave.shape[-1], 0)))[..., :t]
+
+
+def _pitch_shift(wave: torch.Tensor, semitones: float) -> torch.Tensor:
+    """Shift pitch, keep duration: stretch by the pitch ratio, then resample back (the ratio as a
+    small fraction, so the polyphase filter stays short)."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(2.0 ** (semitones / 12.0)).limit_denominator(64)
+    if ratio == 1:
+        return wave
+    longer = _phase_vocoder(wave, 1.0 / float(ratio))
+    out = resample_poly(longer.numpy(), ratio.denominator, ratio.numerator, axis=-1)
+    return _fit_length(torch.from_numpy(out.astype("float32")), wave.shape[-1])
 
 
 def augment(clips: Sequence[AudioClip], opts: AugmentOptions, hooks: Optional[Hooks] = None) -> list[AudioClip]:
     """``variants_per_clip`` copies of every clip with a random gain (+-``gain_range_db``), and
     when asked a random pitch shift and time stretch (length kept); peaks stay under full scale.
     The same seed gives the same copies."""
-    import torchaudio
-
     if opts.variants_per_clip < 1:
         raise SelvaError(f"variants_per_clip must be at least 1, got {opts.variants_per_clip}.")
     hooks = or_default(hooks)
@@ -335,12 +350,9 @@ def augment(clips: Sequence[AudioClip], opts: AugmentOptions, hooks: Optional[Ho
         for v in range(opts.variants_per_clip):
             wave = clip.waveform * 10.0 ** (uniform(opts.gain_range_db) / 20.0)
             if opts.pitch_range_semitones > 0:
-                steps = uniform(opts.pitch_range_semitones)
-                # pitch_shift takes whole bins per octave: 100 per semitone keeps cents
-                wave = torchaudio.functional.pitch_shift(wave, clip.sample_rate, round(steps * 100),
-                                                         bins_per_octave=1200)
+                wave = _pitch_shift(wave, uniform(opts.pitch_range_semitones))
             if opts.time_stretch_range > 0:
-                wave = _stretch(wave, 1.0 + uniform(opts.time_stretch_range))
+                wave = _fit_length(_phase_vocoder(wave, 1.0 + uniform(opts.time_stretch_range)), wave.shape[-1])
             peak = float(wave.abs().max()) if wave.numel() else 0.0
             if peak > 0.999:
                 wave = wave * (0.999 / peak)
