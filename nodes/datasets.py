@@ -386,8 +386,9 @@ class SelvaDatasetAugmenter(_DatasetStep):
                                   "Variants made of each clip."}),
             "gain_range_db": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 12.0, "step": 0.5, "tooltip":
                               "Each variant gets a random gain within +- this many dB (3 dB is subtle)."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFF, "tooltip":
-                     "The same seed gives the same variants."}),
+            # the frontend gives every INT named "seed" a control widget anyway: declared here
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                     "tooltip": "The same seed gives the same variants."}),
         }, "optional": {
             "pitch_range_semitones": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4.0, "step": 0.25, "tooltip":
                                       "Random pitch shift within +- this many semitones. 0 = off."}),

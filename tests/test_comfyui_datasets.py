@@ -68,3 +68,39 @@ def test_named_clip_from_a_soundtrack_lands_in_selva_datasets(comfy):
     comfy.run(prompt)
     wave, rate = read_audio(comfy.output_dir / "selva_datasets" / "ds_it_click" / "ds_it_click_001.wav")
     assert wave.shape[-1] == rate and click_time(wave, rate) == pytest.approx(0.7, abs=2 / rate)
+
+
+def test_the_audio_dataset_chain_template_runs_every_step(comfy, object_info):
+    """Every SelvaDataset* chain node in one run of the bundled template, on two clips whose
+    features come from a dataset folder; the saved folder is a dataset the trainer reads."""
+    import torch
+
+    from comfyui_selva.selva.datasets import read_dataset
+
+    source = comfy.output_dir / "ds_it_chain" / "source"
+    source.mkdir(parents=True)
+    feats = comfy.output_dir / "ds_it" / "made"  # made by the first test of this module, if it ran
+    for i, name in enumerate(("a", "b")):
+        t = torch.arange(RATE) / RATE
+        wave = 0.3 * torch.sin(2 * 3.14159 * (300 + 200 * i) * t) * ((t * 4).floor() % 2 == 0)
+        write_wav(source / f"{name}.wav", (wave + 1e-4 * torch.randn(RATE))[None], 22050)
+        if (feats / "engine_000.npz").is_file():
+            (source / f"{name}.npz").write_bytes((feats / "engine_000.npz").read_bytes())
+    prompt = to_api_prompt(load_workflow("SelVA Clean a Dataset Step by Step"), object_info)
+    _loader(prompt)
+    set_inputs(prompt, "SelvaDatasetLoader", folder="ds_it_chain/source")
+    set_inputs(prompt, "SelvaDatasetSaver", output_dir="ds_it_chain/clean", npz_source_dir="ds_it_chain/source")
+    set_inputs(prompt, "SelvaDatasetAugmenter", variants_per_clip=1, pitch_range_semitones=1.0,
+               time_stretch_range=0.1)
+    set_inputs(prompt, "SelvaDatasetInspector", min_snr_db=10.0, max_silence_fraction=0.9)
+    set_inputs(prompt, "SelvaDatasetHfSmoother", cutoff_hz=5000.0)
+    entry = comfy.run(prompt)
+    clean = comfy.output_dir / "ds_it_chain" / "clean"
+    assert sorted(p.name for p in clean.glob("*.flac")) == ["a.flac", "a_aug00.flac", "b.flac", "b_aug00.flac"]
+    shown = json.dumps(entry["outputs"])
+    assert "4 clip(s): 4 clean" in shown and "Saved 4 clip(s)" in shown
+    assert entry["outputs"][_id(prompt, "PreviewAudio")]["audio"]
+    wave, rate = read_audio(clean / "a.flac")
+    assert rate == RATE  # resampled from 22050
+    if (source / "a.npz").is_file():
+        assert [c.stem for c in read_dataset(clean)] == ["a", "a_aug00", "b", "b_aug00"]
