@@ -9,8 +9,6 @@ from . import paths
 from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
 
 
-
-
 def _folder_version(folder: Path) -> str:
     """Names, sizes and times of a folder's files: a re-queue after a change runs again."""
     try:

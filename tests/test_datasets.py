@@ -302,3 +302,20 @@ def test_reader_never_counts_the_hidden_cache(model, out_dir):
     extract(model, name="tick", audio=audio(sound(1.0, RATE)), cache_dir="ds")
     assert list((out_dir / "ds" / ".selva_cache" / "features").glob("*.npz"))  # the copy is there
     assert [c.stem for c in read_dataset(out_dir / "ds")] == ["tick_001"]
+
+
+def test_prepare_dataset_command_line_options():
+    from comfyui_selva.selva.cli import build_parser
+    from comfyui_selva.selva.datasets.cli import prepare_options
+
+    args = build_parser().parse_args(["prepare-dataset", "--videos", "v", "--out", "d", "--prompt", "rain",
+                                      "--clip-seconds", "4", "--hop-seconds", "2", "--min-loudness-lufs", "-40",
+                                      "--target-lufs", "-23", "--no-captions"])
+    opts = prepare_options(args)
+    assert (opts.clip_seconds, opts.hop_seconds, opts.min_loudness_lufs, opts.target_lufs, opts.captions) == (
+        4.0, 2.0, -40.0, -23.0, False)
+    defaults = prepare_options(build_parser().parse_args(["prepare-dataset", "--videos", "v", "--out", "d"]))
+    assert (defaults.min_loudness_lufs, defaults.target_lufs, defaults.captions, defaults.hop_seconds) == (
+        -50.0, None, True, 0.0)
+    with pytest.raises(SelvaError, match="hop_seconds must be 0"):
+        F.PrepareOptions(videos_dir="v", out_dir="d", hop_seconds=-1).validate()
