@@ -182,3 +182,12 @@ def test_pitch_shift_moves_the_pitch_and_keeps_the_length():
     assert peak_hz(C._pitch_shift(wave, -2.0)) == pytest.approx(440.0 * 2 ** (-2 / 12), abs=10)
     faster = C._phase_vocoder(wave, 1.25)
     assert faster.shape[-1] == pytest.approx(RATE / 1.25, abs=512) and peak_hz(faster) == pytest.approx(440, abs=10)
+
+
+def test_spectral_matcher_without_a_model_needs_the_mode_vae(tmp_path):
+    from comfyui_selva.selva.datasets.profile import spectral_matcher_for
+
+    with pytest.raises(SelvaError, match=r"The 16k VAE \(vae_16k\) is not in .*: connect a SelVA Model Loader"):
+        spectral_matcher_for("16k", 1.0, 12.0, None, [tmp_path])
+    with pytest.raises(SelvaError, match="mode must be one of 16k, 44k"):
+        spectral_matcher_for("22k", 1.0, 12.0, None, [tmp_path])
