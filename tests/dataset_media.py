@@ -58,3 +58,50 @@ def write_av(path: Path, seconds: float, audio: Optional[torch.Tensor] = None, r
 def click_time(wave: torch.Tensor, rate: int) -> float:
     """Where the loudest sample is (seconds)."""
     return float(wave.abs().amax(dim=0).argmax()) / rate
+
+
+def bursts(seconds: float, rate: int, amplitude: float = 0.3, freq: float = 440.0) -> torch.Tensor:
+    """(1, T): a tone that stops and starts four times a second over a faint noise floor (a clean
+    clip by the Dataset Inspector's measures)."""
+    wave = sound(seconds, rate, freq, amplitude)
+    t = torch.arange(wave.shape[-1]) / rate
+    floor = 1e-4 * torch.randn(wave.shape, generator=torch.Generator().manual_seed(0))
+    return wave * ((t * 4).floor() % 2 == 0).float() + floor
+
+
+# ---------------------------------------------------- the dataset templates in the frontend test
+def _folder_setup(comfy) -> dict:
+    videos = comfy.output_dir / "selva_frontend_videos"
+    videos.mkdir(exist_ok=True)
+    write_av(videos / "hum.mkv", 1.2, sound(1.2, 16000, 300.0, 0.3), seed=5)
+    return {"SelvaDatasetFromFolder": {"videos_dir": "selva_frontend_videos",
+                                       "out_dir": "selva_frontend/made_dataset", "clip_seconds": 1.0}}
+
+
+def _report_setup(comfy) -> dict:
+    from train_data import comfy_dataset
+
+    folder = comfy.output_dir / "selva_frontend_report_dataset"
+    if not list(folder.glob("*.npz")):
+        comfy_dataset(comfy, "tiny_16k", folder, "clip", 1)
+    return {"SelvaDatasetReport": {"dataset_dir": folder.name},
+            "SelvaDatasetBrowser": {"dataset_json": folder.name}}
+
+
+def _chain_setup(comfy) -> dict:
+    from comfyui_selva.selva.train.files import write_wav
+
+    folder = comfy.output_dir / "selva_frontend_chain_audio"
+    folder.mkdir(exist_ok=True)
+    for i in range(2):
+        write_wav(folder / f"clip_{i}.wav", bursts(1.0, 22050, freq=300.0 + 200 * i), 22050)
+    return {"SelvaDatasetLoader": {"folder": folder.name},
+            "SelvaDatasetInspector": {"max_silence_fraction": 0.9},
+            "SelvaDatasetSaver": {"output_dir": "selva_frontend/clean_dataset", "npz_source_dir": folder.name}}
+
+
+FRONTEND_SETUP = {
+    "SelVA Make a Dataset from a Folder": _folder_setup,
+    "SelVA Inspect a Dataset": _report_setup,
+    "SelVA Clean a Dataset Step by Step": _chain_setup,
+}

@@ -14,17 +14,10 @@ from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.train.audio_files import read_audio
 from comfyui_selva.selva.train.dataset import load_dataset
 from comfyui_selva.selva.train.files import write_wav
-from dataset_media import sound
+from dataset_media import bursts, sound
 from node_helpers import frames, run_node
 
 RATE = 16000
-
-
-def bursts(seconds: float, rate: int, amplitude: float = 0.3, freq: float = 440.0) -> torch.Tensor:
-    """A tone that stops and starts (quiet gaps), so it has a clear noise floor: a high SNR."""
-    wave = sound(seconds, rate, freq, amplitude)
-    t = torch.arange(wave.shape[-1]) / rate
-    return wave * ((t * 4).floor() % 2 == 0).float() + 1e-4 * torch.randn(wave.shape, generator=torch.Generator().manual_seed(0))
 
 
 def item(name, wave, rate=RATE, **kw):
