@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from . import datasets
 from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
@@ -42,6 +43,18 @@ _NODES = (
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
     ("SelvaTextToAudio", SelvaTextToAudio, "SelVA Text to Audio"),
+    ("SelvaDatasetFromFolder", datasets.SelvaDatasetFromFolder, "SelVA Dataset From Folder"),
+    ("SelvaDatasetReport", datasets.SelvaDatasetReport, "SelVA Dataset Report"),
+    ("SelvaDatasetLoader", datasets.SelvaDatasetLoader, "SelVA Dataset Loader"),
+    ("SelvaDatasetResampler", datasets.SelvaDatasetResampler, "SelVA Dataset Resampler"),
+    ("SelvaDatasetLUFSNormalizer", datasets.SelvaDatasetLUFSNormalizer, "SelVA Dataset LUFS Normalizer"),
+    ("SelvaDatasetCompressor", datasets.SelvaDatasetCompressor, "SelVA Dataset Compressor"),
+    ("SelvaDatasetInspector", datasets.SelvaDatasetInspector, "SelVA Dataset Inspector"),
+    ("SelvaDatasetSpectralMatcher", datasets.SelvaDatasetSpectralMatcher, "SelVA Dataset Spectral Matcher"),
+    ("SelvaDatasetHfSmoother", datasets.SelvaDatasetHfSmoother, "SelVA Dataset HF Smoother"),
+    ("SelvaDatasetAugmenter", datasets.SelvaDatasetAugmenter, "SelVA Dataset Augmenter"),
+    ("SelvaDatasetItemExtractor", datasets.SelvaDatasetItemExtractor, "SelVA Dataset Item Extractor"),
+    ("SelvaDatasetSaver", datasets.SelvaDatasetSaver, "SelVA Dataset Saver"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

@@ -171,20 +171,17 @@ def output_directory() -> Path:
 
 
 def resolve_output_path(text: str, default: str = "") -> Path:
-    """A user-typed path: absolute as it is, relative inside ComfyUI's output folder."""
-    raw = (text or "").strip().strip('"') or default
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else output_directory() / path
+    """A user-typed path by the one rule of :mod:`.paths` (kept for callers of this name)."""
+    from .paths import resolve
+
+    return resolve(text, "path", default)
 
 
 def resolve_input_path(text: str) -> Path:
-    """A user-typed path to read: absolute as it is; relative first in ComfyUI's output folder,
-    then from the working directory."""
-    path = Path((text or "").strip().strip('"')).expanduser()
-    if path.is_absolute():
-        return path
-    inside = output_directory() / path
-    return inside if inside.exists() else path
+    """A user-typed path to read, by the one rule of :mod:`.paths` (kept for callers of this name)."""
+    from .paths import resolve_existing
+
+    return resolve_existing(text, "path")
 
 
 class StageProgress:

@@ -19,8 +19,11 @@ def check_clip_name(name: str) -> None:
                          f"spaces; no folders).")
 
 
-def save_named_clip(folder: Path, name: str, features: Any, audio: Optional[dict]) -> Path:
-    """``<folder>/<name>_NNN.npz`` (+ ``.wav``) with the next number free for both files."""
+def save_named_clip(folder: Path, name: str, features: Any, audio: Optional[dict],
+                    start: float = 0.0) -> Path:
+    """``<folder>/<name>_NNN.npz`` (+ ``.wav``) with the next number free for both files; the
+    audio cut to the features' span (``start`` seconds into the video, their duration long)."""
+    from ..selva.datasets.align import clip_span
     from ..selva.train.files import numbered_file, write_wav
     from .common import audio_input
 
@@ -31,6 +34,7 @@ def save_named_clip(folder: Path, name: str, features: Any, audio: Optional[dict
     wave = None
     if audio is not None:
         wave, rate = audio_input(audio, "audio")
+        wave = clip_span(wave, rate, start, float(features.duration))  # checked before writing
     features.save(path)
     if wave is not None:
         write_wav(path.with_suffix(".wav"), wave[0], rate)

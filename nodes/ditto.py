@@ -20,7 +20,7 @@ def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: A
     from ..selva.style.reference import REFERENCE_CACHE, ReferenceAudio, find_audio_files
 
     files = []
-    folder = paths.resolve(reference_dir, "reference_dir") if reference_dir and reference_dir.strip() else None
+    folder = paths.resolve_existing(reference_dir, "reference_dir") if reference_dir and reference_dir.strip() else None
     if folder is not None and reference_audio is not None and not folder.exists():
         log.warning("reference_dir %s does not exist; using only the connected reference_audio.", folder)
         folder = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from . import comfy_compat
+from . import comfy_compat, paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
 from .video_input import decodable, resolve_video
 
@@ -13,9 +13,11 @@ CACHE_SUBDIR = "selva_features"
 
 
 def cache_directory(cache_dir: str) -> Path:
-    """The folder for cached features: the given one, or ``<system temp>/selva_features``."""
+    """The folder for cached features: ``cache_dir`` by the nodes' path rule (relative = inside
+    ComfyUI's output folder), or ``<system temp>/selva_features`` when empty (a cache only:
+    named dataset clips never go there, see :func:`.paths.dataset_folder`)."""
     text = (cache_dir or "").strip()
-    return Path(text).expanduser() if text else comfy_compat.temp_dir() / CACHE_SUBDIR
+    return paths.resolve(text, "cache_dir") if text else comfy_compat.temp_dir() / CACHE_SUBDIR
 
 
 def as_mask_stack(mask: Any) -> Any:
@@ -50,8 +52,10 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
 
     With ``name``, the features are also written as ``<name>_NNN.npz`` (next free number) into
     the cache folder, with ``audio`` (if given) as ``<name>_NNN.wav`` beside it: a training
-    clip. The content-keyed cache then lives in a hidden sub-folder, so the dataset folder holds
-    only named clips. Returns the features and the real frame rate of the video.
+    clip, its audio cut to the features' span (see :func:`selva.datasets.align.clip_span`). An
+    empty ``cache_dir`` then means ``selva_datasets/<name>/`` in the output folder. The
+    content-keyed cache lives in a hidden sub-folder, so the dataset folder holds only named
+    clips. Returns the features and the real frame rate of the video.
     """
     from ..selva.features import FeatureCache
     from ..selva.options import MaskOptions
@@ -65,14 +69,14 @@ def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
     src = resolve_video(video, video_info, fps)
     masking = MaskOptions(as_mask_stack(mask), float(mask_strength), bool(mask_clip), bool(mask_sync))
     source, source_fps = (src.frames, src.fps) if src.frames is not None else (decodable(src.stream), None)
-    folder = cache_directory(cache_dir)
+    folder = paths.dataset_folder(cache_dir, name) if name else cache_directory(cache_dir)
     cache = FeatureCache(folder / NAMED_CACHE_SUBDIR if name else folder)
     feats = model.extract_features(source, source_fps, prompt, duration=duration if duration > 0 else None,
                                    start=float(start or 0.0), mask=masking, cache=cache, hooks=hooks)
     if name:
         from .dataset_clip import save_named_clip
 
-        save_named_clip(folder, name, feats, audio)
+        save_named_clip(folder, name, feats, audio, start=float(start or 0.0))
     return feats, float(feats.fps)
 
 
@@ -114,8 +118,9 @@ class SelvaFeatureExtractor:
                                "The models were trained on 8 s."}),
                 "cache_dir": ("STRING", {
                     "default": "",
-                    "tooltip": "Folder for cached features (.npz). Empty = the system temp folder; "
-                               "relative = inside ComfyUI's output folder."}),
+                    "tooltip": "Folder for cached features (.npz); relative = inside ComfyUI's "
+                               "output folder. Empty = the system temp folder, or with name: "
+                               "selva_datasets/<name> in the output folder."}),
                 "mask_strength": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                     "tooltip": "How strongly the mask hides the background: 0 = no effect, 1 = "
@@ -137,10 +142,13 @@ class SelvaFeatureExtractor:
                     "default": "",
                     "tooltip": "Dataset clip name. When set, the features are also saved as "
                                "name_001.npz, name_002.npz, ... (next free number, never "
-                               "overwritten) in cache_dir: point cache_dir at your dataset folder."}),
+                               "overwritten) in cache_dir (empty: selva_datasets/<name> in the "
+                               "output folder): point cache_dir at your dataset folder."}),
                 "audio": ("AUDIO", {
                     "tooltip": "With name: the clip's clean target audio, saved beside the features "
-                               "as name_NNN.wav (what a LoRA learns to make)."}),
+                               "as name_NNN.wav (what a LoRA learns to make). The video's whole "
+                               "soundtrack is cut to start..start+duration; audio already that "
+                               "long is kept as it is."}),
                 "start": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
                     "tooltip": "Seconds into the video where the audio begins; duration counts from "

@@ -1,24 +1,85 @@
-"""Path inputs of the style nodes: relative paths live in ComfyUI's output folder."""
+"""The one rule for every path a node takes (dataset, cache, sweep, reference, output folders).
+
+A relative path is inside ComfyUI's output folder (outside ComfyUI: ``$SELVA_OUTPUT_DIR``, else
+``./output``), for paths written and for paths read back later alike; an absolute path is used
+as given; ``~`` expands. Older versions resolved some relative inputs from the working folder:
+when a path read back is not in the output folder but is found under the old rule, the error
+names both places instead of a bare "not found".
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 from . import comfy_compat
 
 
 output_directory = comfy_compat.output_directory
 
+DATASETS_SUBDIR = "selva_datasets"
 
-def resolve(path: str, what: str) -> Path:
-    """``path`` as given when absolute, else inside ComfyUI's output folder; ``~`` expands."""
+
+def _clean(path: Optional[str]) -> str:
+    return (path or "").strip().strip('"').strip("'").strip()
+
+
+def resolve(path: Optional[str], what: str, default: str = "") -> Path:
+    """``path`` as given when absolute, else inside ComfyUI's output folder.
+
+    An empty ``path`` takes ``default`` (itself resolved by the same rule); with no default it
+    is an error."""
     from ..selva.errors import SelvaError
 
-    text = (path or "").strip()
+    text = _clean(path) or default
     if not text:
         raise SelvaError(f"{what} is empty: give a folder or file path (relative paths are inside "
-                         f"ComfyUI's output folder).")
+                         f"ComfyUI's output folder, {output_directory()}).")
     p = Path(text).expanduser()
     return p if p.is_absolute() else output_directory() / p
+
+
+def old_rule_place(path: Optional[str]) -> Optional[Path]:
+    """Where a relative ``path`` pointed under the old working-folder rule (None if absolute)."""
+    p = Path(_clean(path)).expanduser()
+    if not _clean(path) or p.is_absolute():
+        return None
+    return Path(os.getcwd()) / p
+
+
+def moved_error(what: str, new: Path, old: Path):
+    from ..selva.errors import SelvaError
+
+    return SelvaError(f"{what}: nothing at {new}. Relative paths are now inside ComfyUI's output "
+                      f"folder ({output_directory()}); {old} (the old place, from the working "
+                      f"folder) exists: move it to {new}, or give its absolute path.")
+
+
+def resolve_existing(path: Optional[str], what: str, default: str = "") -> Path:
+    """:func:`resolve` for a path read back: when it is missing there but present where the old
+    rule put it, a clear error says where it must go now."""
+    target = resolve(path, what, default)
+    if not target.exists():
+        old = old_rule_place(_clean(path) or default)
+        if old is not None and old.exists() and old.resolve() != target.resolve():
+            raise moved_error(what, target, old)
+    return target
+
+
+def dataset_folder(cache_dir: Optional[str], name: str) -> Path:
+    """Where the Feature Extractor saves named clips: ``cache_dir`` by the one rule, or
+    ``selva_datasets/<name>/`` in the output folder when it is empty (never the temp folder).
+
+    A relative ``cache_dir`` that holds clips only at its old place (working folder) is an error
+    naming the new place, so new clips never start a second, separate dataset."""
+    if not _clean(cache_dir):
+        return output_directory() / DATASETS_SUBDIR / name
+    target = resolve(cache_dir, "cache_dir")
+    old = old_rule_place(cache_dir)
+    if (old is not None and not target.exists() and old.is_dir() and old.resolve() != target.resolve()
+            and any(old.glob("*.npz"))):
+        raise moved_error("cache_dir", target, old)
+    return target
 
 
 def with_suffix(path: Path, suffix: str) -> Path:

@@ -88,7 +88,7 @@ class SelvaActivationSteeringExtractor:
                                             magnitude_chart)
 
         with comfy_run():
-            files = find_feature_files(paths.resolve(data_dir, "data_dir"))
+            files = find_feature_files(paths.resolve_existing(data_dir, "data_dir"))
             config = SteeringConfig(n_samples=int(n_samples), n_timesteps=int(n_timesteps), seed=int(seed))
             vectors = extract_steering(model, files, config, make_hooks())
             vectors.info["data_dir"] = str(paths.resolve(data_dir, "data_dir"))

@@ -40,7 +40,7 @@ def _resume_arg(resume: str) -> Optional[str]:
     text = (resume or "").strip()
     if not text or text == "latest":
         return text or None
-    return str(paths.resolve(text, "resume"))
+    return str(paths.resolve_existing(text, "resume"))
 
 
 class SelvaTextualInversionTrainer:
@@ -114,7 +114,7 @@ class SelvaTextualInversionTrainer:
             options = TiTrainOptions(n_tokens=int(n_tokens), init_text=init_text, steps=int(steps),
                                      lr=float(lr), batch_size=int(batch_size), save_every=int(save_every),
                                      seed=int(seed), path=path)
-            run = train_textual_inversion(model, paths.resolve(data_dir, "data_dir"),
+            run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
                                           resume=_resume_arg(resume), hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))
@@ -180,6 +180,7 @@ class SelvaTiScheduler:
         from ..selva.train.plots import image_tensor
 
         with comfy_run():
-            result = run_ti_sweep(model, paths.resolve(experiments_file, "experiments_file"),
-                                  paths.resolve(output_path, "output_path"), hooks=make_training_hooks())
+            result = run_ti_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
+                                  paths.resolve(output_path, "output_path"), hooks=make_training_hooks(),
+                                  resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"))
         return (str(result.summary_path), image_tensor(result.comparison))

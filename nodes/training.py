@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from . import comfy_compat, common
+from . import comfy_compat, common, paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,10 @@ class SelvaLoraTrainer:
                                    init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
         resume = (resume or "").strip()
         if resume and resume != "latest":
-            resume = str(comfy_compat.resolve_input_path(resume))
+            resume = str(paths.resolve_existing(resume, "resume"))
         with comfy_run():
-            run = train_lora(model, comfy_compat.resolve_input_path(data_dir),
-                             comfy_compat.resolve_output_path(output_dir, "selva_lora"), options,
+            run = train_lora(model, paths.resolve_existing(data_dir, "data_dir"),
+                             paths.resolve(output_dir, "output_dir", "selva_lora"), options,
                              resume=resume or None, eval_features=eval_features, hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
@@ -167,8 +167,9 @@ class SelvaLoraScheduler:
         from ..selva.train.sweep import run_sweep
 
         with comfy_run():
-            result = run_sweep(model, comfy_compat.resolve_input_path(experiments_file),
-                               comfy_compat.resolve_output_path(output_dir, "selva_sweeps"),
+            result = run_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
+                               paths.resolve(output_dir, "output_dir", "selva_sweeps"),
+                               resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"),
                                hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return str(result.summary_path), _image(result.comparison)
@@ -200,17 +201,20 @@ class SelvaSkipExperiment:
     def skip(self, sweep_dir: str) -> tuple[str]:
         from ..selva.train.sweep import request_skip
 
-        target = comfy_compat.resolve_output_path(sweep_dir) if sweep_dir.strip() else None
+        target = paths.resolve(sweep_dir, "sweep_dir") if sweep_dir.strip() else None
         return (str(request_skip(target)),)
 
 
 class SelvaDatasetBrowser:
-    DESCRIPTION = "Reads one clip of a dataset.json (from prepare_dataset.py): its files and label."
+    DESCRIPTION = ("Reads one clip of a dataset: its files and label. Takes a dataset folder or its "
+                   "dataset.json; datasets made with SelVA Dataset From Folder, prepare-dataset or the "
+                   "Feature Extractor's name input all work.")
     CATEGORY = CATEGORY
     FUNCTION = "browse"
     RETURN_TYPES = ("STRING", "STRING", "STRING", "STRING", "INT")
     RETURN_NAMES = ("video_path", "audio_path", "frames_dir", "label", "total")
-    OUTPUT_TOOLTIPS = ("The source video of the clip.", "The clip's audio file.",
+    OUTPUT_TOOLTIPS = ("The source video of the clip (empty when the dataset does not record it).",
+                       "The clip's audio file.",
                        "Its kept frames (empty when frames were not kept).", "The clip's prompt.",
                        "How many clips the dataset holds.")
 
@@ -218,23 +222,22 @@ class SelvaDatasetBrowser:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "dataset_json": ("STRING", {"default": "selva_dataset/dataset.json", "tooltip":
-                             "The dataset index. Relative = inside ComfyUI's output folder."}),
+                             "The dataset folder or its dataset.json. Relative = inside ComfyUI's "
+                             "output folder."}),
             "index": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Which clip (0 = first)."}),
         }}
 
     def browse(self, dataset_json: str, index: int) -> tuple[str, str, str, str, int]:
+        from ..selva.datasets.folder import dataset_entries
         from ..selva.errors import SelvaError
-        from ..selva.compat.datasets import read_earlier_index
-        from ..selva.train.prepare import read_index
 
-        path = comfy_compat.resolve_input_path(dataset_json)
-        data = read_earlier_index(path) or read_index(path)  # the earlier pack's array, or ours
-        total = len(data.clips)
+        path = paths.resolve_existing(dataset_json, "dataset_json")
+        root, clips = dataset_entries(path)
+        total = len(clips)
         if not 0 <= index < total:
             raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "
                              f"(0 .. {max(total - 1, 0)}).")
-        clip = data.clips[index]
-        root = path.parent
+        clip = clips[index]
         audio = Path(clip.audio)
         frames = str(root / clip.frames_dir) if clip.frames_dir else ""
         return (clip.video, str(audio if audio.is_absolute() else root / audio), frames, clip.label, total)
@@ -263,7 +266,7 @@ def register_routes() -> bool:
             body = {}
         folder = str((body or {}).get("sweep_dir", "")).strip()
         try:
-            flag = request_skip(comfy_compat.resolve_output_path(folder) if folder else None)
+            flag = request_skip(paths.resolve(folder, "sweep_dir") if folder else None)
         except SelvaError as e:
             return web.json_response({"error": str(e), "active": [str(p) for p in active_sweeps()]},
                                      status=409)

@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from .common import CATEGORY, MODEL_TYPE, comfy_run
-from .paths import resolve
+from .paths import resolve, resolve_existing
 from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class SelvaBigvganTrainer:
 
         with comfy_run():
             cfg = VocoderTuningConfig(
-                data_dir=resolve(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
+                data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
                 train_mode=train_mode, steps=int(steps), lr=float(lr), batch_size=int(batch_size),
                 segment_seconds=float(segment_seconds), lambda_l2sp=float(lambda_l2sp),
                 save_every=int(save_every), seed=int(seed),

@@ -326,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .compat.convert import register as register_convert  # earlier-pack .pt -> safetensors
 
     register_convert(sub)
+    from .datasets.cli import register as register_datasets
+
+    for name, handler in register_datasets(sub).items():
+        sub.choices[name].set_defaults(handler=handler)
     return parser
 
 

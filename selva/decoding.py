@@ -137,7 +137,7 @@ class Decoders:
         self.manager.add_lazy("vae", lambda: self._builders.vae(need_encoder=True), self.manager.dtype("vae"))
 
     # ----------------------------------------------------------------------- spectral match
-    def _vae_data_mean(self) -> torch.Tensor:
+    def vae_data_mean(self) -> torch.Tensor:
         """The VAE's per-band mel mean (data_dim,) on the CPU: from the loaded VAE if it is
         loaded, else read from its file alone (the network is neither built nor moved)."""
         if self.manager.is_loaded("vae"):
@@ -158,7 +158,7 @@ class Decoders:
         mel = self.manager.get("mel")
         cfg = self.variant.mel
         profile = self.log_mel(wave, self.sample_rate).reshape(b, c, cfg.num_mels, -1).mean(dim=1)
-        target = self._vae_data_mean()
+        target = self.vae_data_mean()
         log_to_db = 20.0 if cfg.log == "log10" else 20.0 / math.log(10.0)
         return audio_ops.spectral_match(wave, profile, target, mel.mel_basis.detach().float().cpu(),
                                         cfg.n_fft, strength, log_to_db=log_to_db)

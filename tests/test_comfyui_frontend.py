@@ -22,6 +22,7 @@ import comfy_frontend as F
 from comfy_pack import pack_module
 from comfy_server import FRONTEND_ONLY, PACK_FOLDER, REPO_ROOT, to_api_prompt
 from node_helpers import frames, write_video
+import dataset_media
 import style_helpers
 
 pytestmark = pytest.mark.timeout(1800)
@@ -68,6 +69,7 @@ WORKFLOW_SETUP: dict = {
     "SelVA LoRA Sweep with Evaluator": _sweep_setup,
 }
 WORKFLOW_SETUP.update(style_helpers.FRONTEND_SETUP)
+WORKFLOW_SETUP.update(dataset_media.FRONTEND_SETUP)
 
 
 def _lora_adapter(comfy) -> dict:

@@ -103,6 +103,7 @@ def test_only_the_fallback_loaders_import_the_compat_package():
     the convert command's registration) may import it, so nothing else grows a dependency on
     the earlier layouts."""
     allowed = {"selva.adapters.format", "selva.adapters.compare", "selva.train.sweep", "selva.train.dataset",
+               "selva.datasets.folder",
                "selva.style.textual_inversion", "selva.style.steering", "selva.vocoder_tuning.checkpoint",
                "selva.cli"}
     graph = import_graph()
@@ -110,4 +111,4 @@ def test_only_the_fallback_loaders_import_the_compat_package():
              and any(d == "selva.compat" or d.startswith("selva.compat.") for d in deps)}
     assert users <= allowed, sorted(users - allowed)
     nodes = [p for p in (ROOT / "nodes").glob("*.py") if "selva.compat" in p.read_text(encoding="utf-8")]
-    assert [p.name for p in nodes] == ["training.py"]  # the Dataset Browser's fallback
+    assert [p.name for p in nodes] == []  # the Dataset Browser falls back through selva.datasets

@@ -37,6 +37,18 @@ EXPECTED = {
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
     "SelvaMuxVideo": "SelVA Mux Video",
     "SelvaTextToAudio": "SelVA Text to Audio",
+    "SelvaDatasetFromFolder": "SelVA Dataset From Folder",
+    "SelvaDatasetReport": "SelVA Dataset Report",
+    "SelvaDatasetLoader": "SelVA Dataset Loader",
+    "SelvaDatasetResampler": "SelVA Dataset Resampler",
+    "SelvaDatasetLUFSNormalizer": "SelVA Dataset LUFS Normalizer",
+    "SelvaDatasetCompressor": "SelVA Dataset Compressor",
+    "SelvaDatasetInspector": "SelVA Dataset Inspector",
+    "SelvaDatasetSpectralMatcher": "SelVA Dataset Spectral Matcher",
+    "SelvaDatasetHfSmoother": "SelVA Dataset HF Smoother",
+    "SelvaDatasetAugmenter": "SelVA Dataset Augmenter",
+    "SelvaDatasetItemExtractor": "SelVA Dataset Item Extractor",
+    "SelvaDatasetSaver": "SelVA Dataset Saver",
 }
 
 

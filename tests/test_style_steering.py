@@ -15,15 +15,17 @@ steering = pack_module("selva.style.steering")
 
 @pytest.fixture(scope="module")
 def dataset(model, tmp_path_factory):
-    """Three clips' features saved as .npz (one in a sub-folder), plus the first one in memory."""
+    """Three clips' features saved as .npz, a copy in the hidden cache (which the one dataset
+    reader never reads, so it must not count), plus the first one in memory."""
     root = tmp_path_factory.mktemp("steer_data")
     feats = []
     for i, prompt in enumerate(["a dog barking", "rain on a roof", "a bell"]):
         f, _, _ = run_node("SelvaFeatureExtractor", model=model, video=frames(1.0, seed=i), prompt=prompt,
                            fps=25.0, duration=0.0, cache_dir="", mask_strength=1.0, mask_clip=True,
                            mask_sync=True)
-        f.save(root / ("sub" if i == 2 else "") / f"clip{i}.npz")
+        f.save(root / f"clip{i}.npz")
         feats.append(f)
+    feats[0].save(root / ".selva_cache" / "features" / "copy_of_clip0.npz")
     return root, feats[0]
 
 
@@ -129,7 +131,7 @@ def test_vectors_of_another_model_are_refused(model, dataset, extracted):
 
 def test_bad_inputs_give_clear_errors(model, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SelvaError, match="No .npz feature files"):
+    with pytest.raises(SelvaError, match="holds no .npz features files"):
         run_node("SelvaActivationSteeringExtractor", model=model, data_dir=str(tmp_path / "empty"),
                  output_path=str(tmp_path / "x"), n_samples=1, seed=0)
     (tmp_path / "not.safetensors").write_bytes(b"garbage")

@@ -108,7 +108,7 @@ def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prom
 
 def read_earlier_index(path: Path):
     """The earlier ``dataset.json`` array as our :class:`DatasetIndex`, or None for any other file."""
-    from ..train.prepare import ClipEntry, DatasetIndex
+    from ..datasets.folder import ClipEntry, DatasetIndex
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

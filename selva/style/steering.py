@@ -239,14 +239,13 @@ class _Recorder:
 
 
 def find_feature_files(directory: Path) -> list[Path]:
+    """The features of a dataset folder, read by the one dataset reader (never its hidden cache)."""
+    from ..datasets import read_dataset
+
     directory = Path(directory)
     if not directory.is_dir():
         raise SelvaError(f"Feature folder {directory} does not exist or is not a folder.")
-    files = sorted(p for p in directory.rglob("*.npz") if p.is_file())
-    if not files:
-        raise SelvaError(f"No .npz feature files in {directory}. Save features with SelVA Feature "
-                         f"Extractor (cache_dir) or the CLI, then point data_dir at that folder.")
-    return files
+    return [clip.features_path for clip in read_dataset(directory, need_audio=False)]
 
 
 def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], config: SteeringConfig,

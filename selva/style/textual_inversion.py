@@ -470,10 +470,11 @@ def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiT
     return TiRun(result, embedding)
 
 
-def run_ti_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None):
+def run_ti_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
+                 resolve_data_dir=None):
     """Several textual-inversion runs from one experiments file (the LoRA sweep's JSON shape:
     ``{"base": {...}, "experiments": [{"name": ..., <overrides>}, ...]}``), dataset encoded once."""
     from ..train.sweep import run_sweep
 
     return run_sweep(pipe, experiments_file, output_dir, hooks=hooks, train=train_textual_inversion,
-                     options_cls=TiTrainOptions)
+                     options_cls=TiTrainOptions, resolve_data_dir=resolve_data_dir)

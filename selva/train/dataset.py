@@ -1,10 +1,7 @@
 """Training datasets: a folder of features ``.npz`` with a same-stem audio file per clip.
 
-    my_sounds/
-        prompts.txt          optional, lines "door_001.npz: a wooden door creaks"
-        door_001.npz         from the Feature Extractor (name input) or prepare_dataset.py
-        door_001.wav         the clean target audio: any rate, channels, format
-        door_001.txt         optional caption
+Which clips a folder holds is read by :func:`selva.datasets.read_dataset` (the one reader; see
+:mod:`selva.datasets.reader` for the layout).
 
 A clip's prompt is, first found: its line in ``prompts.txt``, its ``.txt`` caption, the prompt
 stored in the ``.npz``, the folder name. SelVA's sync features depend on the prompt, so a prompt
@@ -31,82 +28,15 @@ from ..errors import SelvaError
 from ..features import Features, content_hash
 from ..hooks import Hooks, or_default
 from ..variants import SeqLengths
-from .audio_files import AUDIO_EXTENSIONS, fit_audio, read_audio
+from ..datasets.reader import (PROMPTS_FILE, ClipFiles, find_clips, read_dataset,  # noqa: F401
+                               read_prompts_file)
+from .audio_files import fit_audio, read_audio
 from .loss import ClipConditions
 
 log = logging.getLogger(__name__)
 
-PROMPTS_FILE = "prompts.txt"
 CACHE_SUBDIR = ".selva_cache"
 LATENT_CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ClipFiles:
-    stem: str
-    features_path: Path
-    audio_path: Path
-    caption: Optional[str]  # from prompts.txt or the .txt caption; None = use the .npz prompt
-    caption_source: str  # "prompts.txt" | "caption" | "features" (resolved later) | "folder"
-
-
-def read_prompts_file(path: Path) -> dict[str, str]:
-    """``clip.npz: prompt`` lines (the stem alone works too; blank lines and # comments skipped)."""
-    prompts = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, prompt = line.partition(":")
-        if not sep or not name.strip():
-            raise SelvaError(f"{path}, line {number}: expected 'clip.npz: prompt', got {line!r}.")
-        prompts[Path(name.strip()).stem] = prompt.strip()
-    return prompts
-
-
-def _audio_for(npz: Path) -> Optional[Path]:
-    for ext in AUDIO_EXTENSIONS:
-        for candidate in (npz.with_suffix(ext), npz.with_suffix(ext.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def find_clips(data_dir: Path) -> list[ClipFiles]:
-    """Every clip of the dataset folder, sorted by name; clear errors for what is missing."""
-    data_dir = Path(data_dir).expanduser()
-    if not data_dir.is_dir():
-        raise SelvaError(f"The dataset folder {data_dir} does not exist. Point data_dir at a folder "
-                         f"of features .npz files with same-name audio files.")
-    npzs = sorted(p for p in data_dir.glob("*.npz") if not p.name.startswith("."))
-    if not npzs:
-        raise SelvaError(f"No clips found in {data_dir}: it holds no .npz features files. Make them "
-                         f"with the Feature Extractor (name input, cache_dir = this folder) or "
-                         f"training/prepare_dataset.py.")
-    prompts_path = data_dir / PROMPTS_FILE
-    prompts = read_prompts_file(prompts_path) if prompts_path.is_file() else {}
-    unknown = sorted(set(prompts) - {p.stem for p in npzs})
-    if unknown:
-        log.warning("%s names clips that do not exist: %s", prompts_path, ", ".join(unknown[:5]))
-    clips, missing = [], []
-    for npz in npzs:
-        audio = _audio_for(npz)
-        if audio is None:
-            missing.append(npz.name)
-            continue
-        caption, source = None, "features"
-        txt = npz.with_suffix(".txt")
-        if npz.stem in prompts:
-            caption, source = prompts[npz.stem], PROMPTS_FILE
-        elif txt.is_file() and txt.read_text(encoding="utf-8").strip():
-            caption, source = txt.read_text(encoding="utf-8").strip(), "caption"
-        clips.append(ClipFiles(npz.stem, npz, audio, caption, source))
-    if missing:
-        raise SelvaError(f"{len(missing)} clip(s) in {data_dir} have no audio file with the same name: "
-                         f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. Put e.g. "
-                         f"{Path(missing[0]).stem}.wav beside it (any of {', '.join(AUDIO_EXTENSIONS)}) "
-                         f"or remove the .npz.")
-    return clips
 
 
 def folder_prompt(data_dir: Path) -> str:
@@ -225,7 +155,7 @@ def load_dataset(pipe, data_dir: Path, *, cache_dir: Optional[Path] = None,
     """Every clip of ``data_dir`` encoded for training (posteriors cached, prompts applied)."""
     hooks = or_default(hooks)
     data_dir = Path(data_dir).expanduser()
-    files = find_clips(data_dir)
+    files = read_dataset(data_dir)
     cache = LatentCache(Path(cache_dir) if cache_dir else data_dir / CACHE_SUBDIR / "latents")
     variant = pipe.variant.name
     vae_dtype = pipe.stage_dtype("vae")

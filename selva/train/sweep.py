@@ -162,11 +162,14 @@ class SweepResult:
 
 def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
               train: Optional[Callable[..., Any]] = None,
-              options_cls: Optional[type] = None) -> SweepResult:
+              options_cls: Optional[type] = None,
+              resolve_data_dir: Optional[Callable[[str], Path]] = None) -> SweepResult:
     """Run every experiment not already done; see the module docstring.
 
     ``train`` / ``options_cls``: another trainer with the same call shape as ``train_lora`` and
-    its options dataclass (with ``from_dict`` and ``validate``), e.g. textual inversion."""
+    its options dataclass (with ``from_dict`` and ``validate``), e.g. textual inversion.
+    ``resolve_data_dir``: turns each experiment's ``data_dir`` text into a folder (the nodes' path
+    rule); by default it is used as given (relative = from the working folder)."""
     from .dataset import load_dataset
     from .lora_trainer import LoraTrainOptions, train_lora
 
@@ -197,7 +200,8 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
                 continue
             record = {"settings": exp.settings, **exp.info, "status": "running", "error": None}
             settings = dict(exp.settings)
-            data_dir = Path(str(settings.pop("data_dir"))).expanduser()
+            data_text = str(settings.pop("data_dir"))
+            data_dir = resolve_data_dir(data_text) if resolve_data_dir else Path(data_text).expanduser()
             eval_path = settings.pop("eval_features", None)
             resume, run_dir = None, None
             # a run cut off by a crash continues from its last checkpoint
