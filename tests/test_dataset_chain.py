@@ -110,7 +110,7 @@ def test_hf_smoother_and_spectral_matcher(model):
                           max_gain_db=12.0, model=model)
     assert [d["sample_rate"] for d in matched] == [RATE, RATE]
     # the same EQ as the single-clip Spectral Matcher (whose gains are capped at 12 dB)
-    assert torch.allclose(matched[0]["waveform"], model.spectral_match(data[0]["waveform"], RATE, strength=1.0),
+    assert torch.allclose(matched[0]["waveform"], model.decoding.spectral_match(data[0]["waveform"], RATE, strength=1.0),
                           atol=1e-5)
     (gentle,) = run_node("SelvaDatasetSpectralMatcher", dataset=data[:1], mode="16k", strength=1.0,
                          max_gain_db=1.0, model=model)

@@ -2,7 +2,7 @@
 
 ``dataset.json`` there is a JSON array of ``{"path": <base path, no extension>, "label": ...}``:
 the video is ``<path>.mp4``, the frames ``<path>/``, the audio and features
-``<dir>/features/<name>.wav|.flac|.npz``. :func:`read_earlier_index` gives it as our index.
+``<dir>/features/<name>.wav|.flac|.npz``. :func:`read_earlier_index` gives its entries in our index's fields.
 
 Its feature files hold ``clip_features`` (1, N, 1024), ``sync_features`` (1, S, 768) made by the
 TextSynchformer for the stored ``prompt``, ``duration`` and ``variant``, but no text features and
@@ -106,10 +106,9 @@ def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prom
     return features
 
 
-def read_earlier_index(path: Path):
-    """The earlier ``dataset.json`` array as our :class:`DatasetIndex`, or None for any other file."""
-    from ..datasets.folder import ClipEntry, DatasetIndex
-
+def read_earlier_index(path: Path) -> Optional[list[dict]]:
+    """The earlier ``dataset.json`` array as the fields of our index's clip entries
+    (``selva.datasets.folder.ClipEntry``), or None for any other file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -126,9 +125,9 @@ def read_earlier_index(path: Path):
         audio = features.with_suffix(".wav")
         if not audio.is_file() and features.with_suffix(".flac").is_file():
             audio = features.with_suffix(".flac")
-        clips.append(ClipEntry(id=base.name, video=str(base) + ".mp4", audio=str(audio),
-                               features=str(features.with_suffix(".npz")), frames_dir=str(base),
-                               label=str(entry.get("label", "")), duration=0.0, start=0.0))
+        clips.append(dict(id=base.name, video=str(base) + ".mp4", audio=str(audio),
+                          features=str(features.with_suffix(".npz")), frames_dir=str(base),
+                          label=str(entry.get("label", "")), duration=0.0, start=0.0))
     if not clips:
         raise SelvaError(f"{path} is an empty dataset list.")
-    return DatasetIndex(clips)
+    return clips

@@ -353,8 +353,8 @@ def dataset_entries(path: Path) -> tuple[Path, list[ClipEntry]]:
     if index_path.is_file():
         from ..compat.datasets import read_earlier_index
 
-        index = read_earlier_index(index_path) or read_index(index_path)  # the earlier pack's array, or ours
-        return folder, index.clips
+        earlier = read_earlier_index(index_path)  # the earlier pack's array, else ours
+        return folder, [ClipEntry(**c) for c in earlier] if earlier is not None else read_index(index_path).clips
     if path.suffix.lower() == ".json" and not folder.is_dir():
         raise SelvaError(f"Dataset index {path} does not exist, nor its folder.")
     entries = []
