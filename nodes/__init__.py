@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from .batch import SelvaBatchGenerate
 from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
@@ -41,6 +42,7 @@ _NODES = (
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
+    ("SelvaBatchGenerate", SelvaBatchGenerate, "SelVA Batch Generate"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}
