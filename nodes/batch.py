@@ -106,9 +106,10 @@ class SelvaBatchGenerate:
                                   "tooltip": "Euler sampling steps (official: 25)."}),
                 "cfg_strength": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 20.0, "step": 0.1,
                                            "tooltip": "Classifier-free guidance strength (official: 4.5)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Noise seed of every row without its own; the same seed "
-                                            "and video give the same audio."}),
+                                            "and video give the same audio. Keep the control on "
+                                            "'fixed' so a re-queue after Cancel uses the same seed."}),
                 "output_folder": ("STRING", {
                     "default": "selva_batch",
                     "tooltip": "Folder under ComfyUI's output folder for the audio files, muxed "

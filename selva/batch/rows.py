@@ -165,8 +165,9 @@ def _parse_entry(values: dict, where: str, base: Path, defaults: RowDefaults) ->
 
 
 def _identity(entry: dict) -> str:
-    """A short digest of what the row is: the same row always gets the same suffix."""
-    key = json.dumps([str(entry["video"]), entry["prompt"], entry["negative_prompt"], entry["seed"],
+    """A short digest of what the row is: the same row always gets the same suffix. The seed is
+    left out: another seed must not rename (and so redo) rows that were already made."""
+    key = json.dumps([str(entry["video"]), entry["prompt"], entry["negative_prompt"],
                       entry["start"], entry["duration"]])
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
 
