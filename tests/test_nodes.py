@@ -36,6 +36,7 @@ EXPECTED = {
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
     "SelvaMuxVideo": "SelVA Mux Video",
+    "SelvaBatchGenerate": "SelVA Batch Generate",
 }
 
 
