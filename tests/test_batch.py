@@ -224,3 +224,25 @@ def test_torchrun_two_processes_give_the_files_of_one(models_dir, clips, tmp_pat
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "outputs")} for r in rs]  # noqa: E731
     r1, r2 = B.read_results(tmp_path / "one" / "results.jsonl"), B.read_results(tmp_path / "two" / "results.jsonl")
     assert strip(r1) == strip(r2) and len(r2) == 3
+
+
+def test_unreadable_rows_fail_with_the_single_clip_message(models_dir, clips, tmp_path, capsys):
+    """No video stream, a start past the end: recorded as failed with generate's own message."""
+    P = pack_module("selva.pipeline")
+    m4a = cli.write_audio(tmp_path / "sound.m4a", torch.zeros(1, 16000), 16000)
+    audio_only = m4a.rename(tmp_path / "audio_only.mp4")  # a video extension, no video stream
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video,start\n{clips / 'a.mp4'},\n{audio_only},\n{clips / 'b' / 'c.mp4'},5\n")
+    out = tmp_path / "out"
+    rc = cli.main(["batch", "--manifest", str(manifest), "--prompt", "rain", "--out-dir", str(out), "--steps", "1",
+                   "--duration", "0", *common(models_dir)])
+    assert rc == 1 and capsys.readouterr().out.strip().splitlines()[-1] == "1 done, 0 skipped, 2 failed"
+    rows = B.read_results(out / "results.jsonl")
+    assert [r["status"] for r in rows] == ["done", "failed", "failed"]
+    pipe = P.SelvaPipeline.load(P.LoadOptions(variant="tiny_16k", precision="fp32", device="cpu",
+                                              models_dir=models_dir, allow_download=False))
+    for row, (video, start) in zip(rows[1:], [(audio_only, 0.0), (clips / "b" / "c.mp4", 5.0)]):
+        with pytest.raises(SelvaError) as single:
+            pipe.extract_features_from_video(video, "rain", start=start)
+        assert row["error"] == str(single.value)
+    assert "has no video stream" in rows[1]["error"] and "beyond the end" in rows[2]["error"]
