@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 AUDIO_FORMATS = ("flac", "wav", "m4a", "mp3", "opus")
 
+# results.jsonl is rewritten at most this often while rows finish (and always at the end): a
+# library of thousands of rows must not rewrite a growing file after every row.
+RESULTS_WRITE_INTERVAL = 5.0
+
 # (result, rows finished so far, rows in this run, a preview frame (H, W, 3) uint8 or None)
 RowCallback = Callable[[RowResult, int, int, Optional[torch.Tensor]], None]
 
@@ -115,6 +119,7 @@ class BatchRun:
         self.cache = (FeatureCache(options.cache_dir, cache_max_bytes(options.cache_max_gb))
                       if options.cache_dir else None)
         self._groups: dict[tuple, list[_Encoded]] = {}
+        self._written = float("-inf")  # time.monotonic() of the last results.jsonl write
 
     # ------------------------------------------------------------------------------ reporting
     def _record(self, row: Row, status: str, *, error: Optional[str] = None, seconds: float = 0.0,
@@ -125,8 +130,9 @@ class BatchRun:
         self.results[row.index] = result
         if status == "failed":
             log.warning("%s (%s) failed: %s", row.name, row.source, error)
-        if self.write_file:
+        if self.write_file and time.monotonic() - self._written >= RESULTS_WRITE_INTERVAL:
             write_results(self.options.out_dir, self.results.values())
+            self._written = time.monotonic()
         if self.on_row is not None:
             self.on_row(result, len(self.results), self.total, preview)
 
