@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import comfy_compat
 from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
 from . import datasets
+from .batch import SelvaBatchGenerate
 from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
@@ -55,6 +56,7 @@ _NODES = (
     ("SelvaDatasetAugmenter", datasets.SelvaDatasetAugmenter, "SelVA Dataset Augmenter"),
     ("SelvaDatasetItemExtractor", datasets.SelvaDatasetItemExtractor, "SelVA Dataset Item Extractor"),
     ("SelvaDatasetSaver", datasets.SelvaDatasetSaver, "SelVA Dataset Saver"),
+    ("SelvaBatchGenerate", SelvaBatchGenerate, "SelVA Batch Generate"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in _NODES}

@@ -105,9 +105,12 @@ class SelvaModelLoader:
                     "tooltip": "Model size and output rate: small_16k (16 kHz) or small/medium/"
                                "large_44k (44.1 kHz). Larger models need more VRAM and time."}),
                 "precision": (list(precisions), {
-                    "default": "bf16",
-                    "tooltip": "Compute precision. bf16 is the official choice; a GPU without bf16 "
-                               "falls back to fp16 (with a warning). fp32 is slowest and exact."}),
+                    "default": "auto",
+                    "tooltip": "Compute precision. auto: bf16 where the device computes it natively "
+                               "(recent NVIDIA GPUs, CPUs with AVX512-BF16/AMX), fp16 on other GPUs "
+                               "and Apple MPS, fp32 on other CPUs (which only emulate bf16, slowly). "
+                               "bf16 is the official choice; without native support it runs in "
+                               "fp16 on a GPU and fp32 on a CPU (with a warning). fp32 is exact."}),
                 "offload_strategy": (list(strategies), {
                     "default": "auto",
                     "tooltip": "Where the model's parts wait between uses. ComfyUI's model "

@@ -226,8 +226,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--variant", default="small_16k", choices=list(VARIANTS),
                    help="model size / sample rate (default: small_16k)")
-    g.add_argument("--precision", default="bf16", choices=list(PRECISIONS),
-                   help="compute precision (default: bf16; fp16 on GPUs without bf16)")
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="compute precision (default: auto = bf16 where the device computes it "
+                        "natively, fp16 on other GPUs and MPS, fp32 on other CPUs)")
     g.add_argument("--offload", default="auto", choices=list(OFFLOAD_STRATEGIES),
                    help="keep_in_vram, offload_to_cpu, or auto by free VRAM (default: auto); on a "
                         "CPU-only machine offload_to_cpu releases each network after use (least RAM)")
@@ -329,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets.cli import register as register_datasets
 
     for name, handler in register_datasets(sub).items():
+        sub.choices[name].set_defaults(handler=handler)
+    from .batch.cli import register as register_batch
+
+    for name, handler in register_batch(sub, _add_model_args, _load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     return parser
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from . import host_memory
+from . import precision as precision_choice
 from .errors import SelvaError
 from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
 
@@ -48,10 +49,9 @@ __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = precision_choice.PRECISIONS
 OFFLOAD_STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
 AUTO_KEEP_MIN_FREE_BYTES = 16 * 1024**3
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def pick_device(requested: Optional[str] = None) -> torch.device:
@@ -75,22 +75,9 @@ def pick_device(requested: Optional[str] = None) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for ``precision`` on ``device`` (bf16 without hardware support -> fp16)."""
-    if precision not in _DTYPES:
-        raise SelvaError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    if precision == "bf16" and not _bf16_supported(device):
-        log.warning("%s has no bf16 support: using fp16 instead (overflow-prone parts stay fp32).",
-                    device)
-        return torch.float16
-    return _DTYPES[precision]
-
-
-def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "mps":  # Metal gained bf16 with macOS 14
-        return torch.backends.mps.is_macos_or_newer(14, 0)
-    return True
+    """The compute dtype for ``precision`` (auto | bf16 | fp16 | fp32) on ``device``: see
+    selva/precision.py (auto by hardware; bf16 without hardware support -> fp16 on GPUs, fp32 on CPUs)."""
+    return precision_choice.resolve_dtype(precision, device)
 
 
 def free_bytes(device: torch.device) -> Optional[int]:

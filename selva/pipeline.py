@@ -1,6 +1,6 @@
 """The small public API shared by the ComfyUI nodes and the CLI.
 
-    pipe = SelvaPipeline.load(LoadOptions(variant="small_16k", precision="bf16"))
+    pipe = SelvaPipeline.load(LoadOptions(variant="small_16k"))  # precision "auto"
     feats = pipe.extract_features("clip.mp4", None, "a dog barking")
     audio = pipe.generate(feats, negative_prompt="music", seed=42)   # (1, 1, T) at pipe.sample_rate
 
@@ -53,7 +53,7 @@ VideoSource = Union[Frames, str, Path, BinaryIO]  # in-memory frames, or a video
 @dataclass
 class LoadOptions:
     variant: str = "small_16k"
-    precision: str = "bf16"  # bf16 | fp16 | fp32
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (selva/precision.py)
     offload: str = "auto"  # auto | keep_in_vram | offload_to_cpu
     device: Optional[str] = None  # None: CUDA, then MPS, then CPU
     models_dir: Optional[Path] = None  # None: $SELVA_MODELS_DIR or ./models/selva

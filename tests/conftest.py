@@ -32,6 +32,9 @@ def _register_pack() -> None:
 
 
 _register_pack()
+# bf16 tests run in bf16 on any CPU (selva/precision.py: explicit bf16 would otherwise become
+# fp32 on CPUs that emulate it); tests of that choice clear it.
+os.environ.setdefault("SELVA_ALLOW_EMULATED_BF16", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from comfyui_selva.selva import features as F
-from comfyui_selva.selva import offload
+from comfyui_selva.selva import precision as precision_choice
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.features import FeatureCache, Features
 from comfyui_selva.selva.encoding import PreparedInput
@@ -151,10 +151,12 @@ def test_key_holds_the_dtype_really_used(models_dir, monkeypatch):
     fp16 = load(models_dir, "fp16").encoding.keys.features(inp, "a dog")
     bf16 = load(models_dir, "bf16").encoding.keys.features(inp, "a dog")
     assert fp16 != bf16 != load(models_dir).encoding.keys.features(inp, "a dog")
-    monkeypatch.setattr(offload, "_bf16_supported", lambda device: False)
+    monkeypatch.setattr(precision_choice, "device_caps", lambda device: precision_choice.DeviceCaps("cpu", False))
+    monkeypatch.delenv(precision_choice.ALLOW_EMULATED_BF16_ENV, raising=False)
     fallback = load(models_dir, "bf16")
-    assert fallback.dtype == torch.float16
-    assert fallback.encoding.keys.features(inp, "a dog") == fp16  # bf16 that fell back is fp16
+    assert fallback.dtype == torch.float32
+    # bf16 that fell back (emulated on this CPU) is fp32
+    assert fallback.encoding.keys.features(inp, "a dog") == load(models_dir).encoding.keys.features(inp, "a dog")
 
 
 def test_extra_key_and_view_feature_key(models_dir):

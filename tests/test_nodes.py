@@ -49,6 +49,7 @@ EXPECTED = {
     "SelvaDatasetAugmenter": "SelVA Dataset Augmenter",
     "SelvaDatasetItemExtractor": "SelVA Dataset Item Extractor",
     "SelvaDatasetSaver": "SelVA Dataset Saver",
+    "SelvaBatchGenerate": "SelVA Batch Generate",
 }
 
 
@@ -115,7 +116,7 @@ def test_input_names_match_the_spec():
     assert defaults["batch_size"] == 1
     loader = input_spec(classes["SelvaModelLoader"])
     assert {"small_16k", "small_44k", "medium_44k", "large_44k"} <= set(loader["variant"][0])
-    assert list(loader["precision"][0]) == ["bf16", "fp16", "fp32"]
+    assert list(loader["precision"][0]) == ["auto", "bf16", "fp16", "fp32"]
     assert list(loader["offload_strategy"][0]) == ["auto", "keep_in_vram", "offload_to_cpu"]
 
 
