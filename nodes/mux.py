@@ -37,7 +37,7 @@ def _new_output(folder: Path, suffix: str) -> Path:
 
 def mux_audio(video: Any, audio: Any, features: Any, variation: int = 0) -> Any:
     """A VIDEO: ``video``'s picture from the features' start with ``audio`` (one variation)."""
-    from ..selva.cli import mux_video
+    from ..selva.media import mux_video
     from ..selva.errors import SelvaError
 
     src = _source_path(video)

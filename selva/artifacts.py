@@ -6,11 +6,12 @@ only once complete, so a crash never leaves half a file under the real name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -29,19 +30,31 @@ def unique_path(path: Path) -> Path:
     raise SelvaError(f"Too many files named like {path}; choose another output_path.")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces ``path`` once the block succeeds.
+
+    The temporary name ends in ``path``'s suffix, so writers that pick a format by suffix
+    (PyAV, PIL, matplotlib) see the right one; on any failure or interrupt it is removed and
+    ``path`` keeps what it had. The one atomic write of the pack: everything else wraps it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
-        write(Path(tmp))
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path:

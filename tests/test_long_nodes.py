@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_selva.selva import cli
+from comfyui_selva.selva import cli, media
 from comfyui_selva.selva import long_video
 from comfyui_selva.selva.errors import SelvaError
 
@@ -53,7 +53,7 @@ def test_mux_keeps_the_audio_aligned_with_start(tmp_path, start):
     src = _gop_video(tmp_path / "gop.mp4")
     rate = 16000
     wave = torch.full((1, 3 * rate), 0.5)
-    out = cli.mux_video(src, wave, rate, tmp_path / "out.mp4", duration=3.0, start=start)
+    out = media.mux_video(src, wave, rate, tmp_path / "out.mp4", duration=3.0, start=start)
     shown, samples, first = _read_muxed(out)
     keyframe = float(int(start))  # keyframes every second: the copy begins on the one before
     t0, frame0 = shown[0]
@@ -68,7 +68,7 @@ def test_mux_keeps_the_audio_aligned_with_start(tmp_path, start):
 def test_mux_from_zero_is_unchanged(tmp_path):
     src = _gop_video(tmp_path / "gop.mp4", seconds=3)
     rate = 16000
-    out = cli.mux_video(src, torch.full((1, 2 * rate), 0.5), rate, tmp_path / "out.mp4")
+    out = media.mux_video(src, torch.full((1, 2 * rate), 0.5), rate, tmp_path / "out.mp4")
     shown, samples, first = _read_muxed(out)
     assert shown[0][1] == pytest.approx(0, abs=0.7) and first + np.argmax(np.abs(samples) > 0.25) / rate < 0.03
     assert shown[-1][0] == pytest.approx(1.96, abs=0.05)
