@@ -1,6 +1,7 @@
 """What the pack writes for users (steering vectors, embeddings, charts): safe names, atomic writes.
 
-Nothing a user made is overwritten: :func:`unique_path` numbers a new name when the wanted one
+Nothing a user made is overwritten: :func:`next_numbered_path` gives the next number of a
+series (run folders, muxed videos), :func:`unique_path` numbers a new name when the wanted one
 exists, and every write goes to a temporary file in the same folder that replaces the target
 only once complete, so a crash never leaves half a file under the real name.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -18,16 +20,33 @@ import torch
 from .errors import SelvaError
 
 
+def numbered_paths(folder: Path, stem: str, suffix: str = "") -> list[tuple[int, Path]]:
+    """Every ``<stem>_<number><suffix>`` in ``folder`` with its number, lowest first."""
+    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(suffix) + "$")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.glob(f"{stem}_*{suffix}")
+                  if (m := pattern.match(p.name)))
+
+
+def next_numbered_path(folder: Path, stem: str, suffix: str = "", digits: int = 3) -> Path:
+    """``folder/<stem>_<N><suffix>``, N one above the highest number there (nothing is created).
+
+    One above the highest, not the first gap: a numbered series keeps its order even after
+    the user deleted some of it. The one "next free numbered name" of the pack.
+    """
+    taken = numbered_paths(folder, stem, suffix)
+    number = taken[-1][0] + 1 if taken else 1
+    return Path(folder) / f"{stem}_{number:0{digits}d}{suffix}"
+
+
 def unique_path(path: Path) -> Path:
-    """``path`` if nothing is there yet, else ``<stem>_00001<suffix>``, ``_00002``, ... (first free)."""
+    """``path`` if nothing is there yet, else the next ``<stem>_00001<suffix>``, ``_00002``, ..."""
     path = Path(path)
     if not path.exists():
         return path
-    for i in range(1, 100000):
-        candidate = path.with_name(f"{path.stem}_{i:05d}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise SelvaError(f"Too many files named like {path}; choose another output_path.")
+    return next_numbered_path(path.parent, path.stem, path.suffix, digits=5)
 
 
 @contextlib.contextmanager
