@@ -115,6 +115,15 @@ def test_the_returned_noise_is_the_best_one_even_when_the_last_step_was_worse(mo
     assert not torch.equal(x0, integrated[-1])
 
 
+def test_a_non_finite_style_loss_says_what_to_change(model, features, refs, monkeypatch):
+    monkeypatch.setattr(ditto, "style_loss", lambda mel, target, w: (mel * float("nan")).mean())
+    config = ditto.DittoConfig(n_opt_steps=2, n_ode_steps=2, n_grad_steps=1, steps=1)
+    with torch.inference_mode(), pytest.raises(SelvaError) as e:
+        ditto.optimise_noise(model, features, stats_of(model, refs), config)
+    assert str(e.value) == ("DITTO's style loss became nan at step 1. Lower opt_lr, or load the model "
+                            "in fp32 or bf16 instead of fp16.")
+
+
 def test_weights_stay_frozen(model, features, refs):
     gen = model.manager.get("generator")
     before = {k: v.clone() for k, v in gen.state_dict().items()}
