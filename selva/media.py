@@ -158,8 +158,8 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
             continue  # leading frames of an open GOP: they need the frames before the cut
         stamps.append((packet.pts, packet.dts))
         indices.append(index)
-        if float((pts - origin) * v_in.time_base) >= limit + 30:
-            break  # far past the span: no packet here is needed any more
+        if float((pts - origin) * v_in.time_base) >= limit + 2:
+            break  # well past the span (B-frame reordering reaches a few frames): nothing more needed
     if shift is None:
         raise _NotCopyable("no keyframe was found in the wanted span")
     times = [p if p is not None else d for p, d in stamps]
