@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from comfyui_selva.selva.audio import loudness_normalize  # noqa: E402
 from comfyui_selva.selva.batch import BatchOptions, RowDefaults, rows_from_folder, run_batch  # noqa: E402
-from comfyui_selva.selva.cli import write_audio  # noqa: E402
+from comfyui_selva.selva.media import write_audio  # noqa: E402
 from comfyui_selva.selva.long_video import WindowOptions  # noqa: E402
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline  # noqa: E402
 

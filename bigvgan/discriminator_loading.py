@@ -16,17 +16,10 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-try:
-    from ..selva.errors import SelvaError
-    from ..selva.models.state_dicts import load_strict, preview
-    from ..selva.weights import load_checkpoint
-except ImportError:  # the core run as top-level packages (python -m selva)
-    from selva.errors import SelvaError
-    from selva.models.state_dicts import load_strict, preview
-    from selva.weights import load_checkpoint
-
+from .checkpoints import load_strict, preview, read_checkpoint
 from .discriminators import (DiscriminatorConfig, MultiPeriodDiscriminator,
                              PretrainedDiscriminators, build_second, weight_normed_prefixes)
+from .errors import BigVGANError
 from .loading import _weight_norm_part, fold_weight_norm
 
 PathLike = Union[str, os.PathLike]
@@ -46,14 +39,14 @@ def discriminator_config(config_json: Optional[PathLike], default: Discriminator
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise SelvaError(f"{path} is not valid JSON: {exc}") from exc
+        raise BigVGANError(f"{path} is not valid JSON: {exc}") from exc
     if "mpd_reshapes" not in data:
         return default
     try:
         return DiscriminatorConfig.from_json({**data, "sampling_rate": data.get("sampling_rate",
                                                                                 default.sampling_rate)})
     except (ValueError, TypeError) as exc:
-        raise SelvaError(f"{path}: unusable discriminator settings ({exc}).") from exc
+        raise BigVGANError(f"{path}: unusable discriminator settings ({exc}).") from exc
 
 
 def _check_weight_norm_layout(net: nn.Module, state: Mapping[str, Any], *, source: str, what: str) -> None:
@@ -65,13 +58,13 @@ def _check_weight_norm_layout(net: nn.Module, state: Mapping[str, Any], *, sourc
         detail = "; ".join(s for s in (
             f"plain where weight norm was expected: {preview(missing)}" if missing else "",
             f"weight norm where plain weights were expected: {preview(unexpected)}" if unexpected else "") if s)
-        raise SelvaError(f"{source}: the {what} entry is not in BigVGAN's layout ({detail}). {RELEASE_HINT}")
+        raise BigVGANError(f"{source}: the {what} entry is not in BigVGAN's layout ({detail}). {RELEASE_HINT}")
 
 
 def load_discriminator_entry(net: nn.Module, state: Any, *, source: str, what: str) -> nn.Module:
     """Strictly load one discriminator's state dict (with weight-norm factors) into ``net``."""
     if not isinstance(state, Mapping):
-        raise SelvaError(f"{source}: the {what} entry is not a state dict. {RELEASE_HINT}")
+        raise BigVGANError(f"{source}: the {what} entry is not a state dict. {RELEASE_HINT}")
     _check_weight_norm_layout(net, state, source=source, what=what)
     plain = fold_weight_norm(state, source=source)
     load_strict(net, plain, source=source, what=what, hint=RELEASE_HINT)
@@ -92,16 +85,16 @@ def _second_kind_of(state: Mapping[str, Any]) -> Optional[str]:
 def load_discriminators(path: PathLike, cfg: DiscriminatorConfig) -> PretrainedDiscriminators:
     """MPD and the second discriminator from a BigVGAN ``do_*`` / discriminator-optimizer file."""
     source = str(path)
-    obj = load_checkpoint(Path(path))
+    obj = read_checkpoint(Path(path))
     if not isinstance(obj, Mapping) or "mpd" not in obj or "mrd" not in obj:
         keys = ", ".join(sorted(map(str, obj))[:6]) if isinstance(obj, Mapping) else type(obj).__name__
-        raise SelvaError(f"{source} is not a BigVGAN discriminator file: it should hold 'mpd' and 'mrd' "
+        raise BigVGANError(f"{source} is not a BigVGAN discriminator file: it should hold 'mpd' and 'mrd' "
                          f"entries, it holds {keys}. {RELEASE_HINT}")
     kind = _second_kind_of(obj["mrd"]) if isinstance(obj["mrd"], Mapping) else None
     if kind is not None and kind != cfg.second:
         names = {"cqtd": "the multi-scale sub-band CQT discriminator", "mrd": "the multi-resolution "
                  "discriminator", "mbd": "the multi-band discriminator"}
-        raise SelvaError(f"{source} holds {names[kind]}, but this vocoder's config expects "
+        raise BigVGANError(f"{source} holds {names[kind]}, but this vocoder's config expects "
                          f"{names[cfg.second]}: use the discriminator file released with this vocoder.")
     # built on meta: the file's tensors are assigned, no random initialisation is computed
     with torch.device("meta"):

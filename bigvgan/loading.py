@@ -9,7 +9,8 @@ spellings evaluate, so the numbers are identical) and the result is loaded with 
 A file that already holds plain ``<m>.weight`` (weight norm removed before saving) loads as is.
 
 Networks are built on the meta device and the file's tensors are assigned, so loading never holds
-a randomly initialised copy next to the real weights.
+a randomly initialised copy next to the real weights. Errors are :class:`BigVGANError`; a caller
+that reads the file itself can pass ``done`` to let each weight-norm factor's memory go once folded.
 """
 from __future__ import annotations
 
@@ -22,17 +23,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-try:
-    from ..selva.errors import SelvaError
-    from ..selva.models.state_dicts import (drop_mapped_pages, file_mapping_span, load_strict, memory_span,
-                                              release_file_pages)
-    from ..selva.weights import load_checkpoint
-except ImportError:  # the core run as top-level packages (python -m selva)
-    from selva.errors import SelvaError
-    from selva.models.state_dicts import (drop_mapped_pages, file_mapping_span, load_strict, memory_span,
-                                          release_file_pages)
-    from selva.weights import load_checkpoint
-
+from .checkpoints import load_strict, read_checkpoint
+from .errors import BigVGANError
 from .v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
 from .v2 import BigVGANv2, BigVGANv2Config
 
@@ -73,16 +65,16 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor], *, source: str,
         prefix, slot = part
         factors = pairs.setdefault(prefix, {})
         if slot in factors:
-            raise SelvaError(f"{source}: {prefix}weight holds weight-norm factors twice "
+            raise BigVGANError(f"{source}: {prefix}weight holds weight-norm factors twice "
                              "(both old and new spellings)")
         factors[slot] = value
     for prefix, factors in pairs.items():
         name = f"{prefix}weight"
         if len(factors) != 2:
-            raise SelvaError(f"{source}: {name} has only half of its weight-norm pair; "
+            raise BigVGANError(f"{source}: {name} has only half of its weight-norm pair; "
                              "the file is damaged or not a BigVGAN generator")
         if name in out:
-            raise SelvaError(f"{source}: {name} is stored both plain and as weight-norm factors")
+            raise BigVGANError(f"{source}: {name} is stored both plain and as weight-norm factors")
         gain, direction = factors[0], factors[1]
         if direction.is_meta:
             # shape-only tensors (strict-load checks): the arithmetic would be wasted time
@@ -104,7 +96,7 @@ def _generator_state(obj: Any, *, source: str) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "generator" in obj:
         obj = obj["generator"]
     if not isinstance(obj, Mapping):
-        raise SelvaError(f"{source} does not hold a BigVGAN generator state dict")
+        raise BigVGANError(f"{source} does not hold a BigVGAN generator state dict")
     return obj
 
 
@@ -134,30 +126,16 @@ def _build_and_load(build: Callable[[], nn.Module], obj: Any, *, source: str, wh
     return load_generator(model, obj, source=source, what=what, done=done)
 
 
-def _load_file(build: Callable[[], nn.Module], obj: Any, *, source: str, what: str) -> nn.Module:
-    """:func:`_build_and_load` on a file we read ourselves: the folded weights are new tensors, so
-    the few left viewing the (memory-mapped) file are copied and the mapping can go. Each
-    weight-norm factor's pages are let go as soon as it is folded, so the load peaks at about
-    the folded network, not the raw file plus the folded network."""
-    span = memory_span(obj)
-    mapped = file_mapping_span(obj)
-    model = _build_and_load(build, obj, source=source, what=what,
-                            done=lambda t: drop_mapped_pages(t, mapped))
-    del obj
-    release_file_pages(model, span)
-    return model
-
-
 def load_bigvgan_v1(path_or_state: PathLike | Mapping[str, Any],
-                    cfg: BigVGANv1Config = BIGVGAN_V1_16K, *,
-                    source: str | None = None) -> BigVGANv1:
-    """BigVGAN v1 from ``best_netG.pt`` (a path, or what ``torch.load`` returned for it)."""
+                    cfg: BigVGANv1Config = BIGVGAN_V1_16K, *, source: str | None = None,
+                    done: Optional[Callable[[torch.Tensor], None]] = None) -> BigVGANv1:
+    """BigVGAN v1 from ``best_netG.pt`` (a path, or what ``torch.load`` returned for it;
+    ``done``: see :func:`fold_weight_norm`)."""
     if isinstance(path_or_state, (str, os.PathLike)):
         source = source or str(path_or_state)
-        return _load_file(lambda: BigVGANv1(cfg), load_checkpoint(path_or_state), source=source,
-                          what="BigVGAN v1 (16 kHz)")
-    source = source or "BigVGAN v1 state dict"
-    return _build_and_load(lambda: BigVGANv1(cfg), path_or_state, source=source, what="BigVGAN v1 (16 kHz)")
+        path_or_state = read_checkpoint(path_or_state)
+    return _build_and_load(lambda: BigVGANv1(cfg), path_or_state, source=source or "BigVGAN v1 state dict",
+                           what="BigVGAN v1 (16 kHz)", done=done)
 
 
 def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
@@ -166,20 +144,20 @@ def read_bigvgan_v2_config(snapshot_dir: PathLike) -> BigVGANv2Config:
         data = json.loads(path.read_text(encoding="utf-8"))
         return BigVGANv2Config.from_json(data)
     except FileNotFoundError as exc:
-        raise SelvaError(f"BigVGAN v2 config not found: {path}") from exc
+        raise BigVGANError(f"BigVGAN v2 config not found: {path}") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise SelvaError(f"BigVGAN v2 config {path} is unusable: {exc}") from exc
+        raise BigVGANError(f"BigVGAN v2 config {path} is unusable: {exc}") from exc
 
 
-def load_bigvgan_v2_state(obj: Any, cfg: BigVGANv2Config, *,
-                          source: str = "BigVGAN v2 state dict") -> BigVGANv2:
+def load_bigvgan_v2_state(obj: Any, cfg: BigVGANv2Config, *, source: str = "BigVGAN v2 state dict",
+                          done: Optional[Callable[[torch.Tensor], None]] = None) -> BigVGANv2:
     """BigVGAN v2 from an already read ``{'generator': state_dict}`` object and its config."""
-    return _build_and_load(lambda: BigVGANv2(cfg), obj, source=source, what="BigVGAN v2 (44.1 kHz)")
+    return _build_and_load(lambda: BigVGANv2(cfg), obj, source=source, what="BigVGAN v2 (44.1 kHz)",
+                           done=done)
 
 
 def load_bigvgan_v2(snapshot_dir: PathLike) -> BigVGANv2:
     """BigVGAN v2 from a hub snapshot folder holding config.json and bigvgan_generator.pt."""
     cfg = read_bigvgan_v2_config(snapshot_dir)
     weights = Path(snapshot_dir) / V2_WEIGHTS_NAME
-    return _load_file(lambda: BigVGANv2(cfg), load_checkpoint(weights), source=str(weights),
-                      what="BigVGAN v2 (44.1 kHz)")
+    return load_bigvgan_v2_state(read_checkpoint(weights), cfg, source=str(weights))

@@ -95,6 +95,14 @@ def temp_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def comfy_temp_dir() -> Path:
+    """ComfyUI's own temp folder (emptied at each start; Save Video keeps what the user wants);
+    outside ComfyUI the system temp folder."""
+    if folder_paths is not None:
+        return Path(folder_paths.get_temp_directory())
+    return Path(tempfile.gettempdir())
+
+
 def video_from_file(path: Path) -> Any:
     """ComfyUI's VIDEO for a file (what Load Video returns); outside ComfyUI a stand-in with the
     same ``get_stream_source``."""

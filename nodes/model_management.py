@@ -40,6 +40,7 @@ from . import comfy_compat
 log = logging.getLogger(__name__)
 
 _PATCHER_CLASSES: dict[type, type] = {}
+_EVERYTHING = 1e30  # bytes: more than any device holds, so free_memory unloads all it may
 
 
 def stage_patcher_class(base: type) -> type:
@@ -176,19 +177,23 @@ class ComfyResidency:
         self.mm.soft_empty_cache()
 
     def _unload(self, patcher: Any) -> None:
-        """Take one stage out of ComfyUI's loaded-model list (and off the GPU)."""
-        loaded = self.mm.current_loaded_models
-        for i, entry in enumerate(loaded):
-            if entry.model is patcher:
-                entry.model_unload()
-                loaded.pop(i)
-                return
-        patcher.detach()
+        """Take one stage out of ComfyUI's loaded-model list (and off the GPU).
+
+        Through ComfyUI's public calls only: ``free_memory`` asked for more than any device has,
+        keeping every other loaded model, unloads exactly this one (and never touches another
+        device); a stage ComfyUI does not list is simply detached.
+        """
+        listed = self.mm.loaded_models()
+        if not any(m is patcher for m in listed):
+            patcher.detach()
+            return
+        keep = [self.mm.LoadedModel(m) for m in listed if m is not patcher]
+        self.mm.free_memory(_EVERYTHING, patcher.load_device, keep_loaded=keep)
 
     def loaded_stages(self) -> list[str]:
         """Names of this pipeline's stages in ComfyUI's loaded-model list (most recent first)."""
         ours = {id(p): name for name, p in self.patchers.items()}
-        return [ours[id(e.model)] for e in self.mm.current_loaded_models if id(e.model) in ours]
+        return [ours[id(m)] for m in self.mm.loaded_models() if id(m) in ours]
 
 
 def comfy_residency(strategy: str) -> Optional[ComfyResidency]:

@@ -1,8 +1,9 @@
 """SelVA Mux Video: the generated audio into the source video file, aligned with the features' start.
 
 The picture is copied, not re-encoded, so a long or high-resolution video never sits in memory as
-frames (Create Video would decode all of it). The result is a new numbered file in the system
-temp folder; Save Video stores it where the user wants.
+frames (Create Video would decode all of it); a source a copy cannot make playable is re-encoded
+(see ``selva.media.mux_video``). The result is a new numbered file in ComfyUI's temp folder, which
+ComfyUI empties at start-up; Save Video stores it where the user wants.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from typing import Any
 from . import comfy_compat
 from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run
 
-MUX_SUBDIR = "selva_mux"
-_COPYABLE = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take any picture codec and AAC
+MUX_STEM = "selva_mux"
 
 
 def _source_path(video: Any) -> Path:
@@ -27,26 +27,18 @@ def _source_path(video: Any) -> Path:
     return Path(source)
 
 
-def _new_output(folder: Path, suffix: str) -> Path:
-    """The next unused ``selva_mux_00001<suffix>``: nothing earlier is overwritten."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 1 + max((int(p.stem.rsplit("_", 1)[-1]) for p in folder.glob("selva_mux_*")
-                 if p.stem.rsplit("_", 1)[-1].isdigit()), default=0)
-    return folder / f"selva_mux_{n:05d}{suffix}"
-
-
 def mux_audio(video: Any, audio: Any, features: Any, variation: int = 0) -> Any:
     """A VIDEO: ``video``'s picture from the features' start with ``audio`` (one variation)."""
-    from ..selva.cli import mux_video
+    from ..selva.artifacts import next_numbered_path
     from ..selva.errors import SelvaError
+    from ..selva.media import copy_suffix, mux_video
 
     src = _source_path(video)
     wave, rate = audio_input(audio)
     if not 0 <= variation < wave.shape[0]:
         raise SelvaError(f"variation {variation} does not exist: the audio holds {wave.shape[0]} "
                          f"(0 to {wave.shape[0] - 1}).")
-    suffix = src.suffix.lower() if src.suffix.lower() in _COPYABLE else ".mkv"
-    out = _new_output(comfy_compat.temp_dir() / MUX_SUBDIR, suffix)
+    out = next_numbered_path(comfy_compat.comfy_temp_dir(), MUX_STEM, copy_suffix(src), digits=5)
     mux_video(src, wave[variation], rate, out, duration=wave.shape[-1] / rate,
               start=float(getattr(features, "start", 0.0)))
     return comfy_compat.video_from_file(out)
@@ -55,7 +47,9 @@ def mux_audio(video: Any, audio: Any, features: Any, variation: int = 0) -> Any:
 class SelvaMuxVideo:
     DESCRIPTION = ("Puts the generated audio into the video it was made for, starting at the "
                    "Feature Extractor's start. The picture is copied, not re-encoded, so long "
-                   "videos need no memory for frames.")
+                   "videos need no memory for frames (a source that cannot be copied playably is "
+                   "re-encoded as H.264). The file goes to ComfyUI's temp folder, which ComfyUI "
+                   "empties at start-up: connect Save Video to keep it.")
     CATEGORY = CATEGORY
     FUNCTION = "mux"
     RETURN_TYPES = ("VIDEO",)

@@ -1,37 +1,23 @@
 """Command line: ``python -m selva generate | download | features | cache | train-lora | prepare-dataset | skip | train-ti``.
 
 The options mirror the ComfyUI nodes; every piece of model work goes through
-:mod:`selva.pipeline`. Audio and muxed video are written with PyAV.
+:mod:`selva.pipeline`; audio and muxed video are written by :mod:`selva.media`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import sys
-import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .errors import SelvaError
+from .media import AUDIO_CODECS, mux_video, read_mask, write_audio
 
 # Our package's logger ("selva" when run as ``python -m selva``); the root logger is left alone.
 PACKAGE_LOGGER = __name__.rpartition(".")[0] or "selva"
 log = logging.getLogger(__name__)
-
-# suffix -> (codec, sample format); .wav is 16-bit PCM, everything PyAV ships an encoder for
-AUDIO_CODECS = {
-    ".wav": ("pcm_s16le", "s16"),
-    ".flac": ("flac", "s16"),
-    ".m4a": ("aac", "fltp"),
-    ".aac": ("aac", "fltp"),
-    ".mp3": ("libmp3lame", "fltp"),
-    ".opus": ("libopus", "flt"),
-}
-
 
 # ------------------------------------------------------------------------------------ logging
 def setup_logging(verbosity: int):
@@ -72,21 +58,7 @@ class LogProgress:
             log.info("%s: %d/%d (%.1f s)", stage, done, total, time.monotonic() - self._t0)
 
 
-# ---------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix, so the format is kept) that replaces
-    ``path`` only once writing succeeded: a failed or interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
+# ---------------------------------------------------------------------------------- outputs
 def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Fail before any work when an output would replace an input or (without --overwrite) a file."""
     for path in paths:
@@ -96,122 +68,6 @@ def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence
             raise SelvaError(f"{path} already exists; pass --overwrite to replace it.")
 
 
-def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
-    """Write one (C, T) float clip in [-1, 1]; the format follows the file suffix."""
-    import av
-    import numpy as np
-
-    path = Path(path)
-    codec, fmt = AUDIO_CODECS.get(path.suffix.lower(), (None, None))
-    if codec is None:
-        raise SelvaError(f"Unsupported audio format {path.suffix!r}; use one of "
-                         f"{', '.join(sorted(AUDIO_CODECS))}.")
-    data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
-    try:
-        with atomic_output(path) as tmp, av.open(str(tmp), "w") as container:
-            stream = container.add_stream(codec, rate=int(sample_rate))
-            _configure_audio_stream(stream, data.shape[0], fmt)
-            _encode_audio(container, stream, data, int(sample_rate), fmt)
-    except av.FFmpegError as e:
-        raise SelvaError(f"Could not write {path}: {e}") from e
-    return path
-
-
-def _layout(channels: int) -> str:
-    if channels == 1:
-        return "mono"
-    if channels == 2:
-        return "stereo"
-    raise SelvaError(f"Only mono and stereo audio can be written, got {channels} channels.")
-
-
-def _configure_audio_stream(stream: Any, channels: int, fmt: str) -> None:
-    """Set layout and sample format; must happen before anything is muxed (that opens codecs)."""
-    stream.layout = _layout(channels)
-    stream.format = fmt
-
-
-def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt: str) -> None:
-    """Encode (C, T) float32 samples into a configured ``stream`` (in the codec's format)."""
-    import av
-    import numpy as np
-
-    layout = _layout(data.shape[0])
-    frame = av.AudioFrame.from_ndarray(data.astype(np.float32), format="fltp", layout=layout)
-    frame.sample_rate = sample_rate
-    frame.pts = 0
-    frame.time_base = Fraction(1, sample_rate)
-    # PyAV's resampler converts to the codec's sample format and cuts codec-sized frames.
-    resampler = av.AudioResampler(format=fmt, layout=layout, rate=sample_rate,
-                                  frame_size=stream.codec_context.frame_size or None)
-    for chunk in resampler.resample(frame) + resampler.resample(None):
-        for packet in stream.encode(chunk):
-            container.mux(packet)
-    for packet in stream.encode(None):
-        container.mux(packet)
-
-
-def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
-              duration: Optional[float] = None, start: float = 0.0) -> Path:
-    """Copy ``video_in``'s picture (no re-encoding) and add ``wave`` (C, T) as AAC audio.
-
-    The picture is cut to ``duration`` seconds (the audio's length by default) at packet level.
-    Both streams start at 0 s: a picture that starts later in its file (MPEG-TS, stream-copied
-    cuts) is moved to 0 s, since the audio was made for the frames counted from its start.
-    With ``start`` (seconds into the video, as the features were extracted from), the picture
-    begins at the last keyframe at or before ``start`` (a copied picture can only begin on
-    one) and the audio is delayed by the same gap, so it plays exactly with the frames it was
-    made for; the gap (usually well under a second) is silent.
-    """
-    import av
-    import numpy as np
-
-    video_out = Path(video_out)
-    data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
-    limit = start + (duration if duration is not None else data.shape[-1] / sample_rate)
-    try:
-        with atomic_output(video_out) as tmp, av.open(str(video_in)) as src, \
-                av.open(str(tmp), "w") as dst:
-            if not src.streams.video:
-                raise SelvaError(f"{video_in} has no video stream to mux.")
-            v_in = src.streams.video[0]
-            v_out = dst.add_stream_from_template(v_in)
-            a_out = dst.add_stream("aac", rate=int(sample_rate))
-            _configure_audio_stream(a_out, data.shape[0], "fltp")
-            origin = v_in.start_time  # decode_video counts frame times from here too
-            if start > 0:
-                src.seek(int((origin or 0) + start / v_in.time_base), stream=v_in, backward=True)
-            shift = None  # the first copied frame's pts: it goes to 0 s
-            for packet in src.demux(v_in):
-                if packet.dts is None:
-                    continue
-                if origin is None:
-                    origin = packet.pts if packet.pts is not None else packet.dts
-                if packet.pts is not None and float((packet.pts - origin) * v_in.time_base) >= limit:
-                    continue
-                if shift is None:
-                    if start > 0 and not packet.is_keyframe:
-                        continue
-                    shift = packet.pts if start > 0 and packet.pts is not None else origin
-                elif packet.pts is not None and packet.pts < shift:
-                    continue  # leading frames of an open GOP: they need the frames before it
-                packet.dts -= shift
-                if packet.pts is not None:
-                    packet.pts -= shift
-                packet.stream = v_out
-                dst.mux(packet)
-            if start > 0:
-                gap = start - float(((shift if shift is not None else origin) - (origin or 0)) * v_in.time_base)
-                shift_samples = int(round(gap * sample_rate))
-                # a later first keyframe (a seek that found none before start) cuts the audio instead
-                data = np.pad(data, ((0, 0), (shift_samples, 0))) if shift_samples >= 0 \
-                    else np.ascontiguousarray(data[:, -shift_samples:])
-            _encode_audio(dst, a_out, data, int(sample_rate), "fltp")
-    except av.FFmpegError as e:
-        raise SelvaError(f"Could not mux audio into {video_out}: {e}") from e
-    return video_out
-
-
 def numbered(path: Path, index: int, count: int) -> Path:
     """``out.wav`` for a single clip, ``out_0.wav``, ``out_1.wav``... for a batch."""
     path = Path(path)
@@ -219,7 +75,7 @@ def numbered(path: Path, index: int, count: int) -> Path:
 
 
 # ------------------------------------------------------------------------------- arguments
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     from .offload import OFFLOAD_STRATEGIES, PRECISIONS
     from .variants import VARIANTS
 
@@ -274,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate audio for a video (or from text alone)")
     _add_feature_args(gen, video_required=False)
-    _add_model_args(gen)
+    add_model_args(gen)
     add_edit_args(gen)
     g = gen.add_argument_group("sampling")
     g.add_argument("--negative-prompt", default="", help="sounds to steer away from")
@@ -296,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
     dl = sub.add_parser("download", help="fetch the weights a variant needs")
-    _add_model_args(dl)
+    add_model_args(dl)
 
     feat = sub.add_parser("features", help="extract features to an .npz file")
     _add_feature_args(feat)
-    _add_model_args(feat)
+    add_model_args(feat)
     feat.add_argument("--out", type=Path, required=True, help="features file (.npz)")
     feat.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
 
@@ -318,11 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.cli import register as register_training
 
-    for name, handler in register_training(sub, _add_model_args, _load_options).items():
+    for name, handler in register_training(sub, add_model_args, load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     from .style.cli import register as register_style
 
-    for name, handler in register_style(sub, _add_model_args, _load_options).items():
+    for name, handler in register_style(sub, add_model_args, load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     from .compat.convert import register as register_convert  # earlier-pack .pt -> safetensors
 
@@ -333,13 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].set_defaults(handler=handler)
     from .batch.cli import register as register_batch
 
-    for name, handler in register_batch(sub, _add_model_args, _load_options).items():
+    for name, handler in register_batch(sub, add_model_args, load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
 # -------------------------------------------------------------------------------- commands
-def _load_options(args: argparse.Namespace) -> Any:
+def load_options(args: argparse.Namespace) -> Any:
     from .pipeline import LoadOptions
 
     return LoadOptions(variant=args.variant, precision=args.precision, offload=args.offload,
@@ -353,28 +209,12 @@ def _hooks() -> Any:
     return Hooks(progress=LogProgress())
 
 
-def _read_mask(path: Optional[Path]) -> Any:
-    """A mask image as (1, H, W) float in [0, 1] (its first channel; white = keep)."""
-    if path is None:
-        return None
-    import av
-    import torch
-
-    try:
-        with av.open(str(path)) as container:
-            frame = next(container.decode(video=0))
-            gray = frame.to_ndarray(format="gray")
-    except (av.FFmpegError, StopIteration, OSError) as e:
-        raise SelvaError(f"Could not read the mask image {path}: {e}") from e
-    return torch.from_numpy(gray.astype("float32") / 255.0)[None]
-
-
 def _features(pipe: Any, args: argparse.Namespace) -> Any:
     from .features import FeatureCache, cache_max_bytes
 
     from .options import MaskOptions
 
-    mask = MaskOptions(_read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
+    mask = MaskOptions(read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
     return pipe.extract_features(
         args.video, None, args.prompt, duration=8.0 if args.duration is None else args.duration or None, mask=mask,
         cache=FeatureCache(args.cache_dir, cache_max_bytes(args.cache_max_gb)) if args.cache_dir else None,
@@ -402,7 +242,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         outputs += [numbered(args.mux, i, count) for i in range(count)]
     refuse_to_overwrite(outputs, args.overwrite, inputs=[p for p in (args.video, args.init_audio) if p])
     edit = edit_from_args(args)
-    pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
+    pipe = SelvaPipeline.load(load_options(args), hooks=_hooks())
     feats = _features(pipe, args) if args.video is not None else pipe.encoding.text_features(args.prompt,
                                                                                              args.duration)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
@@ -440,7 +280,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .pipeline import SelvaPipeline
 
     refuse_to_overwrite([args.out], args.overwrite, inputs=[args.video])
-    pipe = SelvaPipeline.load(_load_options(args), hooks=_hooks())
+    pipe = SelvaPipeline.load(load_options(args), hooks=_hooks())
     feats = _features(pipe, args)
     feats.save(args.out)
     log.info("Wrote %s (%.2f s, prompt %r)", args.out, feats.duration, feats.prompt)

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
+from .artifacts import write_atomic
 from .errors import SelvaError
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,7 @@ class Features:
                   "prompt": self.prompt, "duration": self.duration, "fps": self.fps,
                   "mask_strength": self.mask_strength, "start": self.start}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda tmp: (np.savez_compressed if compress else np.savez)(tmp, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> "Features":

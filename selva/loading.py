@@ -6,9 +6,10 @@ memory holds one copy of the weights.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,14 +19,17 @@ from .errors import SelvaError
 from .hooks import NO_HOOKS, Hooks
 from .models.generator import SelvaGenerator, load_generator_weights
 from .models.mel import MelConverter
-from .models.state_dicts import unset_tensors
+from .models.state_dicts import (drop_mapped_pages, file_mapping_span, memory_span, release_file_pages,
+                                  unset_tensors)
 from .models.text_synch import TextSynchformer, load_text_synch_weights
 from .models.vae import load_vae, load_vae_statistics
 
 try:
-    from ..bigvgan.loading import load_bigvgan_v1, load_bigvgan_v2
+    from ..bigvgan.errors import BigVGANError
+    from ..bigvgan.loading import V2_WEIGHTS_NAME, load_bigvgan_v1, load_bigvgan_v2_state, read_bigvgan_v2_config
 except ImportError:  # selva imported as a top-level package (python -m selva)
-    from bigvgan.loading import load_bigvgan_v1, load_bigvgan_v2
+    from bigvgan.errors import BigVGANError
+    from bigvgan.loading import V2_WEIGHTS_NAME, load_bigvgan_v1, load_bigvgan_v2_state, read_bigvgan_v2_config
 
 if TYPE_CHECKING:
     from .offload import OffloadManager
@@ -201,15 +205,40 @@ class StageBuilders:
         return load_vae_statistics(self._file(self.spec.vae_file), self.spec.vae)
 
     def vocoder(self) -> nn.Module:
-        if self.spec.vocoder != "bigvgan_v1":
-            return load_bigvgan_v2(self._snapshot(self.spec.vocoder_snapshot))
-        path = self._file(self.spec.vocoder_file)
-        cfg = self.spec.vocoder_config
-        return (load_bigvgan_v1(path, source=str(path)) if cfg is None
-                else load_bigvgan_v1(path, cfg, source=str(path)))
+        with bigvgan_errors():
+            if self.spec.vocoder != "bigvgan_v1":
+                snapshot = self._snapshot(self.spec.vocoder_snapshot)
+                cfg = read_bigvgan_v2_config(snapshot)
+                return _vocoder_from_file(snapshot / V2_WEIGHTS_NAME, lambda obj, source, done:
+                                          load_bigvgan_v2_state(obj, cfg, source=source, done=done))
+            path = self._file(self.spec.vocoder_file)
+            extra = {} if self.spec.vocoder_config is None else {"cfg": self.spec.vocoder_config}
+            return _vocoder_from_file(path, lambda obj, source, done:
+                                      load_bigvgan_v1(obj, source=source, done=done, **extra))
 
     def mel(self) -> nn.Module:
         return MelConverter(self.spec.mel)
+
+
+@contextlib.contextmanager
+def bigvgan_errors() -> Iterator[None]:
+    """The standalone BigVGAN package's errors as SelvaError, with the same message."""
+    try:
+        yield
+    except BigVGANError as e:
+        raise SelvaError(str(e)) from e
+
+
+def _vocoder_from_file(path: Path, load: Callable[..., nn.Module]) -> nn.Module:
+    """Read a vocoder file once and load it, letting its pages go as the weights are folded
+    (``load(obj, source, done)`` calls one of bigvgan's loaders); the folded weights are new
+    tensors, so the few left viewing the memory-mapped file are copied and the mapping can go."""
+    obj = W.load_checkpoint(path)
+    span, mapped = memory_span(obj), file_mapping_span(obj)
+    model = load(obj, str(path), lambda t: drop_mapped_pages(t, mapped))
+    del obj
+    release_file_pages(model, span)
+    return model
 
 
 STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")

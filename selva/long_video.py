@@ -176,10 +176,16 @@ def blended_velocity(plan: WindowPlan, window_velocity: WindowVelocity,
 
     def velocity(t: float, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        seen = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)  # weight so far
         for i, (w, weight) in enumerate(zip(plan.windows, weights)):
             a, b = w.latent
-            v = window_velocity(i, t, x[:, a:b])
-            out[:, a:b] += weight.to(x.device)[None, :, None] * v.float()
+            v = window_velocity(i, t, x[:, a:b]).float()
+            weight = weight.to(x.device)
+            seen[a:b] += weight
+            # A running weighted mean rather than a sum of weighted terms: windows that agree
+            # give exactly their velocity (v - out is 0), where float32 weights summing to
+            # 1 +- an ulp would not; where they differ it is the weighted sum.
+            out[:, a:b] += (weight / seen[a:b])[None, :, None] * (v - out[:, a:b])
             if on_window is not None:
                 on_window()
         return out.to(x.dtype)

@@ -84,8 +84,14 @@ def test_spectral_match_moves_profile_toward_target():
 
 def test_assert_finite_names_precision():
     A.assert_finite(torch.zeros(1, 1, 4), "bf16")
-    with pytest.raises(SelvaError, match="fp16"):
+    with pytest.raises(SelvaError) as e:
         A.assert_finite(torch.tensor([[[float("nan")]]]), "fp16")
+    assert str(e.value) == ("The generated audio contains NaN or infinite values (fp16): fp16 can "
+                            "overflow on this model: switch the loader's precision to bf16 or fp32.")
+    with pytest.raises(SelvaError) as e:
+        A.assert_finite(torch.tensor([[[0.0, float("inf")]]]), "bf16")
+    assert str(e.value) == ("The generated audio contains NaN or infinite values (bf16): try precision "
+                            "fp32 in the loader; if it persists, the weights may be corrupt.")
 
 
 def test_bad_waveform_shape():

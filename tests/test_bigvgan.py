@@ -14,7 +14,7 @@ from comfyui_selva.bigvgan.loading import (fold_weight_norm, load_bigvgan_v1, lo
                                            load_bigvgan_v2_state)
 from comfyui_selva.bigvgan.v1 import BIGVGAN_V1_16K, BigVGANv1, BigVGANv1Config
 from comfyui_selva.bigvgan.v2 import BIGVGAN_V2_44K_512X, BigVGANv2, BigVGANv2Config
-from comfyui_selva.selva.errors import SelvaError
+from comfyui_selva.bigvgan.errors import BigVGANError
 from manifest import keys_and_shapes, state_dict_for
 
 TINY_V1 = BigVGANv1Config(num_mels=8, upsample_rates=(4, 2, 2), upsample_kernel_sizes=(8, 4, 4),
@@ -153,11 +153,11 @@ def test_folding_equals_torch_weight_norm():
 def test_broken_weight_norm_pairs_raise(tiny_v1_states):
     old = dict(tiny_v1_states[0])
     del old["conv_pre.weight_v"]
-    with pytest.raises(SelvaError, match="conv_pre.*half"):
+    with pytest.raises(BigVGANError, match="conv_pre.*half"):
         load_bigvgan_v1({"generator": old}, TINY_V1, source="bad.pt")
     both = dict(tiny_v1_states[0])
     both["conv_pre.parametrizations.weight.original0"] = both["conv_pre.weight_g"]
-    with pytest.raises(SelvaError, match="twice"):
+    with pytest.raises(BigVGANError, match="twice"):
         load_bigvgan_v1({"generator": both}, TINY_V1, source="bad.pt")
 
 
@@ -213,11 +213,11 @@ def test_full_size_v2_strict_load_on_meta():
 
 
 def test_wrong_vocoder_file_raises_naming_it():
-    with pytest.raises(SelvaError, match=r"best_netG\.pt.*conv_post\.bias"):
+    with pytest.raises(BigVGANError, match=r"best_netG\.pt.*conv_post\.bias"):
         load_bigvgan_v2_state(state_dict_for(V1_FILE), BIGVGAN_V2_44K_512X, source=V1_FILE)
-    with pytest.raises(SelvaError, match=r"bigvgan_generator\.pt.*wrong shape"):
+    with pytest.raises(BigVGANError, match=r"bigvgan_generator\.pt.*wrong shape"):
         load_bigvgan_v1(state_dict_for(V2_FILE), source=V2_FILE)
-    with pytest.raises(SelvaError, match="x.pt"):
+    with pytest.raises(BigVGANError, match="x.pt"):
         load_bigvgan_v1(state_dict_for("ext_weights/v1-16.pth"), source="x.pt")
 
 
@@ -254,9 +254,27 @@ def test_truncated_and_missing_files_raise(tmp_path, tiny_v1_states):
     torch.save({"generator": tiny_v1_states[0]}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(SelvaError, match="best_netG.pt"):
+    with pytest.raises(BigVGANError, match="best_netG.pt"):
         load_bigvgan_v1(path, TINY_V1)
-    with pytest.raises(SelvaError, match="not found"):
+    with pytest.raises(BigVGANError, match="not found"):
         load_bigvgan_v1(tmp_path / "nope.pt", TINY_V1)
-    with pytest.raises(SelvaError, match="config"):
+    with pytest.raises(BigVGANError, match="config"):
         load_bigvgan_v2(tmp_path)
+
+
+def test_selvas_loader_reports_a_bad_vocoder_file_as_a_selva_error(tmp_path, monkeypatch):
+    """The pipeline's vocoder stage wraps bigvgan's own error: same text, SelVA's type."""
+    import tiny
+    from comfyui_selva.selva.errors import SelvaError
+    from comfyui_selva.selva.loading import StageBuilders
+    from comfyui_selva.selva.variants import get_variant
+
+    tiny.register_tiny_variants()
+    bad = tmp_path / "best_netG.pt"
+    torch.save({"generator": {"conv_pre.weight": torch.zeros(1)}}, bad)
+    monkeypatch.setattr(StageBuilders, "_file", lambda self, key: bad)
+    builders = StageBuilders(get_variant("tiny_16k"), tmp_path, allow_download=False, clip_frames=False)
+    with pytest.raises(SelvaError) as e:
+        builders.vocoder()
+    assert isinstance(e.value.__cause__, BigVGANError) and str(e.value) == str(e.value.__cause__)
+    assert str(e.value).startswith(f"{bad} does not fit the BigVGAN v1 (16 kHz) network: ")

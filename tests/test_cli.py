@@ -143,7 +143,7 @@ def test_mask_image_is_read_as_a_static_mask(models_dir, video_file, tmp_path):
             c.mux(p)
         for p in s.encode(None):
             c.mux(p)
-    mask = cli._read_mask(mask_png)
+    mask = pack_module("selva.media").read_mask(mask_png)
     assert mask.shape == (1, 48, 64)
     assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 0, -1]) == 1.0
     rc = cli.main(["generate", "--video", str(video_file), "--prompt", "x", "--out", str(tmp_path / "m.wav"),
@@ -154,11 +154,11 @@ def test_mask_image_is_read_as_a_static_mask(models_dir, video_file, tmp_path):
 def test_write_audio_formats(tmp_path):
     wave = 0.2 * torch.sin(torch.linspace(0, 400, 8000))[None]
     for suffix in (".wav", ".flac", ".m4a"):
-        path = cli.write_audio(tmp_path / f"a{suffix}", wave, 16000)
+        path = pack_module("selva.media").write_audio(tmp_path / f"a{suffix}", wave, 16000)
         rate, samples = _read_audio(path)
         assert rate == 16000 and samples >= 8000
     with pytest.raises(pack_module("selva.errors").SelvaError):
-        cli.write_audio(tmp_path / "a.xyz", wave, 16000)
+        pack_module("selva.media").write_audio(tmp_path / "a.xyz", wave, 16000)
 
 
 def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_file, tmp_path):
@@ -197,7 +197,7 @@ def test_mux_starts_picture_and_sound_together(tmp_path):
     with av.open(str(src)) as c:
         assert c.streams.video[0].start_time * c.streams.video[0].time_base == 2  # the premise
     wave = 0.1 * torch.sin(torch.linspace(0, 2000, 16000))[None]  # 1 s at 16 kHz
-    muxed = cli.mux_video(src, wave, 16000, tmp_path / "muxed.mp4")
+    muxed = pack_module("selva.media").mux_video(src, wave, 16000, tmp_path / "muxed.mp4")
     with av.open(str(muxed)) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
         starts = [float(st.start_time * st.time_base) for st in (v, a)]

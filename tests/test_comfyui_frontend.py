@@ -114,7 +114,7 @@ def inputs(comfy):
     """The files the Load nodes pick, in the server's input folder before the page opens."""
     write_video(comfy.input_dir / VIDEO, frames(1.0, seed=3), fps=25)
     t = torch.arange(16000) / 16000
-    pack_module("selva.cli").write_audio(comfy.input_dir / AUDIO,
+    pack_module("selva.media").write_audio(comfy.input_dir / AUDIO,
                                          0.3 * torch.sin(2 * torch.pi * 440 * t)[None], 16000)
     from PIL import Image
 

@@ -68,10 +68,10 @@ def test_bundled_workflows_use_only_known_nodes(object_info):
 
 def test_vae_roundtrip_on_full_size_weights(comfy, object_info, full_models_dir):
     """Full-size small_16k VAE and vocoder, found through extra_model_paths.yaml only."""
-    cli = pack_module("selva.cli")
+    media = pack_module("selva.media")
     t = torch.arange(22050) / 22050
     tone = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.2 * torch.sin(2 * torch.pi * 660 * t)])
-    cli.write_audio(comfy.input_dir / "selva_test.wav", tone, 22050)
+    media.write_audio(comfy.input_dir / "selva_test.wav", tone, 22050)
     prompt = to_api_prompt(load_workflow("SelVA VAE Round Trip"), object_info)
     set_inputs(prompt, "LoadAudio", audio="selva_test.wav")
     set_inputs(prompt, "SelvaModelLoader", variant="small_16k", precision="fp32")

@@ -112,3 +112,19 @@ def test_only_the_fallback_loaders_import_the_compat_package():
     assert users <= allowed, sorted(users - allowed)
     nodes = [p for p in (ROOT / "nodes").glob("*.py") if "selva.compat" in p.read_text(encoding="utf-8")]
     assert [p.name for p in nodes] == []  # the Dataset Browser falls back through selva.datasets
+
+
+def test_bigvgan_stands_alone():
+    """bigvgan/ imports nothing from selva/: not relatively, not through a ``try: from ..selva``
+    fallback, not as a top-level ``selva`` package."""
+    graph = import_graph()
+    assert "bigvgan.errors" in graph["bigvgan.loading"]  # the graph sees bigvgan's own imports
+    assert "bigvgan.loading" in graph["selva.loading"]  # and the SelVA side using bigvgan
+    leaks = {name: sorted(t for t in targets if t == "selva" or t.startswith("selva."))
+             for name, targets in graph.items() if name.startswith("bigvgan")}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    import re
+
+    for path in (ROOT / "bigvgan").rglob("*.py"):  # also imports the AST walk cannot resolve
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert not re.search(r"(\bfrom|\bimport|import_module\()\s*[(\"'.\w]*selva", line), (path, line)

@@ -10,7 +10,8 @@ import torch
 from comfyui_selva.selva.blending import even_spans, overlap_weights
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.long_video import (DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS, UNIT,
-                                            WindowOptions, default_decode_spans, plan_windows)
+                                            WindowOptions, blended_velocity, default_decode_spans,
+                                            plan_windows)
 from comfyui_selva.selva.tiled_decode import decode_tiles
 from comfyui_selva.selva.variants import get_variant
 
@@ -110,6 +111,40 @@ def test_blend_weights_sum_to_one_and_fade_smoothly(duration):
         assert float(weight.diff().abs().max()) < 0.05, "no step inside a window's weights"
     torch.testing.assert_close(total, torch.ones_like(total))
     assert float(weights[0][0]) == 1.0 and float(weights[-1][-1]) == 1.0
+
+
+@pytest.mark.parametrize("duration", [20.0, 41.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equal_window_velocities_blend_to_exactly_that_velocity(duration, dtype):
+    plan = plan_windows(get_variant("small_44k"), duration)
+    g = torch.Generator().manual_seed(0)
+    whole = torch.randn(2, plan.total.latent, 40, generator=g).to(dtype)
+    calls = []
+
+    def window_velocity(i, t, x):
+        a, b = plan.windows[i].latent
+        assert x.shape[1] == b - a
+        return whole[:, a:b].clone()
+
+    blended = blended_velocity(plan, window_velocity, on_window=lambda: calls.append(1))(0.5, torch.zeros_like(whole))
+    assert len(plan.windows) > 2 and len(calls) == len(plan.windows)
+    assert blended.dtype == dtype and torch.equal(blended, whole)
+
+
+def test_distinct_window_velocities_give_the_hand_weighted_sum():
+    plan = plan_windows(get_variant("small_16k"), 30.0)
+    g = torch.Generator().manual_seed(1)
+    per_window = [torch.randn(1, w.latent[1] - w.latent[0], 20, generator=g) for w in plan.windows]
+    blended = blended_velocity(plan, lambda i, t, x: per_window[i])(0.3, torch.zeros(1, plan.total.latent, 20))
+    expected = torch.zeros(1, plan.total.latent, 20, dtype=torch.float64)
+    for w, weight, v in zip(plan.windows, plan.weights(), per_window):
+        a, b = w.latent
+        for j in range(b - a):  # frame by frame, from the plan's own weights
+            expected[0, a + j] += float(weight[j]) * v[0, j].double()
+    torch.testing.assert_close(blended.double(), expected, rtol=0, atol=2e-6)
+    # not simply the last window (or any single one) where windows overlap
+    a, b = plan.windows[1].latent
+    assert not torch.allclose(blended[:, a:a + 3], per_window[1][:, :3])
 
 
 def test_even_spans_and_their_errors():

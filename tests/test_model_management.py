@@ -124,6 +124,25 @@ def test_offload_to_cpu_unloads_each_stage_after_use_keep_in_vram_does_not(comfy
     assert GENERATION_STAGES <= set(keep.manager.residency.loaded_stages())
 
 
+def test_unloading_one_stage_keeps_every_other_loaded_model(comfy, backend, models_dir):
+    """A stage leaves ComfyUI's list alone: the other pipeline's stages and a model of ComfyUI's
+    own stay loaded (unloading goes through free_memory with everything else kept)."""
+    mm, patcher_class = comfy
+    theirs = patcher_class(nn.Linear(4, 4), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    mm.load_models_gpu([theirs])
+    keep = _pipe(models_dir, backend("keep_in_vram"))
+    _generate(keep)
+    before = set(keep.manager.residency.loaded_stages())
+    assert GENERATION_STAGES <= before
+    offload = _pipe(models_dir, backend("offload_to_cpu"))
+    _generate(offload)
+    assert offload.manager.residency.loaded_stages() == []
+    assert set(keep.manager.residency.loaded_stages()) == before
+    keep.manager.residency.forget("vae")
+    assert set(keep.manager.residency.loaded_stages()) == before - {"vae"}
+    assert any(m is theirs for m in mm.loaded_models())
+
+
 def test_auto_follows_comfyuis_vram_state(comfy, backend, monkeypatch):
     mm, _ = comfy
     residency = backend("auto")

@@ -78,6 +78,52 @@ def test_style_loss_goes_down_over_steps(model, features, refs):
     torch.testing.assert_close(x0.norm(), start.norm(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_returned_noise_is_the_best_one_even_when_the_last_step_was_worse(model, features, refs,
+                                                                            monkeypatch):
+    """The noise handed to the final pass is the one whose style loss was the reported best."""
+    target = stats_of(model, refs)
+    integrated = []  # the noise each optimisation step integrated (its loss is losses[i])
+    real_integrate = ditto._integrate
+
+    def spy(velocity, x, grid, n_grad_steps):
+        integrated.append(x.detach().clone())
+        return real_integrate(velocity, x, grid, n_grad_steps)
+
+    class AscendOnce(torch.optim.Adam):
+        """Adam, except that its 4th step climbs the gradient: the 5th (last) loss is worse."""
+
+        steps = 0
+
+        def step(self, closure=None):
+            AscendOnce.steps += 1
+            if AscendOnce.steps != 4:
+                return super().step(closure)
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.add_(p.grad / p.grad.norm() * p.norm())
+
+    monkeypatch.setattr(ditto, "_integrate", spy)
+    monkeypatch.setattr(torch.optim, "Adam", AscendOnce)
+    config = ditto.DittoConfig(n_opt_steps=5, opt_lr=0.1, n_ode_steps=2, n_grad_steps=1, steps=1)
+    with torch.inference_mode():
+        x0, losses, best = ditto.optimise_noise(model, features, target, config)
+    assert len(integrated) == len(losses) == 5
+    assert losses[-1] > min(losses), losses  # the premise: the last step made it worse
+    assert best == min(losses)
+    assert losses.index(best) == 3 and torch.equal(x0, integrated[3])
+    assert not torch.equal(x0, integrated[-1])
+
+
+def test_a_non_finite_style_loss_says_what_to_change(model, features, refs, monkeypatch):
+    monkeypatch.setattr(ditto, "style_loss", lambda mel, target, w: (mel * float("nan")).mean())
+    config = ditto.DittoConfig(n_opt_steps=2, n_ode_steps=2, n_grad_steps=1, steps=1)
+    with torch.inference_mode(), pytest.raises(SelvaError) as e:
+        ditto.optimise_noise(model, features, stats_of(model, refs), config)
+    assert str(e.value) == ("DITTO's style loss became nan at step 1. Lower opt_lr, or load the model "
+                            "in fp32 or bf16 instead of fp16.")
+
+
 def test_weights_stay_frozen(model, features, refs):
     gen = model.manager.get("generator")
     before = {k: v.clone() for k, v in gen.state_dict().items()}

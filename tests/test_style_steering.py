@@ -135,8 +135,11 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
         run_node("SelvaActivationSteeringExtractor", model=model, data_dir=str(tmp_path / "empty"),
                  output_path=str(tmp_path / "x"), n_samples=1, seed=0)
     (tmp_path / "not.safetensors").write_bytes(b"garbage")
-    with pytest.raises(SelvaError, match="not a readable safetensors"):
+    with pytest.raises(SelvaError) as e:
         run_node("SelvaActivationSteeringLoader", path=str(tmp_path / "not.safetensors"))
+    assert str(e.value).startswith(f"Cannot read {tmp_path / 'not.safetensors'} as a safetensors "
+                                   f"steering vectors file (")
+    assert str(e.value).endswith("); the file may be incomplete or of another kind.")
     with pytest.raises(SelvaError, match="does not exist"):
         run_node("SelvaActivationSteeringLoader", path=str(tmp_path / "missing.safetensors"))
 

@@ -204,9 +204,34 @@ def test_full_size_release_loads_strictly_on_meta():
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == keys_and_shapes(VIDEO_ENC_FILE)
 
 
-def test_backbone_init_from_synchformer_on_meta():
+def test_backbone_init_takes_exactly_the_synchformer_video_extractor():
+    """The backbone gets the file's vfeat_extractor tensors; the audio side of the file is
+    dropped and every other part of the model keeps its values."""
+    donor = TextSynchformer(TINY)
+    release = {f"vfeat_extractor.{k}": v.clone() for k, v in donor.vfeat_extractor.state_dict().items()}
+    release["afeat_extractor.patch_embed.weight"] = torch.ones(3)  # the audio side: dropped
+    release["transformer.norm.weight"] = torch.ones(3)
+    m = TextSynchformer(TINY)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    assert not all(torch.equal(before[f"vfeat_extractor.{k}"], v)
+                   for k, v in donor.vfeat_extractor.state_dict().items())  # a real change to check
+    init_backbone_from_synchformer(m, release, SYNCHFORMER_FILE)
+    after = m.state_dict()
+    for key, value in after.items():
+        expected = release[key] if key.startswith("vfeat_extractor.") else before[key]
+        assert torch.equal(value, expected), key
+    with pytest.raises(SelvaError, match=r"synchformer_state_dict\.pth is not a Synchformer state dict: "
+                                         r"unknown keys text_proj\.weight"):
+        init_backbone_from_synchformer(m, {**release, "text_proj.weight": torch.ones(1)}, SYNCHFORMER_FILE)
+
+
+def test_full_size_synchformer_release_fits_the_backbone_on_meta():
     m = _meta_model()
-    init_backbone_from_synchformer(m, state_dict_for(SYNCHFORMER_FILE, device="meta"), SYNCHFORMER_FILE)
+    release = state_dict_for(SYNCHFORMER_FILE, device="meta")
+    init_backbone_from_synchformer(m, release, SYNCHFORMER_FILE)
+    video = {k[len("vfeat_extractor."):]: tuple(v.shape) for k, v in release.items()
+             if k.startswith("vfeat_extractor.")}
+    assert {k: tuple(v.shape) for k, v in m.vfeat_extractor.state_dict().items()} == video
 
 
 def test_stray_key_raises():

@@ -188,7 +188,7 @@ def test_posteriors_are_cached_by_audio_content(pipe, data_dir, tmp_path, monkey
 @pytest.mark.parametrize("suffix", [".flac", ".mp3", ".ogg", ".aiff"])
 def test_audio_of_any_format_rate_and_channels(tmp_path, suffix):
     import av
-    from comfyui_selva.selva.cli import write_audio
+    from comfyui_selva.selva.media import write_audio
     from comfyui_selva.selva.train.audio_files import fit_audio, read_audio
     from train_data import tone
     wave = tone(0.5, 44100, 440.0, channels=2)

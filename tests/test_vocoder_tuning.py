@@ -10,6 +10,7 @@ import torch
 from comfyui_selva.bigvgan.discriminator_loading import load_discriminators
 from comfyui_selva.bigvgan.discriminators import (BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig,
                                                   MultiPeriodDiscriminator, build_second)
+from comfyui_selva.bigvgan.errors import BigVGANError
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.vocoder_tuning import checkpoint as ck
 from comfyui_selva.selva.vocoder_tuning.data import AudioSegments, find_audio_files, read_audio
@@ -216,7 +217,7 @@ def test_discriminator_file_with_wrong_layout_is_refused(tmp_path):
     # an extra key
     bad = {**obj, "mpd": {**obj["mpd"], "discriminators.9.convs.0.bias": torch.zeros(1)}}
     torch.save(bad, tmp_path / "extra.pt")
-    with pytest.raises(SelvaError, match="unexpected key"):
+    with pytest.raises(BigVGANError, match="unexpected key"):
         load_discriminators(tmp_path / "extra.pt", TINY_DISC)
     # weight norm where the reference has a plain conv
     w = obj["mrd"]["discriminators.0.conv_pres.0.weight"]
@@ -224,15 +225,24 @@ def test_discriminator_file_with_wrong_layout_is_refused(tmp_path):
     mrd["discriminators.0.conv_pres.0.weight_g"] = w.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
     mrd["discriminators.0.conv_pres.0.weight_v"] = w
     torch.save({**obj, "mrd": mrd}, tmp_path / "wn.pt")
-    with pytest.raises(SelvaError, match="not in BigVGAN's layout"):
+    with pytest.raises(BigVGANError, match="not in BigVGAN's layout"):
         load_discriminators(tmp_path / "wn.pt", TINY_DISC)
     # a file with the other second discriminator
-    with pytest.raises(SelvaError, match="CQT discriminator.*multi-resolution"):
+    with pytest.raises(BigVGANError, match="CQT discriminator.*multi-resolution"):
         load_discriminators(path, dataclasses.replace(TINY_DISC, second="mrd"))
     # not a discriminator file at all
     torch.save({"generator": {}}, tmp_path / "g.pt")
-    with pytest.raises(SelvaError, match="'mpd' and 'mrd'"):
+    with pytest.raises(BigVGANError, match="'mpd' and 'mrd'"):
         load_discriminators(tmp_path / "g.pt", TINY_DISC)
+
+
+def test_a_bad_discriminator_file_reaches_the_tuner_as_a_selva_error(model, data_dir, tmp_path):
+    """bigvgan/ raises its own BigVGANError; the SelVA side turns it into a SelvaError (what the
+    nodes and the command line report), with the same text."""
+    torch.save({"generator": {}}, tmp_path / "g.pt")
+    with pytest.raises(SelvaError, match="'mpd' and 'mrd'") as e:
+        _tuner(model, data_dir, tmp_path, discriminator_path=tmp_path / "g.pt")
+    assert isinstance(e.value.__cause__, BigVGANError)
 
 
 def test_release_config_reads_from_config_json():

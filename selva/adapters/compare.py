@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import audio as audio_ops
+from ..artifacts import next_numbered_path, write_atomic
 from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 from .format import LoraAdapter, load_adapter
@@ -252,27 +251,7 @@ def compare_adapters(pipe, features, entries: Sequence[AdapterEntry], *, steps: 
 
 # ---------------------------------------------------------------------------------- outputs
 def write_json_atomic(data: dict, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def next_free(folder: Path, stem: str, suffixes: Sequence[str]) -> Path:
-    """``folder/stem_0001`` (no suffix), the first number for which no ``suffixes`` file exists."""
-    folder = Path(folder)
-    for i in range(1, 100000):
-        base = folder / f"{stem}_{i:04d}"
-        if not any(base.with_suffix(s).exists() for s in suffixes):
-            return base
-    raise SelvaError(f"{folder} holds 99999 {stem} files already; choose another folder.")
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
 
 
 def comparison_image(comparison: Comparison) -> np.ndarray:
@@ -336,19 +315,11 @@ def save_comparison(comparison: Comparison, folder: Path, stem: str = "lora_eval
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SelvaError(f"Cannot write the comparison to {folder}: {e}.") from e
-    base = next_free(folder, stem, (".json", ".png"))
+    png = next_numbered_path(folder, stem, ".png", digits=4, also=(".json",))
     image = comparison_image(comparison)
-    png = base.with_suffix(".png")
-    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=f".{png.stem}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp)
-        os.replace(tmp, png)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(png, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
     data = comparison.to_json()
     data["image"] = str(png)
-    path = write_json_atomic(data, base.with_suffix(".json"))
+    path = write_json_atomic(data, png.with_suffix(".json"))
     return path, image
 

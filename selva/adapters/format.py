@@ -21,15 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
+from ..artifacts import load_safetensors, write_safetensors
 from ..errors import SelvaError
 
 log = logging.getLogger(__name__)
@@ -149,8 +148,6 @@ def _header(meta: AdapterMeta, modules: Mapping[str, LoraWeights]) -> dict[str, 
 
 def save_adapter(adapter: LoraAdapter, path: Path, *, overwrite: bool = False) -> Path:
     """Write ``adapter`` as safetensors, atomically; an existing file is kept unless ``overwrite``."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise SelvaError(f"LoRA adapters are written as .safetensors, got {path.name}.")
@@ -162,17 +159,9 @@ def save_adapter(adapter: LoraAdapter, path: Path, *, overwrite: bool = False) -
         tensors[f"{name}.lora_up.weight"] = w.up.detach().cpu().contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(w.alpha), dtype=torch.float32)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
+        write_safetensors(path, tensors, _header(adapter.meta, adapter.modules))
     except OSError as e:
         raise SelvaError(f"Cannot write the adapter to {path.parent}: {e}.") from e
-    try:
-        save_file(tensors, tmp, metadata=_header(adapter.meta, adapter.modules))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     adapter.path = path
     return path
 
@@ -190,7 +179,7 @@ def load_adapter(path: Path) -> LoraAdapter:
         raise SelvaError(f"LoRA adapter not found: {path}.")
     residuals: dict[str, torch.Tensor] = {}
     if path.suffix == ".safetensors":
-        tensors, header = _read_safetensors(path)
+        tensors, header = load_safetensors(path, "LoRA adapter")
     elif path.suffix in (".pt", ".pth", ".bin"):
         tensors, header = _read_torch(path)
         if header.get("source_format") == "selva-pt":  # the earlier pack's names and PiSSA files
@@ -213,19 +202,6 @@ def load_adapter(path: Path) -> LoraAdapter:
         raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
                          f"keys; first keys: {sample}).")
     return LoraAdapter(modules, meta, path, base_residuals=residuals)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own types for every kind of damage
-        raise SelvaError(f"Cannot read {path.name} as safetensors ({e}); the file may be "
-                         f"incomplete or not an adapter.") from e
-    return tensors, header
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -27,7 +27,7 @@ from .results import RowResult, write_results
 from .rows import Row
 
 # The single-clip path's writers (selva/media.py after the media split; one import line here).
-from ..cli import mux_video, write_audio
+from ..media import mux_video, write_audio
 
 log = logging.getLogger(__name__)
 

@@ -7,41 +7,23 @@ gets the next free number.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import tempfile
 import wave
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from .. import artifacts as _artifacts
 from ..errors import SelvaError
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix) that replaces ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` and move the result to ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return Path(path)
+# The one atomic write and numbered-name helpers of the pack, under the names training uses.
+atomic_path = _artifacts.atomic_path
+atomic_write = _artifacts.write_atomic
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -90,28 +72,20 @@ def check_writable(directory: Path) -> Path:
 def fresh_run_dir(output_dir: Path, name: str) -> Path:
     """``output_dir/<name>_NNN`` with the next free number, created now (never an existing one)."""
     output_dir = check_writable(Path(output_dir))
-    pattern = re.compile(re.escape(name) + r"_(\d+)$")
-    taken = [int(m.group(1)) for p in output_dir.iterdir() if (m := pattern.match(p.name))]
-    number = max(taken, default=0) + 1
     while True:
-        candidate = output_dir / f"{name}_{number:03d}"
+        candidate = _artifacts.next_numbered_path(output_dir, name)
         try:
             candidate.mkdir()
             return candidate
         except FileExistsError:  # another process took it meanwhile
-            number += 1
+            continue
 
 
 def numbered_file(directory: Path, stem: str, suffix: str) -> Path:
     """``directory/<stem>_NNN<suffix>`` with the next free number (the file is not created)."""
-    directory = Path(directory)
-    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(suffix) + "$")
-    taken = [int(m.group(1)) for p in directory.glob(f"{stem}_*{suffix}") if (m := pattern.match(p.name))]
-    return directory / f"{stem}_{max(taken, default=0) + 1:03d}{suffix}"
+    return _artifacts.next_numbered_path(directory, stem, suffix)
 
 
 def latest_run_dir(output_dir: Path, name: str) -> Optional[Path]:
-    pattern = re.compile(re.escape(name) + r"_(\d+)$")
-    runs = [(int(m.group(1)), p) for p in Path(output_dir).glob(f"{name}_*")
-            if p.is_dir() and (m := pattern.match(p.name))]
-    return max(runs)[1] if runs else None
+    runs = [p for _, p in _artifacts.numbered_paths(output_dir, name) if p.is_dir()]
+    return runs[-1] if runs else None

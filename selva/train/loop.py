@@ -625,6 +625,7 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
             status = "stopped"
             break
         _between_steps(run, hooks.check)
+        lr = run.optimizer.param_groups[0]["lr"]  # this step's (the scheduler moves on after it)
         loss = run.train_step()
         if not math.isfinite(loss):
             message = _divergence_message(run.step + 1, loss, run.last_checkpoint or resume_from, cfg)
@@ -633,7 +634,7 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
             raise TrainingDiverged(message)
         n_rate += 1
         rate = n_rate / max(time.monotonic() - t_rate, 1e-9)
-        info = StepInfo(run.step, cfg.steps, loss, run.scheduler.get_last_lr()[0], rate)
+        info = StepInfo(run.step, cfg.steps, loss, lr, rate)
         if on_step is not None:
             on_step(info)
         if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps:

@@ -15,8 +15,8 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 
+from ..artifacts import load_safetensors, write_safetensors
 from ..errors import SelvaError
-from ..train.files import atomic_write
 from .params import TRAIN_MODES, trainable_parameters
 
 FORMAT = "selva.bigvgan_tuned"
@@ -77,9 +77,7 @@ def tuned_tensors(vocoder: nn.Module, mode: str) -> dict[str, torch.Tensor]:
 
 def save_tuned_vocoder(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> Path:
     """Write atomically (temp file in the same folder, then rename): never a half-written file."""
-    from safetensors.torch import save_file
-
-    return atomic_write(Path(path), lambda tmp: save_file(dict(tensors), str(tmp), metadata=dict(meta)))
+    return write_safetensors(Path(path), tensors, meta)
 
 
 def file_digest(path: Path, length: int = 12) -> str:
@@ -91,8 +89,6 @@ def file_digest(path: Path, length: int = 12) -> str:
 
 
 def read_tuned_vocoder(path: Union[str, Path]) -> TunedVocoder:
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     from ..compat.pt_files import is_pt, read_vocoder  # the earlier pack's BigVGAN .pt files
 
@@ -103,12 +99,7 @@ def read_tuned_vocoder(path: Union[str, Path]) -> TunedVocoder:
     if not path.is_file():
         raise SelvaError(f"Tuned vocoder not found: {path}. Give the checkpoint_path the BigVGAN Trainer "
                          f"returned (relative paths are in ComfyUI's output folder).")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SelvaError(f"Cannot read {path} as a safetensors file: {exc}.") from exc
+    tensors, meta = load_safetensors(path, "tuned vocoder")
     if meta.get("format") != FORMAT:
         raise SelvaError(f"{path} is not a tuned SelVA vocoder (its metadata says format "
                          f"{meta.get('format')!r}); use a checkpoint written by the SelVA BigVGAN Trainer.")

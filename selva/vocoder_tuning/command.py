@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_model_args
+    from ..cli import add_model_args
     from .params import TRAIN_MODES
 
     p = argparse.ArgumentParser(
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune SelVA's BigVGAN vocoder on a folder of audio (same as the SelVA "
                     "BigVGAN Trainer node). Each run writes a new <output>/bigvgan_NNN folder.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    _add_model_args(p)
+    add_model_args(p)
     g = p.add_argument_group("tuning")
     g.add_argument("--data-dir", type=Path, required=True, help="folder of audio files (searched recursively)")
     g.add_argument("--output", type=Path, required=True, help="folder for the run folders")
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..cli import LogProgress, _load_options, setup_logging
+    from ..cli import LogProgress, load_options, setup_logging
     from ..hooks import Hooks
     from ..pipeline import SelvaPipeline
     from .tuner import VocoderTuningConfig, tune_vocoder
@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             lambda_l2sp=args.lambda_l2sp, save_every=args.save_every, seed=args.seed,
             discriminator_path=args.discriminator, resume=args.resume).validate()
         hooks = Hooks(progress=LogProgress())
-        pipe = SelvaPipeline.load(_load_options(args), hooks=hooks)
+        pipe = SelvaPipeline.load(load_options(args), hooks=hooks)
         path, result = tune_vocoder(pipe, cfg, hooks, on_step=lambda info: _log_step(info))
         log.info("Tuned vocoder: %s (%d steps, final loss %.4f; run folder %s)", path, result.steps_done,
                  result.final_loss or float("nan"), result.run_dir)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import SelvaError
 from ..hooks import NO_HOOKS, Hooks
+from ..loading import bigvgan_errors
 from ..models.mel import MelConverter
 from ..offload import module_bytes
 from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
@@ -143,7 +144,8 @@ class VocoderTuner(TrainTask):
         self.stft_loss = MultiResolutionSTFTLoss().to(self.device)
         self.discriminators = None
         if cfg.discriminator_path:
-            self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
+            with bigvgan_errors():
+                self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
         self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None)
         self.identity = identity_of(pipe)
         self.last_logs: dict[str, float] = {}

@@ -1,0 +1,174 @@
+"""Muxing the generated audio into the source video (selva.media): every frame of the span kept and
+playable for the recordings users bring, made here with PyAV (no binary test data)."""
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_selva.selva import media
+from comfyui_selva.selva.errors import SelvaError
+
+FPS = 25
+SECONDS = 4
+RATE = 16000
+
+
+def _clip(path: Path, codec: str, bframes: int = 0, pix_fmt: str = "yuv420p") -> Path:
+    """A 4 s, 25 fps clip whose frame i is a flat grey of 20 + 2 i, with a keyframe every second."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        if codec == "libx264":
+            # x264's defaults (and OBS's) use B-frames; bf=0 is the "no B-frames" encode
+            stream.options = {"bf": str(bframes), "g": str(FPS), "keyint_min": str(FPS),
+                              "sc_threshold": "0"}
+        elif codec == "libvpx-vp9":
+            stream.options = {"g": str(FPS), "deadline": "realtime", "cpu-used": "8"}
+        else:
+            stream.codec_context.gop_size = FPS
+            stream.codec_context.bit_rate = 4_000_000  # fine enough that each frame's grey reads back
+        for i in range(SECONDS * FPS):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 2 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def _frames(path: Path) -> list[tuple[float, float]]:
+    """(time from the stream's start, source frame number read from the grey) of each decoded frame."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        origin = v.start_time or 0
+        return [(float((f.pts - origin) * v.time_base), (float(f.to_ndarray(format="gray").mean()) - 20) / 2)
+                for f in c.decode(v)]
+
+
+def _first_packet_is_keyframe(path: Path) -> bool:
+    import av
+
+    with av.open(str(path)) as c:
+        return next(p for p in c.demux(c.streams.video[0]) if p.size).is_keyframe
+
+
+def _audio(path: Path) -> tuple[float, np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        decoded = list(c.decode(a))
+        first = float(decoded[0].pts * a.time_base)
+        return first, np.concatenate([f.to_ndarray() for f in decoded], axis=-1)[0]
+
+
+CLIPS = [  # (file name, codec, B-frames)
+    ("h264_b.mp4", "libx264", 3), ("h264.mp4", "libx264", 0),
+    ("h264_b.mkv", "libx264", 3), ("h264.mkv", "libx264", 0),
+    ("h264_b.mov", "libx264", 3), ("h264.mov", "libx264", 0),
+    ("vp9.webm", "libvpx-vp9", 0), ("mpeg4.avi", "mpeg4", 0),
+]
+
+
+def _check(src: Path, out: Path, start: float, duration: float, wave: torch.Tensor) -> None:
+    source = [(t, n) for t, n in _frames(src) if start <= t < start + duration]
+    muxed = _frames(out)
+    first_audio, samples = _audio(out)
+    onset = first_audio + np.argmax(np.abs(samples) > 0.25) / RATE
+    # the generated audio begins at `start` of the source: the muxed frames under it are the same
+    under_audio = [(t, n) for t, n in muxed if onset - 0.5 / FPS <= t < onset + duration - 0.5 / FPS]
+    assert _first_packet_is_keyframe(out)
+    assert abs(len(under_audio) - len(source)) <= 1, (len(under_audio), len(source))
+    assert under_audio[0][1] == pytest.approx(source[0][1], abs=1.5)  # the frame shown at `start`
+    assert onset == pytest.approx(muxed[0][0] + start - _keyframe_before(src, start), abs=0.03)
+    assert all(abs(b[1] - a[1] - 1) < 1.5 for a, b in zip(muxed, muxed[1:])), "no frame is lost"
+    heard = len(samples) - round((onset - first_audio) * RATE)
+    assert abs(heard - wave.shape[-1]) <= 2048  # AAC pads to whole frames
+
+
+def _keyframe_before(src: Path, start: float) -> float:
+    import av
+
+    with av.open(str(src)) as c:
+        v = c.streams.video[0]
+        origin = v.start_time or 0
+        keys = [float((p.pts - origin) * v.time_base) for p in c.demux(v) if p.size and p.is_keyframe]
+    return max(k for k in keys if k <= start + 1e-6)
+
+
+@pytest.mark.parametrize("name,codec,bframes", CLIPS)
+def test_mux_keeps_every_frame_of_the_span(tmp_path, name, codec, bframes):
+    src = _clip(tmp_path / name, codec, bframes)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / f"out{'.mkv' if name.endswith(('.webm', '.avi')) else src.suffix}")
+    _check(src, out, 0.0, 2.0, wave)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_mux_of_bframe_matroska_from_a_later_start(tmp_path, suffix):
+    """The OBS case: Matroska H.264 with B-frames, whose first packets carry no DTS, cut at 1.3 s."""
+    import av
+
+    src = _clip(tmp_path / "obs.mkv", "libx264", 3)
+    with av.open(str(src)) as c:  # the premise: leading packets without a DTS
+        assert any(p.dts is None for p in c.demux(c.streams.video[0]) if p.size)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / f"out{suffix}", duration=2.0, start=1.3)
+    _check(src, out, 1.3, 2.0, wave)
+
+
+def test_the_check_catches_a_picture_that_starts_on_a_b_frame(tmp_path):
+    """What the old copy produced (packets without DTS dropped): the check must refuse it."""
+    import av
+
+    src = _clip(tmp_path / "obs.mkv", "libx264", 3)
+    broken = tmp_path / "broken.mkv"
+    with av.open(str(src)) as c, av.open(str(broken), "w") as out:
+        v_out = out.add_stream_from_template(c.streams.video[0])
+        for packet in c.demux(c.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = v_out
+            out.mux(packet)
+    assert media.check_playable(broken) == "its first picture packet is not a keyframe"
+    assert media.check_playable(src) is None
+
+
+def test_a_codec_the_container_cannot_hold_is_re_encoded_with_one_log_line(tmp_path, caplog):
+    src = _clip(tmp_path / "raw.avi", "rawvideo")
+    wave = torch.full((1, RATE), 0.5)
+    with caplog.at_level(logging.WARNING, logger=media.__name__):
+        out = media.mux_video(src, wave, RATE, tmp_path / "out.mp4")
+    lines = [r.getMessage() for r in caplog.records if r.name == media.__name__]
+    assert len(lines) == 1 and "'mp4' format does not support 'rawvideo'" in lines[0], lines
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    _check(src, out, 0.0, 1.0, wave)
+
+
+def test_a_container_without_aac_is_refused_with_a_way_out(tmp_path):
+    src = _clip(tmp_path / "vp9.webm", "libvpx-vp9")
+    with pytest.raises(SelvaError) as e:
+        media.mux_video(src, torch.zeros(1, RATE), RATE, tmp_path / "out.webm")
+    assert str(e.value) == ("A .webm file cannot hold AAC audio; write the muxed video as .mp4, "
+                            ".mkv or .mov instead.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vp9.webm"]  # no half file left
+
+
+def test_the_node_container_is_mp4_when_it_can_hold_the_picture(tmp_path):
+    """MP4 stores decode times (Save Video's copy keeps every packet); Matroska takes the rest."""
+    assert media.copy_suffix(_clip(tmp_path / "obs.mkv", "libx264", 3)) == ".mp4"
+    assert media.copy_suffix(_clip(tmp_path / "vp9.webm", "libvpx-vp9")) == ".mp4"
+    assert media.copy_suffix(_clip(tmp_path / "raw.avi", "rawvideo")) == ".mkv"
