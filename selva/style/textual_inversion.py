@@ -50,6 +50,8 @@ from ..features import Features
 from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, or_default
 from ..train.loop import LoopConfig, TrainTask
+from ..train.loss import TIMESTEP_SAMPLING
+from ..train.options import check_limits, setting
 
 log = logging.getLogger(__name__)
 
@@ -214,23 +216,31 @@ def apply_to_features(features: Features, ti: Optional[TextualInversion], streng
 # ------------------------------------------------------------------------------- training
 @dataclass
 class TiTrainOptions:
-    """Every setting of a textual-inversion run (the node's inputs, same names and defaults)."""
+    """Every setting of a textual-inversion run, each written once: the node's inputs, the CLI's
+    options and a sweep file's keys come from these fields (``selva/train/options.py``)."""
 
-    n_tokens: int = 4
-    init_text: str = ""  # empty: the dataset's first prompt
-    steps: int = 1000
-    lr: float = 5e-4
-    batch_size: int = 1
-    save_every: int = 250
-    seed: int = 0
-    path: str = "clip"
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    timestep_sampling: str = "logit_normal"
-    eval_samples: bool = True
-    eval_steps: int = 25
+    n_tokens: int = setting(4, "Learned tokens. 4 is plenty for a timbre.", min=1, max=32)
+    init_text: str = setting("", "Words the tokens start from (e.g. 'metal clang'). Empty = the dataset's "
+                             "first prompt.")
+    steps: int = setting(1000, "Optimizer steps. 500-2000 for a timbre.", min=1, max=100000)
+    lr: float = setting(5e-4, "AdamW learning rate on the tokens.", min=1e-6, max=1.0, step=1e-5)
+    batch_size: int = setting(1, "Clips per step (clips of one duration batch together).", min=1, max=64)
+    save_every: int = setting(250, "Steps between resumable checkpoints and token files.", min=1, max=100000)
+    seed: int = setting(0, "Draws the noise, times and clip order; same seed = same run.", min=0,
+                        max=2**63 - 1, seed=True)
+    path: str = setting("clip", "clip: tokens in the CLIP text sequence the generator attends to and pools. "
+                        "clip_t5: also tokens appended to the T5 sequence the TextSynchformer conditions "
+                        "the sync features on (SelVA's selectivity); slower per step and keeps the clips' "
+                        "video-encoder tokens in memory.", choices=PATHS)
+    warmup_steps: int = setting(0, "Linear learning-rate warm-up steps.", min=0, max=100000)
+    grad_accum: int = setting(1, "Micro-steps per optimizer step.", min=1, max=256)
+    timestep_sampling: str = setting("logit_normal", "Flow-time distribution.", choices=TIMESTEP_SAMPLING)
+    eval_samples: bool = setting(True, "Write eval samples at each save.")
+    eval_steps: int = setting(25, "Sampling steps of the eval samples.", min=1, max=1000)
     # clip_t5: host memory for the clips' backbone tokens (0 = recompute them at every step)
-    backbone_cache_mb: int = DEFAULT_BACKBONE_CACHE_MB
+    backbone_cache_mb: int = setting(DEFAULT_BACKBONE_CACHE_MB, "clip_t5: host memory (MB) for the clips' "
+                                     "video-encoder tokens, recomputed when they do not fit (0 = keep none).",
+                                     min=0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TiTrainOptions":
@@ -242,13 +252,7 @@ class TiTrainOptions:
         return cls(**values)
 
     def validate(self) -> None:
-        if self.path not in PATHS:
-            raise SelvaError(f"Textual inversion path {self.path!r} is not available; choose "
-                             f"{', '.join(PATHS)}.")
-        if not 1 <= self.n_tokens <= 32:
-            raise SelvaError(f"n_tokens must be between 1 and 32, got {self.n_tokens}.")
-        if self.backbone_cache_mb < 0:
-            raise SelvaError(f"backbone_cache_mb must be 0 (keep nothing) or more, got {self.backbone_cache_mb}.")
+        check_limits(self)
         self.loop_config().validate()
 
     def loop_config(self) -> LoopConfig:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..adapters import LoraAdapter, LoraConfig, LoraSet, parse_targets, save_adapter
+from ..adapters.format import INITS
 from ..errors import SelvaError
 from ..features import Features
 from ..hooks import Hooks, or_default
@@ -26,6 +27,7 @@ from .distributed import SINGLE, DistContext
 from .loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .loss import TIMESTEP_SAMPLING, draw_noise, flow_matching_loss
 from .memory import checkpointed_blocks
+from .options import check_limits, setting
 from .sampling import sample_latent_with
 
 log = logging.getLogger(__name__)
@@ -35,27 +37,36 @@ RUN_NAME = "lora"
 
 @dataclass
 class LoraTrainOptions:
-    """Every setting of a LoRA run (the node's and the CLI's inputs, same names and defaults)."""
+    """Every setting of a LoRA run, each written once: the node's inputs, the CLI's options and
+    the keys of a sweep file come from these fields (``selva/train/options.py``)."""
 
-    steps: int = 2000
-    rank: int = 16
-    alpha: float = 16.0
-    target: str = "attn.qkv"  # space/comma separated layer-name suffixes
-    lr: float = 1e-4
-    warmup_steps: int = 100
-    batch_size: int = 1
-    grad_accum: int = 4
-    save_every: int = 500
-    timestep_sampling: str = "logit_normal"
-    seed: int = 42
-    init: str = "default"  # default | pissa
-    rslora: bool = False
-    gradient_checkpointing: bool = False
-    eval_steps: int = 25  # sampling steps of the eval samples
-    eval_cfg_strength: float = 4.5
-    eval_samples: bool = True
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+    steps: int = setting(2000, "Optimizer steps in total.", min=1, max=1_000_000)
+    rank: int = setting(16, "LoRA rank: capacity of the adapter.", min=1, max=1024)
+    alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / rank.", min=0.01, max=4096.0,
+                           step=0.5)
+    target: str = setting("attn.qkv", "Layer-name suffixes to adapt, space/comma separated (e.g. 'attn.qkv "
+                          "linear1 ffn.w1'). A suffix that matches nothing lists the valid ones.")
+    lr: float = setting(1e-4, "Learning rate (AdamW).", min=1e-7, max=1.0, step=1e-5, round=1e-7)
+    warmup_steps: int = setting(100, "Linear learning-rate warm-up steps.", min=0, max=100_000)
+    batch_size: int = setting(1, "Clips per micro-step (per process).", min=1, max=256)
+    grad_accum: int = setting(4, "Micro-steps per optimizer step (effective batch = batch_size x "
+                              "grad_accum).", min=1, max=256)
+    save_every: int = setting(500, "Checkpoint + adapter + eval sample every N steps (0 = only at the "
+                              "end).", min=0, max=1_000_000)
+    timestep_sampling: str = setting("logit_normal", "Flow-time distribution: logit_normal (as the model "
+                                     "was trained) or uniform.", choices=TIMESTEP_SAMPLING)
+    seed: int = setting(42, "Seed of the adapter init, noise and data order (on the node, set the control "
+                        "below it to 'fixed' to repeat a run).", min=0, max=0xFFFFFFFFFFFFFFFF, seed=True)
+    init: str = setting("default", "default: the adapter starts at zero. pissa: starts from the weight's "
+                        "top singular vectors (faster, fewer intruder dimensions).", choices=INITS)
+    rslora: bool = setting(False, "rsLoRA scaling alpha / sqrt(rank): keeps high ranks learning.")
+    gradient_checkpointing: bool = setting(False, "Recompute each transformer block in the backward pass: "
+                                           "much less VRAM, ~30% slower.")
+    eval_steps: int = setting(25, "Sampling steps of the eval samples.", min=1, max=1000)
+    eval_cfg_strength: float = setting(4.5, "Guidance strength of the eval samples.", min=0.0, max=100.0)
+    eval_samples: bool = setting(True, "Write eval samples (baseline, each save, the end).")
+    max_grad_norm: float = setting(1.0, "Gradient-norm clipping bound (0 = no clipping).", min=0.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0)
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(rank=int(self.rank), alpha=float(self.alpha), targets=parse_targets(self.target),
@@ -69,9 +80,7 @@ class LoraTrainOptions:
                           run_name=RUN_NAME, eval_samples=bool(self.eval_samples))
 
     def validate(self) -> None:
-        if self.timestep_sampling not in TIMESTEP_SAMPLING:
-            raise SelvaError(f"Unknown timestep_sampling {self.timestep_sampling!r}; choose one of "
-                             f"{', '.join(TIMESTEP_SAMPLING)}.")
+        check_limits(self)
         self.lora_config()
         self.loop_config().validate()
 

@@ -18,11 +18,12 @@ from ..errors import SelvaError
 from ..hooks import NO_HOOKS, Hooks
 from ..models.mel import MelConverter
 from ..offload import module_bytes
+from ..train.options import check_limits, setting
 from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
 from .data import AudioSegments, segment_samples
 from .losses import LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1, natural_log_mel
-from .params import check_train_mode, snapshot, trainable_copy, trainable_parameters
+from .params import TRAIN_MODES, check_train_mode, snapshot, trainable_copy, trainable_parameters
 from .stage import fresh_base_vocoder
 
 log = logging.getLogger(__name__)
@@ -30,34 +31,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VocoderTuningConfig:
-    """The Trainer node's inputs (paths already resolved)."""
+    """A vocoder-tuning run: its folders (paths already resolved) and its settings, each setting
+    written once (the Trainer node's inputs and the CLI's options come from these fields)."""
 
     data_dir: Path
     output_path: Path
-    train_mode: str = "snake_alpha_only"
-    steps: int = 2000
-    lr: float = 1e-4
-    batch_size: int = 4
-    segment_seconds: float = 1.0
-    lambda_l2sp: float = 1e-3
-    save_every: int = 500
-    seed: int = 0
+    train_mode: str = setting("snake_alpha_only", "snake_alpha_only: only the periodic activations' "
+                              "alpha/beta train (a few thousand numbers, hard to break). all_params: every "
+                              "weight (stronger, needs more data, can add artefacts).", choices=TRAIN_MODES)
+    steps: int = setting(2000, "Optimizer steps in total (a resumed run continues to this).", min=1,
+                         max=1_000_000)
+    lr: float = setting(1e-4, "Learning rate (AdamW, BigVGAN's betas 0.8/0.99).", min=1e-7, max=1e-1,
+                        step=1e-5, round=False)
+    batch_size: int = setting(4, "Segments per step.", min=1, max=64)
+    segment_seconds: float = setting(1.0, "Length of each random training excerpt (rounded to whole mel "
+                                     "frames).", min=0.1, max=10.0, step=0.1)
+    lambda_l2sp: float = setting(1e-3, "Pull toward the pretrained weights (squared distance); higher keeps "
+                                 "the original sound more, 0 lets it drift freely.", min=0.0, max=100.0,
+                                 step=1e-4, round=False)
+    save_every: int = setting(500, "Steps between checkpoints, tuned files and eval samples (0 = only at "
+                              "the end).", min=0, max=1_000_000)
+    seed: int = setting(0, "Seed of the segment choice; same seed, same run.", min=0, max=2**63 - 1)
     discriminator_path: Optional[Path] = None
     resume: Optional[Path] = None
 
     def validate(self) -> "VocoderTuningConfig":
         check_train_mode(self.train_mode)
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SelvaError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.save_every < 0:
-            raise SelvaError(f"save_every must be 0 (only at the end) or positive, got {self.save_every}.")
-        if not self.lr > 0:
-            raise SelvaError(f"lr must be positive, got {self.lr}.")
-        if self.lambda_l2sp < 0:
-            raise SelvaError(f"lambda_l2sp must be 0 or more, got {self.lambda_l2sp}.")
-        if self.segment_seconds <= 0:
-            raise SelvaError(f"segment_seconds must be positive, got {self.segment_seconds}.")
+        check_limits(self)
         return self
 
 
