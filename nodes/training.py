@@ -48,7 +48,9 @@ class SelvaLoraTrainer:
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("steps", "rank", "alpha", "target", "lr", "warmup_steps", "batch_size", "grad_accum",
                 "save_every", "timestep_sampling", "seed")
-    OPTIONAL = ("init", "rslora", "gradient_checkpointing")
+    OPTIONAL = ("init", "rslora", "gradient_checkpointing", "lora_dropout", "lora_plus_ratio", "lr_schedule",
+                "logit_normal_sigma", "curriculum_switch", "latent_mixup_alpha", "latent_noise_sigma",
+                "spectral_surgery")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

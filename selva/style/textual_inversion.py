@@ -234,7 +234,7 @@ class TiTrainOptions:
                         "video-encoder tokens in memory.", choices=PATHS)
     warmup_steps: int = setting(0, "Linear learning-rate warm-up steps.", min=0, max=100000)
     grad_accum: int = setting(1, "Micro-steps per optimizer step.", min=1, max=256)
-    timestep_sampling: str = setting("logit_normal", "Flow-time distribution.", choices=TIMESTEP_SAMPLING)
+    timestep_sampling: str = setting("logit_normal", "Flow-time distribution.", choices=TIMESTEP_SAMPLING[:2])
     eval_samples: bool = setting(True, "Write eval samples at each save.")
     eval_steps: int = setting(25, "Sampling steps of the eval samples.", min=1, max=1000)
     # clip_t5: host memory for the clips' backbone tokens (0 = recompute them at every step)
