@@ -47,7 +47,7 @@ class SelvaBigvganTrainer:
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("train_mode", "steps", "lr", "batch_size", "segment_seconds", "lambda_l2sp", "save_every",
                 "seed")
-    OPTIONAL: tuple[str, ...] = ()
+    OPTIONAL = ("lambda_phase", "use_gafilter", "gafilter_kernel_size", "lora_adapter")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -87,8 +87,10 @@ class SelvaBigvganTrainer:
         from ..selva.train.options import from_inputs
         from ..selva.vocoder_tuning.tuner import VocoderTuningConfig, tune_vocoder
 
+        adapter = str(settings.pop("lora_adapter", "") or "").strip()
         with comfy_run():
             cfg = from_inputs(VocoderTuningConfig, settings,
+                              lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
                               discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
                               resume=_resume_path(resume))

@@ -22,7 +22,9 @@ from ..train.options import check_limits, setting
 from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
 from .data import AudioSegments, segment_samples
-from .losses import LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1, natural_log_mel
+from .gafilter import attach_gafilters
+from .losses import (LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1,
+                     natural_log_mel, phase_aware_stft)
 from .params import TRAIN_MODES, check_train_mode, snapshot, trainable_copy, trainable_parameters
 from .stage import fresh_base_vocoder
 
@@ -52,12 +54,27 @@ class VocoderTuningConfig:
     save_every: int = setting(500, "Steps between checkpoints, tuned files and eval samples (0 = only at "
                               "the end).", min=0, max=1_000_000)
     seed: int = setting(0, "Seed of the segment choice; same seed, same run.", min=0, max=2**63 - 1)
+    # --- issue 23 (node inputs in this order, after the ones above)
+    lambda_phase: float = setting(0.0, "Weight of the phase-aware loss (L1 on the STFT's real and imaginary "
+                                  "parts and magnitude): keeps transients sharp. 0 = off; ~1 with it.",
+                                  min=0.0, max=100.0, step=0.1)
+    use_gafilter: bool = setting(False, "Add a learnable per-channel FIR filter (GAFilter) after each "
+                                 "residual-block activation, starting as the identity: it can remove "
+                                 "harmonic artefacts the Snake parameters alone cannot.")
+    gafilter_kernel_size: int = setting(9, "GAFilter length in samples (odd): longer = finer frequency "
+                                        "shaping.", min=1, max=63, step=2)
+    lora_adapter: str = setting("", "Optional LoRA adapter (.safetensors): train on mels the generator makes "
+                                "WITH it for each clip of data_dir (features .npz + same-name audio), paired "
+                                "with the clip's recording, so the vocoder learns to turn the adapted "
+                                "generator's mels into the real sound. Empty = mels of the recordings.")
     discriminator_path: Optional[Path] = None
     resume: Optional[Path] = None
 
     def validate(self) -> "VocoderTuningConfig":
         check_train_mode(self.train_mode)
         check_limits(self)
+        if self.use_gafilter and self.gafilter_kernel_size % 2 == 0:
+            raise SelvaError(f"gafilter_kernel_size must be an odd number, got {self.gafilter_kernel_size}.")
         return self
 
 
@@ -107,7 +124,7 @@ def _discriminators_for(pipe, path: Path):
 class VocoderTuner(TrainTask):
     """The vocoder-tuning task the shared training loop drives (selva/train/loop.py)."""
 
-    resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators")
+    resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators", "gafilter_kernel_size")
 
     def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS) -> None:
         # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
@@ -126,8 +143,16 @@ class VocoderTuner(TrainTask):
         self.hop = int(spec.mel.hop_size)
         self.sample_rate = int(spec.sample_rate)
         length = segment_samples(cfg.segment_seconds, self.sample_rate, self.hop)
-        self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
-                                              on_file=lambda d, n: hooks.step("reading audio", d, n))
+        self.pairs = None  # lora_adapter: (adapted generator's mel, recording) pairs instead of audio
+        if str(cfg.lora_adapter or "").strip():
+            from .lora_mels import lora_mel_pairs
+
+            self.pairs = lora_mel_pairs(pipe, Path(cfg.data_dir), Path(cfg.lora_adapter), seed=cfg.seed,
+                                        segment_frames=length // self.hop, hooks=hooks)
+            self.data = self.pairs
+        else:
+            self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                                  on_file=lambda d, n: hooks.step("reading audio", d, n))
         # the base weights come from the loaded stage, else straight from the file on the CPU: the
         # stage itself is not put on the GPU just to be copied
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
@@ -136,6 +161,8 @@ class VocoderTuner(TrainTask):
         self._make_room(base)
         self.vocoder = trainable_copy(base, cfg.train_mode, self.device)
         del base
+        if cfg.use_gafilter:
+            attach_gafilters(self.vocoder, int(cfg.gafilter_kernel_size))
         self.params = trainable_parameters(self.vocoder, cfg.train_mode)
         self.anchor = snapshot(self.params)
         self.mel_input = MelConverter(spec.mel).to(self.device)  # what the vocoder reads
@@ -144,7 +171,7 @@ class VocoderTuner(TrainTask):
         self.discriminators = None
         if cfg.discriminator_path:
             self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
-        self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None)
+        self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None, cfg.lambda_phase)
         self.identity = identity_of(pipe)
         self.last_logs: dict[str, float] = {}
 
@@ -179,13 +206,23 @@ class VocoderTuner(TrainTask):
                 "sample_rate": self.identity.sample_rate, "train_mode": self.cfg.train_mode,
                 "discriminators": self.discriminators is not None, "lambda_l2sp": self.cfg.lambda_l2sp,
                 "segment_seconds": self.cfg.segment_seconds, "data_dir": str(self.cfg.data_dir),
-                "files": len(self.data)}
+                "files": len(self.data),
+                # recorded only when used, so runs from before these options still resume
+                **({"lambda_phase": self.cfg.lambda_phase} if self.cfg.lambda_phase else {}),
+                **({"gafilter_kernel_size": self.cfg.gafilter_kernel_size} if self.cfg.use_gafilter else {}),
+                **({"lora_adapter": str(self.cfg.lora_adapter)} if self.pairs is not None else {})}
 
     def train_mode(self, training: bool) -> None:
         self.vocoder.train(training)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Per-item losses: each item is a random excerpt of one clip (offset from its generator)."""
+        if self.pairs is not None:
+            cut = [self.pairs.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)]
+            mel = torch.stack([m for m, _ in cut]).to(self.device)
+            y = torch.stack([a for _, a in cut])
+            total, self.last_logs = self.losses(y[:, None].to(self.device), mel)
+            return total
         y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
         total, self.last_logs = self.losses(y[:, None].to(self.device))
         return total
@@ -199,10 +236,12 @@ class VocoderTuner(TrainTask):
                                   self.metadata(self.step))
 
     # ------------------------------------------------------------------------------ losses
-    def loss_terms(self, y: torch.Tensor) -> LossTerms:
-        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels."""
-        with torch.no_grad():
-            mel = self.mel_input(y.squeeze(1))
+    def loss_terms(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> LossTerms:
+        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels (``mel``:
+        given ones, e.g. a LoRA-adapted generator's, instead of the segments' own)."""
+        if mel is None:
+            with torch.no_grad():
+                mel = self.mel_input(y.squeeze(1))
         y_hat = self.vocoder(mel)
         terms = LossTerms(mel=mel_l1(self.mel_loss, y_hat, y), stft=self.stft_loss(y_hat, y),
                           l2sp=l2sp(self.params, self.anchor).to(self.device))
@@ -210,10 +249,12 @@ class VocoderTuner(TrainTask):
             with torch.no_grad():
                 real = self.discriminators.feature_maps(y)
             terms.feature_matching = feature_matching(self.discriminators.feature_maps(y_hat), real)
+        if self.weights.phase > 0:
+            terms.phase = phase_aware_stft(y_hat, y)
         return terms
 
-    def losses(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self.loss_terms(y)
+    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.loss_terms(y, mel)
         total = terms.total(self.weights)
         return total, {"loss": float(total.detach().mean()), **terms.as_floats()}
 
@@ -221,6 +262,9 @@ class VocoderTuner(TrainTask):
     @torch.no_grad()
     def eval_audio(self) -> torch.Tensor:
         """The vocoder's current resynthesis [1, 1, T] (CPU) of a fixed excerpt of the data."""
+        if self.pairs is not None:
+            mel, _ = self.pairs.eval_pair()
+            return self.vocoder(mel[None].to(self.device)).float().cpu()
         y = self.data.eval_segment().to(self.device)
         return self.vocoder(self.mel_input(y.squeeze(1))).float().cpu()
 
