@@ -13,7 +13,7 @@ from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringL
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
 from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
                        register_routes)
-from .vocoder import SelvaBigvganLoader, SelvaBigvganTrainer
+from .vocoder import SelvaBigvganLoader, SelvaBigvganScheduler, SelvaBigvganTrainer
 
 comfy_compat.register_models_folder()
 register_routes()
@@ -40,6 +40,7 @@ _NODES = (
     ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
+    ("SelvaBigvganScheduler", SelvaBigvganScheduler, "SelVA BigVGAN Scheduler"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
 )
 

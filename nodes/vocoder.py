@@ -125,3 +125,48 @@ class SelvaBigvganLoader:
 
         with comfy_run():
             return (with_tuned_vocoder(model, resolve(path, "path")),)
+
+
+class SelvaBigvganScheduler:
+    DESCRIPTION = ("Runs a sweep of BigVGAN vocoder tunings from an experiments JSON file (base settings + "
+                   "per-experiment overrides; the earlier SelVA pack's layout with id / data_dir / "
+                   "output_root is read too), decoding each audio folder once. Re-running skips finished "
+                   "experiments; a failing one is recorded and the sweep goes on.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves")
+    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, tuned "
+                       "vocoder path and error.", "Every experiment's smoothed loss curve, labelled.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader; its vocoder is "
+                                                  "copied for each run, never changed."}),
+                "experiments_file": ("STRING", {
+                    "default": "bigvgan_experiments.json",
+                    "tooltip": 'JSON: {"base": {"data_dir": ..., "steps": 2000}, "experiments": [{"name": '
+                               '"phase", "lambda_phase": 1.0}]} (keys: the BigVGAN Trainer\'s inputs). '
+                               "Relative = inside ComfyUI's output folder."}),
+            },
+            "optional": {
+                "output_dir": ("STRING", {
+                    "default": "selva/vocoder_sweeps",
+                    "tooltip": "The sweep folder is <output_dir>/<experiments file name> (a file's own "
+                               "output_root wins). Relative = inside ComfyUI's output folder."}),
+            },
+        }
+
+    def run(self, model: Any, experiments_file: str, output_dir: str = "selva/vocoder_sweeps") -> tuple[str, Any]:
+        from ..selva.train.plots import image_tensor
+        from ..selva.vocoder_tuning.sweep import run_vocoder_sweep
+
+        with comfy_run():
+            result = run_vocoder_sweep(model, resolve(experiments_file, "experiments_file"),
+                                       resolve(output_dir, "output_dir"), hooks=make_training_hooks(),
+                                       resolve=lambda p: resolve(p, "path in the experiments file"),
+                                       on_step=_log_step)
+        return (str(result.summary_path), image_tensor(result.comparison))

@@ -35,6 +35,7 @@ EXPECTED = {
     "SelvaTiScheduler": "SelVA Textual Inversion Scheduler",
     "SelvaBigvganTrainer": "SelVA BigVGAN Trainer",
     "SelvaBigvganLoader": "SelVA BigVGAN Loader",
+    "SelvaBigvganScheduler": "SelVA BigVGAN Scheduler",
     "SelvaMuxVideo": "SelVA Mux Video",
 }
 

@@ -126,12 +126,13 @@ class VocoderTuner(TrainTask):
 
     resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators", "gafilter_kernel_size")
 
-    def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS) -> None:
+    def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
+                 audio_cache: Optional[dict] = None) -> None:
         # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
         with torch.inference_mode(False):
-            self._build(pipe, cfg, hooks)
+            self._build(pipe, cfg, hooks, audio_cache)
 
-    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks) -> None:
+    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks, audio_cache: Optional[dict]) -> None:
         self.pipe = pipe
         self.cfg = cfg.validate()
         self.device = pipe.device
@@ -151,8 +152,15 @@ class VocoderTuner(TrainTask):
                                         segment_frames=length // self.hop, hooks=hooks)
             self.data = self.pairs
         else:
-            self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
-                                                  on_file=lambda d, n: hooks.step("reading audio", d, n))
+            # a sweep decodes each folder once (audio_cache), whatever the runs' segment lengths
+            key = (str(Path(cfg.data_dir).resolve()), self.sample_rate)
+            cached = audio_cache.get(key) if audio_cache is not None else None
+            if cached is None:
+                cached = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                                   on_file=lambda d, n: hooks.step("reading audio", d, n))
+                if audio_cache is not None:
+                    audio_cache[key] = cached
+            self.data = replace(cached, length=length)
         # the base weights come from the loaded stage, else straight from the file on the CPU: the
         # stage itself is not put on the GPU just to be copied
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
@@ -304,16 +312,18 @@ def resume_target(resume: Optional[Path]) -> Optional[str]:
 
 
 def tune_vocoder(pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
-                 on_step: Optional[Callable[[StepInfo], None]] = None) -> tuple[Path, TrainResult]:
+                 on_step: Optional[Callable[[StepInfo], None]] = None, *, run_dir: Optional[Path] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 audio_cache: Optional[dict] = None) -> tuple[Path, TrainResult]:
     """Run a vocoder tuning to the end; returns the final tuned file and the loop's result.
 
     The run lives in a fresh ``<output_path>/bigvgan_NNN`` folder (step checkpoints, tuned
     files ``vocoder_step_NNNNNN.safetensors`` / ``vocoder_final.safetensors``, loss curves, eval
     samples); a cancel saves a checkpoint there and raises ``Interrupted``.
     """
-    task = VocoderTuner(pipe, cfg, hooks)
+    task = VocoderTuner(pipe, cfg, hooks, audio_cache)
     result = run_training(task, loop_config(cfg), Path(cfg.output_path), resume=resume_target(cfg.resume),
-                          hooks=hooks, on_step=on_step)
+                          hooks=hooks, on_step=on_step, run_dir=run_dir, should_stop=should_stop)
     if result.exported is None:
         raise SelvaError("Training ended without writing a tuned vocoder (a bug).")
     return result.exported, result
