@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import comfy_compat
-from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from .audio_tools import (SelvaHarmonicExciter, SelvaHfSmoother, SelvaOutputNormalizer, SelvaSpectralMatcher,
+                          SelvaVaeRoundtrip)
 from .ditto import SelvaDittoOptimizer
 from .features import SelvaFeatureExtractor
 from .loader import SelvaModelLoader
@@ -25,6 +26,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaHarmonicExciter", SelvaHarmonicExciter, "SelVA Harmonic Exciter"),
+    ("SelvaOutputNormalizer", SelvaOutputNormalizer, "SelVA Output Normalizer"),
     ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
     ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
     ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
