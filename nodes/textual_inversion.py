@@ -57,7 +57,7 @@ class SelvaTextualInversionTrainer:
 
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("n_tokens", "init_text", "steps", "lr", "batch_size", "save_every", "seed")
-    OPTIONAL = ("path",)
+    OPTIONAL = ("path", "inject_mode", "token_norm_clamp")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

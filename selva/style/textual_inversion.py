@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 FORMAT = "selva-textual-inversion"
 FORMAT_VERSION = 1
 PATHS = ("clip", "clip_t5")
+# Where the learned CLIP tokens sit in the 77-token sequence: "suffix" = the last n positions
+# (padding for most prompts, the prompt stays whole), "prefix" = right after the start token
+# (positions 1..n: attended more strongly, but they take the place of the prompt's first words).
+INJECT_MODES = ("suffix", "prefix")
 RUN_NAME = "textual_inversion"
 # Default budget for the backbone tokens kept while training on clip_t5 (an 8 s clip's are about
 # 110 MB in fp32); clips beyond it are recomputed each time they come up.
@@ -75,8 +79,12 @@ class TextualInversion:
     info: dict = field(default_factory=dict)
     path: Optional[Path] = None
     embeddings_t5: Optional[torch.Tensor] = None  # path clip_t5 only
+    inject_mode: str = "suffix"
 
     def __post_init__(self) -> None:
+        if self.inject_mode not in INJECT_MODES:
+            raise SelvaError(f"Unknown textual-inversion inject_mode {self.inject_mode!r}; known: "
+                             f"{', '.join(INJECT_MODES)}.")
         if self.path_kind not in PATHS:
             raise SelvaError(f"Unknown textual-inversion path {self.path_kind!r}; known: {', '.join(PATHS)}.")
         if self.path_kind == "clip_t5":
@@ -94,7 +102,7 @@ class TextualInversion:
 
     def save(self, path: Path) -> Path:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
-                "path": self.path_kind, "n_tokens": self.n_tokens,
+                "path": self.path_kind, "n_tokens": self.n_tokens, "inject_mode": self.inject_mode,
                 **{f"info.{k}": v for k, v in self.info.items()}}
         tensors = {"embeddings": self.embeddings.float()}
         if self.embeddings_t5 is not None:
@@ -129,7 +137,8 @@ class TextualInversion:
                                  f"t5_dim) 'embeddings_t5' tensor; train it again.")
             t5 = t5.float()
         info = {k[len("info."):]: meta_value(meta, k) for k in meta if k.startswith("info.")}
-        return cls(emb.float(), str(meta_value(meta, "variant")), kind, info, Path(path), t5)
+        inject = str(meta_value(meta, "inject_mode", "suffix"))  # files from before: suffix
+        return cls(emb.float(), str(meta_value(meta, "variant")), kind, info, Path(path), t5, inject)
 
 
 def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size) -> None:
@@ -138,17 +147,20 @@ def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size)
         raise SelvaError(f"This textual inversion was trained on {ti.variant} (token width "
                          f"{ti.embeddings.shape[1]}), but the model is {variant} (width {dim}). "
                          f"Train one for this model.")
-    if not 1 <= ti.n_tokens < seq_len:
-        raise SelvaError(f"The textual inversion holds {ti.n_tokens} tokens; at most {seq_len - 1} fit.")
+    if not 1 <= ti.n_tokens < seq_len - 1:
+        raise SelvaError(f"The textual inversion holds {ti.n_tokens} tokens; at most {seq_len - 2} fit.")
 
 
-def with_tokens(text_clip: torch.Tensor, tokens: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-    """``text_clip`` (..., 77, D) with its last ``len(tokens)`` positions blended toward ``tokens``."""
+def with_tokens(text_clip: torch.Tensor, tokens: torch.Tensor, strength: float = 1.0,
+                inject_mode: str = "suffix") -> torch.Tensor:
+    """``text_clip`` (..., 77, D) with ``len(tokens)`` positions blended toward ``tokens``: the
+    last ones (``suffix``) or those right after the start token (``prefix``, see INJECT_MODES)."""
     n = tokens.shape[0]
-    head, tail = text_clip[..., :-n, :], text_clip[..., -n:, :]
-    tokens = tokens.to(tail.device, tail.dtype).expand_as(tail)
-    new_tail = tokens if strength == 1.0 else tail + strength * (tokens - tail)
-    return torch.cat([head, new_tail], dim=-2)
+    start = 1 if inject_mode == "prefix" else text_clip.shape[-2] - n
+    head, part, tail = text_clip[..., :start, :], text_clip[..., start:start + n, :], text_clip[..., start + n:, :]
+    tokens = tokens.to(part.device, part.dtype).expand_as(part)
+    new_part = tokens if strength == 1.0 else part + strength * (tokens - part)
+    return torch.cat([head, new_part, tail], dim=-2)
 
 
 def check_t5_compatible(ti: TextualInversion, t5_dim: int) -> None:
@@ -199,7 +211,7 @@ def apply_to_features(features: Features, ti: Optional[TextualInversion], streng
         return features
     check_compatible(ti, features.variant, features.text_clip.shape)
     strength = float(strength)
-    text_clip = with_tokens(features.text_clip.float(), ti.embeddings, strength)
+    text_clip = with_tokens(features.text_clip.float(), ti.embeddings, strength, ti.inject_mode)
     if ti.path_kind == "clip":
         return replace(features, text_clip=text_clip)
     if pipe is None:
@@ -241,6 +253,15 @@ class TiTrainOptions:
     backbone_cache_mb: int = setting(DEFAULT_BACKBONE_CACHE_MB, "clip_t5: host memory (MB) for the clips' "
                                      "video-encoder tokens, recomputed when they do not fit (0 = keep none).",
                                      min=0)
+    # --- issue 23 (node inputs in this order, after the ones above)
+    inject_mode: str = setting("suffix", "Where the learned tokens go in the 77-token CLIP sequence: suffix = "
+                               "the last positions (the prompt stays whole), prefix = right after the start "
+                               "token (attended more strongly; they take the place of the prompt's first "
+                               "words).", choices=INJECT_MODES)
+    token_norm_clamp: float = setting(0.0, "After every step, shrink each learned CLIP token whose norm "
+                                      "exceeds this many times the dataset prompts' mean token norm (keeps "
+                                      "them near real words; 0 = off, the earlier pack used 1.5).",
+                                      min=0.0, max=10.0, step=0.1)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TiTrainOptions":
@@ -293,7 +314,7 @@ class TiTask(TrainTask):
     compute device for the whole run (the caller holds its stage).
     """
 
-    resume_keys = ("variant", "n_tokens", "path")
+    resume_keys = ("variant", "n_tokens", "path", "inject_mode")
 
     def __init__(self, pipe, gen, dataset, options: TiTrainOptions, init: torch.Tensor,
                  eval_features: Optional[Features] = None, init_t5: Optional[torch.Tensor] = None,
@@ -315,6 +336,10 @@ class TiTask(TrainTask):
             self.embedding_t5 = nn.Parameter(init_t5.to(pipe.device, torch.float32).clone())
         self.init_text = ""
         self.last_export: Optional[TextualInversion] = None
+        self.norm_limit: Optional[float] = None
+        if options.token_norm_clamp > 0:  # the mean norm of the prompts' real CLIP tokens (1..20)
+            norms = torch.cat([c.conditions.text_clip[1:21].float().norm(dim=-1) for c in dataset.clips])
+            self.norm_limit = float(options.token_norm_clamp) * float(norms.mean())
         self._negative = None
         if options.eval_samples:
             with torch.no_grad():
@@ -323,12 +348,18 @@ class TiTask(TrainTask):
     def trainable_parameters(self):
         return [self.embedding] if self.embedding_t5 is None else [self.embedding, self.embedding_t5]
 
+    def after_step(self) -> None:
+        if self.norm_limit is not None:  # back toward the norm of real words
+            norms = self.embedding.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.embedding.mul_((self.norm_limit / norms).clamp(max=1.0))
+
     def num_items(self) -> int:
         return len(self.dataset)
 
     def describe(self) -> dict[str, Any]:
         return {"variant": self.pipe.variant.name, "n_tokens": self.options.n_tokens,
                 "path": self.options.path, "init_text": self.init_text,
+                **({"inject_mode": self.options.inject_mode} if self.options.inject_mode != "suffix" else {}),
                 "timestep_sampling": self.options.timestep_sampling,
                 "dataset_digest": self.dataset.digest, "clips": len(self.dataset),
                 "precision": self.pipe.options.precision}
@@ -381,7 +412,7 @@ class TiTask(TrainTask):
                 sync = item.conditions.sync_f if self.embedding_t5 is None else self.sync_features(index)
                 conds.append(ClipConditions(item.conditions.clip_f, sync,
                                             with_tokens(item.conditions.text_clip.to(self.embedding.device),
-                                                        self.embedding)))
+                                                        self.embedding, inject_mode=self.options.inject_mode)))
             mean = torch.stack([item.latent_mean for item in items])
             std = torch.stack([item.latent_std for item in items])
             losses = flow_matching_loss(self.gen, mean, std, conds, noises)
@@ -410,7 +441,7 @@ class TiTask(TrainTask):
                     "clips": len(self.dataset), "options": asdict(self.options)}
         t5 = None if self.embedding_t5 is None else self.embedding_t5.detach().float().cpu().clone()
         return TextualInversion(self.embedding.detach().float().cpu().clone(), self.pipe.variant.name,
-                                self.options.path, info, embeddings_t5=t5)
+                                self.options.path, info, embeddings_t5=t5, inject_mode=self.options.inject_mode)
 
     def export(self, run_dir: Path, tag: str) -> Optional[Path]:
         from ..artifacts import unique_path

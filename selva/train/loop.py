@@ -185,6 +185,10 @@ class TrainTask:
         A trainer that learns some tensors faster (LoRA+) returns several, each with its lr."""
         return [{"params": self.trainable_parameters()}]
 
+    def after_step(self) -> None:
+        """Called after every optimizer step (no gradients): e.g. project the trained tensors
+        back into an allowed set."""
+
     def finish(self) -> None:
         """Called once when the run reached its last step, before the final export (a post-
         training step such as spectral surgery). Gradients are enabled."""
@@ -506,6 +510,8 @@ class _Run:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
+        with torch.no_grad():
+            self.task.after_step()
         self.scheduler.step()
         self.step = self.task.step = step
         self.losses.append(loss)
