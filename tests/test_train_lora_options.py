@@ -227,3 +227,30 @@ def test_eval_samples_are_measured_against_the_eval_clips_recording(pipe, data_d
     assert set(metrics["2"]) == {"log_spectral_distance_db", "mel_cepstral_distortion", "per_band_correlation"}
     meta = json.loads((run.result.run_dir / "meta.json").read_text())
     assert meta["eval_metrics"] == metrics
+
+
+def test_the_earlier_vocoder_finetune_sweep_runs_once_its_names_are_mapped(pipe, data_dir, tmp_path):
+    """The layout of the earlier pack's experiments/vocoder_finetune.json (a LoRA sweep run beside a
+    tuned vocoder), steps cut to 2, data pointed at the test dataset. Every option it sets is one of
+    ours; only the renames the earlier-layout reader does (selva/compat, issue 24) are applied here
+    by hand: id -> name, top-level data_dir -> base, timestep_mode -> timestep_sampling,
+    alpha 0 -> 2 x rank."""
+    from comfyui_selva.selva.train.sweep import run_sweep
+
+    earlier = {"name": "vocoder_finetune", "description": "LoRA run with a tuned vocoder.",
+               "data_dir": str(data_dir), "output_root": str(tmp_path / "out"),
+               "base": {"steps": 2, "rank": 4, "alpha": 0.0, "lr": 3e-4, "batch_size": 2, "warmup_steps": 1,
+                        "grad_accum": 1, "save_every": 2, "seed": 42, "target": "attn.qkv",
+                        "timestep_mode": "uniform", "logit_normal_sigma": 1.0, "curriculum_switch": 0.6,
+                        "lora_dropout": 0.0, "lora_plus_ratio": 1.0, "lr_schedule": "constant"},
+               "experiments": [{"id": "r128_lr_3e4_bj_vocoder", "description": "baseline"}]}
+    base = dict(earlier["base"], data_dir=earlier["data_dir"], eval_samples=False)
+    base["timestep_sampling"] = base.pop("timestep_mode")
+    base["alpha"] = base["alpha"] or 2.0 * base["rank"]
+    mapped = {"base": base, "experiments": [{"name": e["id"]} for e in earlier["experiments"]]}
+    file = tmp_path / "vocoder_finetune.json"
+    file.write_text(json.dumps(mapped))
+    result = run_sweep(pipe, file, tmp_path / "sweeps")
+    run = result.summary["runs"]["r128_lr_3e4_bj_vocoder"]
+    assert run["status"] == "finished", run["error"]
+    assert run["steps_done"] == 2
