@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import comfy_compat, common
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run

@@ -11,9 +11,8 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
-from ..errors import SelvaError
 from .options import add_cli_options, from_namespace
 
 log = logging.getLogger(__name__)

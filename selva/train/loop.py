@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
