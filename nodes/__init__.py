@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import comfy_compat
-from .audio_tools import SelvaHfSmoother, SelvaSpectralMatcher, SelvaVaeRoundtrip
+from .audio_tools import (SelvaHarmonicExciter, SelvaHfSmoother, SelvaOutputNormalizer, SelvaSpectralMatcher,
+                          SelvaVaeRoundtrip)
 from . import datasets
 from .batch import SelvaBatchGenerate
 from .ditto import SelvaDittoOptimizer
@@ -15,7 +16,7 @@ from .steering import SelvaActivationSteeringExtractor, SelvaActivationSteeringL
 from .textual_inversion import SelvaTextualInversionLoader, SelvaTextualInversionTrainer, SelvaTiScheduler
 from .training import (SelvaDatasetBrowser, SelvaLoraScheduler, SelvaLoraTrainer, SelvaSkipExperiment,
                        register_routes)
-from .vocoder import SelvaBigvganLoader, SelvaBigvganTrainer
+from .vocoder import SelvaBigvganLoader, SelvaBigvganScheduler, SelvaBigvganTrainer
 
 comfy_compat.register_models_folder()
 register_routes()
@@ -27,6 +28,8 @@ _NODES = (
     ("SelvaVaeRoundtrip", SelvaVaeRoundtrip, "SelVA VAE Roundtrip"),
     ("SelvaHfSmoother", SelvaHfSmoother, "SelVA HF Smoother"),
     ("SelvaSpectralMatcher", SelvaSpectralMatcher, "SelVA Spectral Matcher"),
+    ("SelvaHarmonicExciter", SelvaHarmonicExciter, "SelVA Harmonic Exciter"),
+    ("SelvaOutputNormalizer", SelvaOutputNormalizer, "SelVA Output Normalizer"),
     ("SelvaLoraLoader", SelvaLoraLoader, "SelVA LoRA Loader"),
     ("SelvaLoraEvaluator", SelvaLoraEvaluator, "SelVA LoRA Evaluator"),
     ("SelvaLoraTrainer", SelvaLoraTrainer, "SelVA LoRA Trainer"),
@@ -42,6 +45,7 @@ _NODES = (
     ("SelvaTiScheduler", SelvaTiScheduler, "SelVA Textual Inversion Scheduler"),
     ("SelvaBigvganTrainer", SelvaBigvganTrainer, "SelVA BigVGAN Trainer"),
     ("SelvaBigvganLoader", SelvaBigvganLoader, "SelVA BigVGAN Loader"),
+    ("SelvaBigvganScheduler", SelvaBigvganScheduler, "SelVA BigVGAN Scheduler"),
     ("SelvaMuxVideo", SelvaMuxVideo, "SelVA Mux Video"),
     ("SelvaTextToAudio", SelvaTextToAudio, "SelVA Text to Audio"),
     ("SelvaDatasetFromFolder", datasets.SelvaDatasetFromFolder, "SelVA Dataset From Folder"),

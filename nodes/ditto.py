@@ -99,6 +99,11 @@ class SelvaDittoOptimizer:
                                "or beside reference_dir."}),
                 **steering_inputs(),
                 **ti_inputs(),
+                "anchor_weight": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Pull of the noise toward where it started (mean squared distance, added "
+                               "to the objective): higher keeps the audio cleaner and closer to the "
+                               "Sampler's, lower lets the style move it further. 0 = off."}),
             },
         }
 
@@ -108,7 +113,7 @@ class SelvaDittoOptimizer:
                  normalize: bool = True, target_lufs: float = -27.0, reference_audio: Any = None,
                  steering_vectors: Any = None, steering_strength: Optional[float] = 0.1,
                  steering_blocks: Optional[str] = "all", textual_inversion: Any = None,
-                 ti_strength: Optional[float] = 1.0) -> tuple[dict]:
+                 ti_strength: Optional[float] = 1.0, anchor_weight: float = 0.0) -> tuple[dict]:
         from ..selva.audio import loudness_normalize
         from ..selva.style.ditto import DittoConfig, ditto_generate
 
@@ -116,7 +121,8 @@ class SelvaDittoOptimizer:
             config = DittoConfig(n_opt_steps=int(n_opt_steps), opt_lr=float(opt_lr),
                                  n_ode_steps=int(n_ode_steps), n_grad_steps=int(n_grad_steps),
                                  style_weight=float(style_weight), steps=int(steps),
-                                 cfg_strength=float(cfg_strength), seed=int(seed))
+                                 cfg_strength=float(cfg_strength), seed=int(seed),
+                                 anchor_weight=float(anchor_weight))
             config.validate()  # before reading any audio
             hooks = make_training_hooks()  # the progress preview shows the loss curve
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)

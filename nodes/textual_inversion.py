@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from . import paths
 from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run
+from .options import option_inputs
 from .training import make_training_hooks
 
 
@@ -54,9 +55,13 @@ class SelvaTextualInversionTrainer:
     OUTPUT_TOOLTIPS = ("The trained tokens (.safetensors); feed to SelVA Textual Inversion Loader.",
                        "The loss per step (raw and smoothed).")
 
+    # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
+    REQUIRED = ("n_tokens", "init_text", "steps", "lr", "batch_size", "save_every", "seed")
+    OPTIONAL = ("path", "inject_mode", "token_norm_clamp")
+
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        from ..selva.style.textual_inversion import PATHS
+        from ..selva.style.textual_inversion import TiTrainOptions
 
         return {
             "required": {
@@ -69,52 +74,27 @@ class SelvaTextualInversionTrainer:
                     "default": "selva/textual_inversion",
                     "tooltip": "Folder for the runs (a new textual_inversion_NNN folder each run). "
                                "Relative = inside ComfyUI's output folder."}),
-                "n_tokens": ("INT", {"default": 4, "min": 1, "max": 32,
-                                     "tooltip": "Learned tokens. 4 is plenty for a timbre."}),
-                "init_text": ("STRING", {
-                    "default": "",
-                    "tooltip": "Words the tokens start from (e.g. 'metal clang'). Empty = the "
-                               "dataset's first prompt."}),
-                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
-                                  "tooltip": "Optimizer steps. 500-2000 for a timbre; on 20-50 clips "
-                                             "the loss flattens after a few hundred."}),
-                "lr": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
-                                 "tooltip": "AdamW learning rate on the tokens (default 5e-4; lower it "
-                                            "if the loss jumps)."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                                       "tooltip": "Clips per step (clips of one duration batch together)."}),
-                "save_every": ("INT", {"default": 250, "min": 1, "max": 100000,
-                                       "tooltip": "Steps between resumable checkpoints and token files."}),
-                # the frontend gives an INT named "seed" a control widget anyway: declared here
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                                 "tooltip": "Draws the noise, times and clip order; same seed = same run."}),
+                **option_inputs(TiTrainOptions, cls.REQUIRED),
             },
             "optional": {
-                "path": (list(PATHS), {
-                    "default": "clip",
-                    "tooltip": "clip: tokens in the CLIP text sequence the generator attends to and "
-                               "pools. clip_t5: also tokens appended to the T5 sequence the "
-                               "TextSynchformer conditions the sync features on (SelVA's "
-                               "selectivity); slower per step and keeps the clips' video-encoder "
-                               "tokens in memory."}),
+                **option_inputs(TiTrainOptions, cls.OPTIONAL[:1]),
                 "resume": ("STRING", {
                     "default": "",
                     "tooltip": "Empty = a fresh run; 'latest' = the newest run in output_path; or a "
                                "checkpoint / run folder path."}),
+                **option_inputs(TiTrainOptions, cls.OPTIONAL[1:]),
             },
         }
 
-    def train(self, model: Any, data_dir: str, output_path: str, n_tokens: int, init_text: str,
-              steps: int, lr: float, batch_size: int, save_every: int, seed: int, path: str = "clip",
-              resume: str = "") -> tuple[str, Any]:
+    def train(self, model: Any, data_dir: str, output_path: str, resume: str = "",
+              **settings: Any) -> tuple[str, Any]:
         from ..selva.style.textual_inversion import TiTrainOptions, train_textual_inversion
+        from ..selva.train.options import from_inputs
         from ..selva.train.plots import image_tensor
 
         with comfy_run():
-            options = TiTrainOptions(n_tokens=int(n_tokens), init_text=init_text, steps=int(steps),
-                                     lr=float(lr), batch_size=int(batch_size), save_every=int(save_every),
-                                     seed=int(seed), path=path)
-            run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
+            options = from_inputs(TiTrainOptions, settings)
+            run = train_textual_inversion(model, paths.resolve(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
                                           resume=_resume_arg(resume), hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))

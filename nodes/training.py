@@ -11,6 +11,7 @@ from typing import Any
 
 from . import comfy_compat, common, paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
+from .options import option_inputs
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,17 @@ class SelvaLoraTrainer:
                        "Raw and smoothed loss curve.")
     OUTPUT_NODE = True
 
+    # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
+    REQUIRED = ("steps", "rank", "alpha", "target", "lr", "warmup_steps", "batch_size", "grad_accum",
+                "save_every", "timestep_sampling", "seed")
+    OPTIONAL = ("init", "rslora", "gradient_checkpointing", "lora_dropout", "lora_plus_ratio", "lr_schedule",
+                "logit_normal_sigma", "curriculum_switch", "latent_mixup_alpha", "latent_noise_sigma",
+                "spectral_surgery")
+
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         from ..selva.train.lora_trainer import LoraTrainOptions
-        from ..selva.train.loss import TIMESTEP_SAMPLING
 
-        d = LoraTrainOptions()
         return {
             "required": {
                 "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
@@ -59,70 +65,25 @@ class SelvaLoraTrainer:
                 "output_dir": ("STRING", {"default": "selva_lora", "tooltip":
                                "Where run folders lora_001, lora_002, ... go. Relative = inside "
                                "ComfyUI's output folder."}),
-                "steps": ("INT", {"default": d.steps, "min": 1, "max": 1_000_000,
-                                  "tooltip": "Optimizer steps in total. Aim for 50-100 passes over the "
-                                             "dataset: steps x batch_size x grad_accum / clips."}),
-                "rank": ("INT", {"default": d.rank, "min": 1, "max": 1024,
-                                 "tooltip": "LoRA rank: capacity of the adapter. 4-8 for one sound, "
-                                            "16-32 for a varied set; start at 16."}),
-                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 4096.0, "step": 0.5,
-                                    "tooltip": "LoRA alpha: the update is scaled by alpha / rank."}),
-                "target": ("STRING", {"default": d.target, "tooltip":
-                           "Layer-name suffixes to adapt, space/comma separated (e.g. 'attn.qkv "
-                           "linear1 ffn.w1'). A suffix that matches nothing lists the valid ones."}),
-                "lr": ("FLOAT", {"default": d.lr, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
-                                 "tooltip": "Learning rate (AdamW). 1e-4 is safe at rank 16; halve it on "
-                                            "loss spikes or noisy samples, raise it (up to ~5e-4) when "
-                                            "nothing changes."}),
-                "warmup_steps": ("INT", {"default": d.warmup_steps, "min": 0, "max": 100_000,
-                                         "tooltip": "Linear learning-rate warm-up."}),
-                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 256,
-                                       "tooltip": "Clips per micro-step."}),
-                "grad_accum": ("INT", {"default": d.grad_accum, "min": 1, "max": 256,
-                                       "tooltip": "Micro-steps per optimizer step (effective batch = "
-                                                  "batch_size x grad_accum)."}),
-                "save_every": ("INT", {"default": d.save_every, "min": 0, "max": 1_000_000,
-                                       "tooltip": "Checkpoint + adapter + eval sample every N steps "
-                                                  "(0 = only at the end)."}),
-                "timestep_sampling": (list(TIMESTEP_SAMPLING), {"default": d.timestep_sampling,
-                                      "tooltip": "Flow-time distribution: logit_normal (as the model "
-                                                 "was trained) or uniform."}),
-                # the frontend gives every "seed" widget a control_after_generate (stored after it);
-                # declared here so saved values line up. Keep it on "fixed" for reproducible runs.
-                "seed": ("INT", {"default": d.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "control_after_generate": True,
-                                 "tooltip": "Seed of the adapter init, noise and data order (set the "
-                                            "control below it to 'fixed' to repeat a run)."}),
+                **option_inputs(LoraTrainOptions, cls.REQUIRED),
             },
             "optional": {
                 "resume": ("STRING", {"default": "", "tooltip":
                            "Continue a run: a checkpoints/step_NNNNNN.pt path, a run folder, or "
                            "'latest' (newest run in output_dir). Empty = new run."}),
-                "init": (["default", "pissa"], {"default": "default", "tooltip":
-                         "default: adapter starts at zero. pissa: starts from the weight's top "
-                         "singular vectors (faster, fewer intruder dimensions)."}),
-                "rslora": ("BOOLEAN", {"default": False, "tooltip":
-                           "rsLoRA scaling alpha / sqrt(rank): keeps high ranks learning."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
-                                           "Recompute each transformer block in the backward pass: "
-                                           "much less VRAM, about one more forward pass per step "
-                                           "(~50% slower measured)."}),
+                **option_inputs(LoraTrainOptions, cls.OPTIONAL[:3]),
                 "eval_features": (FEATURES_TYPE, {"tooltip":
                                   "The clip eval samples are made from (default: the first dataset clip)."}),
+                **option_inputs(LoraTrainOptions, cls.OPTIONAL[3:]),
             },
         }
 
-    def train(self, model: Any, data_dir: str, output_dir: str, steps: int, rank: int, alpha: float,
-              target: str, lr: float, warmup_steps: int, batch_size: int, grad_accum: int,
-              save_every: int, timestep_sampling: str, seed: int, resume: str = "", init: str = "default",
-              rslora: bool = False, gradient_checkpointing: bool = False,
-              eval_features: Any = None) -> tuple[Any, str, Any]:
+    def train(self, model: Any, data_dir: str, output_dir: str, resume: str = "",
+              eval_features: Any = None, **settings: Any) -> tuple[Any, str, Any]:
         from ..selva.train.lora_trainer import LoraTrainOptions, train_lora
+        from ..selva.train.options import from_inputs
 
-        options = LoraTrainOptions(steps=steps, rank=rank, alpha=alpha, target=target, lr=lr,
-                                   warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
-                                   save_every=save_every, timestep_sampling=timestep_sampling, seed=seed,
-                                   init=init, rslora=rslora, gradient_checkpointing=gradient_checkpointing)
+        options = from_inputs(LoraTrainOptions, settings)
         resume = (resume or "").strip()
         if resume and resume != "latest":
             resume = str(paths.resolve_existing(resume, "resume"))

@@ -5,13 +5,12 @@ import logging
 from typing import Any
 
 from .common import CATEGORY, MODEL_TYPE, comfy_run
+from .options import option_inputs
 from .paths import resolve, resolve_existing
 from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("snake_alpha_only", "all_params")
-MAX_SEED = 2**63 - 1
 _LOG_EVERY = 25  # steps between loss lines in ComfyUI's console
 
 
@@ -45,8 +44,15 @@ class SelvaBigvganTrainer:
     OUTPUT_TOOLTIPS = ("The tuned vocoder (vocoder_final.safetensors in a new run folder); connect it "
                        "to SelVA BigVGAN Loader's path.",)
 
+    # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
+    REQUIRED = ("train_mode", "steps", "lr", "batch_size", "segment_seconds", "lambda_l2sp", "save_every",
+                "seed")
+    OPTIONAL = ("lambda_phase", "use_gafilter", "gafilter_kernel_size", "lora_adapter")
+
     @classmethod
     def INPUT_TYPES(cls) -> dict:
+        from ..selva.vocoder_tuning.tuner import VocoderTuningConfig
+
         return {
             "required": {
                 "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader; its vocoder is "
@@ -60,32 +66,7 @@ class SelvaBigvganTrainer:
                     "tooltip": "Folder for the run: each run gets a new bigvgan_NNN folder with tuned "
                                "files, checkpoints, loss curves and eval samples. Relative = inside "
                                "ComfyUI's output folder."}),
-                "train_mode": (list(TRAIN_MODES), {
-                    "default": "snake_alpha_only",
-                    "tooltip": "snake_alpha_only: only the periodic activations' alpha/beta train "
-                               "(54,480 numbers in both released vocoders, hard to break). all_params: "
-                               "every weight (stronger, needs more data, can add artefacts)."}),
-                "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000,
-                                  "tooltip": "Optimizer steps in total (a resumed run continues to this). "
-                                             "Watch the loss curve and eval samples: stop when they flatten."}),
-                "lr": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5, "round": False,
-                                 "tooltip": "Learning rate (AdamW, BigVGAN's betas 0.8/0.99). 1e-4 is "
-                                            "BigVGAN's own; up to 1e-3 speeds snake_alpha_only up; lower "
-                                            "it for all_params if artefacts appear."}),
-                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
-                                       "tooltip": "Segments per step."}),
-                "segment_seconds": ("FLOAT", {
-                    "default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1,
-                    "tooltip": "Length of each random training excerpt (rounded to whole mel frames)."}),
-                "lambda_l2sp": ("FLOAT", {
-                    "default": 1e-3, "min": 0.0, "max": 100.0, "step": 1e-4, "round": False,
-                    "tooltip": "Pull toward the pretrained weights (squared distance); higher keeps "
-                               "the original sound more, 0 lets it drift freely."}),
-                "save_every": ("INT", {"default": 500, "min": 0, "max": 1_000_000,
-                                       "tooltip": "Steps between checkpoints, tuned files and eval "
-                                                  "samples (0 = only at the end)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Seed of the segment choice; same seed, same run."}),
+                **option_inputs(VocoderTuningConfig, cls.REQUIRED),
             },
             "optional": {
                 "discriminator_path": ("STRING", {
@@ -98,22 +79,22 @@ class SelvaBigvganTrainer:
                     "default": "",
                     "tooltip": "Continue a run: 'latest', a run folder, its checkpoints/step_NNNNNN.pt "
                                "or a vocoder_step_NNNNNN.safetensors it wrote. Empty = new run."}),
+                **option_inputs(VocoderTuningConfig, cls.OPTIONAL),
             },
         }
 
-    def train(self, model: Any, data_dir: str, output_path: str, train_mode: str, steps: int, lr: float,
-              batch_size: int, segment_seconds: float, lambda_l2sp: float, save_every: int, seed: int,
-              discriminator_path: str = "", resume: str = "") -> tuple[str]:
+    def train(self, model: Any, data_dir: str, output_path: str, discriminator_path: str = "",
+              resume: str = "", **settings: Any) -> tuple[str]:
+        from ..selva.train.options import from_inputs
         from ..selva.vocoder_tuning.tuner import VocoderTuningConfig, tune_vocoder
 
+        adapter = str(settings.pop("lora_adapter", "") or "").strip()
         with comfy_run():
-            cfg = VocoderTuningConfig(
-                data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
-                train_mode=train_mode, steps=int(steps), lr=float(lr), batch_size=int(batch_size),
-                segment_seconds=float(segment_seconds), lambda_l2sp=float(lambda_l2sp),
-                save_every=int(save_every), seed=int(seed),
-                discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
-                resume=_resume_path(resume))
+            cfg = from_inputs(VocoderTuningConfig, settings,
+                              lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
+                              data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
+                              discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
+                              resume=_resume_path(resume))
             # the progress bar's preview shows the live loss curve
             path, _ = tune_vocoder(model, cfg, make_training_hooks(), on_step=_log_step)
         return (str(path),)
@@ -145,3 +126,48 @@ class SelvaBigvganLoader:
 
         with comfy_run():
             return (with_tuned_vocoder(model, resolve(path, "path")),)
+
+
+class SelvaBigvganScheduler:
+    DESCRIPTION = ("Runs a sweep of BigVGAN vocoder tunings from an experiments JSON file (base settings + "
+                   "per-experiment overrides; the earlier SelVA pack's layout with id / data_dir / "
+                   "output_root is read too), decoding each audio folder once. Re-running skips finished "
+                   "experiments; a failing one is recorded and the sweep goes on.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves")
+    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, tuned "
+                       "vocoder path and error.", "Every experiment's smoothed loss curve, labelled.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader; its vocoder is "
+                                                  "copied for each run, never changed."}),
+                "experiments_file": ("STRING", {
+                    "default": "bigvgan_experiments.json",
+                    "tooltip": 'JSON: {"base": {"data_dir": ..., "steps": 2000}, "experiments": [{"name": '
+                               '"phase", "lambda_phase": 1.0}]} (keys: the BigVGAN Trainer\'s inputs). '
+                               "Relative = inside ComfyUI's output folder."}),
+            },
+            "optional": {
+                "output_dir": ("STRING", {
+                    "default": "selva/vocoder_sweeps",
+                    "tooltip": "The sweep folder is <output_dir>/<experiments file name> (a file's own "
+                               "output_root wins). Relative = inside ComfyUI's output folder."}),
+            },
+        }
+
+    def run(self, model: Any, experiments_file: str, output_dir: str = "selva/vocoder_sweeps") -> tuple[str, Any]:
+        from ..selva.train.plots import image_tensor
+        from ..selva.vocoder_tuning.sweep import run_vocoder_sweep
+
+        with comfy_run():
+            result = run_vocoder_sweep(model, resolve(experiments_file, "experiments_file"),
+                                       resolve(output_dir, "output_dir"), hooks=make_training_hooks(),
+                                       resolve=lambda p: resolve(p, "path in the experiments file"),
+                                       on_step=_log_step)
+        return (str(result.summary_path), image_tensor(result.comparison))

@@ -193,3 +193,63 @@ def assert_finite(wave: torch.Tensor, precision: str) -> None:
                 if precision == "fp16" else
                 "try precision fp32 in the loader; if it persists, the weights may be corrupt")
         raise SelvaError(f"The generated audio contains NaN or infinite values ({precision}): {hint}.")
+
+
+def harmonic_exciter(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 3000.0, drive: float = 2.0,
+                     mix: float = 0.15) -> torch.Tensor:
+    """Add harmonics above ``cutoff_hz``: the band above it (a zero-phase 4th-order Butterworth
+    high-pass) is saturated with ``tanh(drive * x) / drive`` and ``mix`` of it is added back, then
+    the sum is soft-clipped with ``tanh``. The saturation creates the overtones a vocoder tends to
+    smear; ``mix`` 0 returns the input unchanged."""
+    from scipy.signal import butter, sosfiltfilt
+
+    wave = check_waveform(wave)
+    nyquist = sample_rate / 2
+    if not 0.0 < cutoff_hz < nyquist:
+        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+    if drive < 1.0:
+        raise SelvaError(f"drive must be 1 or more, got {drive}.")
+    if not 0.0 <= mix <= 1.0:
+        raise SelvaError(f"mix must be within [0, 1], got {mix}.")
+    if mix == 0.0:
+        return wave.clone()
+    sos = butter(4, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
+    data = wave.numpy().astype(np.float64)
+    # sosfiltfilt pads by up to 3 * (2 * sections + 1) samples; shorter clips skip the padding
+    pad = min(data.shape[-1] - 1, 3 * (2 * len(sos) + 1))
+    high = sosfiltfilt(sos, data, axis=-1, padlen=pad)
+    excited = np.tanh(high * drive) / drive
+    out = np.tanh(data + mix * excited)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def true_peak(wave_ct: torch.Tensor, oversample: int = 4) -> float:
+    """The clip's true peak (BS.1770-4 Annex 2: the maximum of the 4x oversampled signal), linear."""
+    up = resample(wave_ct[None].float(), 1, oversample)[0]
+    return float(max(up.abs().max(), wave_ct.abs().max()))
+
+
+def output_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = -14.0,
+                     true_peak_dbtp: float = -1.0) -> torch.Tensor:
+    """Each clip to ``target_lufs`` integrated loudness, then scaled down (never up) so its true
+    peak stays at or below ``true_peak_dbtp``. A clip whose loudness is undefined (silence, under
+    the -70 LUFS gate, shorter than one 400 ms block) passes unchanged."""
+    wave = check_waveform(wave)
+    ceiling = 10.0 ** (true_peak_dbtp / 20.0)
+    out = torch.empty_like(wave)
+    for i, clip in enumerate(wave):
+        loud = (measure_lufs(clip, sample_rate)
+                if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate and float(clip.abs().max()) > 0
+                else -math.inf)
+        if not math.isfinite(loud):
+            log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
+            out[i] = clip
+            continue
+        scaled = clip * 10.0 ** ((target_lufs - loud) / 20.0)
+        peak = true_peak(scaled)
+        if peak > ceiling:
+            log.info("Clip %d: the true peak %.2f dBTP is limited to %.2f dBTP (the loudness ends "
+                     "below the target).", i, 20 * math.log10(peak), true_peak_dbtp)
+            scaled = scaled * (ceiling / peak)
+        out[i] = scaled
+    return out

@@ -148,7 +148,8 @@ class Decoders:
             self._stats["vae"] = self._builders.vae_statistics()
         return self._stats["vae"][0]
 
-    def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float) -> torch.Tensor:
+    def spectral_match(self, waveform: torch.Tensor, sample_rate: int, strength: float,
+                       max_gain_db: float = 12.0) -> torch.Tensor:
         """Per-band EQ toward the spectral profile the VAE was trained on (its data mean).
 
         Works at the model's rate (other rates are resampled first); returns (B, C, T).
@@ -161,4 +162,4 @@ class Decoders:
         target = self.vae_data_mean()
         log_to_db = 20.0 if cfg.log == "log10" else 20.0 / math.log(10.0)
         return audio_ops.spectral_match(wave, profile, target, mel.mel_basis.detach().float().cpu(),
-                                        cfg.n_fft, strength, log_to_db=log_to_db)
+                                        cfg.n_fft, strength, log_to_db=log_to_db, max_gain_db=max_gain_db)

@@ -45,7 +45,8 @@ def test_nodes_are_registered_with_the_issue_inputs():
     spec = classes["SelvaBigvganTrainer"].INPUT_TYPES()
     assert list(spec["required"]) == ["model", "data_dir", "output_path", "train_mode", "steps", "lr",
                                       "batch_size", "segment_seconds", "lambda_l2sp", "save_every", "seed"]
-    assert list(spec["optional"]) == ["discriminator_path", "resume"]
+    assert list(spec["optional"]) == ["discriminator_path", "resume", "lambda_phase", "use_gafilter",
+                                      "gafilter_kernel_size", "lora_adapter"]
     defaults = {k: v[1]["default"] for k, v in spec["required"].items() if len(v) > 1 and "default" in v[1]}
     assert defaults == {"data_dir": "selva/vocoder_data", "output_path": "selva/vocoder_tuning",
                         "train_mode": "snake_alpha_only", "steps": 2000, "lr": 1e-4, "batch_size": 4,

@@ -139,6 +139,7 @@ class LoraLayer(nn.Module):
         self.up = nn.Parameter(up, requires_grad=trainable)
         self.alpha = float(alpha)
         self.conv_args = conv_args  # None for linear layers
+        self.dropout = 0.0  # on the adapter's input while training (the base path never drops)
 
     @property
     def rank(self) -> int:
@@ -151,6 +152,8 @@ class LoraLayer(nn.Module):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """``scale * up(down(x))`` in the adapter's dtype, for the base layer's input ``x``."""
         x = x.to(self.down.dtype)
+        if self.dropout > 0 and self.training:
+            x = F.dropout(x, self.dropout, training=True)
         if self.conv_args is None:
             h = F.linear(F.linear(x, self.down), self.up)
         else:
@@ -258,6 +261,11 @@ class LoraSet(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def set_dropout(self, p: float) -> None:
+        """Dropout on each adapter's input while the set is in training mode (0 = none)."""
+        for _, layer in self.items():
+            layer.dropout = float(p)
 
     def load_state(self, state: dict) -> None:
         """Load a :meth:`state_dict` of a set with the same targets and rank; clear errors otherwise."""

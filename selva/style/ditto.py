@@ -55,8 +55,13 @@ class DittoConfig:
     steps: int = 25  # the final Sampler pass
     cfg_strength: float = 4.5
     seed: int = 0
+    # pull of the noise toward where it started: + anchor_weight * mean((x0 - x0_start)^2) in the
+    # objective; keeps the optimised noise a typical draw (the earlier pack's anchor_weight)
+    anchor_weight: float = 0.0
 
     def validate(self) -> None:
+        if self.anchor_weight < 0 or not math.isfinite(self.anchor_weight):
+            raise SelvaError(f"anchor_weight must be 0 or more, got {self.anchor_weight}.")
         if self.n_opt_steps < 0:
             raise SelvaError(f"n_opt_steps must be 0 or more, got {self.n_opt_steps}.")
         if self.n_ode_steps < 1:
@@ -139,6 +144,8 @@ def optimise_noise(pipe: "SelvaPipeline", features: Features, target: MelStats, 
                 x1 = _integrate(velocity, z.to(gen_dtype), grid, config.n_grad_steps)
                 mel = vae.decode(gen.unnormalize(x1).to(vae_dtype).transpose(1, 2))
                 loss = style_loss(mel, target, config.style_weight)
+                if config.anchor_weight:  # 0: exactly the style loss, as before
+                    loss = loss + config.anchor_weight * (z - start).pow(2).mean()
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise SelvaError(f"DITTO's style loss became {value} at step {step + 1}. Lower "

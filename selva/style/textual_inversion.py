@@ -50,12 +50,18 @@ from ..features import Features
 from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, or_default
 from ..train.loop import LoopConfig, TrainTask
+from ..train.loss import TIMESTEP_SAMPLING
+from ..train.options import check_limits, setting
 
 log = logging.getLogger(__name__)
 
 FORMAT = "selva-textual-inversion"
 FORMAT_VERSION = 1
 PATHS = ("clip", "clip_t5")
+# Where the learned CLIP tokens sit in the 77-token sequence: "suffix" = the last n positions
+# (padding for most prompts, the prompt stays whole), "prefix" = right after the start token
+# (positions 1..n: attended more strongly, but they take the place of the prompt's first words).
+INJECT_MODES = ("suffix", "prefix")
 RUN_NAME = "textual_inversion"
 # Default budget for the backbone tokens kept while training on clip_t5 (an 8 s clip's are about
 # 110 MB in fp32); clips beyond it are recomputed each time they come up.
@@ -73,8 +79,12 @@ class TextualInversion:
     info: dict = field(default_factory=dict)
     path: Optional[Path] = None
     embeddings_t5: Optional[torch.Tensor] = None  # path clip_t5 only
+    inject_mode: str = "suffix"
 
     def __post_init__(self) -> None:
+        if self.inject_mode not in INJECT_MODES:
+            raise SelvaError(f"Unknown textual-inversion inject_mode {self.inject_mode!r}; known: "
+                             f"{', '.join(INJECT_MODES)}.")
         if self.path_kind not in PATHS:
             raise SelvaError(f"Unknown textual-inversion path {self.path_kind!r}; known: {', '.join(PATHS)}.")
         if self.path_kind == "clip_t5":
@@ -92,7 +102,7 @@ class TextualInversion:
 
     def save(self, path: Path) -> Path:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
-                "path": self.path_kind, "n_tokens": self.n_tokens,
+                "path": self.path_kind, "n_tokens": self.n_tokens, "inject_mode": self.inject_mode,
                 **{f"info.{k}": v for k, v in self.info.items()}}
         tensors = {"embeddings": self.embeddings.float()}
         if self.embeddings_t5 is not None:
@@ -132,7 +142,8 @@ class TextualInversion:
                                  f"t5_dim) 'embeddings_t5' tensor; train it again.")
             t5 = t5.float()
         info = {k[len("info."):]: meta_value(meta, k) for k in meta if k.startswith("info.")}
-        return cls(emb.float(), str(meta_value(meta, "variant")), kind, info, Path(path), t5)
+        inject = str(meta_value(meta, "inject_mode", "suffix"))  # files from before: suffix
+        return cls(emb.float(), str(meta_value(meta, "variant")), kind, info, Path(path), t5, inject)
 
 
 def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size) -> None:
@@ -141,17 +152,20 @@ def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size)
         raise SelvaError(f"This textual inversion was trained on {ti.variant} (token width "
                          f"{ti.embeddings.shape[1]}), but the model is {variant} (width {dim}). "
                          f"Train one for this model.")
-    if not 1 <= ti.n_tokens < seq_len:
-        raise SelvaError(f"The textual inversion holds {ti.n_tokens} tokens; at most {seq_len - 1} fit.")
+    if not 1 <= ti.n_tokens < seq_len - 1:
+        raise SelvaError(f"The textual inversion holds {ti.n_tokens} tokens; at most {seq_len - 2} fit.")
 
 
-def with_tokens(text_clip: torch.Tensor, tokens: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-    """``text_clip`` (..., 77, D) with its last ``len(tokens)`` positions blended toward ``tokens``."""
+def with_tokens(text_clip: torch.Tensor, tokens: torch.Tensor, strength: float = 1.0,
+                inject_mode: str = "suffix") -> torch.Tensor:
+    """``text_clip`` (..., 77, D) with ``len(tokens)`` positions blended toward ``tokens``: the
+    last ones (``suffix``) or those right after the start token (``prefix``, see INJECT_MODES)."""
     n = tokens.shape[0]
-    head, tail = text_clip[..., :-n, :], text_clip[..., -n:, :]
-    tokens = tokens.to(tail.device, tail.dtype).expand_as(tail)
-    new_tail = tokens if strength == 1.0 else tail + strength * (tokens - tail)
-    return torch.cat([head, new_tail], dim=-2)
+    start = 1 if inject_mode == "prefix" else text_clip.shape[-2] - n
+    head, part, tail = text_clip[..., :start, :], text_clip[..., start:start + n, :], text_clip[..., start + n:, :]
+    tokens = tokens.to(part.device, part.dtype).expand_as(part)
+    new_part = tokens if strength == 1.0 else part + strength * (tokens - part)
+    return torch.cat([head, new_part, tail], dim=-2)
 
 
 def check_t5_compatible(ti: TextualInversion, t5_dim: int) -> None:
@@ -202,7 +216,7 @@ def apply_to_features(features: Features, ti: Optional[TextualInversion], streng
         return features
     check_compatible(ti, features.variant, features.text_clip.shape)
     strength = float(strength)
-    text_clip = with_tokens(features.text_clip.float(), ti.embeddings, strength)
+    text_clip = with_tokens(features.text_clip.float(), ti.embeddings, strength, ti.inject_mode)
     if ti.path_kind == "clip":
         return replace(features, text_clip=text_clip)
     if pipe is None:
@@ -222,23 +236,40 @@ def apply_to_features(features: Features, ti: Optional[TextualInversion], streng
 # ------------------------------------------------------------------------------- training
 @dataclass
 class TiTrainOptions:
-    """Every setting of a textual-inversion run (the node's inputs, same names and defaults)."""
+    """Every setting of a textual-inversion run, each written once: the node's inputs, the CLI's
+    options and a sweep file's keys come from these fields (``selva/train/options.py``)."""
 
-    n_tokens: int = 4
-    init_text: str = ""  # empty: the dataset's first prompt
-    steps: int = 1000
-    lr: float = 5e-4
-    batch_size: int = 1
-    save_every: int = 250
-    seed: int = 0
-    path: str = "clip"
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    timestep_sampling: str = "logit_normal"
-    eval_samples: bool = True
-    eval_steps: int = 25
+    n_tokens: int = setting(4, "Learned tokens. 4 is plenty for a timbre.", min=1, max=32)
+    init_text: str = setting("", "Words the tokens start from (e.g. 'metal clang'). Empty = the dataset's "
+                             "first prompt.")
+    steps: int = setting(1000, "Optimizer steps. 500-2000 for a timbre.", min=1, max=100000)
+    lr: float = setting(5e-4, "AdamW learning rate on the tokens.", min=1e-6, max=1.0, step=1e-5)
+    batch_size: int = setting(1, "Clips per step (clips of one duration batch together).", min=1, max=64)
+    save_every: int = setting(250, "Steps between resumable checkpoints and token files.", min=1, max=100000)
+    seed: int = setting(0, "Draws the noise, times and clip order; same seed = same run.", min=0,
+                        max=2**63 - 1, seed=True)
+    path: str = setting("clip", "clip: tokens in the CLIP text sequence the generator attends to and pools. "
+                        "clip_t5: also tokens appended to the T5 sequence the TextSynchformer conditions "
+                        "the sync features on (SelVA's selectivity); slower per step and keeps the clips' "
+                        "video-encoder tokens in memory.", choices=PATHS)
+    warmup_steps: int = setting(0, "Linear learning-rate warm-up steps.", min=0, max=100000)
+    grad_accum: int = setting(1, "Micro-steps per optimizer step.", min=1, max=256)
+    timestep_sampling: str = setting("logit_normal", "Flow-time distribution.", choices=TIMESTEP_SAMPLING[:2])
+    eval_samples: bool = setting(True, "Write eval samples at each save.")
+    eval_steps: int = setting(25, "Sampling steps of the eval samples.", min=1, max=1000)
     # clip_t5: host memory for the clips' backbone tokens (0 = recompute them at every step)
-    backbone_cache_mb: int = DEFAULT_BACKBONE_CACHE_MB
+    backbone_cache_mb: int = setting(DEFAULT_BACKBONE_CACHE_MB, "clip_t5: host memory (MB) for the clips' "
+                                     "video-encoder tokens, recomputed when they do not fit (0 = keep none).",
+                                     min=0)
+    # --- issue 23 (node inputs in this order, after the ones above)
+    inject_mode: str = setting("suffix", "Where the learned tokens go in the 77-token CLIP sequence: suffix = "
+                               "the last positions (the prompt stays whole), prefix = right after the start "
+                               "token (attended more strongly; they take the place of the prompt's first "
+                               "words).", choices=INJECT_MODES)
+    token_norm_clamp: float = setting(0.0, "After every step, shrink each learned CLIP token whose norm "
+                                      "exceeds this many times the dataset prompts' mean token norm (keeps "
+                                      "them near real words; 0 = off, the earlier pack used 1.5).",
+                                      min=0.0, max=10.0, step=0.1)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TiTrainOptions":
@@ -250,13 +281,7 @@ class TiTrainOptions:
         return cls(**values)
 
     def validate(self) -> None:
-        if self.path not in PATHS:
-            raise SelvaError(f"Textual inversion path {self.path!r} is not available; choose "
-                             f"{', '.join(PATHS)}.")
-        if not 1 <= self.n_tokens <= 32:
-            raise SelvaError(f"n_tokens must be between 1 and 32, got {self.n_tokens}.")
-        if self.backbone_cache_mb < 0:
-            raise SelvaError(f"backbone_cache_mb must be 0 (keep nothing) or more, got {self.backbone_cache_mb}.")
+        check_limits(self)
         self.loop_config().validate()
 
     def loop_config(self) -> LoopConfig:
@@ -297,7 +322,7 @@ class TiTask(TrainTask):
     compute device for the whole run (the caller holds its stage).
     """
 
-    resume_keys = ("variant", "n_tokens", "path")
+    resume_keys = ("variant", "n_tokens", "path", "inject_mode")
 
     def __init__(self, pipe, gen, dataset, options: TiTrainOptions, init: torch.Tensor,
                  eval_features: Optional[Features] = None, init_t5: Optional[torch.Tensor] = None,
@@ -319,6 +344,10 @@ class TiTask(TrainTask):
             self.embedding_t5 = nn.Parameter(init_t5.to(pipe.device, torch.float32).clone())
         self.init_text = ""
         self.last_export: Optional[TextualInversion] = None
+        self.norm_limit: Optional[float] = None
+        if options.token_norm_clamp > 0:  # the mean norm of the prompts' real CLIP tokens (1..20)
+            norms = torch.cat([c.conditions.text_clip[1:21].float().norm(dim=-1) for c in dataset.clips])
+            self.norm_limit = float(options.token_norm_clamp) * float(norms.mean())
         self._negative = None
         if options.eval_samples:
             with torch.no_grad():
@@ -327,12 +356,18 @@ class TiTask(TrainTask):
     def trainable_parameters(self):
         return [self.embedding] if self.embedding_t5 is None else [self.embedding, self.embedding_t5]
 
+    def after_step(self) -> None:
+        if self.norm_limit is not None:  # back toward the norm of real words
+            norms = self.embedding.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.embedding.mul_((self.norm_limit / norms).clamp(max=1.0))
+
     def num_items(self) -> int:
         return len(self.dataset)
 
     def describe(self) -> dict[str, Any]:
         return {"variant": self.pipe.variant.name, "n_tokens": self.options.n_tokens,
                 "path": self.options.path, "init_text": self.init_text,
+                **({"inject_mode": self.options.inject_mode} if self.options.inject_mode != "suffix" else {}),
                 "timestep_sampling": self.options.timestep_sampling,
                 "dataset_digest": self.dataset.digest, "clips": len(self.dataset),
                 "precision": self.pipe.options.precision}
@@ -385,7 +420,7 @@ class TiTask(TrainTask):
                 sync = item.conditions.sync_f if self.embedding_t5 is None else self.sync_features(index)
                 conds.append(ClipConditions(item.conditions.clip_f, sync,
                                             with_tokens(item.conditions.text_clip.to(self.embedding.device),
-                                                        self.embedding)))
+                                                        self.embedding, inject_mode=self.options.inject_mode)))
             mean = torch.stack([item.latent_mean for item in items])
             std = torch.stack([item.latent_std for item in items])
             losses = flow_matching_loss(self.gen, mean, std, conds, noises)
@@ -414,7 +449,7 @@ class TiTask(TrainTask):
                     "clips": len(self.dataset), "options": asdict(self.options)}
         t5 = None if self.embedding_t5 is None else self.embedding_t5.detach().float().cpu().clone()
         return TextualInversion(self.embedding.detach().float().cpu().clone(), self.pipe.variant.name,
-                                self.options.path, info, embeddings_t5=t5)
+                                self.options.path, info, embeddings_t5=t5, inject_mode=self.options.inject_mode)
 
     def export(self, run_dir: Path, tag: str) -> Optional[Path]:
         from ..artifacts import unique_path

@@ -11,9 +11,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
-from ..errors import SelvaError
+from .options import add_cli_options, from_namespace
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,7 @@ def _both(name: str) -> list[str]:
 
 def add_train_lora_args(p: argparse.ArgumentParser) -> None:
     from .lora_trainer import LoraTrainOptions
-    from .loss import TIMESTEP_SAMPLING
 
-    d = LoraTrainOptions()
     g = p.add_argument_group("data")
     g.add_argument(*_both("data_dir"), dest="data_dir", type=Path, required=True,
                    help="dataset folder: features .npz + same-name audio per clip")
@@ -41,43 +39,14 @@ def add_train_lora_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(*_both("cache_dir"), dest="cache_dir", type=Path, default=None,
                    help="where encoded audio is cached (default: <data_dir>/.selva_cache/latents)")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default: {d.steps})")
-    t.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default: {d.rank})")
-    t.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default: {d.alpha})")
-    t.add_argument("--target", default=d.target,
-                   help=f"layer-name suffixes, space/comma separated (default: {d.target})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
-    t.add_argument(*_both("warmup_steps"), dest="warmup_steps", type=int, default=d.warmup_steps,
-                   help=f"linear warm-up steps (default: {d.warmup_steps})")
-    t.add_argument(*_both("batch_size"), dest="batch_size", type=int, default=d.batch_size,
-                   help=f"clips per micro-step and process (default: {d.batch_size})")
-    t.add_argument(*_both("grad_accum"), dest="grad_accum", type=int, default=d.grad_accum,
-                   help=f"micro-steps per optimizer step (default: {d.grad_accum})")
-    t.add_argument(*_both("save_every"), dest="save_every", type=int, default=d.save_every,
-                   help=f"checkpoint + adapter + eval sample every N steps (default: {d.save_every})")
-    t.add_argument(*_both("timestep_sampling"), dest="timestep_sampling", default=d.timestep_sampling,
-                   choices=list(TIMESTEP_SAMPLING), help="flow time distribution (default: logit_normal)")
-    t.add_argument("--seed", type=int, default=d.seed, help=f"seed (default: {d.seed})")
+    add_cli_options(t, LoraTrainOptions)
     t.add_argument("--resume", default="", help="a checkpoints/step_NNNNNN.pt file, a run folder, or 'latest'")
-    t.add_argument("--init", default=d.init, choices=["default", "pissa"], help="LoRA initialisation")
-    t.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(rank)")
-    t.add_argument(*_both("gradient_checkpointing"), dest="gradient_checkpointing", action="store_true",
-                   help="recompute each transformer block in the backward pass (less VRAM)")
-    t.add_argument(*_both("eval_steps"), dest="eval_steps", type=int, default=d.eval_steps,
-                   help=f"sampling steps of the eval samples (default: {d.eval_steps})")
-    t.add_argument(*_both("no_eval_samples"), dest="no_eval_samples", action="store_true",
-                   help="skip the eval samples")
 
 
 def lora_options_from_args(args: argparse.Namespace) -> Any:
     from .lora_trainer import LoraTrainOptions
 
-    return LoraTrainOptions(steps=args.steps, rank=args.rank, alpha=args.alpha, target=args.target,
-                            lr=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-                            grad_accum=args.grad_accum, save_every=args.save_every,
-                            timestep_sampling=args.timestep_sampling, seed=args.seed, init=args.init,
-                            rslora=args.rslora, gradient_checkpointing=args.gradient_checkpointing,
-                            eval_steps=args.eval_steps, eval_samples=not args.no_eval_samples)
+    return from_namespace(LoraTrainOptions, args)
 
 
 @contextlib.contextmanager

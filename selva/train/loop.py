@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import math
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -50,6 +49,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "selva-train-checkpoint"
 CHECKPOINT_VERSION = 1
 STAGE = "training"
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR_LR = 1e-6  # where a cosine schedule ends (absolute; a lower lr just stays flat)
 
 
 class TrainingDiverged(SelvaError):
@@ -72,6 +73,7 @@ class LoopConfig:
     run_name: str = "run"  # run folders are <output_dir>/<run_name>_NNN
     eval_samples: bool = True  # baseline / each save / end
     preview_every_s: float = 2.0  # re-render the progress preview at most this often
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine (down to COSINE_FLOOR_LR at the last step)
 
     def validate(self) -> None:
         checks = [("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
@@ -79,16 +81,34 @@ class LoopConfig:
                   ("batch_size", self.batch_size >= 1, "at least 1"),
                   ("grad_accum", self.grad_accum >= 1, "at least 1"),
                   ("save_every", self.save_every >= 0, "0 (only at the end) or more"),
-                  ("max_grad_norm", self.max_grad_norm >= 0, "0 (off) or more")]
+                  ("max_grad_norm", self.max_grad_norm >= 0, "0 (off) or more"),
+                  ("lr_schedule", self.lr_schedule in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES))]
         for name, ok, what in checks:
             if not ok:
                 raise SelvaError(f"{name} must be {what}, got {getattr(self, name)}.")
 
 
+def lr_factor(cfg: LoopConfig, done: int) -> float:
+    """The learning-rate multiplier of optimizer step ``done + 1`` (``done`` steps taken before).
+
+    Linear warm-up to 1 over ``warmup_steps``; then ``constant`` stays at 1 and ``cosine`` falls
+    along half a cosine to ``COSINE_FLOOR_LR / lr``, reached exactly at the last step.
+    """
+    k = done + 1
+    warm = max(cfg.warmup_steps, 0)
+    if cfg.lr_schedule == "constant" or k <= warm:
+        return min(1.0, k / warm) if warm else 1.0
+    floor = min(1.0, COSINE_FLOOR_LR / cfg.lr)
+    progress = min(1.0, (k - warm) / max(1, cfg.steps - warm))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # ------------------------------------------------------------------------------------ batches
-def item_seed(seed: int, step: int, micro: int, slot: int) -> int:
-    """A 63-bit seed for one batch item, a pure function of where it sits in the run."""
-    digest = hashlib.blake2b(f"{seed}:{step}:{micro}:{slot}".encode(), digest_size=8).digest()
+def item_seed(seed: int, step: int, micro: int, slot: int, stream: str = "") -> int:
+    """A 63-bit seed for one batch item, a pure function of where it sits in the run.
+    ``stream`` names a further, independent sequence of draws for the same item."""
+    key = f"{seed}:{step}:{micro}:{slot}" + (f":{stream}" if stream else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -102,9 +122,13 @@ class Batch:
     slots: list[int]  # each item's position in the global micro-batch
     seed: int
 
-    def generator(self, i: int) -> torch.Generator:
-        """A fresh CPU generator for local item ``i``: same numbers however the batch is split."""
-        return torch.Generator().manual_seed(item_seed(self.seed, self.step, self.micro, self.slots[i]))
+    def generator(self, i: int, stream: str = "") -> torch.Generator:
+        """A fresh CPU generator for local item ``i``: same numbers however the batch is split.
+        ``stream``: another independent generator of the same item (e.g. for augmentations)."""
+        return torch.Generator().manual_seed(self.item_seed(i, stream))
+
+    def item_seed(self, i: int, stream: str = "") -> int:
+        return item_seed(self.seed, self.step, self.micro, self.slots[i], stream)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -155,6 +179,24 @@ class TrainTask:
 
     def trainable_parameters(self) -> list[nn.Parameter]:  # required
         raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups at base learning rate ``lr`` (default: one group).
+        A trainer that learns some tensors faster (LoRA+) returns several, each with its lr."""
+        return [{"params": self.trainable_parameters()}]
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (no gradients): e.g. project the trained tensors
+        back into an allowed set."""
+
+    def finish(self) -> None:
+        """Called once when the run reached its last step, before the final export (a post-
+        training step such as spectral surgery). Gradients are enabled."""
+
+    def reference_audio(self) -> Optional[tuple[torch.Tensor, int]]:
+        """The (C, T) recording the eval samples imitate, and its rate, or None: when given,
+        each eval sample is measured against it (``samples/metrics.json``)."""
+        return None
 
     def num_items(self) -> int:  # required
         raise NotImplementedError
@@ -355,11 +397,9 @@ class _Run:
             if p.is_inference():
                 raise SelvaError("A trainable tensor was created inside torch.inference_mode(); "
                                  "the trainer must build or clone it outside (a bug in the trainer).")
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas,
+        self.optimizer = torch.optim.AdamW(task.param_groups(cfg.lr), lr=cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay)
-        warm = max(cfg.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(cfg, s))
         self.order = DataOrder(task.num_items(), cfg.seed)
         self.step = task.step = 0
         self.losses: list[float] = []
@@ -367,6 +407,8 @@ class _Run:
         self.started = time.monotonic()
         self.seconds_before = 0.0
         self._last_preview = -math.inf
+        self.eval_metrics: dict[str, dict[str, float]] = {}
+        self._reference: Any = False  # False = not read yet; None = the task has none
 
     # ---- persistence
     def checkpoint(self) -> Optional[Path]:
@@ -428,7 +470,7 @@ class _Run:
                 "config": _jsonable(asdict(self.cfg)), "settings": _jsonable(self.task.describe()),
                 "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                 "exported": str(exported) if exported else None, "error": error or None,
-                **self.extra_meta}
+                **({"eval_metrics": self.eval_metrics} if self.eval_metrics else {}), **self.extra_meta}
         write_json(self.run_dir / "meta.json", meta)
 
     def eval_sample(self) -> None:
@@ -447,6 +489,19 @@ class _Run:
         write_wav(stem.with_suffix(".wav"), wave, rate)
         plots.save_png(stem.with_suffix(".png"),
                        plots.spectrogram_image(wave, rate, title=f"eval sample, step {self.step}"))
+        self.measure(wave, rate)
+
+    def measure(self, wave: torch.Tensor, rate: int) -> None:
+        """Eval sample vs the task's reference recording, into samples/metrics.json and meta.json."""
+        from .eval_metrics import reference_metrics
+
+        if self._reference is False:
+            self._reference = self.task.reference_audio()
+        if self._reference is None:
+            return
+        ref, ref_rate = self._reference
+        self.eval_metrics[str(self.step)] = reference_metrics(wave, rate, ref, ref_rate)
+        write_json(self.run_dir / "samples" / "metrics.json", self.eval_metrics)
 
     def save(self, tag: Optional[str] = None) -> Optional[Path]:
         """Checkpoint, export, curves, meta -- everything a save point writes."""
@@ -482,6 +537,8 @@ class _Run:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
+        with torch.no_grad():
+            self.task.after_step()
         self.scheduler.step()
         self.step = self.task.step = step
         self.losses.append(loss)
@@ -588,6 +645,10 @@ def _meta_status(run: Path) -> Optional[str]:
         return None
 
 
+def ckpt_steps_before(ckpt: Optional[dict]) -> int:
+    return int(ckpt["step"]) if ckpt is not None else 0
+
+
 def _train(task: TrainTask, cfg: LoopConfig, output_dir: Path, resume: Optional[str], hooks: Hooks,
            ctx: DistContext, should_stop, on_step, run_dir: Optional[Path], extra_meta: dict) -> TrainResult:
     resume_from = resolve_resume(resume, output_dir, cfg.run_name)
@@ -641,7 +702,9 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
             run.save()
             run.eval_sample()
         _between_steps(run, lambda: run.progress(info))
-    run.checkpoint()
+    run.checkpoint()  # the trained state, before any post-training step
+    if status == "finished" and run.losses and ckpt_steps_before(ckpt) < cfg.steps:
+        task.finish()  # e.g. spectral surgery (not when a finished run is only resumed again)
     exported = task.export(run_dir, "final") if ctx.is_main else None
     image = run.write_curves()
     run.eval_sample()

@@ -13,7 +13,7 @@ so the loss of a clip at a step does not depend on how the batch is split across
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,7 +21,8 @@ from ..conditioning import training_inputs
 from ..errors import SelvaError
 from ..models.generator import SelvaGenerator
 
-TIMESTEP_SAMPLING = ("logit_normal", "uniform")
+# curriculum: logit_normal until a given fraction of the steps, uniform after (see timestep_mode_at)
+TIMESTEP_SAMPLING = ("logit_normal", "uniform", "curriculum")
 NULL_CONDITION_PROBABILITY = 0.1
 
 
@@ -36,21 +37,34 @@ class ItemNoise:
     null_text: bool
 
 
-def sample_time(mode: str, generator: torch.Generator) -> torch.Tensor:
+def timestep_mode_at(mode: str, step: int, steps: int, curriculum_switch: float) -> str:
+    """The distribution optimizer step ``step`` (1-based) of ``steps`` draws its flow times from:
+    ``curriculum`` is logit_normal up to step ``int(steps * curriculum_switch)`` and uniform after
+    (the middle times first, where the velocity is hardest to learn, then every time evenly)."""
+    if mode != "curriculum":
+        return mode
+    return "logit_normal" if step <= int(steps * curriculum_switch) else "uniform"
+
+
+def sample_time(mode: str, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
+    """One flow time: ``logit_normal`` = sigmoid(sigma * N(0, 1)) (sigma 1 is how the model was
+    trained; larger spreads the times toward 0 and 1), ``uniform`` = U(0, 1)."""
     if mode == "logit_normal":
-        return torch.sigmoid(torch.randn((), generator=generator))
+        u = torch.randn((), generator=generator)
+        return torch.sigmoid(u if sigma == 1.0 else u * sigma)
     if mode == "uniform":
         return torch.rand((), generator=generator)
     raise SelvaError(f"Unknown timestep_sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING)}.")
 
 
 def draw_noise(latent_shape: Sequence[int], mode: str, generator: torch.Generator,
-               null_probability: float = NULL_CONDITION_PROBABILITY) -> ItemNoise:
-    """The draws for one clip, always in the same order (posterior, x0, t, video, text)."""
+               null_probability: float = NULL_CONDITION_PROBABILITY, sigma: float = 1.0) -> ItemNoise:
+    """The draws for one clip, always in the same order (posterior, x0, t, video, text).
+    ``mode`` is logit_normal or uniform (resolve curriculum with :func:`timestep_mode_at`)."""
     shape = tuple(latent_shape)
     posterior = torch.randn(shape, generator=generator)
     x0 = torch.randn(shape, generator=generator)
-    t = sample_time(mode, generator)
+    t = sample_time(mode, generator, sigma)
     null_video = bool(torch.rand((), generator=generator) < null_probability)
     null_text = bool(torch.rand((), generator=generator) < null_probability)
     return ItemNoise(posterior, x0, t, null_video, null_text)
@@ -75,16 +89,21 @@ def condition_batch(gen: SelvaGenerator, items: Sequence[ClipConditions], noises
 
 
 def flow_matching_loss(gen: SelvaGenerator, latent_mean: torch.Tensor, latent_std: torch.Tensor,
-                       conditions: Sequence[ClipConditions], noises: Sequence[ItemNoise]) -> torch.Tensor:
+                       conditions: Sequence[ClipConditions], noises: Sequence[ItemNoise],
+                       target_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Per-clip losses (B,) for VAE posteriors (B, L, C) of clips that share one duration.
 
     The generator's sequence lengths must already match the clips (``set_seq_lengths``).
+    ``target_transform``: changes the normalised clean latents x1 (B, L, C) before the flow is
+    built from them (latent mixup, latent noise); None = as drawn.
     """
     device, dtype = gen.device, gen.dtype
     posterior = torch.stack([n.posterior for n in noises]).to(device)
     x0 = torch.stack([n.x0 for n in noises]).to(device, dtype)
     t = torch.stack([n.t for n in noises]).to(device)
     x1 = gen.normalize((latent_mean.to(device) + latent_std.to(device) * posterior).to(dtype))
+    if target_transform is not None:
+        x1 = target_transform(x1)
     tb = t.to(dtype)[:, None, None]
     xt = (1 - tb) * x0 + tb * x1
     clip_f, sync_f, text_clip = condition_batch(gen, conditions, noises, device, dtype)

@@ -16,13 +16,14 @@ adapter is saved) and the sweep continues with the next.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
@@ -121,6 +122,20 @@ def request_skip(sweep_dir: Optional[Path] = None) -> Path:
 def active_sweeps() -> list[Path]:
     with _ACTIVE_LOCK:
         return list(_ACTIVE)
+
+
+@contextlib.contextmanager
+def registered(sweep_dir: Path) -> Iterator[None]:
+    """Mark ``sweep_dir`` as running in this process for the block (skip requests without a
+    folder reach the newest); every kind of sweep (LoRA, vocoder) registers the same way."""
+    with _ACTIVE_LOCK:
+        _ACTIVE.append(sweep_dir)
+    try:
+        yield
+    finally:
+        with _ACTIVE_LOCK:
+            if sweep_dir in _ACTIVE:
+                _ACTIVE.remove(sweep_dir)
 
 
 def _read_summary(path: Path) -> dict:

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     from ..cli import add_model_args
-    from .params import TRAIN_MODES
+    from ..train.options import add_cli_options
+    from .tuner import VocoderTuningConfig
 
     p = argparse.ArgumentParser(
         prog="train_vocoder.py",
@@ -25,16 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("tuning")
     g.add_argument("--data-dir", type=Path, required=True, help="folder of audio files (searched recursively)")
     g.add_argument("--output", type=Path, required=True, help="folder for the run folders")
-    g.add_argument("--train-mode", default="snake_alpha_only", choices=list(TRAIN_MODES),
-                   help="snake_alpha_only (default: only Snake alpha/beta) or all_params")
-    g.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
-    g.add_argument("--batch-size", type=int, default=4, help="segments per step (default: 4)")
-    g.add_argument("--segment-seconds", type=float, default=1.0, help="segment length (default: 1.0)")
-    g.add_argument("--lambda-l2sp", type=float, default=1e-3,
-                   help="pull toward the pretrained weights (default: 1e-3)")
-    g.add_argument("--save-every", type=int, default=500, help="steps between saves (default: 500; 0 = end)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the segment choice (default: 0)")
+    add_cli_options(g, VocoderTuningConfig)
     g.add_argument("--discriminator", type=Path, default=None,
                    help="bigvgan_discriminator_optimizer.pt: adds feature matching with the frozen "
                         "pretrained discriminators (44.1 kHz release only)")
@@ -47,16 +39,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import LogProgress, load_options, setup_logging
     from ..hooks import Hooks
     from ..pipeline import SelvaPipeline
+    from ..train.options import from_namespace
     from .tuner import VocoderTuningConfig, tune_vocoder
 
     args = build_parser().parse_args(argv)
     restore_logging = setup_logging(args.verbose)
     try:
-        cfg = VocoderTuningConfig(
-            data_dir=args.data_dir, output_path=args.output, train_mode=args.train_mode, steps=args.steps,
-            lr=args.lr, batch_size=args.batch_size, segment_seconds=args.segment_seconds,
-            lambda_l2sp=args.lambda_l2sp, save_every=args.save_every, seed=args.seed,
-            discriminator_path=args.discriminator, resume=args.resume).validate()
+        cfg = from_namespace(VocoderTuningConfig, args, data_dir=args.data_dir, output_path=args.output,
+                             discriminator_path=args.discriminator, resume=args.resume).validate()
         hooks = Hooks(progress=LogProgress())
         pipe = SelvaPipeline.load(load_options(args), hooks=hooks)
         path, result = tune_vocoder(pipe, cfg, hooks, on_step=lambda info: _log_step(info))

@@ -25,14 +25,16 @@ class LossWeights:
     stft: float = 1.0
     l2sp: float = 1e-3
     feature_matching: float = 0.0
+    phase: float = 0.0
 
     @classmethod
-    def for_run(cls, lambda_l2sp: float, with_discriminators: bool) -> "LossWeights":
+    def for_run(cls, lambda_l2sp: float, with_discriminators: bool, lambda_phase: float = 0.0) -> "LossWeights":
         """Reconstruction only: mel L1 + STFT. With the pretrained discriminators, feature matching
-        (summed over every layer of both) leads and the spectral terms only keep it anchored."""
+        (summed over every layer of both) leads and the spectral terms only keep it anchored.
+        ``lambda_phase`` adds the complex-STFT term (0 = not computed)."""
         if with_discriminators:
-            return cls(mel=0.1, stft=0.1, l2sp=lambda_l2sp, feature_matching=1.0)
-        return cls(mel=1.0, stft=1.0, l2sp=lambda_l2sp)
+            return cls(mel=0.1, stft=0.1, l2sp=lambda_l2sp, feature_matching=1.0, phase=lambda_phase)
+        return cls(mel=1.0, stft=1.0, l2sp=lambda_l2sp, phase=lambda_phase)
 
 
 def natural_log_mel(cfg: MelConfig) -> MelConverter:
@@ -73,6 +75,22 @@ class MultiResolutionSTFTLoss(nn.Module):
         return total / len(self.resolutions)
 
 
+def phase_aware_stft(pred: torch.Tensor, target: torch.Tensor,
+                     resolutions: Sequence[tuple[int, int, int]] = STFT_RESOLUTIONS) -> torch.Tensor:
+    """Per-item L1 on the real part, imaginary part and magnitude of the STFT, averaged over the
+    resolutions (FA-GAN's phase-aware loss): unlike magnitude losses it sees a right spectrum with
+    the wrong phase (smeared transients), so it keeps attacks sharp."""
+    pred, target = pred.squeeze(1).float(), target.squeeze(1).float()
+    total = pred.new_zeros(pred.shape[0])
+    for n_fft, hop, win in resolutions:
+        window = torch.hann_window(win, device=pred.device)
+        p = torch.stft(pred, n_fft, hop_length=hop, win_length=win, window=window, return_complex=True)
+        t = torch.stft(target, n_fft, hop_length=hop, win_length=win, window=window, return_complex=True)
+        total = total + (_per_item_mean((p.real - t.real).abs()) + _per_item_mean((p.imag - t.imag).abs())
+                         + _per_item_mean((p.abs() - t.abs()).abs()))
+    return total / (3 * len(resolutions))
+
+
 def l2sp(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
     """Squared distance of the trained tensors to their pretrained values (Li et al., L2-SP)."""
     terms = [(p - anchor[n]).pow(2).sum() for n, p in params.items()]
@@ -93,6 +111,7 @@ class LossTerms:
     stft: torch.Tensor
     l2sp: torch.Tensor
     feature_matching: Optional[torch.Tensor] = None
+    phase: Optional[torch.Tensor] = None
 
     def total(self, w: LossWeights) -> torch.Tensor:
         """Per-item totals [B]; the network-wide L2-SP term is added to every item (the loop
@@ -100,6 +119,8 @@ class LossTerms:
         loss = w.mel * self.mel + w.stft * self.stft + w.l2sp * self.l2sp
         if self.feature_matching is not None:
             loss = loss + w.feature_matching * self.feature_matching
+        if self.phase is not None:
+            loss = loss + w.phase * self.phase
         return loss
 
     def as_floats(self) -> dict[str, float]:
@@ -107,4 +128,6 @@ class LossTerms:
                "l2sp": float(self.l2sp.detach())}
         if self.feature_matching is not None:
             out["feature_matching"] = float(self.feature_matching.detach().mean())
+        if self.phase is not None:
+            out["phase"] = float(self.phase.detach().mean())
         return out

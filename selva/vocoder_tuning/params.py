@@ -23,15 +23,21 @@ def is_snake_parameter(name: str) -> bool:
     return len(parts) >= 2 and parts[-1] in SNAKE_PARAM_NAMES and parts[-2] == "act"
 
 
+def is_gafilter_parameter(name: str) -> bool:
+    """True for an attached GAFilter's weight (selva/vocoder_tuning/gafilter.py)."""
+    return name.endswith(".gafilter.weight")
+
+
 def trainable_parameters(vocoder: nn.Module, mode: str) -> dict[str, nn.Parameter]:
     """The parameters ``mode`` trains, by name. ``snake_alpha_only``: only the periodic
     activations' alpha and beta (54,480 numbers in both released vocoders, setting each channel's frequency
-    response: the timbre moves while the learned filters stay); ``all_params``: everything."""
+    response: the timbre moves while the learned filters stay); ``all_params``: everything.
+    Attached GAFilters train in both modes."""
     check_train_mode(mode)
     params = dict(vocoder.named_parameters())
     if mode == "all_params":
         return params
-    picked = {n: p for n, p in params.items() if is_snake_parameter(n)}
+    picked = {n: p for n, p in params.items() if is_snake_parameter(n) or is_gafilter_parameter(n)}
     if not picked:
         raise SelvaError("This vocoder has no Snake/SnakeBeta alpha or beta parameters to tune; "
                          "use train_mode all_params.")

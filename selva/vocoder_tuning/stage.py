@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import SelvaError
 from .checkpoint import TunedVocoder, apply_tuned, identity_of, read_tuned_vocoder
+from .gafilter import attach_gafilters, gafilter_kernel_size
 from .params import clone_vocoder
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,11 @@ def _build_tuned(pipe, path: Path, digest: str) -> nn.Module:
     tuned = read_tuned_vocoder(path)
     if tuned.digest != digest:
         raise SelvaError(f"{path} changed since it was loaded; run the BigVGAN Loader again.")
-    return apply_tuned(fresh_base_vocoder(pipe), tuned)
+    base = fresh_base_vocoder(pipe)
+    kernel = gafilter_kernel_size(tuned.tensors)
+    if kernel:  # tuned with GAFilters: attach them (identity) before the tuned weights go in
+        attach_gafilters(base, kernel)
+    return apply_tuned(base, tuned)
 
 
 def tuned_stage_name(tuned: TunedVocoder) -> str:

@@ -19,11 +19,14 @@ from ..hooks import NO_HOOKS, Hooks
 from ..loading import bigvgan_errors
 from ..models.mel import MelConverter
 from ..offload import module_bytes
+from ..train.options import check_limits, setting
 from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
 from .data import AudioSegments, segment_samples
-from .losses import LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1, natural_log_mel
-from .params import check_train_mode, snapshot, trainable_copy, trainable_parameters
+from .gafilter import attach_gafilters
+from .losses import (LossTerms, LossWeights, MultiResolutionSTFTLoss, feature_matching, l2sp, mel_l1,
+                     natural_log_mel, phase_aware_stft)
+from .params import TRAIN_MODES, check_train_mode, snapshot, trainable_copy, trainable_parameters
 from .stage import fresh_base_vocoder
 
 log = logging.getLogger(__name__)
@@ -31,34 +34,48 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VocoderTuningConfig:
-    """The Trainer node's inputs (paths already resolved)."""
+    """A vocoder-tuning run: its folders (paths already resolved) and its settings, each setting
+    written once (the Trainer node's inputs and the CLI's options come from these fields)."""
 
     data_dir: Path
     output_path: Path
-    train_mode: str = "snake_alpha_only"
-    steps: int = 2000
-    lr: float = 1e-4
-    batch_size: int = 4
-    segment_seconds: float = 1.0
-    lambda_l2sp: float = 1e-3
-    save_every: int = 500
-    seed: int = 0
+    train_mode: str = setting("snake_alpha_only", "snake_alpha_only: only the periodic activations' "
+                              "alpha/beta train (a few thousand numbers, hard to break). all_params: every "
+                              "weight (stronger, needs more data, can add artefacts).", choices=TRAIN_MODES)
+    steps: int = setting(2000, "Optimizer steps in total (a resumed run continues to this).", min=1,
+                         max=1_000_000)
+    lr: float = setting(1e-4, "Learning rate (AdamW, BigVGAN's betas 0.8/0.99).", min=1e-7, max=1e-1,
+                        step=1e-5, round=False)
+    batch_size: int = setting(4, "Segments per step.", min=1, max=64)
+    segment_seconds: float = setting(1.0, "Length of each random training excerpt (rounded to whole mel "
+                                     "frames).", min=0.1, max=10.0, step=0.1)
+    lambda_l2sp: float = setting(1e-3, "Pull toward the pretrained weights (squared distance); higher keeps "
+                                 "the original sound more, 0 lets it drift freely.", min=0.0, max=100.0,
+                                 step=1e-4, round=False)
+    save_every: int = setting(500, "Steps between checkpoints, tuned files and eval samples (0 = only at "
+                              "the end).", min=0, max=1_000_000)
+    seed: int = setting(0, "Seed of the segment choice; same seed, same run.", min=0, max=2**63 - 1)
+    # --- issue 23 (node inputs in this order, after the ones above)
+    lambda_phase: float = setting(0.0, "Weight of the phase-aware loss (L1 on the STFT's real and imaginary "
+                                  "parts and magnitude): keeps transients sharp. 0 = off; ~1 with it.",
+                                  min=0.0, max=100.0, step=0.1)
+    use_gafilter: bool = setting(False, "Add a learnable per-channel FIR filter (GAFilter) after each "
+                                 "residual-block activation, starting as the identity: it can remove "
+                                 "harmonic artefacts the Snake parameters alone cannot.")
+    gafilter_kernel_size: int = setting(9, "GAFilter length in samples (odd): longer = finer frequency "
+                                        "shaping.", min=1, max=63, step=2)
+    lora_adapter: str = setting("", "Optional LoRA adapter (.safetensors): train on mels the generator makes "
+                                "WITH it for each clip of data_dir (features .npz + same-name audio), paired "
+                                "with the clip's recording, so the vocoder learns to turn the adapted "
+                                "generator's mels into the real sound. Empty = mels of the recordings.")
     discriminator_path: Optional[Path] = None
     resume: Optional[Path] = None
 
     def validate(self) -> "VocoderTuningConfig":
         check_train_mode(self.train_mode)
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SelvaError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.save_every < 0:
-            raise SelvaError(f"save_every must be 0 (only at the end) or positive, got {self.save_every}.")
-        if not self.lr > 0:
-            raise SelvaError(f"lr must be positive, got {self.lr}.")
-        if self.lambda_l2sp < 0:
-            raise SelvaError(f"lambda_l2sp must be 0 or more, got {self.lambda_l2sp}.")
-        if self.segment_seconds <= 0:
-            raise SelvaError(f"segment_seconds must be positive, got {self.segment_seconds}.")
+        check_limits(self)
+        if self.use_gafilter and self.gafilter_kernel_size % 2 == 0:
+            raise SelvaError(f"gafilter_kernel_size must be an odd number, got {self.gafilter_kernel_size}.")
         return self
 
 
@@ -108,14 +125,15 @@ def _discriminators_for(pipe, path: Path):
 class VocoderTuner(TrainTask):
     """The vocoder-tuning task the shared training loop drives (selva/train/loop.py)."""
 
-    resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators")
+    resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators", "gafilter_kernel_size")
 
-    def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS) -> None:
+    def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
+                 audio_cache: Optional[dict] = None) -> None:
         # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
         with torch.inference_mode(False):
-            self._build(pipe, cfg, hooks)
+            self._build(pipe, cfg, hooks, audio_cache)
 
-    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks) -> None:
+    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks, audio_cache: Optional[dict]) -> None:
         self.pipe = pipe
         self.cfg = cfg.validate()
         self.device = pipe.device
@@ -127,8 +145,23 @@ class VocoderTuner(TrainTask):
         self.hop = int(spec.mel.hop_size)
         self.sample_rate = int(spec.sample_rate)
         length = segment_samples(cfg.segment_seconds, self.sample_rate, self.hop)
-        self.data = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
-                                              on_file=lambda d, n: hooks.step("reading audio", d, n))
+        self.pairs = None  # lora_adapter: (adapted generator's mel, recording) pairs instead of audio
+        if str(cfg.lora_adapter or "").strip():
+            from .lora_mels import lora_mel_pairs
+
+            self.pairs = lora_mel_pairs(pipe, Path(cfg.data_dir), Path(cfg.lora_adapter), seed=cfg.seed,
+                                        segment_frames=length // self.hop, hooks=hooks)
+            self.data = self.pairs
+        else:
+            # a sweep decodes each folder once (audio_cache), whatever the runs' segment lengths
+            key = (str(Path(cfg.data_dir).resolve()), self.sample_rate)
+            cached = audio_cache.get(key) if audio_cache is not None else None
+            if cached is None:
+                cached = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                                   on_file=lambda d, n: hooks.step("reading audio", d, n))
+                if audio_cache is not None:
+                    audio_cache[key] = cached
+            self.data = replace(cached, length=length)
         # the base weights come from the loaded stage, else straight from the file on the CPU: the
         # stage itself is not put on the GPU just to be copied
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
@@ -137,6 +170,8 @@ class VocoderTuner(TrainTask):
         self._make_room(base)
         self.vocoder = trainable_copy(base, cfg.train_mode, self.device)
         del base
+        if cfg.use_gafilter:
+            attach_gafilters(self.vocoder, int(cfg.gafilter_kernel_size))
         self.params = trainable_parameters(self.vocoder, cfg.train_mode)
         self.anchor = snapshot(self.params)
         self.mel_input = MelConverter(spec.mel).to(self.device)  # what the vocoder reads
@@ -146,7 +181,7 @@ class VocoderTuner(TrainTask):
         if cfg.discriminator_path:
             with bigvgan_errors():
                 self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
-        self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None)
+        self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None, cfg.lambda_phase)
         self.identity = identity_of(pipe)
         self.last_logs: dict[str, float] = {}
 
@@ -181,13 +216,23 @@ class VocoderTuner(TrainTask):
                 "sample_rate": self.identity.sample_rate, "train_mode": self.cfg.train_mode,
                 "discriminators": self.discriminators is not None, "lambda_l2sp": self.cfg.lambda_l2sp,
                 "segment_seconds": self.cfg.segment_seconds, "data_dir": str(self.cfg.data_dir),
-                "files": len(self.data)}
+                "files": len(self.data),
+                # recorded only when used, so runs from before these options still resume
+                **({"lambda_phase": self.cfg.lambda_phase} if self.cfg.lambda_phase else {}),
+                **({"gafilter_kernel_size": self.cfg.gafilter_kernel_size} if self.cfg.use_gafilter else {}),
+                **({"lora_adapter": str(self.cfg.lora_adapter)} if self.pairs is not None else {})}
 
     def train_mode(self, training: bool) -> None:
         self.vocoder.train(training)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Per-item losses: each item is a random excerpt of one clip (offset from its generator)."""
+        if self.pairs is not None:
+            cut = [self.pairs.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)]
+            mel = torch.stack([m for m, _ in cut]).to(self.device)
+            y = torch.stack([a for _, a in cut])
+            total, self.last_logs = self.losses(y[:, None].to(self.device), mel)
+            return total
         y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
         total, self.last_logs = self.losses(y[:, None].to(self.device))
         return total
@@ -201,10 +246,12 @@ class VocoderTuner(TrainTask):
                                   self.metadata(self.step))
 
     # ------------------------------------------------------------------------------ losses
-    def loss_terms(self, y: torch.Tensor) -> LossTerms:
-        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels."""
-        with torch.no_grad():
-            mel = self.mel_input(y.squeeze(1))
+    def loss_terms(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> LossTerms:
+        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels (``mel``:
+        given ones, e.g. a LoRA-adapted generator's, instead of the segments' own)."""
+        if mel is None:
+            with torch.no_grad():
+                mel = self.mel_input(y.squeeze(1))
         y_hat = self.vocoder(mel)
         terms = LossTerms(mel=mel_l1(self.mel_loss, y_hat, y), stft=self.stft_loss(y_hat, y),
                           l2sp=l2sp(self.params, self.anchor).to(self.device))
@@ -212,10 +259,12 @@ class VocoderTuner(TrainTask):
             with torch.no_grad():
                 real = self.discriminators.feature_maps(y)
             terms.feature_matching = feature_matching(self.discriminators.feature_maps(y_hat), real)
+        if self.weights.phase > 0:
+            terms.phase = phase_aware_stft(y_hat, y)
         return terms
 
-    def losses(self, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self.loss_terms(y)
+    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.loss_terms(y, mel)
         total = terms.total(self.weights)
         return total, {"loss": float(total.detach().mean()), **terms.as_floats()}
 
@@ -223,6 +272,9 @@ class VocoderTuner(TrainTask):
     @torch.no_grad()
     def eval_audio(self) -> torch.Tensor:
         """The vocoder's current resynthesis [1, 1, T] (CPU) of a fixed excerpt of the data."""
+        if self.pairs is not None:
+            mel, _ = self.pairs.eval_pair()
+            return self.vocoder(mel[None].to(self.device)).float().cpu()
         y = self.data.eval_segment().to(self.device)
         return self.vocoder(self.mel_input(y.squeeze(1))).float().cpu()
 
@@ -262,16 +314,18 @@ def resume_target(resume: Optional[Path]) -> Optional[str]:
 
 
 def tune_vocoder(pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
-                 on_step: Optional[Callable[[StepInfo], None]] = None) -> tuple[Path, TrainResult]:
+                 on_step: Optional[Callable[[StepInfo], None]] = None, *, run_dir: Optional[Path] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 audio_cache: Optional[dict] = None) -> tuple[Path, TrainResult]:
     """Run a vocoder tuning to the end; returns the final tuned file and the loop's result.
 
     The run lives in a fresh ``<output_path>/bigvgan_NNN`` folder (step checkpoints, tuned
     files ``vocoder_step_NNNNNN.safetensors`` / ``vocoder_final.safetensors``, loss curves, eval
     samples); a cancel saves a checkpoint there and raises ``Interrupted``.
     """
-    task = VocoderTuner(pipe, cfg, hooks)
+    task = VocoderTuner(pipe, cfg, hooks, audio_cache)
     result = run_training(task, loop_config(cfg), Path(cfg.output_path), resume=resume_target(cfg.resume),
-                          hooks=hooks, on_step=on_step)
+                          hooks=hooks, on_step=on_step, run_dir=run_dir, should_stop=should_stop)
     if result.exported is None:
         raise SelvaError("Training ended without writing a tuned vocoder (a bug).")
     return result.exported, result

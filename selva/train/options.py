@@ -1,0 +1,132 @@
+"""Training settings written once: one dataclass field per setting, with its help text and limits.
+
+A trainer's options dataclass declares each setting with :func:`setting`. From that one
+declaration come
+
+* the command-line options (:func:`add_cli_options`: ``--name`` and ``--name-with-dashes``, a
+  boolean as ``--name`` / ``--no_name``, the help with its default appended),
+* the ComfyUI node inputs (``nodes/options.py`` turns the same metadata into widget specs; the
+  node lists the names in the order its saved workflows store them),
+* the limits check (:func:`check_limits`), the same for the node, the CLI and sweep files,
+* the table of every setting (:func:`settings_table`), which tools such as a sweep-file
+  converter map other names onto.
+
+The core never imports ComfyUI: the metadata here is plain data.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Iterable, Optional, Sequence
+
+from ..errors import SelvaError
+
+_MISSING = dataclasses.MISSING
+
+
+def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
+            choices: Optional[Sequence[str]] = None, step: Optional[float] = None,
+            round: Optional[float] = None, seed: bool = False, cli: bool = True,
+            kind: Optional[type] = None) -> Any:
+    """A dataclass field for one training setting.
+
+    ``min``/``max``/``choices``: the limits (checked by :func:`check_limits`, shown as the node
+    widget's range). ``step``/``round``: the node widget's increments. ``seed``: the node shows
+    ComfyUI's "control after generate" beside it. ``cli=False``: not a command-line option.
+    ``kind``: the value type when the default does not tell it (a ``None`` default).
+    """
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None,
+            "step": step, "round": round, "seed": seed, "cli": cli,
+            "kind": kind or type(default)}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("settings hold plain values (use a string or a tuple)")
+    return dataclasses.field(default=default, metadata={"setting": meta})
+
+
+def settings_of(cls: type) -> dict[str, dataclasses.Field]:
+    """The fields of ``cls`` declared with :func:`setting`, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(cls) if "setting" in f.metadata}
+
+
+def meta(field: dataclasses.Field) -> dict[str, Any]:
+    return field.metadata["setting"]
+
+
+def settings_table(cls: type) -> list[dict[str, Any]]:
+    """One row per setting: name, type, default, help and limits (for docs and name mappings)."""
+    rows = []
+    for name, f in settings_of(cls).items():
+        m = meta(f)
+        rows.append({"name": name, "type": m["kind"].__name__, "default": f.default, "help": m["help"],
+                     "min": m["min"], "max": m["max"], "choices": list(m["choices"]) if m["choices"] else None})
+    return rows
+
+
+def check_limits(obj: Any) -> None:
+    """Raise a clear error for the first setting of ``obj`` outside its declared limits."""
+    for name, f in settings_of(type(obj)).items():
+        m = meta(f)
+        value = getattr(obj, name)
+        if m["choices"] is not None and value not in m["choices"]:
+            raise SelvaError(f"{name} {value!r} is not one of {', '.join(m['choices'])}.")
+        if m["kind"] in (int, float) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SelvaError(f"{name} must be a number, got {value!r}.")
+            if m["min"] is not None and value < m["min"]:
+                raise SelvaError(f"{name} must be at least {m['min']:g}, got {value:g}.")
+            if m["max"] is not None and value > m["max"]:
+                raise SelvaError(f"{name} must be at most {m['max']:g}, got {value:g}.")
+
+
+# ------------------------------------------------------------------------------ command line
+def _flags(name: str, prefix: str = "") -> list[str]:
+    flags = [f"--{prefix}{name}"]
+    dashed = f"--{prefix.replace('_', '-')}{name.replace('_', '-')}"
+    if dashed not in flags:
+        flags.append(dashed)
+    return flags
+
+
+def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type,
+                    names: Optional[Iterable[str]] = None, skip: Iterable[str] = ()) -> None:
+    """Add a command-line option for each setting of ``cls`` (``names`` picks and orders them)."""
+    fields = settings_of(cls)
+    skip = set(skip)
+    for name in (list(names) if names is not None else list(fields)):
+        f = fields[name]
+        m = meta(f)
+        if not m["cli"] or name in skip:
+            continue
+        help_text = m["help"].rstrip(".")
+        if m["kind"] is bool:
+            parser.add_argument(*_flags(name), dest=name, action="store_true", default=f.default,
+                                help=f"{help_text} (default: {'on' if f.default else 'off'})")
+            parser.add_argument(*_flags(name, "no_"), dest=name, action="store_false",
+                                help=f"turn {name} off")
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": f.default,
+                                  "help": f"{help_text} (default: {f.default!r})".replace("%", "%%")}
+        if m["choices"]:
+            kwargs["choices"] = list(m["choices"])
+        if m["kind"] in (int, float):
+            kwargs["type"] = m["kind"]
+        parser.add_argument(*_flags(name), **kwargs)
+
+
+def from_namespace(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """``cls`` built from the parsed settings in ``args`` (missing ones keep their defaults)."""
+    values = {n: getattr(args, n) for n in settings_of(cls) if hasattr(args, n)}
+    values.update(extra)
+    return cls(**values)
+
+
+def from_inputs(cls: type, inputs: dict[str, Any], **extra: Any) -> Any:
+    """``cls`` built from a node's keyword inputs: the settings among them, cast to their types."""
+    fields = settings_of(cls)
+    values = {}
+    for name, value in inputs.items():
+        if name in fields:
+            kind = meta(fields[name])["kind"]
+            values[name] = kind(value) if kind in (int, float, bool, str) and value is not None else value
+    values.update(extra)
+    return cls(**values)
