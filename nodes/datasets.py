@@ -452,7 +452,7 @@ class SelvaDatasetSaver:
                            "Folder to write (a new one). Relative = inside ComfyUI's output folder."}),
         }, "optional": {
             "npz_source_dir": ("STRING", {"default": "", "tooltip":
-                               "The dataset folder holding each clip's features <name>.npz (relative = "
+                               "The dataset folder holding each clip's features <name>.npz (relative = inside ComfyUI's "
                                "output folder). Empty = audio only."}),
         }}
 

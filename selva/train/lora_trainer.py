@@ -40,13 +40,16 @@ class LoraTrainOptions:
     """Every setting of a LoRA run, each written once: the node's inputs, the CLI's options and
     the keys of a sweep file come from these fields (``selva/train/options.py``)."""
 
-    steps: int = setting(2000, "Optimizer steps in total.", min=1, max=1_000_000)
-    rank: int = setting(16, "LoRA rank: capacity of the adapter.", min=1, max=1024)
+    steps: int = setting(2000, "Optimizer steps in total. Aim for 50-100 passes over the dataset: steps x batch_size x "
+                         "grad_accum / clips.", min=1, max=1_000_000)
+    rank: int = setting(16, "LoRA rank: capacity of the adapter. 4-8 for one sound, 16-32 for a varied set; "
+                        "start at 16.", min=1, max=1024)
     alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / rank.", min=0.01, max=4096.0,
                            step=0.5)
     target: str = setting("attn.qkv", "Layer-name suffixes to adapt, space/comma separated (e.g. 'attn.qkv "
                           "linear1 ffn.w1'). A suffix that matches nothing lists the valid ones.")
-    lr: float = setting(1e-4, "Learning rate (AdamW).", min=1e-7, max=1.0, step=1e-5, round=1e-7)
+    lr: float = setting(1e-4, "Learning rate (AdamW). 1e-4 is safe at rank 16; halve it on loss spikes or noisy "
+                          "samples, raise it (up to ~5e-4) when nothing changes.", min=1e-7, max=1.0, step=1e-5, round=1e-7)
     warmup_steps: int = setting(100, "Linear learning-rate warm-up steps.", min=0, max=100_000)
     batch_size: int = setting(1, "Clips per micro-step (per process).", min=1, max=256)
     grad_accum: int = setting(4, "Micro-steps per optimizer step (effective batch = batch_size x "

@@ -40,11 +40,12 @@ class VocoderTuningConfig:
     data_dir: Path
     output_path: Path
     train_mode: str = setting("snake_alpha_only", "snake_alpha_only: only the periodic activations' "
-                              "alpha/beta train (a few thousand numbers, hard to break). all_params: every "
+                              "alpha/beta train (54,480 numbers in both released vocoders, hard to break). all_params: every "
                               "weight (stronger, needs more data, can add artefacts).", choices=TRAIN_MODES)
     steps: int = setting(2000, "Optimizer steps in total (a resumed run continues to this).", min=1,
                          max=1_000_000)
-    lr: float = setting(1e-4, "Learning rate (AdamW, BigVGAN's betas 0.8/0.99).", min=1e-7, max=1e-1,
+    lr: float = setting(1e-4, "Learning rate (AdamW, BigVGAN's betas 0.8/0.99). 1e-4 is BigVGAN's own; up to "
+                        "1e-3 speeds snake_alpha_only up; lower it for all_params if artefacts appear.", min=1e-7, max=1e-1,
                         step=1e-5, round=False)
     batch_size: int = setting(4, "Segments per step.", min=1, max=64)
     segment_seconds: float = setting(1.0, "Length of each random training excerpt (rounded to whole mel "
@@ -54,7 +55,7 @@ class VocoderTuningConfig:
                                  step=1e-4, round=False)
     save_every: int = setting(500, "Steps between checkpoints, tuned files and eval samples (0 = only at "
                               "the end).", min=0, max=1_000_000)
-    seed: int = setting(0, "Seed of the segment choice; same seed, same run.", min=0, max=2**63 - 1)
+    seed: int = setting(0, "Seed of the segment choice; same seed, same run.", min=0, max=2**63 - 1, seed=True)
     # --- issue 23 (node inputs in this order, after the ones above)
     lambda_phase: float = setting(0.0, "Weight of the phase-aware loss (L1 on the STFT's real and imaginary "
                                   "parts and magnitude): keeps transients sharp. 0 = off; ~1 with it.",
