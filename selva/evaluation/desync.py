@@ -26,7 +26,8 @@ from typing import Optional, Union
 import torch
 
 from ..errors import SelvaError
-from ..models.synchformer import Synchformer, load_synchformer
+from ..models.synchformer import (AST_SYNCHFORMER, MOTIONFORMER_224, SYNC_TRANSFORMER, Synchformer,
+                                  load_synchformer)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ MEL_STD = 4.5689974
 WINDOW_SEGMENTS = 14
 OFFSET_RANGE_S = 2.0
 NUM_OFFSETS = 21
+# the released network's configuration (video, audio, offset transformer); tests swap in tiny ones
+SYNCHFORMER_CONFIG = (MOTIONFORMER_224, AST_SYNCHFORMER, SYNC_TRANSFORMER)
 
 
 def offset_grid() -> torch.Tensor:
@@ -99,7 +102,7 @@ class DesyncScorer:
         from ..weights import load_checkpoint
 
         with torch.device("meta"):
-            model = Synchformer()
+            model = Synchformer(*SYNCHFORMER_CONFIG)
         model = model.to_empty(device="cpu")
         load_synchformer(model, load_checkpoint(path), source=str(path))
         return cls(model, device)

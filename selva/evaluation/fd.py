@@ -24,6 +24,17 @@ def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.mean(embeddings, axis=0), np.cov(embeddings, rowvar=False)
 
 
+def _sqrtm(linalg, a: np.ndarray) -> np.ndarray:
+    # the same square root av-benchmark takes (its ``disp=False`` only silences a message, and
+    # SciPy 1.18 drops that argument)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:
     """Distance of two Gaussians; a near-singular product gets ``eps`` on the diagonals, as upstream."""
@@ -34,11 +45,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise SelvaError(f"Frechet distance of sets with different embedding sizes ({mu1.shape} vs {mu2.shape})")
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = _sqrtm(linalg, sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         log.warning("Frechet distance: singular covariance product; adding %g to the diagonals", eps)
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+        covmean = _sqrtm(linalg, (sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise SelvaError(f"Frechet distance: the covariance square root has an imaginary part of "
