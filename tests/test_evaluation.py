@@ -49,14 +49,15 @@ def test_fd_needs_two_clips():
 
 # ------------------------------------------------------------------------------------- KL
 def test_kl_of_known_distributions_is_real_to_generated():
-    p = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]])
-    q = torch.tensor([[0.25, 0.25, 0.5], [0.1, 0.2, 0.7]])
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])  # real
+    q = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])  # generated
     kl = kl_per_pair(q.log() + 3.0, p.log())  # logits: any shift gives the same softmax
-    expected0 = 0.5 * math.log(2) + 0.25 * 0 + 0.25 * math.log(0.5)
-    assert kl[0].item() == pytest.approx(expected0, rel=1e-5)
+    forward = 0.7 * math.log(0.7 / 0.2) + 0.2 * math.log(0.2 / 0.5) + 0.1 * math.log(0.1 / 0.3)
+    backward = 0.2 * math.log(0.2 / 0.7) + 0.5 * math.log(0.5 / 0.2) + 0.3 * math.log(0.3 / 0.1)
+    assert forward != pytest.approx(backward, rel=1e-2)
+    assert kl[0].item() == pytest.approx(forward, rel=1e-5)
     assert kl[1].item() == pytest.approx(0.0, abs=1e-6)
-    reverse = 0.25 * math.log(0.5) + 0.5 * math.log(2)  # KL(q || p): the swapped pair
-    assert kl_per_pair(p.log(), q.log())[0].item() == pytest.approx(reverse, rel=1e-5)
+    assert kl_per_pair(p.log(), q.log())[0].item() == pytest.approx(backward, rel=1e-5)
 
 
 def test_kl_rejects_unpaired_logits():
