@@ -42,12 +42,13 @@ def register(sub: Any, add_model_args: Callable, load_options: Callable) -> dict
 
 
 def _run(args: argparse.Namespace, load_options: Callable) -> int:
-    from ..cli import _hooks
+    from ..hooks import Hooks
     from ..pipeline import SelvaPipeline
     from ..weights import default_models_dir
     from .run import EvalOptions, check_entries, entries_from, evaluate, parse_metrics
     from .weights import resolve_metric_weights
 
+    hooks = Hooks(progress=lambda stage, done, total: log.info("%s: %d/%d", stage, done, total))
     metrics = parse_metrics(args.metrics)
     entries = entries_from(args.adapters, args.lora, args.base or not (args.adapters or args.lora))
     if not entries:
@@ -56,11 +57,11 @@ def _run(args: argparse.Namespace, load_options: Callable) -> int:
     models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
     # every metric network is found (or downloaded) before the long generation starts
     weight_paths = resolve_metric_weights(metrics, models_dir, allow_download=not args.offline)
-    pipe = SelvaPipeline.load(options, hooks=_hooks())
+    pipe = SelvaPipeline.load(options, hooks=hooks)
     check_entries(pipe, entries)
     eval_options = EvalOptions(metrics=metrics, steps=args.steps, cfg_strength=args.cfg, seed=args.seed,
                                negative_prompt=args.negative_prompt)
-    data = evaluate(pipe, args.data, entries, args.out_dir, eval_options, weight_paths, hooks=_hooks(),
+    data = evaluate(pipe, args.data, entries, args.out_dir, eval_options, weight_paths, hooks=hooks,
                     extra_settings={"precision": args.precision})
     for metric, best in data["best"].items():
         log.info("%-8s best: %s", metric, best)
