@@ -305,3 +305,30 @@ def check_entries(pipe, entries: Sequence[AdapterEntry]) -> None:
             e.adapter = load_adapter(e.path)
         if e.adapter is not None:
             check_adapter_for(e.adapter, pipe.variant.name, pipe.variant.generator)
+
+
+def held_out_folder(out_root: Path, data_dir: Path, entries: Sequence[AdapterEntry], options: EvalOptions) -> Path:
+    """``out_root/heldout_<digest>``: the same data, models and settings land in the same folder,
+    so a cancelled run picks up its generated clips again."""
+    key = content_hash(["held-out", str(Path(data_dir).expanduser().resolve()),
+                        [(e.name, None if e.path is None else str(e.path), e.strength) for e in entries],
+                        options.steps, options.cfg_strength, options.seed, options.negative_prompt])
+    return Path(out_root) / f"heldout_{key[:12]}"
+
+
+def evaluate_held_out(pipe, data_dir: Path, adapters_spec: str, out_root: Path, options: EvalOptions, *,
+                      base_dir: Optional[Path] = None, hooks: Optional[Hooks] = None) -> tuple[Path, Any]:
+    """The LoRA Evaluator's held-out mode: the base model and the listed adapters on a dataset
+    folder. Returns ``metrics.json``'s path and the chart (H, W, 3) uint8."""
+    from ..weights import default_models_dir
+    from .report import chart
+    from .weights import resolve_metric_weights
+
+    entries = entries_from(adapters_spec, (), include_base=True, base_dir=base_dir)
+    check_entries(pipe, entries)
+    models_dir = getattr(pipe.options, "models_dir", None) or default_models_dir()
+    paths = resolve_metric_weights(options.metrics, models_dir,
+                                   allow_download=getattr(pipe.options, "allow_download", True))
+    folder = held_out_folder(out_root, data_dir, entries, options)
+    data = evaluate(pipe, data_dir, entries, folder, options, paths, hooks=hooks)
+    return folder / "metrics.json", chart(data)
