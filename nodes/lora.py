@@ -87,7 +87,9 @@ class SelvaLoraEvaluator:
                                   "tooltip": "Sampling steps for every generation."}),
                 "cfg_strength": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 20.0, "step": 0.1,
                                            "tooltip": "Guidance strength for every generation."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                # the frontend stores a control_after_generate value after every "seed" widget;
+                # declared so the inputs added after it line up
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "One seed for all, so only the adapter differs."}),
             },
             "optional": {
