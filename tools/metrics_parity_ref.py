@@ -69,7 +69,12 @@ def main() -> int:
     sys.path[:0] = [str(avb_src), str(passt_src)]
     sys.meta_path.insert(0, _StubFinder())
     colorlog = types.ModuleType("colorlog")
-    colorlog.ColoredFormatter = logging.Formatter
+
+    class ColoredFormatter(logging.Formatter):  # av-benchmark's format names colour fields
+        def __init__(self, *args, **kwargs):
+            super().__init__("%(levelname)s %(message)s")
+
+    colorlog.ColoredFormatter = ColoredFormatter
     sys.modules["colorlog"] = colorlog
 
     import numpy as np
