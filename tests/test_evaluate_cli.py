@@ -94,6 +94,9 @@ def test_evaluate_writes_metrics_for_base_and_adapter_and_resumes(eval_models_di
         assert model["kl"]["mean"] == pytest.approx(sum(model["kl"]["per_clip"].values()) / 3)
         assert model["fd"]["mean"] >= 0 and model["spectral"]["mean"] > 0
     assert data["best"]["kl"] in data["models"]
+    for metric, order in data["ranking"].items():  # best first, as a sweep is ranked
+        means = [data["models"][m][metric]["mean"] for m in order]
+        assert order[0] == data["best"][metric] and means == sorted(means)
     assert (out / "metrics.png").stat().st_size > 1000
     clips = [p for p in (out / "audio").rglob("*.safetensors") if p.is_file()]
     assert len(clips) == 6

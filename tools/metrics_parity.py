@@ -155,19 +155,26 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/metrics-parity"))
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--write-golden", type=Path, default=None)
+    ap.add_argument("--compare-only", action="store_true",
+                    help="compare the results both sides left in WORK by an earlier run")
     a = ap.parse_args()
 
     work = a.work.resolve()
-    avb = export(a.av_bench_git, work / "src" / "av-benchmark")
-    passt_src = export(a.passt_git, work / "src" / "passt_hear21")
-    write_inputs(work)
-    start = time.time()
-    subprocess.run([str(a.ref_python), str(ROOT / "tools" / "metrics_parity_ref.py"), str(work), str(avb),
-                    str(passt_src)], check=True)
-    print(f"reference: {time.time() - start:.0f} s")
-    start = time.time()
-    ours, ours_arrays = run_ours(work)
-    print(f"ours: {time.time() - start:.0f} s")
+    if not a.compare_only:
+        avb = export(a.av_bench_git, work / "src" / "av-benchmark")
+        passt_src = export(a.passt_git, work / "src" / "passt_hear21")
+        write_inputs(work)
+        start = time.time()
+        subprocess.run([str(a.ref_python), str(ROOT / "tools" / "metrics_parity_ref.py"), str(work),
+                        str(avb), str(passt_src)], check=True)
+        print(f"reference: {time.time() - start:.0f} s")
+        start = time.time()
+        ours, ours_arrays = run_ours(work)
+        print(f"ours: {time.time() - start:.0f} s")
+        np.savez(work / "ours.npz", **ours_arrays)
+        (work / "ours.json").write_text(json.dumps(ours, indent=2))
+    ours = json.loads((work / "ours.json").read_text())
+    ours_arrays = dict(np.load(work / "ours.npz"))
     ref = json.loads((work / "ref.json").read_text())
     ref_arrays = dict(np.load(work / "ref.npz"))
 

@@ -27,6 +27,15 @@ def best_model(data: dict, metric: str) -> Optional[str]:
     return min(scored)[1] if scored else None
 
 
+def ranking(data: dict, metric: str) -> list[str]:
+    """Models from best to worst by ``metric``; unscored models last (a sweep's ranking)."""
+    sign = -1.0 if data.get("directions", {}).get(metric, "lower") == "higher" else 1.0
+    scored = sorted((sign * r[metric]["mean"], name) for name, r in data["models"].items()
+                    if metric in r and r[metric]["mean"] is not None)
+    rest = [name for name, r in data["models"].items() if metric not in r or r[metric]["mean"] is None]
+    return [name for _, name in scored] + rest
+
+
 def chart(data: dict) -> np.ndarray:
     """One bar chart per metric, models side by side, the best one marked: (H, W, 3) uint8."""
     import matplotlib
@@ -77,6 +86,7 @@ def write(out_dir: Path, data: dict) -> tuple[Path, Path, np.ndarray]:
         if os.path.exists(tmp):
             os.unlink(tmp)
     data["best"] = {m: best_model(data, m) for m in data["directions"]}
+    data["ranking"] = {m: ranking(data, m) for m in data["directions"]}
     data["chart"] = str(png)
     path = write_json_atomic(data, out_dir / "metrics.json")
     return path, png, image
