@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: Any, add_model_args: Callable, load_options: Callable) -> dict[str, Callable]:
-    from .run import ALL_METRICS, EvalOptions
+    from .options import ALL_METRICS, EvalOptions
 
     defaults = EvalOptions()
     p = sub.add_parser("evaluate", help="DeSync / FD / KL / spectral metrics of adapters on held-out clips")

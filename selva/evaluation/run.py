@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,33 +22,13 @@ from ..hooks import Hooks, or_default
 from . import desync as desync_mod
 from .fd import compute_fd
 from .kl import kl_per_pair
+from .options import ALL_METRICS, DIRECTION, EvalOptions, parse_metrics  # noqa: F401 (re-exported)
 from .spectral import clip_spectral
 
 log = logging.getLogger(__name__)
 
-ALL_METRICS = ("desync", "fd", "kl", "spectral")
-# "lower" is better for every metric here (CLAP, higher-is-better, would be the exception)
-DIRECTION = {"desync": "lower", "fd": "lower", "kl": "lower", "spectral": "lower"}
 UNITS = {"desync": "s", "fd": "", "kl": "", "spectral": "dB LSD to real"}
 BASE_NAME = "base"
-
-
-@dataclass
-class EvalOptions:
-    metrics: tuple[str, ...] = field(default=ALL_METRICS, metadata={"help": "metrics to compute"})
-    steps: int = field(default=25, metadata={"help": "Euler steps per clip"})
-    cfg_strength: float = field(default=4.5, metadata={"help": "classifier-free guidance strength"})
-    seed: int = field(default=42, metadata={"help": "noise seed, the same for every model"})
-    negative_prompt: str = field(default="", metadata={"help": "negative prompt for every clip"})
-
-
-def parse_metrics(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
-    unknown = [m for m in names if m not in ALL_METRICS]
-    if unknown or not names:
-        raise SelvaError(f"Unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
-                         f"{', '.join(ALL_METRICS)} (comma-separated).")
-    return names
 
 
 @dataclass
