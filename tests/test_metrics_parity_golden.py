@@ -110,7 +110,9 @@ def test_audio_branch_and_offset_transformer_agree(golden, tools):
 
 
 def test_video_branch_agrees_on_the_first_segment(golden, tools):
-    data, _ = golden
+    data, meta = golden
+    if meta.get("video_branch") == "skip":
+        pytest.skip("the golden run gave both sides the same stand-in video features")
     weights, mp = tools
     video = _load_part(S.MotionFormer(), "vfeat_extractor.", weights)
     frames = torch.from_numpy(mp.clip_frames(0)[:16]).permute(3, 0, 1, 2).float() / 255.0  # (C, T, H, W)

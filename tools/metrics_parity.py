@@ -5,7 +5,7 @@
    installs) from their git copies into ``WORK/src`` (nothing of them is committed here).
 2. Writes random weights in the released formats (``synchformer_state_dict.pth``: the full
    Synchformer state dict; ``passt.pt``: the PaSST-S state dict), deterministic per tensor
-   (``tools/parity_weights.py``), three 5 s clips of random 224 px frames, "generated" 16 kHz mono
+   (``tools/parity_weights.py``), two 5 s clips of random 224 px frames, "generated" 16 kHz mono
    audio and "real" 22.05 kHz stereo audio as float WAV files.
 3. Runs ``tools/metrics_parity_ref.py`` with the reference environment's Python (av-benchmark's
    ``evaluate()`` and its feature extraction code), then our ``selva.evaluation`` here.
@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from parity_weights import parity_state, parity_tensor  # noqa: E402
 
-NAMES = ("clip_a", "clip_b", "clip_c")
+NAMES = ("clip_a", "clip_b")
+SHARED_VIDEO = "shared_video_features"  # file name when both sides skip the video branch
 DURATION = 5.0
 GEN_RATE, REAL_RATE = 16000, 22050
 
@@ -102,6 +103,11 @@ def export(git_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def shared_video_features(name: str) -> torch.Tensor:
+    """(14, 8, 768) stand-in video features, the same on both sides (``--video-branch skip``)."""
+    return parity_tensor(f"video_features.{name}", (14, 8, 768)) * 20.0
+
+
 def run_ours(work: Path) -> tuple[dict, dict]:
     from scipy.io import wavfile
 
@@ -120,8 +126,10 @@ def run_ours(work: Path) -> tuple[dict, dict]:
     passt = PasstEmbedder.from_file(work / "passt.pt")
     frames = np.load(work / "frames.npz")
     arrays, results, emb, logits = {}, {}, {"gen": [], "real": []}, {"gen": [], "real": []}
+    skip_video = (work / SHARED_VIDEO).is_file()
     for name in NAMES:
-        video = scorer.video_features(torch.from_numpy(frames[name]), DURATION)
+        video = (shared_video_features(name) if skip_video
+                 else scorer.video_features(torch.from_numpy(frames[name]), DURATION))
         wave, rate = read(work / "gen" / f"{name}.wav")
         audio = scorer.audio_features(wave, rate, DURATION)
         results[name] = scorer.score(video, wave, rate, DURATION)
@@ -155,6 +163,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/metrics-parity"))
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--write-golden", type=Path, default=None)
+    ap.add_argument("--video-branch", choices=("run", "skip"), default="run",
+                    help="skip: both sides get the same stand-in video features instead of running "
+                         "the MotionFormer on the frames (minutes faster on a CPU; SelVA's generation "
+                         "parity kit checks that branch)")
     ap.add_argument("--compare-only", action="store_true",
                     help="compare the results both sides left in WORK by an earlier run")
     a = ap.parse_args()
@@ -164,6 +176,9 @@ def main() -> int:
         avb = export(a.av_bench_git, work / "src" / "av-benchmark")
         passt_src = export(a.passt_git, work / "src" / "passt_hear21")
         write_inputs(work)
+        (work / SHARED_VIDEO).unlink(missing_ok=True)
+        if a.video_branch == "skip":
+            (work / SHARED_VIDEO).write_text("both sides use shared_video_features()")
         start = time.time()
         subprocess.run([str(a.ref_python), str(ROOT / "tools" / "metrics_parity_ref.py"), str(work),
                         str(avb), str(passt_src)], check=True)
@@ -197,7 +212,8 @@ def main() -> int:
         keep = {k: v for k, v in ref_arrays.items()
                 if k.startswith(("passt_", "logits_")) or k.endswith(first)}
         keep["video_" + first] = ref_arrays["video_" + first]
-        keep["metrics_json"] = np.frombuffer(json.dumps(ref).encode(), dtype=np.uint8)
+        meta = {**ref, "video_branch": "skip" if (work / SHARED_VIDEO).is_file() else "run"}
+        keep["metrics_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         np.savez_compressed(a.write_golden, **keep)
         print(f"wrote {a.write_golden} ({a.write_golden.stat().st_size / 1e6:.2f} MB)")
     print("PARITY OK" if ok else "PARITY FAILED")

@@ -117,11 +117,18 @@ def main() -> int:
     real_paths = [work / "real" / f"{n}.wav" for n in names]
     sync_video, sync_audio = {}, {}
     sync_ds = SynchformerAudioDataset(gen_paths, duration=duration)
+    skip_video = (work / "shared_video_features").is_file()
+    if skip_video:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from metrics_parity import shared_video_features
     for i, name in enumerate(names):
-        # VideoDataset's sync transform on frames that are 224 x 224 already: scale, normalise
-        x = torch.from_numpy(frames[name][:int(25.0 * duration)]).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - 0.5) / 0.5
-        sync_video[name] = extract_video.encode_video_with_sync(sync_model, x[None])[0]
+        if skip_video:  # the same stand-in features on both sides (--video-branch skip)
+            sync_video[name] = shared_video_features(name)
+        else:
+            # VideoDataset's sync transform on frames that are 224 x 224 already: scale, normalise
+            x = torch.from_numpy(frames[name][:int(25.0 * duration)]).permute(0, 3, 1, 2).float() / 255.0
+            x = (x - 0.5) / 0.5
+            sync_video[name] = extract_video.encode_video_with_sync(sync_model, x[None])[0]
         wav, _ = sync_ds.sample(i)
         sync_audio[name] = encode_audio_with_sync(sync_model, wav[None], mel)[0]
 
