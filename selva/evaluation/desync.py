@@ -145,7 +145,9 @@ class DesyncScorer:
         if rate != AUDIO_RATE:
             import torchaudio
 
-            wave = torchaudio.functional.resample(wave, rate, AUDIO_RATE)
+            # the Resample module av-benchmark's loaders use (its kernel differs from
+            # functional.resample's in the last digits for rates like 22.05 kHz)
+            wave = torchaudio.transforms.Resample(rate, AUDIO_RATE)(wave)
         need = int(AUDIO_RATE * duration)
         if wave.shape[0] < need:
             return f"the audio has {wave.shape[0] / AUDIO_RATE:.3f} s at 16 kHz, {duration:.2f} s needed"

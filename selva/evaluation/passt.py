@@ -81,7 +81,9 @@ class PasstEmbedder:
         if rate != PASST_RATE:
             import torchaudio
 
-            wave = torchaudio.functional.resample(wave, rate, PASST_RATE)
+            # the Resample module av-benchmark's loaders use (its kernel differs from
+            # functional.resample's in the last digits for rates like 22.05 kHz)
+            wave = torchaudio.transforms.Resample(rate, PASST_RATE)(wave)
         wave = wave[:int(PASST_RATE * duration)]
         if wave.shape[0] >= PASST_SAMPLES:
             return wave[:PASST_SAMPLES]
