@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler in register_batch(sub, add_model_args, load_options).items():
         sub.choices[name].set_defaults(handler=handler)
+    from .evaluation.cli import register as register_evaluation
+
+    for name, handler in register_evaluation(sub, _add_model_args, _load_options).items():
+        sub.choices[name].set_defaults(handler=handler)
     return parser
 
 

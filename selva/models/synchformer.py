@@ -317,3 +317,255 @@ def load_synchformer_backbone(model: MotionFormer, state_dict: Mapping[str, torc
     log.debug("%s: loading %d video-extractor tensors, dropping %d audio/sync-head tensors",
               source, len(video), dropped)
     load_strict(model, video, source=source, what="Synchformer video extractor (MotionFormer)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of Synchformer: audio branch, projections and the offset transformer (for DeSync)
+#
+# SelVA itself never runs these; the evaluation does (``selva/evaluation/desync.py``): it asks the
+# full audio-visual model which of 21 offsets (-2 .. +2 s) separates a clip's video and audio.
+
+
+@dataclass(frozen=True)
+class AudioExtractorConfig:
+    """The AST audio branch: 16 kHz log-mel segments (128 bins x 66 frames) -> 6 vectors each."""
+
+    n_mels: int = 128
+    spec_frames: int = 66  # mel frames per 0.64 s segment (padded from 65)
+    patch_size: int = 16
+    stride: int = 10  # AST's frequency and time stride (overlapping patches)
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: int = 4
+    ast_norm_eps: float = 1e-12  # Hugging Face ASTConfig default
+    norm_eps: float = 1e-6  # the frequency aggregator (a torch TransformerEncoderLayer)
+
+    @property
+    def freq_patches(self) -> int:
+        return (self.n_mels - self.patch_size) // self.stride + 1
+
+    @property
+    def time_patches(self) -> int:
+        return (self.spec_frames - self.patch_size) // self.stride + 1
+
+
+AST_SYNCHFORMER = AudioExtractorConfig()
+
+
+@dataclass(frozen=True)
+class SyncTransformerConfig:
+    """The offset classifier over ``[OFF, video tokens, MOD, audio tokens]``."""
+
+    embed_dim: int = 768
+    depth: int = 3
+    num_heads: int = 8
+    segments: int = 14  # the classifier sees 14 segments (4.8 s) of each stream
+    video_tokens_per_segment: int = 8
+    audio_tokens_per_segment: int = 6
+    num_offsets: int = 21
+    norm_eps: float = 1e-5  # torch LayerNorm default
+
+    @property
+    def sequence_length(self) -> int:
+        return 2 + self.segments * (self.video_tokens_per_segment + self.audio_tokens_per_segment)
+
+
+SYNC_TRANSFORMER = SyncTransformerConfig()
+
+
+def _plain_attention(q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, x: torch.Tensor,
+                     heads: int) -> torch.Tensor:
+    """Softmax attention with separate q/k/v projections; (B, L, D) -> (B, L, D) before out-proj."""
+    b, length, dim = x.shape
+    split = lambda t: t.reshape(b, length, heads, dim // heads).transpose(1, 2)  # noqa: E731
+    out = _sdpa(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)))
+    return out.transpose(1, 2).reshape(b, length, dim)
+
+
+class _ASTSelfAttention(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+
+class _ASTAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.attention = _ASTSelfAttention(dim)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention
+        return self.output.dense(_plain_attention(a.query, a.key, a.value, x, self.heads))
+
+
+class ASTLayer(nn.Module):
+    """A ViT block in Hugging Face's AST naming: pre-norm attention, pre-norm GELU MLP."""
+
+    def __init__(self, cfg: AudioExtractorConfig):
+        super().__init__()
+        dim, hidden = cfg.embed_dim, cfg.embed_dim * cfg.mlp_ratio
+        self.attention = _ASTAttention(dim, cfg.num_heads)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(dim, hidden)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(hidden, dim)
+        self.layernorm_before = nn.LayerNorm(dim, eps=cfg.ast_norm_eps)
+        self.layernorm_after = nn.LayerNorm(dim, eps=cfg.ast_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.layernorm_before(x))
+        return x + self.output.dense(F.gelu(self.intermediate.dense(self.layernorm_after(x))))
+
+
+class ASTEmbeddings(nn.Module):
+    def __init__(self, cfg: AudioExtractorConfig):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.patch_embeddings = nn.Module()
+        self.patch_embeddings.projection = nn.Conv2d(1, dim, cfg.patch_size, stride=cfg.stride)
+        # Synchformer keeps only the positions of its short segments (2 + 12 x 6 = 74)
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, 2 + cfg.freq_patches * cfg.time_patches, dim))
+        for p in (self.cls_token, self.distillation_token, self.position_embeddings):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def forward(self, spec_tf: torch.Tensor) -> torch.Tensor:
+        """(N, time, freq) -> (N, 2 + f * t, D); patches frequency-major as AST lays them out."""
+        x = self.patch_embeddings.projection(spec_tf.unsqueeze(1).transpose(2, 3))
+        x = x.flatten(2).transpose(1, 2)
+        n = x.shape[0]
+        x = torch.cat([self.cls_token.expand(n, -1, -1), self.distillation_token.expand(n, -1, -1), x], 1)
+        return x + self.position_embeddings
+
+
+class ASTBackbone(nn.Module):
+    def __init__(self, cfg: AudioExtractorConfig):
+        super().__init__()
+        self.embeddings = ASTEmbeddings(cfg)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(ASTLayer(cfg) for _ in range(cfg.depth))
+        self.layernorm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ast_norm_eps)
+
+    def forward(self, spec_tf: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(spec_tf)
+        for layer in self.encoder.layer:
+            x = layer(x)
+        return self.layernorm(x)
+
+
+class AudioFeatureExtractor(nn.Module):
+    """Synchformer's audio branch: AST tokens pooled over frequency, one vector per time patch."""
+
+    def __init__(self, cfg: AudioExtractorConfig = AST_SYNCHFORMER):
+        super().__init__()
+        self.cfg = cfg
+        self.ast = ASTBackbone(cfg)
+        # same layer type as the video branch's spatial pooling (pre-norm, GELU, eps 1e-6)
+        self.freq_attn_agg = SpatialAggregator(cfg)  # type: ignore[arg-type]
+
+    def forward(self, spec_ft: torch.Tensor) -> torch.Tensor:
+        """Log-mel segments (N, n_mels, spec_frames), normalised -> (N, time_patches, D)."""
+        cfg = self.cfg
+        if spec_ft.dim() != 3 or tuple(spec_ft.shape[1:]) != (cfg.n_mels, cfg.spec_frames):
+            raise SelvaError(f"The Synchformer audio branch expects mel segments of shape "
+                             f"(N, {cfg.n_mels}, {cfg.spec_frames}), got {tuple(spec_ft.shape)}")
+        tokens = self.ast(spec_ft.transpose(1, 2))[:, 2:]  # drop CLS and distillation tokens
+        n, _, dim = tokens.shape
+        f, t = cfg.freq_patches, cfg.time_patches
+        # group by time patch: (N, f, t, D) -> (N, t * f, D), time-major for the pooling layer
+        by_time = tokens.reshape(n, f, t, dim).transpose(1, 2).reshape(n, t * f, dim)
+        return self.freq_attn_agg(by_time, t)
+
+
+class _SyncBlock(nn.Module):
+    def __init__(self, cfg: SyncTransformerConfig):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.heads = cfg.num_heads
+        self.ln1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.ln2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = nn.Module()
+        for name in ("key", "query", "value", "proj"):
+            setattr(self.attn, name, nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attn
+        x = x + a.proj(_plain_attention(a.query, a.key, a.value, self.ln1(x), self.heads))
+        return x + self.mlp(self.ln2(x))
+
+
+class SyncTransformer(nn.Module):
+    """Classifies the audio-visual offset from 14 segments of video and audio features."""
+
+    def __init__(self, cfg: SyncTransformerConfig = SYNC_TRANSFORMER):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.OFF_tok = nn.Parameter(torch.randn(1, 1, dim))
+        self.MOD_tok = nn.Parameter(torch.randn(1, 1, dim))
+        self.vis_in_lnorm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.aud_in_lnorm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.pos_emb_cfg = nn.Module()  # attribute name kept from the official state dict
+        self.pos_emb_cfg.pos_emb = nn.Parameter(torch.randn(1, cfg.sequence_length, dim))
+        self.blocks = nn.Sequential(*(_SyncBlock(cfg) for _ in range(cfg.depth)))
+        self.ln_f = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.off_head = nn.Linear(dim, cfg.num_offsets)
+
+    def forward(self, vis: torch.Tensor, aud: torch.Tensor) -> torch.Tensor:
+        """vis (B, Lv, D), aud (B, La, D) -> offset logits (B, num_offsets)."""
+        b = vis.shape[0]
+        x = torch.cat([self.OFF_tok.expand(b, -1, -1), self.vis_in_lnorm(vis),
+                       self.MOD_tok.expand(b, -1, -1), self.aud_in_lnorm(aud)], dim=1)
+        if x.shape[1] != self.pos_emb_cfg.pos_emb.shape[1]:
+            raise SelvaError(f"The Synchformer offset transformer takes exactly {self.cfg.segments} "
+                             f"segments of video and audio ({self.pos_emb_cfg.pos_emb.shape[1]} tokens), "
+                             f"got {x.shape[1]} tokens")
+        x = self.blocks(x + self.pos_emb_cfg.pos_emb)
+        return self.off_head(self.ln_f(x)[:, 0])
+
+
+class Synchformer(nn.Module):
+    """The whole audio-visual synchronisation model, attribute names as in the released file."""
+
+    def __init__(self, video: MotionFormerConfig = MOTIONFORMER_224,
+                 audio: AudioExtractorConfig = AST_SYNCHFORMER,
+                 sync: SyncTransformerConfig = SYNC_TRANSFORMER):
+        super().__init__()
+        self.vfeat_extractor = MotionFormer(video)
+        self.afeat_extractor = AudioFeatureExtractor(audio)
+        self.vproj = nn.Linear(video.embed_dim, sync.embed_dim)
+        self.aproj = nn.Linear(audio.embed_dim, sync.embed_dim)
+        self.transformer = SyncTransformer(sync)
+
+    def video_features(self, segments: torch.Tensor) -> torch.Tensor:
+        """(B, S, frames, C, H, W) in [-1, 1] -> (B, S, slots, D)."""
+        b, s = segments.shape[:2]
+        out = self.vfeat_extractor(segments.flatten(0, 1).transpose(1, 2))
+        return out.reshape(b, s, *out.shape[1:])
+
+    def audio_features(self, mels: torch.Tensor) -> torch.Tensor:
+        """(B, S, n_mels, spec_frames) normalised log-mel -> (B, S, time_patches, D)."""
+        b, s = mels.shape[:2]
+        out = self.afeat_extractor(mels.flatten(0, 1))
+        return out.reshape(b, s, *out.shape[1:])
+
+    def offset_logits(self, vis: torch.Tensor, aud: torch.Tensor) -> torch.Tensor:
+        """Video (B, S, tv, D) and audio (B, S, ta, D) features -> (B, num_offsets) logits."""
+        vis = self.vproj(vis).flatten(1, 2)
+        aud = self.aproj(aud).flatten(1, 2)
+        return self.transformer(vis, aud)
+
+
+def load_synchformer(model: Synchformer, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load the released Synchformer file into the full model, every key strictly."""
+    state_dict = require_tensors(state_dict, source=source, what="Synchformer checkpoint")
+    load_strict(model, dict(state_dict), source=source, what="Synchformer (full audio-visual model)")
