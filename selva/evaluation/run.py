@@ -44,17 +44,18 @@ class HeldOutClip:
 def load_held_out(pipe, data_dir: Path, hooks: Optional[Hooks] = None) -> list[HeldOutClip]:
     """The dataset folder's clips (the trainers' layout), prompts applied, real audio read."""
     from ..train.audio_files import read_audio
-    from ..train.dataset import file_digest, find_clips, folder_prompt, load_clip_features
+    from ..datasets import read_dataset
+    from ..train.dataset import file_digest, folder_prompt, load_clip_features
 
     hooks = or_default(hooks)
-    files = find_clips(data_dir)
+    files = read_dataset(data_dir)
     fallback = folder_prompt(data_dir)
     clips = []
     for i, f in enumerate(files, 1):
         features = load_clip_features(f, pipe.variant.name)
         prompt = f.caption if f.caption is not None else (features.prompt or fallback)
         if prompt != features.prompt:
-            features = pipe.features_for_prompt(features, prompt, hooks)
+            features = pipe.encoding.features_for_prompt(features, prompt, hooks)
         wave, rate = read_audio(f.audio_path)
         wave = wave.float()[:, :int(round(features.duration * rate))]
         digest = content_hash([file_digest(f.features_path), file_digest(f.audio_path), prompt])
