@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].set_defaults(handler=handler)
     from .evaluation.cli import register as register_evaluation
 
-    for name, handler in register_evaluation(sub, _add_model_args, _load_options).items():
+    for name, handler in register_evaluation(sub, add_model_args, load_options).items():
         sub.choices[name].set_defaults(handler=handler)
     return parser
 
