@@ -123,7 +123,8 @@ def _reader(args: argparse.Namespace) -> Callable[[str], str]:
 def _module(name: str, source: str, extra: dict | None = None) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__dict__.update(extra or {})
-    exec(compile(source, name, "exec"), module.__dict__)
+    # runs MMAudio's own source from a fetched snapshot: the point of this developer tool (not shipped)
+    exec(compile(source, name, "exec"), module.__dict__)  # noqa: S102
     return module
 
 
@@ -138,7 +139,7 @@ def mmaudio_losses(case: Case, read: Callable[[str], str]) -> torch.Tensor:
                     for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "train_fn")
     body = ast.Module(body=[train_fn], type_ignores=[])
     namespace = {"torch": torch, "log_normal_sample": sample_utils.log_normal_sample}
-    exec(compile(ast.fix_missing_locations(body), "mmaudio/runner.py:train_fn", "exec"), namespace)
+    exec(compile(ast.fix_missing_locations(body), "mmaudio/runner.py:train_fn", "exec"), namespace)  # noqa: S102
 
     gen = build_generator(case)
     batch = build_batch(case, gen)
