@@ -94,7 +94,7 @@ class SelvaTextualInversionTrainer:
 
         with comfy_run():
             options = from_inputs(TiTrainOptions, settings)
-            run = train_textual_inversion(model, paths.resolve(data_dir, "data_dir"),
+            run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
                                           resume=_resume_arg(resume), hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))

@@ -101,9 +101,9 @@ def test_cosine_schedule_warms_up_then_reaches_its_floor_at_the_last_step():
 def test_the_trainer_uses_the_cosine_schedule(pipe, data_dir, tmp_path):
     seen = []
     train_lora(pipe, data_dir, tmp_path, opts(steps=4, lr_schedule="cosine"), on_step=seen.append)
-    # StepInfo.lr is the rate the next step will use: after step 3 it is the last step's, the floor
-    assert seen[2].lr == pytest.approx(COSINE_FLOOR_LR)
-    assert seen[0].lr > seen[1].lr > seen[2].lr
+    # StepInfo.lr is the rate the step used: the last (fourth) step used the floor
+    assert seen[3].lr == pytest.approx(COSINE_FLOOR_LR)
+    assert seen[0].lr > seen[1].lr > seen[2].lr > seen[3].lr
 
 
 def test_curriculum_switches_at_the_given_fraction(pipe, data_dir, tmp_path, monkeypatch):
