@@ -94,6 +94,42 @@ def _vocoder_tuning_setup(comfy) -> dict:
 WORKFLOW_SETUP["SelVA Vocoder Tuning"] = _vocoder_tuning_setup
 
 
+def _batch_setup(comfy) -> dict:
+    folder = comfy.input_dir / "selva_frontend_batch"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_video(folder / "one.mp4", frames(1.0, seed=5), fps=25)
+    return {"SelvaBatchGenerate": {"folder": "selva_frontend_batch", "output_folder": "selva_frontend/batch",
+                                   "overwrite": True}}
+
+
+def _held_out_setup(comfy) -> dict:
+    from lora_helpers import write_tiny_adapter
+
+    write_tiny_adapter(comfy.output_dir / "selva_frontend" / "held_out_adapter.safetensors")
+    return {"SelvaLoraEvaluator": {"adapters_file": json.dumps(["selva_frontend/held_out_adapter.safetensors"]),
+                                   "held_out_dir": _lora_dataset(comfy), "metrics": "spectral"}}
+
+
+def _vocoder_sweep_setup(comfy) -> dict:
+    from vocoder_helpers import audio_folder
+
+    audio_folder(comfy.output_dir / "selva_frontend_vocoder_data")
+    sweep = comfy.output_dir / "selva_frontend_vocoder_sweep.json"
+    sweep.write_text(json.dumps({
+        "base": {"data_dir": "selva_frontend_vocoder_data", "steps": 2, "batch_size": 1,
+                 "segment_seconds": 0.3, "save_every": 0},
+        "experiments": [{"name": "a"}]}))
+    return {"SelvaBigvganScheduler": {"experiments_file": sweep.name, "output_dir": "selva_frontend/vocoder_sweeps"}}
+
+
+WORKFLOW_SETUP["SelVA Batch Generate"] = _batch_setup
+WORKFLOW_SETUP["SelVA Evaluate LoRAs on Held Out Clips"] = _held_out_setup
+WORKFLOW_SETUP["SelVA Vocoder Sweep"] = _vocoder_sweep_setup
+# the one-second test clip: a range inside it
+WORKFLOW_SETUP["SelVA Replace a Sound in a Time Range"] = lambda comfy: {
+    "SelvaSampler": {"regenerate_start": 0.3, "regenerate_end": 0.7}}
+
+
 @pytest.fixture(scope="module")
 def browser():
     reason = F.missing_browser_reason()
