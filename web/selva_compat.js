@@ -19,7 +19,6 @@ const CONTROL_VALUES = new Set(["fixed", "increment", "decrement", "randomize"])
 // Earlier option values that are spelled differently here: node id -> our widget -> {old: new}.
 const VALUE_NAMES = {
   SelvaLoraTrainer: { init: { standard: "default" } },
-  SelvaTextualInversionTrainer: { path: { suffix: "clip" } },
 };
 // Earlier values whose meaning needs another value here.
 const ADJUST = {
