@@ -55,7 +55,10 @@ def test_each_earlier_layout_opens_by_name_with_one_notice(page):
         _, listed = EW.expected(node, layout)
         names = {i["input"] for i in items if i["node"].endswith(f"#{node['id']}")}
         assert set(listed) <= names, (node_id, listed, names)
-    assert "lora_dropout" in text and "SelvaLoraTrainer #" in text  # shown to the user
+    # shown to the user: the TI Trainer's warmup_steps has no counterpart here (the LoRA
+    # Trainer's lora_dropout, listed before, now lands on our lora_dropout)
+    assert "warmup_steps" in text and "SelvaTextualInversionTrainer #" in text
+    assert "lora_dropout" not in text
 
 
 def test_sockets_to_reconnect_are_listed(page):
@@ -64,7 +67,7 @@ def test_sockets_to_reconnect_are_listed(page):
     items, text = _notice(page)
     assert SOCKET_ITEMS <= {(i["node"], i["input"]) for i in items}, items
     trainer = next(n for n in loaded["nodes"] if n["type"] == "SelvaLoraTrainer")
-    assert trainer["widgets"]["alpha"] == 64 and "features" in text
+    assert trainer["widgets"]["alpha"] == 64 and "SelvaSpectralMatcher #" in text
 
 
 SAVED = sorted(p for p in (REPO_ROOT / "tests" / "data" / "saved_workflows").glob("*.json")

@@ -116,8 +116,9 @@ def socket_workflow() -> tuple[dict, dict]:
     return EW.workflow([trainer, sampler, evaluator, matcher], links), trainer
 
 
-SOCKET_ITEMS = {("SelvaLoraTrainer #1", "output model"), ("SelvaLoraEvaluator #3", "features"),
-                ("SelvaSpectralMatcher #4", "model")}
+# The Evaluator's features input is optional here (it may read held_out_dir instead), so an
+# earlier Evaluator without it has nothing to reconnect.
+SOCKET_ITEMS = {("SelvaLoraTrainer #1", "output model"), ("SelvaSpectralMatcher #4", "model")}
 
 
 def test_sockets_to_reconnect_and_alpha_zero(tmp_path):
@@ -125,6 +126,7 @@ def test_sockets_to_reconnect_and_alpha_zero(tmp_path):
     out, items = run_in_node(tmp_path, wf, {n["type"] for n in wf["nodes"]})
     got = {(i["node"], i["input"]) for i in items}
     assert SOCKET_ITEMS <= got, items
+    assert ("SelvaLoraEvaluator #3", "features") not in got, items  # optional here
     trainer_item = next(i for i in items if i["input"] == "output model")
     assert "adapter (SELVA_LORA)" in trainer_item["what"]
     values = _by_name("SelvaLoraTrainer", out["nodes"][0]["widgets_values"])

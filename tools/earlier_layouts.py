@@ -41,7 +41,7 @@ RENAMED: dict[str, dict[str, str]] = {
     "SelvaSkipExperiment": {"output_root": "sweep_dir"},
     "SelvaLoraTrainer": {"resume_path": "resume", "timestep_mode": "timestep_sampling",
                          "init_mode": "init", "use_rslora": "rslora"},
-    "SelvaTextualInversionTrainer": {"inject_mode": "path"},
+    # (the TI Trainer's inject_mode is an input of ours under that name, suffix and prefix)
 }
 
 

@@ -19,7 +19,6 @@ const CONTROL_VALUES = new Set(["fixed", "increment", "decrement", "randomize"])
 // Earlier option values that are spelled differently here: node id -> our widget -> {old: new}.
 const VALUE_NAMES = {
   SelvaLoraTrainer: { init: { standard: "default" } },
-  SelvaTextualInversionTrainer: { path: { suffix: "clip" } },
 };
 // Earlier values whose meaning needs another value here.
 const ADJUST = {
@@ -199,11 +198,14 @@ export function migrateWorkflow(graphData, defs = ourDefs) {
       const candidates = (EARLIER.nodes[node.type] || []).filter((l) => prefixFits(values, l.widgets));
       earlierLayout = candidates.find((l) => l.widgets.length === values.length) || candidates[0] || null;
     }
+    // A node whose values fit today's layout was saved with this pack (or lines up already): it
+    // is left exactly as saved, its sockets included. Only a node recognised as saved in an
+    // earlier layout is re-ordered and has its sockets checked against today's node.
     if (earlierLayout) {
       items.push(...migrateValues(node, ours, earlierLayout));
       node.properties = { ...(node.properties || {}), selva_migrated_from: earlierLayout.refs.join(",") };
+      items.push(...socketItems(node, nodeData, graphData.links));
     }
-    if (EARLIER.nodes[node.type]) items.push(...socketItems(node, nodeData, graphData.links));
   }
   return items;
 }

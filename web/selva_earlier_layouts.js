@@ -1911,9 +1911,6 @@ export const EARLIER = {
   },
   "SelvaSkipExperiment": {
    "output_root": "sweep_dir"
-  },
-  "SelvaTextualInversionTrainer": {
-   "inject_mode": "path"
   }
  },
  "source": {
