@@ -14,8 +14,7 @@ from comfy_pack import REPO_ROOT, input_spec, is_widget, load_pack
 
 LAYOUTS_JS = REPO_ROOT / "web" / "selva_earlier_layouts.js"
 CONTROL = "control_after_generate"
-VALUE_NAMES = {"SelvaLoraTrainer": {"init": {"standard": "default"}},
-               "SelvaTextualInversionTrainer": {"path": {"suffix": "clip"}}}
+VALUE_NAMES = {"SelvaLoraTrainer": {"init": {"standard": "default"}}}
 
 
 def earlier_table() -> dict:
