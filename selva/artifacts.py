@@ -20,6 +20,17 @@ import torch
 from .errors import SelvaError
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes owner-only files; what we write for users gets the permissions any new file of
+# this process would get (read once: os.umask can only be read by setting it)
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def numbered_paths(folder: Path, stem: str, suffix: str = "") -> list[tuple[int, Path]]:
     """Every ``<stem>_<number><suffix>`` in ``folder`` (files and folders) with its number,
     lowest first."""
@@ -64,6 +75,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -30,6 +30,16 @@ def test_the_temporary_keeps_the_suffix_so_format_by_suffix_writers_work(tmp_pat
     assert (tmp_path / "sub" / "clip.mp4").read_bytes() == b"x"
 
 
+def test_written_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this umask
+    A.write_atomic(tmp_path / "ours.txt", lambda tmp: tmp.write_text("x"))
+    assert (tmp_path / "ours.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_the_training_names_are_the_same_implementation():
     from comfyui_selva.selva.train import files
 

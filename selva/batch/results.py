@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
+
+from ..artifacts import atomic_path
 
 RESULTS_NAME = "results.jsonl"
 STATUSES = ("done", "skipped", "failed")
@@ -36,13 +36,8 @@ def write_results(out_dir: Path, results: Iterable[RowResult]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_NAME
     lines = [r.to_json() for r in sorted(results, key=lambda r: r.index)]
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..artifacts import load_safetensors, write_safetensors
 from ..compat.datasets import earlier_clip_features
 from ..errors import SelvaError
 from ..features import Features, content_hash
@@ -90,28 +91,21 @@ class LatentCache:
                              audio_digest, samples])
 
     def get(self, key: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        from safetensors.torch import load_file
-
         path = self.directory / f"{key}.safetensors"
         if not path.is_file():
             return None
         try:
-            data = load_file(str(path))
+            data, _ = load_safetensors(path, "latent cache")
             return data["mean"], data["std"]
-        except Exception as e:  # a broken cache entry only costs a re-encode
+        except (SelvaError, KeyError) as e:  # a broken cache entry only costs a re-encode
             log.warning("Ignoring unreadable latent cache entry %s (%s)", path, e)
             return None
 
     def put(self, key: str, mean: torch.Tensor, std: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        from .files import atomic_path
-
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.directory / f"{key}.safetensors") as tmp:
-                save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp),
-                          metadata={"format": "selva-latent-cache"})
+            write_safetensors(self.directory / f"{key}.safetensors", {"mean": mean, "std": std},
+                              {"format": "selva-latent-cache"})
         except OSError as e:
             log.warning("Could not write the latent cache in %s (%s); continuing without it.",
                         self.directory, e)
