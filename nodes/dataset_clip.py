@@ -24,13 +24,12 @@ def save_named_clip(folder: Path, name: str, features: Any, audio: Optional[dict
     """``<folder>/<name>_NNN.npz`` (+ ``.wav``) with the next number free for both files; the
     audio cut to the features' span (``start`` seconds into the video, their duration long)."""
     from ..selva.datasets.align import clip_span
-    from ..selva.train.files import numbered_file, write_wav
+    from ..selva.artifacts import next_numbered_path
+    from ..selva.train.files import write_wav
     from .common import audio_input
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = numbered_file(folder, name, ".npz")
-    while path.with_suffix(".wav").exists():  # an audio file of that number is there already
-        path = path.with_name(f"{name}_{int(path.stem.rsplit('_', 1)[1]) + 1:03d}.npz")
+    path = next_numbered_path(folder, name, ".npz", also=(".wav",))  # free for both files
     wave = None
     if audio is not None:
         wave, rate = audio_input(audio, "audio")

@@ -310,3 +310,17 @@ def test_rgba_and_grey_image_batches_are_accepted():
     assert torch.equal(resolve(rgba, fps=25.0).frames, rgb)
     grey = resolve(rgb[..., :1], fps=25.0).frames
     assert grey.shape == rgb.shape and torch.equal(grey[..., 2], rgb[..., 0])
+
+
+def test_named_clips_take_a_number_free_for_both_the_features_and_the_audio(model, tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "dog_001.wav").write_bytes(b"a recording the user put here")  # no .npz of that number
+    (folder / "dog_002.npz").write_bytes(b"features from before")
+    audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    extract(model, frames(1.0), str(folder), name="dog", audio=audio)
+    extract(model, frames(1.0), str(folder), name="dog", audio=audio)
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert names == ["dog_001.wav", "dog_002.npz", "dog_003.npz", "dog_003.wav", "dog_004.npz", "dog_004.wav"]
+    assert (folder / "dog_001.wav").read_bytes() == b"a recording the user put here"
+    assert (folder / "dog_002.npz").read_bytes() == b"features from before"

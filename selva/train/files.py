@@ -81,11 +81,6 @@ def fresh_run_dir(output_dir: Path, name: str) -> Path:
             continue
 
 
-def numbered_file(directory: Path, stem: str, suffix: str) -> Path:
-    """``directory/<stem>_NNN<suffix>`` with the next free number (the file is not created)."""
-    return _artifacts.next_numbered_path(directory, stem, suffix)
-
-
 def latest_run_dir(output_dir: Path, name: str) -> Optional[Path]:
     runs = [p for _, p in _artifacts.numbered_paths(output_dir, name) if p.is_dir()]
     return runs[-1] if runs else None

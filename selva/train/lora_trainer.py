@@ -329,9 +329,9 @@ class LoraTask(TrainTask):
         name = "adapter_final.safetensors" if tag == "final" else f"adapter_{tag}.safetensors"
         path = Path(run_dir) / name
         if path.exists():  # never replace what a user may already use; keep both
-            from .files import numbered_file
+            from ..artifacts import next_numbered_path
 
-            path = numbered_file(run_dir, path.stem, ".safetensors")
+            path = next_numbered_path(run_dir, path.stem, ".safetensors")
         save_adapter(adapter, path)
         adapter.path = path
         self.last_adapter = adapter
