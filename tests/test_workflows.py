@@ -162,3 +162,17 @@ def test_links_are_consistent(path):
         for name, spec in required.items():
             if not is_widget(spec):
                 assert name in linked, f"{path.name}: {node['type']}.{name} is not connected"
+
+
+def test_the_layout_tool_rewrites_a_template_in_its_own_json_format():
+    """tools/layout_workflows.py moves nodes only: indent and final newline stay the file's own."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("layout_workflows", REPO_ROOT / "tools" / "layout_workflows.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    texts = {p.name: p.read_text(encoding="utf-8") for p in sorted((REPO_ROOT / "workflows").glob("*.json"))}
+    for name, text in texts.items():
+        assert tool.json_like(text, json.loads(text)) == text, name
+    data = {"nodes": [{"id": 1, "pos": [0, 10]}], "title": "Café"}
+    assert tool.json_like('{\n  "a": 1\n}', data).startswith('{\n  "nodes": [\n    {')
+    assert tool.json_like('{\n "a": 1\n}\n', data).endswith("}\n") and "Café" in tool.json_like("{}", data)

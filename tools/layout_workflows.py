@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import sys
 import tempfile
@@ -60,6 +61,14 @@ def push_apart(boxes: dict[int, list[float]], gap: float = GAP) -> dict[int, flo
     return moves
 
 
+def json_like(original: str, data) -> str:
+    """``data`` as JSON in ``original``'s indent and final newline, so a re-layout shows in a
+    diff as the moved positions only."""
+    m = re.match(r"[\[{]\n( +)\S", original)
+    text = json.dumps(data, indent=len(m.group(1)) if m else 1, ensure_ascii=False)
+    return text + ("\n" if original.endswith("\n") else "")
+
+
 def lay_out(page, path: Path, gap: float = GAP) -> int:
     """Rewrite one workflow file; returns how many nodes moved."""
     text = path.read_text(encoding="utf-8")
@@ -71,7 +80,7 @@ def lay_out(page, path: Path, gap: float = GAP) -> int:
         m = measured[node["id"]]
         node["size"] = [round(v) for v in m["size"]]
         node["pos"] = [round(node["pos"][0]), round(node["pos"][1] + moves[node["id"]])]
-    path.write_text(json.dumps(workflow, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json_like(text, workflow), encoding="utf-8")
     F.load_graph(page, load_workflow(path), path.stem)
     left = F.overlapping_nodes(F.node_boxes(page))
     if left:
