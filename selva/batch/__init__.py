@@ -4,8 +4,8 @@
     results = run_batch(pipe, rows, BatchOptions(out_dir=Path("out")))
 
 ``rows`` reads folders and manifests, ``runner`` runs rows (skip, resume, failures, a background
-reader), ``grouped`` samples rows of one length together, ``distributed`` splits rows over
-torchrun processes, ``cli`` is ``python -m selva batch``.
+reader), ``grouped`` samples rows of one length together, ``cli`` is ``python -m selva batch``
+(under torchrun it deals rows out with :mod:`selva.distributed`).
 """
 from .results import RESULTS_NAME, RowResult, read_results, summary_line
 from .rows import MANIFEST_COLUMNS, VIDEO_EXTENSIONS, Row, RowDefaults, rows_from_folder, rows_from_manifest

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SelvaError
-from .distributed import all_gather, device_for, finish, init, ranks_from_env
+from .. import distributed
 from .results import RowResult, summary_line, write_results
 from .rows import RowDefaults, rows_from_folder, rows_from_manifest
 from .runner import AUDIO_FORMATS, BatchOptions, run_batch
@@ -103,24 +103,23 @@ class _Bar:
 def cmd_batch(args: argparse.Namespace, load_options: Callable) -> int:
     from ..pipeline import SelvaPipeline
 
-    ranks = ranks_from_env()
     rows = read_rows(args)  # every rank reads all rows: names depend on the whole list
     options = batch_options(args)
-    init(ranks)
+    ranks = distributed.from_environment(objects_only=True)
     try:
-        args.device = device_for(ranks, args.device)
+        args.device = distributed.device_for(ranks, args.device)
         mine = ranks.shard(rows)
         pipe = SelvaPipeline.load(load_options(args))
-        bar = _Bar(len(mine), enabled=ranks.rank == 0)
+        bar = _Bar(len(mine), enabled=ranks.is_main)
         try:
-            results = run_batch(pipe, mine, options, on_row=bar, write_file=not ranks.distributed)
+            results = run_batch(pipe, mine, options, on_row=bar, write_file=not ranks.active)
         finally:
             bar.close()
-        merged = all_gather(ranks, results)
-        if ranks.rank == 0:
-            if ranks.distributed:
+        merged = ranks.all_gather_objects(results)
+        if ranks.is_main:
+            if ranks.active:
                 write_results(options.out_dir, merged)
             print(summary_line(merged))
         return 1 if any(r.status == "failed" for r in merged) else 0
     finally:
-        finish(ranks)
+        distributed.shutdown()

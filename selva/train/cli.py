@@ -100,7 +100,7 @@ def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
     from ..features import Features
     from ..hooks import Hooks
     from ..pipeline import SelvaPipeline
-    from . import distributed
+    from .. import distributed
     from .dataset import load_dataset
     from .lora_trainer import train_lora
 

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from . import plots
-from .distributed import SINGLE, DistContext
+from ..distributed import SINGLE, DistContext
 from .files import atomic_write, fresh_run_dir, latest_run_dir, save_torch, write_json, write_wav
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from ..features import Features
 from ..hooks import Hooks, or_default
 from ..models.generator import SelvaGenerator
 from .dataset import TrainDataset, group_by_length, load_dataset
-from .distributed import SINGLE, DistContext
+from ..distributed import SINGLE, DistContext
 from .loop import LR_SCHEDULES, Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .loss import TIMESTEP_SAMPLING, draw_noise, flow_matching_loss, timestep_mode_at
 from .memory import checkpointed_blocks
