@@ -46,7 +46,10 @@ def _limit_gain(wave_ct: torch.Tensor, gain: float) -> float:
     return gain
 
 
-def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = -27.0) -> torch.Tensor:
+DEFAULT_TARGET_LUFS = -27.0  # the official pipeline's loudness
+
+
+def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = DEFAULT_TARGET_LUFS) -> torch.Tensor:
     """Scale each clip to ``target_lufs`` integrated loudness, never clipping.
 
     When reaching the target would push a peak past full scale, the gain is capped at the peak

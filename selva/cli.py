@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from .errors import SelvaError
 from .media import AUDIO_CODECS, mux_video, read_mask, write_audio
+from .options import add_sampling_arguments, windows_from_args
 
 # Our package's logger ("selva" when run as ``python -m selva``); the root logger is left alone.
 PACKAGE_LOGGER = __name__.rpartition(".")[0] or "selva"
@@ -134,17 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit_args(gen)
     g = gen.add_argument_group("sampling")
     g.add_argument("--negative-prompt", default="", help="sounds to steer away from")
-    g.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
-    g.add_argument("--cfg", "--cfg-strength", dest="cfg", type=float, default=4.5,
-                   help="classifier-free guidance strength (default: 4.5)")
+    add_sampling_arguments(g)
     g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0, as the Sampler node)")
     g.add_argument("--batch-size", type=int, default=1, help="variations (seed, seed+1, ...)")
-    g.add_argument("--no-normalize", action="store_true", help="skip loudness normalisation")
-    g.add_argument("--target-lufs", type=float, default=-27.0, help="loudness target (default: -27)")
-    g.add_argument("--window-seconds", type=float, default=8.0,
-                   help="longer clips are sampled in overlapping windows of this length (default: 8)")
-    g.add_argument("--overlap-seconds", type=float, default=2.56,
-                   help="overlap of neighbouring windows (default: 2.56)")
     o = gen.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True,
                    help="audio file (.wav .flac .m4a .mp3 .opus); a batch adds _0, _1, ...")
@@ -228,7 +221,6 @@ def _features(pipe: Any, args: argparse.Namespace) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .audio import loudness_normalize
     from .edit_args import edit_from_args
-    from .long_video import WindowOptions
     from .pipeline import SelvaPipeline
 
     if args.video is None and not args.duration:
@@ -251,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                                              args.duration)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
                          cfg_strength=args.cfg, seed=args.seed, batch_size=args.batch_size,
-                         hooks=_hooks(), windows=WindowOptions(args.window_seconds, args.overlap_seconds),
+                         hooks=_hooks(), windows=windows_from_args(args),
                          edit=edit)
     if not args.no_normalize:
         wave = loudness_normalize(wave, pipe.sample_rate, args.target_lufs)

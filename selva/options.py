@@ -6,13 +6,15 @@ setting with :meth:`SamplingOptions.with_changes` (which names an unknown settin
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
 
 from .errors import SelvaError
-from .long_video import WindowOptions
+from .audio import DEFAULT_TARGET_LUFS
+from .long_video import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS, WindowOptions
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,32 @@ class MaskOptions:
     @property
     def active(self) -> bool:
         return self.mask is not None and self.mask_strength != 0
+
+
+def add_sampling_arguments(group: Any) -> None:
+    """The command-line flags every generating command shares (``generate``, ``batch``), their
+    defaults and help read from :class:`SamplingOptions` so the two never disagree.
+
+    Sets ``steps``, ``cfg``, ``no_normalize``, ``target_lufs``, ``window_seconds`` and
+    ``overlap_seconds`` on the parsed namespace; :func:`sampling_from_args` reads them back.
+    """
+    helps = {f.name: f.metadata["help"] for f in fields(SamplingOptions)}
+    d = SamplingOptions()
+    group.add_argument("--steps", type=int, default=d.steps, help=f"{helps['steps'].rstrip('.')} (default: {d.steps})")
+    group.add_argument("--cfg", "--cfg-strength", dest="cfg", type=float, default=d.cfg_strength,
+                       help=f"{helps['cfg_strength'].rstrip('.')} (default: {d.cfg_strength})")
+    group.add_argument("--no-normalize", action="store_true", help="skip loudness normalisation")
+    group.add_argument("--target-lufs", type=float, default=DEFAULT_TARGET_LUFS,
+                       help=f"loudness target (default: {DEFAULT_TARGET_LUFS:g})")
+    group.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
+                       help="longer clips are sampled in overlapping windows of this length "
+                            f"(default: {DEFAULT_WINDOW_SECONDS:g})")
+    group.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
+                       help=f"overlap of neighbouring windows (default: {DEFAULT_OVERLAP_SECONDS:g})")
+
+
+def windows_from_args(args: argparse.Namespace) -> WindowOptions:
+    return WindowOptions(args.window_seconds, args.overlap_seconds)
 
 
 def _checked(cls: type, changes: dict[str, Any]) -> dict[str, Any]:

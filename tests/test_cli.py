@@ -237,3 +237,18 @@ def test_regenerate_keeps_the_init_audio_outside_the_range(models_dir, video_fil
     rc = cli.main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "x.wav"), "--duration", "2",
                    "--init-audio", str(take), "--regenerate", "1-2", *_common(models_dir)])
     assert rc == 1 and "--regenerate takes START:END in seconds, e.g. 2.5:4, got '1-2'." in capfd.readouterr().err
+
+
+def test_generate_and_batch_share_the_sampling_flags_and_their_defaults():
+    options = pack_module("selva.options")
+    parser = cli.build_parser()
+    gen = parser.parse_args(["generate", "--out", "x.wav", "--prompt", "rain", "--duration", "2"])
+    batch = parser.parse_args(["batch", "--videos", "v", "--prompt", "rain", "--out-dir", "o"])
+    keys = ("steps", "cfg", "no_normalize", "target_lufs", "window_seconds", "overlap_seconds")
+    assert {k: getattr(gen, k) for k in keys} == {k: getattr(batch, k) for k in keys}
+    d = options.SamplingOptions()
+    assert (gen.steps, gen.cfg, gen.target_lufs) == (d.steps, d.cfg_strength, -27.0)
+    assert options.windows_from_args(batch) == pack_module("selva.long_video").WindowOptions()
+    batch_options = pack_module("selva.batch.cli").batch_options(batch)
+    assert (batch_options.steps, batch_options.cfg_strength, batch_options.windows) == (
+        d.steps, d.cfg_strength, options.windows_from_args(gen))

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import SelvaError
 from .. import distributed
+from ..errors import SelvaError
+from ..options import add_sampling_arguments
 from .results import RowResult, summary_line, write_results
 from .rows import RowDefaults, rows_from_folder, rows_from_manifest
 from .runner import AUDIO_FORMATS, BatchOptions, run_batch
@@ -37,15 +38,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=None, help="cache extracted features here (.npz)")
     g.add_argument("--cache-max-gb", type=float, default=None, help="size cap of the feature cache")
     s = p.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
-    s.add_argument("--cfg", "--cfg-strength", dest="cfg", type=float, default=4.5,
-                   help="classifier-free guidance strength (default: 4.5)")
-    s.add_argument("--no-normalize", action="store_true", help="skip loudness normalisation")
-    s.add_argument("--target-lufs", type=float, default=-27.0, help="loudness target (default: -27)")
-    s.add_argument("--window-seconds", type=float, default=8.0,
-                   help="longer clips are sampled in overlapping windows of this length (default: 8)")
-    s.add_argument("--overlap-seconds", type=float, default=2.56,
-                   help="overlap of neighbouring windows (default: 2.56)")
+    add_sampling_arguments(s)
     s.add_argument("--batch-rows", type=int, default=1,
                    help="sample up to N rows of the same length together (same audio, better "
                         "throughput on a GPU; default: 1)")

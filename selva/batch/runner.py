@@ -17,11 +17,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..audio import loudness_normalize
+from ..audio import DEFAULT_TARGET_LUFS, loudness_normalize
 from ..errors import SelvaError
 from ..features import FeatureCache, cache_max_bytes
 from ..hooks import Hooks, Interrupted
-from ..long_video import WindowOptions
+from ..long_video import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS, WindowOptions
 from .grouped import generate_group, group_key
 from .results import RowResult, write_results
 from .rows import Row
@@ -50,9 +50,9 @@ class BatchOptions:
     steps: int = field(default=25, metadata={"help": "Euler steps"})
     cfg_strength: float = field(default=4.5, metadata={"help": "classifier-free guidance strength"})
     normalize: bool = field(default=True, metadata={"help": "loudness-normalise to target_lufs"})
-    target_lufs: float = field(default=-27.0, metadata={"help": "loudness target"})
-    window_seconds: float = field(default=8.0, metadata={"help": "window length for longer clips"})
-    overlap_seconds: float = field(default=2.56, metadata={"help": "overlap of neighbouring windows"})
+    target_lufs: float = field(default=DEFAULT_TARGET_LUFS, metadata={"help": "loudness target"})
+    window_seconds: float = field(default=DEFAULT_WINDOW_SECONDS, metadata={"help": "window length for longer clips"})
+    overlap_seconds: float = field(default=DEFAULT_OVERLAP_SECONDS, metadata={"help": "overlap of neighbouring windows"})
     mux: bool = field(default=False, metadata={"help": "also write <name>.mp4 with the new audio"})
     overwrite: bool = field(default=False, metadata={"help": "redo rows whose outputs exist"})
     batch_rows: int = field(default=1, metadata={"help": "rows of one length sampled together"})
