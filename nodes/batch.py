@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from . import comfy_compat
+from . import comfy_compat, paths
 from .common import CATEGORY, MODEL_TYPE, audio_output, comfy_run
 from .sampler import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS, MAX_SEED
 
@@ -170,7 +170,7 @@ class SelvaBatchGenerate:
                 rows = rows_from_folder(source, defaults)
             else:
                 rows = rows_from_manifest(source, defaults)
-            out_dir = comfy_compat.resolve_output_path(output_folder, "selva_batch")
+            out_dir = paths.resolve(output_folder, "output_folder", "selva_batch")
             options = BatchOptions(
                 out_dir=out_dir, format=format or "flac", steps=int(steps), cfg_strength=float(cfg_strength),
                 normalize=bool(normalize), target_lufs=-27.0 if target_lufs is None else float(target_lufs),

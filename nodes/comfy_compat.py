@@ -178,20 +178,6 @@ def output_directory() -> Path:
     return Path(os.environ.get("SELVA_OUTPUT_DIR", "output")).absolute()
 
 
-def resolve_output_path(text: str, default: str = "") -> Path:
-    """A user-typed path by the one rule of :mod:`.paths` (kept for callers of this name)."""
-    from .paths import resolve
-
-    return resolve(text, "path", default)
-
-
-def resolve_input_path(text: str) -> Path:
-    """A user-typed path to read, by the one rule of :mod:`.paths` (kept for callers of this name)."""
-    from .paths import resolve_existing
-
-    return resolve_existing(text, "path")
-
-
 class StageProgress:
     """Feeds (stage, done, total) reports into one ComfyUI progress bar per stage."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -116,13 +116,3 @@ def blank_image(text: str = "") -> Image.Image:
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     return _to_image(fig)
-
-
-def stack_vertical(images: Sequence[Image.Image], background: Optional[str] = "white") -> Image.Image:
-    width = max(im.width for im in images)
-    out = Image.new("RGB", (width, sum(im.height for im in images)), background)
-    y = 0
-    for im in images:
-        out.paste(im, (0, y))
-        y += im.height
-    return out
