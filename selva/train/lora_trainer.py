@@ -27,7 +27,7 @@ from ..distributed import SINGLE, DistContext
 from .loop import LR_SCHEDULES, Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
 from .loss import TIMESTEP_SAMPLING, draw_noise, flow_matching_loss, timestep_mode_at
 from .memory import checkpointed_blocks
-from .options import check_limits, setting
+from .options import check_limits, from_dict, setting
 from .sampling import sample_latent_with
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,7 @@ class LoraTrainOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "LoraTrainOptions":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SelvaError(f"Unknown LoRA training option(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(known))}.")
-        return cls(**values)
+        return from_dict(cls, values, "LoRA training")
 
 
 def mixup(x1: torch.Tensor, alpha: float, seed: int) -> torch.Tensor:

@@ -120,6 +120,16 @@ def from_namespace(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     return cls(**values)
 
 
+def from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
+    """``cls`` built from a sweep file's or a caller's ``values``; an unknown name is an error
+    naming every known one (a typo must not silently train with the default)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SelvaError(f"Unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    return cls(**values)
+
+
 def from_inputs(cls: type, inputs: dict[str, Any], **extra: Any) -> Any:
     """``cls`` built from a node's keyword inputs: the settings among them, cast to their types."""
     fields = settings_of(cls)
