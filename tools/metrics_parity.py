@@ -22,8 +22,8 @@ the agreement without the reference environment (``tests/test_metrics_parity_gol
 
 The reference venv needs torch, torchaudio, transformers<5 (av-benchmark's modified AST imports
 ``find_pruneable_heads_and_indices``), timm, einops, omegaconf, scipy, requests, tqdm.
-Run from the repository root; CPU, fp32; with --video-branch skip about 15 minutes on two busy
-cores (most of it the reference's full-size model and FD-PANNs on stand-in features).
+Run from the repository root; CPU, fp32; about 20 minutes on two busy cores with the video branch
+(the default), under 15 with --video-branch skip.
 """
 from __future__ import annotations
 
