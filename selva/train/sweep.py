@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 # the shared loop and the names every sweep kind uses (re-exported: nodes and tests read them here)
+from .files import write_json
 from .sweep_runner import (DONE, SKIP_FLAG, SUMMARY_FORMAT, SUMMARY_NAME, SweepEntry, SweepKind,  # noqa: F401
                            SweepResult, active_sweeps, open_summary, registered, request_skip, run_entries)
 
@@ -88,13 +89,16 @@ def _adapter_list(runs: dict[str, dict]) -> list:
 def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
               train: Optional[Callable[..., Any]] = None,
               options_cls: Optional[type] = None,
-              resolve_data_dir: Optional[Callable[[str], Path]] = None) -> SweepResult:
+              resolve_data_dir: Optional[Callable[[str], Path]] = None,
+              rank: Optional[dict[str, Any]] = None) -> SweepResult:
     """Run every experiment not already done; see the module docstring.
 
     ``train`` / ``options_cls``: another trainer with the same call shape as ``train_lora`` and
     its options dataclass (with ``from_dict`` and ``validate``), e.g. textual inversion.
     ``resolve_data_dir``: turns each experiment's ``data_dir`` text into a folder (the nodes' path
-    rule); by default it is used as given (relative = from the working folder)."""
+    rule); by default it is used as given (relative = from the working folder). ``rank``: keys of
+    the file's ``"evaluation"`` object set here instead (the node's held_out_dir / rank_by); with a
+    held_out_dir the finished sweep is ranked on those clips (:mod:`.sweep_ranking`)."""
     from .dataset import load_dataset
     from .lora_trainer import LoraTrainOptions, train_lora
 
@@ -102,6 +106,8 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
     train = train or train_lora
     options_cls = options_cls or LoraTrainOptions
     experiments = read_experiments(experiments_file, options_cls)
+    resolve = resolve_data_dir or (lambda text: Path(text).expanduser())
+    ranking = _ranking(pipe, experiments_file, experiments, rank, resolve, lora=options_cls is LoraTrainOptions)
     sweep_dir = sweep_dir_for(experiments_file, output_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     from ..compat.sweep import sweep_info  # an earlier-pack file's name and description
@@ -112,7 +118,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
     def prepare(entry: SweepEntry, resume: Optional[Path]):
         settings = dict(entry.settings)
         data_text = str(settings.pop("data_dir"))
-        data_dir = resolve_data_dir(data_text) if resolve_data_dir else Path(data_text).expanduser()
+        data_dir = resolve(data_text)
         eval_path = settings.pop("eval_features", None)
         options = options_cls.from_dict(settings)
         options.validate()
@@ -132,4 +138,27 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
         return run
 
     kind = SweepKind("Sweep", "adapter", "adapters", _adapter_list, prepare, title=f"sweep {sweep_dir.name}")
-    return run_entries(sweep_dir, summary, experiments, kind, hooks)
+    result = run_entries(sweep_dir, summary, experiments, kind, hooks)
+    if ranking is not None:
+        from .sweep_ranking import rank_sweep
+
+        result.metrics_chart = rank_sweep(pipe, sweep_dir, summary, ranking, hooks)
+        write_json(result.summary_path, summary)
+    return result
+
+
+def _ranking(pipe, experiments_file: Path, experiments: list[Experiment], overrides: Optional[dict],
+             resolve: Callable[[str], Path], lora: bool):
+    """The held-out ranking asked for by the file and/or ``overrides``, checked before any
+    training (a missing folder or network fails in seconds, not after the sweep); None = off."""
+    from .sweep_ranking import prepare_ranking, rank_options
+
+    data = json.loads(Path(experiments_file).expanduser().read_text(encoding="utf-8"))
+    spec = data.get("evaluation") if isinstance(data, dict) else None
+    if overrides:
+        spec = {**(spec if isinstance(spec, dict) else {}), **overrides}
+    options = rank_options(spec, experiments_file, resolve)
+    if options is not None and not lora:
+        raise SelvaError(f"{experiments_file}: the held-out ranking (\"evaluation\") scores LoRA adapters; "
+                         f"remove it from this sweep file.")
+    return None if options is None else prepare_ranking(pipe, options, [e.name for e in experiments])

@@ -129,6 +129,7 @@ class SweepResult:
     summary_path: Path
     summary: dict
     comparison: Any  # PIL image
+    metrics_chart: Any = None  # (H, W, 3) uint8 when the sweep was ranked on held-out clips
 
 
 def open_summary(sweep_dir: Path, header: dict[str, Any], kind: Optional[str] = None) -> dict:
