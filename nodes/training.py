@@ -134,8 +134,8 @@ class SelvaLoraScheduler:
                                  "and are scored. Empty = the experiments file's \"evaluation\" (or no "
                                  "ranking). Relative = inside ComfyUI's output folder."}),
                 "rank_by": (list(ALL_METRICS), {"default": "desync", "tooltip":
-                            "The metric the sweep is ranked by (with held_out_dir): desync (s), fd, kl, "
-                            "spectral (dB); each one's better direction is in LORA_TRAINING.md."}),
+                            "The metric the sweep is ranked by (with held_out_dir); whether lower or higher "
+                            "is better is the metric's own (LORA_TRAINING.md lists them)."}),
             },
         }
 
@@ -153,8 +153,9 @@ class SelvaLoraScheduler:
                                resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"),
                                hooks=make_training_hooks(), rank=rank)
         comfy_compat.empty_cache()
-        chart = _image(None) if result.metrics_chart is None else \
-            torch.from_numpy(result.metrics_chart).float().div(255.0)[None]
+        if result.metrics_chart is None:  # not ranked this time (an earlier ranking may stay in the file)
+            return str(result.summary_path), _image(result.comparison), "", _image(None)
+        chart = torch.from_numpy(result.metrics_chart).float().div(255.0)[None]
         return str(result.summary_path), _image(result.comparison), ranking_text(result.summary), chart
 
 

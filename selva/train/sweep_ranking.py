@@ -111,6 +111,7 @@ def rank_sweep(pipe, sweep_dir: Path, summary: dict, prepared: PreparedRanking, 
     from .sweep_runner import DONE
 
     options, metric = prepared.options, prepared.options.rank_by
+    summary.pop("ranking", None)  # an earlier ranking must not outlive a failed re-ranking
     runs: dict[str, dict] = summary["runs"]
     entries = [AdapterEntry(BASE_NAME, None)]
     left_out: dict[str, str] = {}
