@@ -3,6 +3,7 @@ experiment, failed experiments left out with their reason, a re-run trains and g
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,14 +61,14 @@ def test_sweep_is_ranked_on_held_out_clips_and_reranked_without_work(pipe, folde
     assert ranking["left_out"] == {"bad": summary["runs"]["bad"]["error"].join(["failed: ", ""])}
     assert "no.such.layer" in ranking["left_out"]["bad"]
     # the evaluation's own files are inside the sweep folder and agree with the summary
-    metrics = json.loads(open(ranking["metrics_json"]).read())
+    metrics = json.loads(Path(ranking["metrics_json"]).read_text())
     assert ranking["metrics_json"].startswith(str(result.sweep_dir / "evaluation"))
     assert list(metrics["models"]) == ["base", "fast", "slow"] and metrics["settings"]["seed"] == 3
     for name in ("fast", "slow"):
         assert summary["runs"][name]["metrics"] == {"spectral": metrics["models"][name]["spectral"]["mean"]}
         assert values[name] == metrics["models"][name]["spectral"]["mean"]
     assert "metrics" not in summary["runs"]["bad"]
-    assert (result.sweep_dir / "evaluation").is_dir() and open(ranking["chart"], "rb").read(4) == b"\x89PNG"
+    assert (result.sweep_dir / "evaluation").is_dir() and Path(ranking["chart"]).read_bytes()[:4] == b"\x89PNG"
     assert result.metrics_chart.ndim == 3 and result.metrics_chart.shape[2] == 3
     text = ranking_text(summary)
     assert text.splitlines()[0] == f"Best experiment by spectral (lower is better): {ranking['best']}"

@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional, Sequence
 from ..errors import SelvaError
 from ..evaluation.options import ALL_METRICS, EvalOptions, parse_metrics
 from ..hooks import Hooks
-from .files import write_json
 
 log = logging.getLogger(__name__)
 
