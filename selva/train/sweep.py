@@ -107,6 +107,8 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
     options_cls = options_cls or LoraTrainOptions
     experiments = read_experiments(experiments_file, options_cls)
     resolve = resolve_data_dir or (lambda text: Path(text).expanduser())
+    # a data_dir the path rule refuses (e.g. moved) is an error for the whole sweep, before any training
+    data_dirs = {e.name: resolve(str(e.settings["data_dir"])) for e in experiments}
     ranking = _ranking(pipe, experiments_file, experiments, rank, resolve, lora=options_cls is LoraTrainOptions)
     sweep_dir = sweep_dir_for(experiments_file, output_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +119,8 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
 
     def prepare(entry: SweepEntry, resume: Optional[Path]):
         settings = dict(entry.settings)
-        data_text = str(settings.pop("data_dir"))
-        data_dir = resolve(data_text)
+        data_dir = data_dirs[entry.name]
+        settings.pop("data_dir")
         eval_path = settings.pop("eval_features", None)
         options = options_cls.from_dict(settings)
         options.validate()
