@@ -99,17 +99,24 @@ class SelvaLoraScheduler:
     DESCRIPTION = ("Runs a sweep of LoRA trainings from an experiments JSON file (base settings + "
                    "per-experiment overrides), encoding the dataset once. Re-running skips finished "
                    "experiments; a failing one is recorded and the sweep goes on. Use the 'skip "
-                   "running experiment' button (or python -m selva skip <sweep folder>) to end one early.")
+                   "running experiment' button (or python -m selva skip <sweep folder>) to end one early. "
+                   "With held_out_dir set, the finished adapters and the base model are then scored on "
+                   "those held-out clips and the sweep is ranked by rank_by (see LORA_TRAINING.md).")
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_curves")
+    RETURN_TYPES = ("STRING", "IMAGE", "STRING", "IMAGE")
+    RETURN_NAMES = ("summary_path", "comparison_curves", "ranking", "metrics_chart")
     OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, "
-                       "adapter path and error.", "Every experiment's smoothed loss curve, labelled.")
+                       "adapter path, error and (ranked) held-out metrics.",
+                       "Every experiment's smoothed loss curve, labelled.",
+                       "The best experiment and the ranking on the held-out clips (empty when not ranked).",
+                       "One bar chart per metric, the best model marked (blank when not ranked).")
     OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
+        from ..selva.evaluation.options import ALL_METRICS
+
         return {
             "required": {
                 "model": (MODEL_TYPE, {"tooltip": "The pipeline from SelVA Model Loader."}),
@@ -121,19 +128,35 @@ class SelvaLoraScheduler:
                 "output_dir": ("STRING", {"default": "selva_sweeps", "tooltip":
                                "The sweep folder is <output_dir>/<experiments file name>. Relative = "
                                "inside ComfyUI's output folder."}),
+                "held_out_dir": ("STRING", {"default": "", "tooltip":
+                                 "Rank the sweep: a dataset folder of clips left out of training. After the "
+                                 "experiments, the base model and each finished adapter generate every clip "
+                                 "and are scored. Empty = the experiments file's \"evaluation\" (or no "
+                                 "ranking). Relative = inside ComfyUI's output folder."}),
+                "rank_by": (list(ALL_METRICS), {"default": "desync", "tooltip":
+                            "The metric the sweep is ranked by (with held_out_dir); whether lower or higher "
+                            "is better is the metric's own (LORA_TRAINING.md lists them)."}),
             },
         }
 
-    def run(self, model: Any, experiments_file: str, output_dir: str = "selva_sweeps") -> tuple[str, Any]:
-        from ..selva.train.sweep import run_sweep
+    def run(self, model: Any, experiments_file: str, output_dir: str = "selva_sweeps", held_out_dir: str = "",
+            rank_by: str = "desync") -> tuple[str, Any, str, Any]:
+        import torch
 
+        from ..selva.train.sweep import run_sweep
+        from ..selva.train.sweep_ranking import ranking_text
+
+        rank = {"held_out_dir": held_out_dir.strip(), "rank_by": rank_by} if held_out_dir.strip() else None
         with comfy_run():
             result = run_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
                                paths.resolve(output_dir, "output_dir", "selva_sweeps"),
                                resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"),
-                               hooks=make_training_hooks())
+                               hooks=make_training_hooks(), rank=rank)
         comfy_compat.empty_cache()
-        return str(result.summary_path), _image(result.comparison)
+        if result.metrics_chart is None:  # not ranked this time (an earlier ranking may stay in the file)
+            return str(result.summary_path), _image(result.comparison), "", _image(None)
+        chart = torch.from_numpy(result.metrics_chart).float().div(255.0)[None]
+        return str(result.summary_path), _image(result.comparison), ranking_text(result.summary), chart
 
 
 class SelvaSkipExperiment:

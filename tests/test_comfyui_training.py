@@ -84,3 +84,32 @@ def test_skip_a_running_sweep_over_http(comfy):
     assert runs["endless"]["status"] == "stopped" and Path(runs["endless"]["adapter"]).is_file()
     assert runs["short"]["status"] == "finished"
     assert runs["broken"]["status"] == "failed" and "nope" in runs["broken"]["error"]
+
+
+def test_scheduler_ranks_the_sweep_on_held_out_clips(comfy):
+    comfy_dataset(comfy, "tiny_16k", comfy.output_dir / "rank_it_train", "hum", 1)
+    comfy_dataset(comfy, "tiny_16k", comfy.output_dir / "rank_it_held_out", "buzz", 1)
+    exp = comfy.output_dir / "rank_it.json"
+    exp.write_text(json.dumps({"base": {"data_dir": "rank_it_train", "steps": 2, "rank": 2, "save_every": 0,
+                                        "grad_accum": 1, "eval_samples": False},
+                               "experiments": [{"name": "fast", "lr": 5e-2}, {"name": "broken", "target": "nope"}],
+                               "evaluation": {"steps": 2}}))
+    prompt = {
+        "1": {"class_type": "SelvaModelLoader", "inputs": {"variant": "tiny_16k", "precision": "fp32",
+                                                           "offload_strategy": "auto"}},
+        "2": {"class_type": "SelvaLoraScheduler", "inputs": {
+            "model": ["1", 0], "experiments_file": "rank_it.json", "output_dir": "rank_it_out",
+            "held_out_dir": "rank_it_held_out", "rank_by": "spectral"}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
+    }
+    entry = comfy.run(prompt)
+    summary = json.loads((comfy.output_dir / "rank_it_out" / "rank_it" / "experiment_summary.json").read_text())
+    ranking = summary["ranking"]
+    assert ranking["metric"] == "spectral" and sorted(ranking["order"]) == ["base", "fast"]
+    assert ranking["best"] == "fast" and ranking["left_out"]["broken"].startswith("failed: ")
+    assert ranking["held_out_dir"] == str(comfy.output_dir / "rank_it_held_out")
+    assert summary["runs"]["fast"]["metrics"]["spectral"] == ranking["values"]["fast"]
+    shown = json.dumps(entry["outputs"]["3"])
+    assert "Best experiment by spectral (lower is better): fast" in shown and "left out: broken" in shown
+    assert entry["outputs"]["4"]["images"][0]["filename"].endswith(".png")  # the metrics chart previewed

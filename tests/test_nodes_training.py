@@ -111,11 +111,22 @@ def test_scheduler_and_skip_nodes(model, data_dir, tmp_path):
     exp.write_text(json.dumps({"base": {"data_dir": str(data_dir), "steps": 2, "rank": 2, "save_every": 0,
                                         "eval_samples": False, "grad_accum": 1},
                                "experiments": [{"name": "a"}, {"name": "b", "lr": 1e-3}]}))
-    summary_path, curves = run_node("SelvaLoraScheduler", model=model, experiments_file=str(exp),
-                                    output_dir=str(tmp_path / "sweeps"))
+    summary_path, curves, ranking, chart = run_node("SelvaLoraScheduler", model=model, experiments_file=str(exp),
+                                                    output_dir=str(tmp_path / "sweeps"))
     runs = json.loads(open(summary_path).read())["runs"]
     assert {k: v["status"] for k, v in runs.items()} == {"a": "finished", "b": "finished"}
-    assert curves.shape[0] == 1
+    assert curves.shape[0] == 1 and ranking == "" and chart.shape[0] == 1  # not ranked: no held_out_dir
+    # the same sweep again with held-out clips: nothing retrains, the adapters are ranked
+    with torch.inference_mode():
+        held_out = make_dataset(model, tmp_path / "held_out", clips=1)
+    summary_path, _, ranking, chart = run_node("SelvaLoraScheduler", model=model, experiments_file=str(exp),
+                                               output_dir=str(tmp_path / "sweeps"), held_out_dir=str(held_out),
+                                               rank_by="spectral")
+    summary = json.loads(open(summary_path).read())
+    assert {k: v["run_dir"] for k, v in summary["runs"].items()} == {k: v["run_dir"] for k, v in runs.items()}
+    best = summary["ranking"]["best"]
+    assert best in ("a", "b") and ranking.startswith(f"Best experiment by spectral (lower is better): {best}\n")
+    assert chart.shape[0] == 1 and chart.shape[-1] == 3 and chart.dtype == torch.float32
     with pytest.raises(SelvaError, match="No sweep is running"):
         run_node("SelvaSkipExperiment", sweep_dir="")
     (flag,) = run_node("SelvaSkipExperiment", sweep_dir=str(tmp_path / "sweeps" / "sweep"))

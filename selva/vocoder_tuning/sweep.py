@@ -14,29 +14,21 @@ Two layouts of the file are read:
 
 Each experiment = defaults, then ``base``, then its overrides; its keys are the BigVGAN
 Trainer's settings plus ``data_dir`` and ``discriminator_path``. The sweep folder is the file's
-``output_root``, else ``<output_dir>/<file stem>``; each run tunes into a fresh ``<name>_NNN``
-inside it. ``experiment_summary.json`` (the LoRA sweep's format: per run its settings, status,
-losses, tuned file and error) is rewritten when a run starts and ends: running the same sweep
-again skips finished runs and resumes a cut-off one; a failing run is recorded and the sweep goes
-on; ``skip.flag`` in the sweep folder ends the running one early (its tuned file is written).
+``output_root``, else ``<output_dir>/<file stem>``; the per-experiment loop (resume, skip,
+failures, the summary with its ``vocoders`` list) is the LoRA sweep's, :mod:`..train.sweep_runner`.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import SelvaError
-from ..hooks import Hooks, Interrupted, or_default
-from ..train import plots
-from ..train.files import fresh_run_dir, write_json
-from ..train.loop import list_checkpoints
+from ..hooks import Hooks, or_default
 from ..train.options import settings_of
-from ..train.sweep import DONE, SKIP_FLAG, SUMMARY_FORMAT, SUMMARY_NAME, registered
+from ..train.sweep_runner import DONE, SweepEntry, SweepKind, SweepResult, open_summary, run_entries
 from .tuner import VocoderTuningConfig
 
 log = logging.getLogger(__name__)
@@ -109,32 +101,7 @@ def read_vocoder_sweep(path: Path) -> VocoderSweepFile:
                             data.get("output_root") or None, earlier)
 
 
-def _losses(run_dir: Optional[str]) -> list[float]:
-    if not run_dir:
-        return []
-    try:
-        with open(Path(run_dir) / "losses.csv", newline="") as f:
-            return [float(row["loss"]) for row in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError):
-        return []
-
-
-def _read_summary(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") == SUMMARY_FORMAT and data.get("kind") == "vocoder":
-            return data
-    except (OSError, ValueError):
-        pass
-    return {}
-
-
-@dataclass
-class VocoderSweepResult:
-    sweep_dir: Path
-    summary_path: Path
-    summary: dict
-    comparison: Any  # PIL image
+VocoderSweepResult = SweepResult  # sweep_dir, summary_path, summary, comparison (PIL image)
 
 
 def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
@@ -149,58 +116,28 @@ def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: 
     sweep = read_vocoder_sweep(experiments_file)
     sweep_dir = resolve(sweep.output_root) if sweep.output_root else Path(output_dir) / Path(experiments_file).stem
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = sweep_dir / SUMMARY_NAME
-    summary = _read_summary(summary_path) or {"format": SUMMARY_FORMAT, "version": 1, "kind": "vocoder"}
-    summary.update(experiments_file=str(experiments_file), name=sweep.name, description=sweep.description)
-    runs: dict[str, dict] = summary.setdefault("runs", {})
-    flag = sweep_dir / SKIP_FLAG
-    flag.unlink(missing_ok=True)  # a flag left from before must not skip a new run
-    write_json(summary_path, summary)
-    audio_cache: dict = {}
-    with registered(sweep_dir):
-        for n, exp in enumerate(sweep.experiments, 1):
-            previous = runs.get(exp.name, {})
-            if previous.get("status") in DONE:
-                log.info("Vocoder sweep: %s already done (%s), skipping", exp.name, previous["status"])
-                continue
-            record = {"settings": exp.settings, "description": exp.description, "group": exp.group,
-                      "status": "running", "error": None}
-            resume, run_dir = None, None
-            old_dir = previous.get("run_dir")
-            if old_dir and list_checkpoints(Path(old_dir)) and previous.get("status") in ("running", "interrupted"):
-                resume, run_dir = Path(old_dir), Path(old_dir)  # a run cut off by a crash continues
-            started = time.monotonic()
-            try:
-                settings = dict(exp.settings)
-                disc = str(settings.pop("discriminator_path", "") or "").strip()
-                cfg = VocoderTuningConfig(data_dir=resolve(str(settings.pop("data_dir"))), output_path=sweep_dir,
-                                          discriminator_path=resolve(disc) if disc else None, resume=resume,
-                                          **settings).validate()
-                if run_dir is None:
-                    run_dir = fresh_run_dir(sweep_dir, exp.name)
-                record["run_dir"] = str(run_dir)
-                runs[exp.name] = record
-                write_json(summary_path, summary)
-                flag.unlink(missing_ok=True)
-                path, result = tune_vocoder(pipe, cfg, hooks, on_step=on_step, run_dir=run_dir,
-                                            should_stop=flag.is_file, audio_cache=audio_cache)
-                record.update(status=result.status, final_loss=result.final_loss, best_loss=result.best_loss,
-                              steps_done=result.steps_done, vocoder=str(path))
-            except Interrupted:
-                record.update(status="interrupted")
-                raise
-            except Exception as e:  # recorded; the sweep goes on with the next experiment
-                log.warning("Vocoder sweep: experiment %s failed: %s", exp.name, e)
-                record.update(status="failed", error=f"{type(e).__name__}: {e}")
-            finally:
-                flag.unlink(missing_ok=True)
-                record["seconds"] = round(time.monotonic() - started, 3)
-                runs[exp.name] = record
-                summary["vocoders"] = [{"name": k, "path": r["vocoder"]} for k, r in runs.items()
-                                       if r.get("status") in DONE and r.get("vocoder")]
-                write_json(summary_path, summary)
-            hooks.step("sweep", n, len(sweep.experiments))
-    curves = {name: _losses(r.get("run_dir")) for name, r in runs.items()}
-    image = plots.comparison_image({k: v for k, v in curves.items() if v}, title=f"vocoder sweep {sweep.name}")
-    plots.save_png(sweep_dir / "comparison_curves.png", image)
-    return VocoderSweepResult(sweep_dir, summary_path, summary, image)
+    summary = open_summary(sweep_dir, {"experiments_file": str(experiments_file), "name": sweep.name,
+                                       "description": sweep.description}, kind="vocoder")
+    audio_cache: dict = {}  # each audio folder decoded once for every experiment
+
+    def prepare(entry: SweepEntry, resume: Optional[Path]):
+        settings = dict(entry.settings)
+        disc = str(settings.pop("discriminator_path", "") or "").strip()
+        cfg = VocoderTuningConfig(data_dir=resolve(str(settings.pop("data_dir"))), output_path=sweep_dir,
+                                  discriminator_path=resolve(disc) if disc else None, resume=resume,
+                                  **settings).validate()
+
+        def run(run_dir: Path, should_stop: Callable[[], bool]):
+            path, result = tune_vocoder(pipe, cfg, hooks, on_step=on_step, run_dir=run_dir,
+                                        should_stop=should_stop, audio_cache=audio_cache)
+            return result, str(path)
+        return run
+
+    def listing(runs: dict[str, dict]) -> list:
+        return [{"name": k, "path": r["vocoder"]} for k, r in runs.items()
+                if r.get("status") in DONE and r.get("vocoder")]
+
+    entries = [SweepEntry(e.name, e.settings, {"description": e.description, "group": e.group})
+               for e in sweep.experiments]
+    kind = SweepKind("Vocoder sweep", "vocoder", "vocoders", listing, prepare, title=f"vocoder sweep {sweep.name}")
+    return run_entries(sweep_dir, summary, entries, kind, hooks)
