@@ -11,7 +11,8 @@
 3. The reference writes random weights in the released checkpoint's layout
    (``{"epoch", "state_dict": {"module.<name>": ...}}``, every learnt tensor from
    ``tools/clap_parity_weights.py``, laion_clap's own buffers and STFT/mel constants) and
-   the tool checks that this layout is exactly :func:`released_layout` (what CI rebuilds).
+   the tool checks that this layout is exactly ``selva.evaluation.clap.released_layout()``
+   (from which CI rebuilds the same weights: :func:`parity_checkpoint`).
 4. Runs ``tools/clap_parity_ref.py`` (laion_clap's ``CLAP_Module`` + av-benchmark's
    ``AudioDataset``) with the reference environment's Python, then ours (``selva.evaluation.clap``).
 5. Compares the score, every clip's audio and text embedding, token ids, log-mel and pooled HTSAT
@@ -23,7 +24,10 @@ and scores so ``tests/test_clap_parity_golden.py`` checks ours against them in C
     python tools/clap_parity.py --clap-git /path/to/CLAP.git --av-bench-git /path/to/av-benchmark.git \\
         --ref-python /path/to/ref-venv/bin/python --work /tmp/clap-parity
 
-CPU, fp32; a few minutes (two full-size CLAP models on four clips).
+The reference venv needs torch, torchaudio, transformers < 5, timm, scipy and laion_clap's imports:
+librosa, torchlibrosa, h5py, braceexpand, pandas, webdataset, wget, ftfy, progressbar, scikit-learn
+(``pip install`` them; laion_clap itself comes from the exported source). CPU, fp32; 1-4 minutes
+(two full-size CLAP models on four clips).
 """
 from __future__ import annotations
 
