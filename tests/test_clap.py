@@ -215,3 +215,39 @@ def test_prompts_are_padded_and_cut_to_77_tokens(tiny_scorer):
 def test_missing_tokenizer_files_are_named(tmp_path):
     with pytest.raises(SelvaError, match="lacks vocab.json, merges.txt of the roberta-base tokenizer"):
         C.load_tokenizer(tmp_path)
+
+
+# -------------------------------------------------------------------------------- weights
+def test_clap_weights_download_from_hugging_face_on_first_use(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from comfyui_selva.selva.evaluation import weights as EW
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def hf_hub_download(repo_id, filename, local_dir=None, **kw):
+        calls.append(("file", repo_id, filename))
+        path = tmp_path / "models" / "evaluation" / filename
+        assert str(local_dir) == str(path.parent)
+        path.write_bytes(b"x")
+        return str(path)
+
+    def snapshot_download(repo_id, allow_patterns=(), local_dir=None, local_files_only=False, **kw):
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        calls.append(("snapshot", repo_id, tuple(allow_patterns)))
+        for name in allow_patterns:
+            (tmp_path / "models" / "hf" / "FacebookAI--roberta-base").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "models" / "hf" / "FacebookAI--roberta-base" / name).write_text("{}")
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    paths = EW.resolve_metric_weights(["clap"], tmp_path / "models")
+    assert calls == [("file", "lukewys/laion_clap", "music_speech_audioset_epoch_15_esc_89.98.pt"),
+                     ("snapshot", "FacebookAI/roberta-base", ("vocab.json", "merges.txt"))]
+    assert paths["clap"] == tmp_path / "models" / "evaluation" / "music_speech_audioset_epoch_15_esc_89.98.pt"
+    assert paths["roberta_tokenizer"] == tmp_path / "models" / "hf" / "FacebookAI--roberta-base"
+    calls.clear()
+    assert EW.resolve_metric_weights(["clap"], tmp_path / "models") == paths and calls == []  # kept files
