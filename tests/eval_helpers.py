@@ -40,10 +40,14 @@ def _clap_tools():
     root = Path(__file__).resolve().parents[1]
     name = "_selva_tools_clap_parity"
     if name not in sys.modules:
+        saved = list(sys.path)  # the tool puts the repository first on sys.path: keep ours as it was
         spec = importlib.util.spec_from_file_location(name, root / "tools" / "clap_parity.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path[:] = saved
     return sys.modules[name]
 
 
@@ -59,7 +63,9 @@ def tiny_clap_arch():
 def tiny_clap_checkpoint(arch=None) -> dict:
     """Random weights for ``arch`` in the released file's layout (``{"epoch", "state_dict"}``,
     ``module.`` names, laion_clap's tensor names), deterministic per tensor."""
-    return _clap_tools().parity_checkpoint(arch or tiny_clap_arch())
+    from comfyui_selva.selva.evaluation.clap import released_layout
+
+    return _clap_tools().parity_checkpoint(layout=released_layout(arch or tiny_clap_arch()))
 
 
 def write_tiny_clap(checkpoint_path: Path, tokenizer_dir: Path) -> None:

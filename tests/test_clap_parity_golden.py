@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clap_tok")
     tools.write_tokenizer(folder)
     torch.set_grad_enabled(False)
-    model = C.build_clap(tools.parity_checkpoint(), source="parity weights")
+    model = C.build_clap(tools.parity_checkpoint(layout=C.released_layout()), source="parity weights")
     scorer = C.ClapScorer(model, C.load_tokenizer(folder))
     return tools, golden, scorer
 

@@ -155,13 +155,16 @@ def write_inputs(work: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ parity weights
-def parity_checkpoint(arch=None) -> dict:
+def parity_checkpoint(arch=None, layout=None) -> dict:
     """The parity weights rebuilt without the reference: the learnt tensors equal the reference's
-    file; constants our side ignores are zeros, the window indices are the model's own."""
-    from selva.evaluation.clap import ClapArch, released_layout
+    file; constants our side ignores are zeros, the window indices are the model's own.
+    ``layout``: ``released_layout(arch)`` when the caller has it (tests import the pack otherwise)."""
+    if layout is None:
+        from selva.evaluation.clap import ClapArch, released_layout
 
+        layout = released_layout(arch or ClapArch())
     sd = {}
-    for key, shape in released_layout(arch or ClapArch()).items():
+    for key, shape in layout.items():
         value = parity_value(key, shape)
         if value is None:
             value = _window_index() if key.endswith("relative_position_index") else torch.zeros(shape)
