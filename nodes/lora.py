@@ -8,7 +8,7 @@ from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input
                      make_hooks)
 from .sampler import MAX_SEED
 
-ALL_METRICS = ("desync", "fd", "kl", "spectral")  # selva.evaluation.run.ALL_METRICS (kept import-free)
+ALL_METRICS = ("desync", "clap", "fd", "kl", "spectral")  # selva.evaluation.run.ALL_METRICS (kept import-free)
 
 EVAL_FOLDER = "selva_lora_eval"
 
@@ -105,9 +105,10 @@ class SelvaLoraEvaluator:
                 "metrics": ("STRING", {
                     "default": ",".join(ALL_METRICS),
                     "tooltip": "Held-out mode: comma-separated metrics. desync (Synchformer "
-                               "offset, s), fd (Frechet distance on PaSST), kl (PaSST class KL), "
+                               "offset, s), clap (LAION-CLAP cosine of audio and prompt; higher is "
+                               "better), fd (Frechet distance on PaSST), kl (PaSST class KL), "
                                "spectral (log-spectral distance to the real audio, dB); lower is "
-                               "better for all. The networks download on first use."}),
+                               "better for all but clap. The networks download on first use."}),
             },
         }
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from comfyui_selva.selva import cli
+from comfyui_selva.selva.evaluation import clap as CL
 from comfyui_selva.selva.evaluation import desync as D
 from comfyui_selva.selva.evaluation import passt as P
 from comfyui_selva.selva.evaluation import weights as EW
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 from comfyui_selva.selva.train.files import write_wav
-from eval_helpers import TINY_CONFIG, write_tiny_synchformer
+from eval_helpers import TINY_CONFIG, tiny_clap_arch, write_tiny_clap, write_tiny_synchformer
 from train_data import tone, video
 
 
@@ -29,17 +30,23 @@ class FakePasst:
 
 @pytest.fixture(scope="module")
 def eval_models_dir(models_dir, tmp_path_factory):
-    """The tiny models plus a tiny full Synchformer and a placeholder PaSST file."""
+    """The tiny models plus a tiny full Synchformer, a placeholder PaSST file and a tiny CLAP
+    (released layout) with its tokenizer files."""
     root = tmp_path_factory.mktemp("eval_models")
+    # folders this fixture adds files to are real folders (the shared tiny models stay untouched)
+    own = ("ext_weights", "hf")
     for child in Path(models_dir).iterdir():
-        if child.name != "ext_weights":
+        if child.name not in own:
             os.symlink(child, root / child.name)
-    (root / "ext_weights").mkdir()
-    for f in (Path(models_dir) / "ext_weights").iterdir():
-        os.symlink(f, root / "ext_weights" / f.name)
+    for name in own:
+        (root / name).mkdir()
+        if (Path(models_dir) / name).is_dir():
+            for f in (Path(models_dir) / name).iterdir():
+                os.symlink(f, root / name / f.name)
     write_tiny_synchformer(root / "ext_weights" / "synchformer_state_dict.pth")
     (root / EW.PASST.path).parent.mkdir(parents=True)
     (root / EW.PASST.path).write_bytes(b"placeholder")
+    write_tiny_clap(root / EW.CLAP.path, root / "hf" / EW.ROBERTA_TOKENIZER.local_name)
     return root
 
 
@@ -58,6 +65,7 @@ def held_out(eval_models_dir, tmp_path_factory):
 def tiny_networks(monkeypatch):
     monkeypatch.setattr(D, "SYNCHFORMER_CONFIG", TINY_CONFIG)
     monkeypatch.setattr(P.PasstEmbedder, "from_file", classmethod(lambda cls, path, device="cpu": FakePasst()))
+    monkeypatch.setattr(CL, "CLAP_ARCH", tiny_clap_arch())
 
 
 def _lora(tmp_path: Path, eval_models_dir: Path) -> Path:
@@ -82,7 +90,9 @@ def test_evaluate_writes_metrics_for_base_and_adapter_and_resumes(eval_models_di
     assert list(data["models"]) == ["base", "a.safetensors"]
     assert data["settings"]["seed"] == 7 and data["settings"]["clips"] == ["clip_0", "clip_1", "clip_2"]
     assert data["weights"]["models"]["a.safetensors"]["blake2b"]
-    assert set(data["weights"]["metric_networks"]) == {"synchformer", "passt"}
+    assert set(data["weights"]["metric_networks"]) == {"synchformer", "passt", "clap", "roberta_tokenizer"}
+    assert set(data["weights"]["metric_networks"]["roberta_tokenizer"]["files"]) == {"vocab.json", "merges.txt"}
+    assert data["directions"]["clap"] == "higher" and data["directions"]["kl"] == "lower"
     for model in data["models"].values():
         desync = model["desync"]
         # the 1 s clip is listed as unscored, never averaged in silently
@@ -93,10 +103,26 @@ def test_evaluate_writes_metrics_for_base_and_adapter_and_resumes(eval_models_di
         assert all(abs(v) <= 2.0 for v in values)
         assert model["kl"]["mean"] == pytest.approx(sum(model["kl"]["per_clip"].values()) / 3)
         assert model["fd"]["mean"] >= 0 and model["spectral"]["mean"] > 0
+        clap = model["clap"]
+        assert set(clap["per_clip"]) == {"clip_0", "clip_1", "clip_2"} and clap["n_scored"] == 3
+        assert all(-1.0 <= v <= 1.0 for v in clap["per_clip"].values())
+        assert clap["mean"] == pytest.approx(sum(clap["per_clip"].values()) / 3)
     assert data["best"]["kl"] in data["models"]
     for metric, order in data["ranking"].items():  # best first, as a sweep is ranked
         means = [data["models"][m][metric]["mean"] for m in order]
-        assert order[0] == data["best"][metric] and means == sorted(means)
+        higher = data["directions"][metric] == "higher"
+        assert order[0] == data["best"][metric] and means == sorted(means, reverse=higher)
+    # each clip's CLAP score is its generated audio against the prompt it was generated with
+    from safetensors.torch import load_file
+
+    scorer = CL.ClapScorer.from_files(eval_models_dir / EW.CLAP.path,
+                                      eval_models_dir / "hf" / EW.ROBERTA_TOKENIZER.local_name)
+    for clip, prompt, seconds in (("clip_0", "a dog barking", 5.0), ("clip_2", "a bell", 1.0)):
+        wave = load_file(out / "audio" / "a.safetensors" / f"{clip}.safetensors")["wave"]
+        want = CL.clap_scores(scorer.audio_embedding(wave, 16000, seconds)[None], scorer.text_embeddings([prompt]))
+        assert data["models"]["a.safetensors"]["clap"]["per_clip"][clip] == pytest.approx(float(want[0]), abs=1e-6)
+        other = CL.clap_scores(scorer.audio_embedding(wave, 16000, seconds)[None], scorer.text_embeddings(["rain"]))
+        assert abs(float(other[0]) - float(want[0])) > 1e-4  # another prompt would give another score
     assert (out / "metrics.png").stat().st_size > 1000
     clips = [p for p in (out / "audio").rglob("*.safetensors") if p.is_file()]
     assert len(clips) == 6
@@ -124,15 +150,19 @@ def test_kept_clips_from_other_settings_are_not_overwritten(eval_models_dir, hel
     assert {p: p.read_bytes() for p in (out / "audio").rglob("*.safetensors") if p.is_file()} == before
 
 
-def test_offline_missing_metric_weights_are_listed(models_dir, held_out, tmp_path, capsys):
-    rc = cli.main(_args(models_dir, held_out, tmp_path / "e", "--metrics", "desync,fd"))
+def test_offline_missing_metric_weights_are_listed(models_dir, held_out, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))  # nothing cached to fall back on
+    rc = cli.main(_args(models_dir, held_out, tmp_path / "e", "--metrics", "desync,fd,clap"))
     assert rc == 1
     err = capsys.readouterr().err
     assert "The evaluation networks are missing and downloads are turned off" in err
     assert "ext_weights/synchformer_state_dict.pth: download https://huggingface.co/jnwnlee/SelVA" in err
     assert "evaluation/passt-s-f128-p16-s10-ap.476-swa.pt: download https://github.com/kkoutini" in err
+    assert ("evaluation/music_speech_audioset_epoch_15_esc_89.98.pt: download https://huggingface.co/"
+            "lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt") in err
+    assert "- FacebookAI/roberta-base: put vocab.json, merges.txt into" in err
 
 
 def test_unknown_metric_is_a_clear_error(models_dir, held_out, tmp_path, capsys):
     assert cli.main(_args(models_dir, held_out, tmp_path / "e", "--metrics", "desync,fad")) == 1
-    assert "Unknown metric(s) fad: choose from desync, fd, kl, spectral" in capsys.readouterr().err
+    assert "Unknown metric(s) fad: choose from desync, clap, fd, kl, spectral" in capsys.readouterr().err

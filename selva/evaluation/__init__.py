@@ -3,6 +3,7 @@
 One module per metric, each loading its network strictly from the released file:
 
 * :mod:`.desync` -- Synchformer's predicted audio-visual offset (seconds, lower is better);
+* :mod:`.clap` -- LAION-CLAP cosine similarity of each clip's audio and its prompt (higher is better);
 * :mod:`.passt` -- PaSST embeddings and class logits, for :mod:`.fd` (Frechet distance of the
   generated set to the real set, lower is better) and :mod:`.kl` (KL divergence of the real
   clip's class distribution to the generated one's, per pair, lower is better);

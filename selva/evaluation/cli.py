@@ -15,7 +15,7 @@ def register(sub: Any, add_model_args: Callable, load_options: Callable) -> dict
     from .options import ALL_METRICS, EvalOptions
 
     defaults = EvalOptions()
-    p = sub.add_parser("evaluate", help="DeSync / FD / KL / spectral metrics of adapters on held-out clips")
+    p = sub.add_parser("evaluate", help="DeSync / CLAP / FD / KL / spectral metrics of adapters on held-out clips")
     p.add_argument("--data", type=Path, required=True,
                    help="held-out dataset folder (features .npz + real audio, as the trainers read)")
     p.add_argument("--adapters", default=None,
@@ -24,7 +24,9 @@ def register(sub: Any, add_model_args: Callable, load_options: Callable) -> dict
     p.add_argument("--base", action="store_true",
                    help="also score the base model (always on when no adapter is given)")
     p.add_argument("--metrics", default=",".join(ALL_METRICS),
-                   help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all). clap "
+                        f"(LAION-CLAP cosine of each clip's audio and its prompt) is higher-is-better, "
+                        f"the others lower-is-better")
     p.add_argument("--steps", type=int, default=defaults.steps, help=f"Euler steps (default: {defaults.steps})")
     p.add_argument("--cfg", "--cfg-strength", dest="cfg", type=float, default=defaults.cfg_strength,
                    help=f"classifier-free guidance strength (default: {defaults.cfg_strength})")

@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 from ..errors import SelvaError
 
-ALL_METRICS = ("desync", "fd", "kl", "spectral")
-# "lower" is better for every metric here (CLAP, higher-is-better, would be the exception)
-DIRECTION = {"desync": "lower", "fd": "lower", "kl": "lower", "spectral": "lower"}
+ALL_METRICS = ("desync", "clap", "fd", "kl", "spectral")
+# "lower" is better for every metric but the CLAP score (text-audio agreement: higher is better)
+DIRECTION = {"desync": "lower", "clap": "higher", "fd": "lower", "kl": "lower", "spectral": "lower"}
 
 
 @dataclass

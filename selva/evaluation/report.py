@@ -12,11 +12,21 @@ from ..adapters.compare import write_json_atomic
 
 
 def file_identities(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Each metric network's file: path, size and md5 (the released files' published checksums)."""
+    """Each metric network's file: path, size and md5 (the released files' published checksums);
+    for a folder (a tokenizer's files), the same for each file in it."""
     from ..weights import md5sum
 
-    return {k: {"path": str(p), "bytes": Path(p).stat().st_size, "md5": md5sum(Path(p))}
-            for k, p in sorted(paths.items())}
+    def ident(p: Path) -> dict[str, Any]:
+        return {"path": str(p), "bytes": p.stat().st_size, "md5": md5sum(p)}
+
+    out: dict[str, dict[str, Any]] = {}
+    for k, p in sorted(paths.items()):
+        p = Path(p)
+        if p.is_dir():
+            out[k] = {"path": str(p), "files": {f.name: ident(f) for f in sorted(p.iterdir()) if f.is_file()}}
+        else:
+            out[k] = ident(p)
+    return out
 
 
 def best_model(data: dict, metric: str) -> Optional[str]:

@@ -27,7 +27,7 @@ from .spectral import clip_spectral
 
 log = logging.getLogger(__name__)
 
-UNITS = {"desync": "s", "fd": "", "kl": "", "spectral": "dB LSD to real"}
+UNITS = {"desync": "s", "clap": "cosine", "fd": "", "kl": "", "spectral": "dB LSD to real"}
 BASE_NAME = "base"
 
 
@@ -143,6 +143,7 @@ def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEn
 class MetricNetworks:
     desync: Optional[desync_mod.DesyncScorer] = None
     passt: Any = None  # PasstEmbedder
+    clap: Any = None  # ClapScorer
 
 
 def load_networks(metrics: Sequence[str], paths: dict[str, Path], device="cpu") -> MetricNetworks:
@@ -153,6 +154,10 @@ def load_networks(metrics: Sequence[str], paths: dict[str, Path], device="cpu") 
         from .passt import PasstEmbedder
 
         nets.passt = PasstEmbedder.from_file(paths["passt"], device)
+    if "clap" in metrics:
+        from .clap import ClapScorer
+
+        nets.clap = ClapScorer.from_files(paths["clap"], paths["roberta_tokenizer"], device)
     return nets
 
 
@@ -168,8 +173,11 @@ def score_all(clips: Sequence[HeldOutClip], generated: dict[str, dict[str, torch
     hooks = or_default(hooks)
     video_feats: dict[str, Any] = {}
     real_passt: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    prompt_emb: dict[str, torch.Tensor] = {}
     for clip in clips:
         hooks.check()
+        if nets.clap is not None:  # the prompt each clip was generated with
+            prompt_emb[clip.name] = nets.clap.text_embeddings([clip.prompt])[0]
         f = clip.features
         if nets.desync is not None:
             dur = min(f.duration, f.sync_frames_u8.shape[0] / desync_mod.VIDEO_FPS)
@@ -183,9 +191,20 @@ def score_all(clips: Sequence[HeldOutClip], generated: dict[str, dict[str, torch
         desync_clips: dict[str, desync_mod.ClipDesync] = {}
         gen_passt: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         spectral: dict[str, dict[str, float]] = {}
+        clap: dict[str, Optional[float]] = {}
+        clap_unscored: dict[str, str] = {}
         for clip in clips:
             hooks.check()
             wave, f = waves[clip.name], clip.features
+            if nets.clap is not None:
+                from .clap import clap_scores
+
+                if wave.shape[-1] == 0 or f.duration <= 0:
+                    clap[clip.name] = None
+                    clap_unscored[clip.name] = "the clip has no audio"
+                else:
+                    audio = nets.clap.audio_embedding(wave, rate, f.duration)
+                    clap[clip.name] = float(clap_scores(audio[None], prompt_emb[clip.name][None])[0])
             if nets.desync is not None:
                 dur = min(f.duration, wave.shape[-1] / rate, f.sync_frames_u8.shape[0] / desync_mod.VIDEO_FPS)
                 desync_clips[clip.name] = nets.desync.score(video_feats[clip.name], wave, rate, dur)
@@ -207,6 +226,8 @@ def score_all(clips: Sequence[HeldOutClip], generated: dict[str, dict[str, torch
                 "offsets": {n: list(r.offsets) for n, r in desync_clips.items() if r.scored},
                 "unscored": {n: r.reason for n, r in desync_clips.items() if not r.scored}}
         names = [c.name for c in clips]
+        if "clap" in metrics:
+            per["clap"] = {"mean": _mean(clap), "per_clip": clap, "unscored": clap_unscored}
         if "fd" in metrics:
             import numpy as np
 
