@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -88,6 +88,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON, atomically (values JSON cannot hold, like paths, as strings)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str),
+                                                         encoding="utf-8"))
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import audio as audio_ops
-from ..artifacts import next_numbered_path, write_atomic
+from ..artifacts import next_numbered_path, write_atomic, write_json
 from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 from .format import LoraAdapter, load_adapter
@@ -250,10 +250,6 @@ def compare_adapters(pipe, features, entries: Sequence[AdapterEntry], *, steps: 
 
 
 # ---------------------------------------------------------------------------------- outputs
-def write_json_atomic(data: dict, path: Path) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
-
-
 def comparison_image(comparison: Comparison) -> np.ndarray:
     """Spectrograms side by side (shared dB scale) over a metrics table: (H, W, 3) uint8."""
     import matplotlib
@@ -320,6 +316,6 @@ def save_comparison(comparison: Comparison, folder: Path, stem: str = "lora_eval
     write_atomic(png, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
     data = comparison.to_json()
     data["image"] = str(png)
-    path = write_json_atomic(data, png.with_suffix(".json"))
+    path = write_json(png.with_suffix(".json"), data)
     return path, image
 

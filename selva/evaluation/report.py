@@ -1,14 +1,12 @@
 """``metrics.json`` and ``metrics.png`` of an evaluation (atomic writes; one chart per metric)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..adapters.compare import write_json_atomic
+from ..artifacts import atomic_path, write_json
 
 
 def file_identities(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -87,16 +85,10 @@ def write(out_dir: Path, data: dict) -> tuple[Path, Path, np.ndarray]:
     out_dir.mkdir(parents=True, exist_ok=True)
     image = chart(data)
     png = out_dir / "metrics.png"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".metrics.", suffix=".tmp.png")
-    os.close(fd)
-    try:
+    with atomic_path(png) as tmp:
         Image.fromarray(image).save(tmp)
-        os.replace(tmp, png)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     data["best"] = {m: best_model(data, m) for m in data["directions"]}
     data["ranking"] = {m: ranking(data, m) for m in data["directions"]}
     data["chart"] = str(png)
-    path = write_json_atomic(data, out_dir / "metrics.json")
+    path = write_json(out_dir / "metrics.json", data)
     return path, png, image

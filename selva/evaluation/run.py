@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..adapters.compare import BASELINE, AdapterEntry
+from ..adapters.compare import AdapterEntry
+from ..artifacts import load_safetensors, write_safetensors
 from ..errors import SelvaError
 from ..features import Features, content_hash
 from ..hooks import Hooks, or_default
@@ -82,31 +83,21 @@ def _generation_key(pipe, entry_id: dict, clip: HeldOutClip, options: EvalOption
 
 
 def _load_generated(path: Path, key: str) -> Optional[torch.Tensor]:
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            found = (f.metadata() or {}).get("key")
-            wave = f.get_tensor("wave")
-    except Exception as e:
+        tensors, meta = load_safetensors(path, "generated clip")
+        wave = tensors["wave"]
+    except (SelvaError, KeyError) as e:
         raise SelvaError(f"{path} is not a readable generated clip ({e}); delete it to generate it again.") from e
-    if found != key:
+    if meta.get("key") != key:
         raise SelvaError(f"{path} was generated with other settings, adapter or data. Use another "
                          f"--out-dir, or delete {path.parent} to generate those clips again.")
     return wave
 
 
 def _save_generated(path: Path, wave: torch.Tensor, key: str, rate: int) -> None:
-    from safetensors.torch import save_file
-
-    from ..train.files import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"wave": wave.contiguous()}, str(tmp),
-                  metadata={"format": "selva-eval-clip", "key": key, "sample_rate": str(rate)})
+    write_safetensors(path, {"wave": wave}, {"format": "selva-eval-clip", "key": key, "sample_rate": str(rate)})
 
 
 def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEntry], out_dir: Path,

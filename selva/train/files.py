@@ -7,7 +7,6 @@ gets the next free number.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import wave
@@ -26,8 +25,7 @@ atomic_path = _artifacts.atomic_path
 atomic_write = _artifacts.write_atomic
 
 
-def write_json(path: Path, data: Any) -> Path:
-    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
+write_json = _artifacts.write_json
 
 
 def write_text(path: Path, text: str) -> Path:
