@@ -72,15 +72,17 @@ def _read_vocoder(path):
     return read_tuned_vocoder(path)
 
 
-def test_steering_pt_is_refused_naming_what_to_do(tmp_path):
-    torch.save({"steering_vectors": [torch.randn(10, 16) for _ in range(3)], "n_blocks": 3, "n_joint": 2,
-                "n_fused": 1, "latent_seq_len": 10, "n_samples": 4, "seed": 0, "mode": "16k",
-                "variant": "small_16k"}, tmp_path / "steer.pt")
-    with pytest.raises(SelvaError, match=r"one vector per latent POSITION.*conditional guidance branch "
-                                         r"only.*Extract the vectors again with SelVA Activation "
-                                         r"Steering Extractor"):
-        SteeringVectors.load(tmp_path / "steer.pt")
-    assert main(["convert", str(tmp_path / "steer.pt"), str(tmp_path / "s.safetensors")]) == 1
+def test_steering_pt_loads_as_per_position_vectors(tmp_path):
+    # its layout: one (positions, hidden) tensor per block, joint blocks first
+    vecs = [torch.randn(10, 16) for _ in range(3)]
+    torch.save({"steering_vectors": vecs, "n_blocks": 3, "n_joint": 2, "n_fused": 1, "latent_seq_len": 10,
+                "n_samples": 4, "seed": 0, "mode": "16k", "variant": "small_16k"}, tmp_path / "steer.pt")
+    loaded = SteeringVectors.load(tmp_path / "steer.pt")
+    assert loaded.mode == "per_position" and torch.equal(loaded.vectors, torch.stack(vecs))
+    assert loaded.block_names == ["joint_0", "joint_1", "fused_0"] and loaded.variant == "small_16k"
+    assert main(["convert", str(tmp_path / "steer.pt"), str(tmp_path / "s.safetensors")]) == 0
+    back = SteeringVectors.load(tmp_path / "s.safetensors")
+    assert back.mode == "per_position" and torch.equal(back.vectors, loaded.vectors)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ pickle that runs code. What they hold (as that pack wrote them):
 * BigVGAN (final and step files): ``{"generator": <the vocoder's state dict>, "has_gafilter",
   "gafilter_kernel_size"}``, the whole generator under the released names.
 * steering: ``{"steering_vectors": [per block (latent positions, hidden)], "n_blocks", "n_joint",
-  "n_fused", "latent_seq_len", "n_samples", "seed", "mode", "variant"}``.
+  "n_fused", "latent_seq_len", "n_samples", "seed", "mode", "variant"}`` (its ``mode`` is the
+  model's sample rate, e.g. "16k"); they become our per-position steering vectors.
 
 The readers return plain values; our file classes are built by their own loaders, which fall back
 to these. What cannot be reproduced is refused in :mod:`.unsupported`.
@@ -17,12 +18,15 @@ to these. What cannot be reproduced is refused in :mod:`.unsupported`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import SelvaError
 from . import unsupported
+
+if TYPE_CHECKING:
+    from ..style.steering import SteeringVectors
 
 PT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # conv_pre's input channels (mel bands) -> (our vocoder name, sample rate): the two released
@@ -106,7 +110,31 @@ def read_vocoder(path: Path) -> tuple[dict[str, torch.Tensor], str, int, int]:
     return tensors, name, rate, mels
 
 
-def read_steering(path: Path) -> None:
-    """Earlier steering files: always refused, saying what to do (see :mod:`.unsupported`)."""
+def read_steering(path: Path) -> "SteeringVectors":
+    """Earlier steering vectors as our per-position :class:`SteeringVectors`: the same vectors,
+    applied as there (conditional branch only, resampled to the generation's length)."""
+    from ..style.steering import SteeringVectors, vector_magnitudes
+
     obj = _expect(read_pt(path, "steering vectors"), "steering", Path(path), "steering")
-    unsupported.check_steering(str(path), obj.get("steering_vectors"))
+    vecs = obj["steering_vectors"]
+    if (not isinstance(vecs, (list, tuple)) or not vecs
+            or not all(isinstance(v, torch.Tensor) and v.dim() == 2 for v in vecs)
+            or len({tuple(v.shape) for v in vecs}) != 1):
+        raise SelvaError(f"{path}: 'steering_vectors' is not a list of equally shaped (positions, "
+                         f"hidden) tensors, one per block; the file is damaged. Extract the vectors "
+                         f"again with SelVA Activation Steering Extractor.")
+    n_joint = obj.get("n_joint")
+    n_fused = obj.get("n_fused", len(vecs) - n_joint if isinstance(n_joint, int) else None)
+    if not isinstance(n_joint, int) or not isinstance(n_fused, int) or n_joint + n_fused != len(vecs):
+        raise SelvaError(f"{path}: n_joint {n_joint!r} + n_fused {n_fused!r} do not add up to its "
+                         f"{len(vecs)} vectors; the file is damaged.")
+    vectors = torch.stack([v.detach().float() for v in vecs])
+    names = [f"joint_{i}" for i in range(n_joint)] + [f"fused_{i}" for i in range(n_fused)]
+    info: dict[str, Any] = {"converted_from": "earlier SelVA pack"}
+    for key in ("n_samples", "seed", "latent_seq_len"):
+        if isinstance(obj.get(key), (int, float)):
+            info[key] = obj[key]
+    # the earlier file records no hidden-state norms: NaN says "unknown" (only the chart uses them)
+    unknown = torch.full((len(vecs),), float("nan"))
+    return SteeringVectors(vectors, vector_magnitudes(vectors), unknown, str(obj.get("variant") or ""),
+                           names, info)

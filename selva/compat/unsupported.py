@@ -42,14 +42,3 @@ def check_vocoder(source: str, payload: Mapping[str, Any]) -> None:
             f"not have; its weights only sound right with them. Fine-tune the vocoder again with "
             f"SelVA BigVGAN Trainer (or `python training/train_vocoder.py`), or use one trained without "
             f"GAFilter.")
-
-
-def check_steering(source: str, vectors: Any) -> None:
-    """Refuse earlier per-position steering vectors (they cannot become per-block ones)."""
-    raise SelvaError(
-        f"{source} holds the earlier pack's steering vectors: one vector per latent POSITION for "
-        f"each block, added to the conditional guidance branch only. This pack steers with one "
-        f"vector per block added on both guidance branches, which is not the same change, and "
-        f"averaging the positions would silently change what the file does. Extract the vectors "
-        f"again with SelVA Activation Steering Extractor "
-        f"from the same dataset.")
