@@ -136,6 +136,34 @@ def test_sockets_to_reconnect_and_alpha_zero(tmp_path):
     assert ev["adapters_file"] == "eval_file-saved"
 
 
+@pytest.mark.parametrize("earlier, want", [
+    # the earlier defaults: mean spectrum only, the anchor 1 against a style loss scaled by 0.1
+    ({"style_weight": 0.1, "gram_weight": 0.0, "anchor_weight": 1.0, "n_opt_steps": 50},
+     {"style_weight": 0.0, "anchor_weight": 10.0, "n_opt_steps": 50}),
+    ({"style_weight": 0.5, "gram_weight": 0.2, "anchor_weight": 2.0, "n_opt_steps": 30},
+     {"style_weight": 0.2, "anchor_weight": 4.0, "n_opt_steps": 30}),
+    # only the anchor, which never moves the noise from where it starts: the Sampler's output
+    ({"style_weight": 0.0, "gram_weight": 0.3, "anchor_weight": 1.0, "n_opt_steps": 50},
+     {"style_weight": 0.3, "n_opt_steps": 0}),
+    ({"style_weight": 0.05, "gram_weight": 0.0, "anchor_weight": 10.0, "n_opt_steps": 50},
+     {"anchor_weight": 100.0}),  # 200 is past our maximum
+])
+def test_ditto_gram_weight_and_style_weight_keep_their_balance(tmp_path, earlier, want):
+    layout = _layout("SelvaDittoOptimizer")
+    node = EW.earlier_node("SelvaDittoOptimizer", layout, 1)
+    names = [w["name"] for w in layout["widgets"]]
+    for name, value in earlier.items():
+        node["widgets_values"][names.index(name)] = value
+    out, items = run_in_node(tmp_path, EW.workflow([node]), {"SelvaDittoOptimizer"})
+    got = _by_name("SelvaDittoOptimizer", out["nodes"][0]["widgets_values"])
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-12), (name, got[name])
+    assert "gram_weight" not in {i["input"] for i in items}  # used, so not listed as lost
+    expected, listed = EW.expected(node, layout)
+    assert "gram_weight" not in listed
+    assert {k: expected[k] for k in want} == pytest.approx(want)
+
+
 def test_layout_tool_reads_node_sources_without_running_them(tmp_path):
     """tools/earlier_layouts.py on a small git repository in the earlier pack's layout."""
     import importlib.util
