@@ -102,6 +102,8 @@ def expected(node: dict, layout: dict) -> tuple[dict, list[str]]:
         values["alpha"] = 2 * values["rank"]
     if node_id == "SelvaDittoOptimizer" and "gram_weight" in earlier:
         values.update(ditto_weights(earlier))
+    if node_id == "SelvaActivationSteeringExtractor":  # it made per-position vectors
+        values["mode"] = "per_position"
     return values, listed
 
 

@@ -164,6 +164,22 @@ def test_ditto_gram_weight_and_style_weight_keep_their_balance(tmp_path, earlier
     assert {k: expected[k] for k in want} == pytest.approx(want)
 
 
+def test_an_earlier_steering_extractor_makes_per_position_vectors(tmp_path):
+    """Its layout is the start of ours; saved with exactly its five values it is the earlier
+    pack's (this pack always saved n_timesteps too), and it made per-position vectors there."""
+    earlier = EW.earlier_node("SelvaActivationSteeringExtractor", _layout("SelvaActivationSteeringExtractor"), 1)
+    ours = json.loads(json.dumps(earlier))
+    ours["id"] = 2
+    ours["widgets_values"] = earlier["widgets_values"] + [7, "per_block"]  # saved with this pack
+    out, items = run_in_node(tmp_path, EW.workflow([earlier, ours]), {"SelvaActivationSteeringExtractor"})
+    got = _by_name("SelvaActivationSteeringExtractor", out["nodes"][0]["widgets_values"])
+    assert got["mode"] == "per_position" and got["n_timesteps"] == 10  # ours' default for the new one
+    assert got["data_dir"] == "data_dir-saved" and got["n_samples"] == earlier["widgets_values"][2]
+    assert [(i["node"].split(" #")[1], i["input"], i["value"]) for i in items] == [("1", "mode", "per_position")]
+    assert out["nodes"][1]["widgets_values"] == ours["widgets_values"]  # ours: left as saved
+    assert EW.expected(earlier, _layout("SelvaActivationSteeringExtractor"))[0]["mode"] == "per_position"
+
+
 def test_layout_tool_reads_node_sources_without_running_them(tmp_path):
     """tools/earlier_layouts.py on a small git repository in the earlier pack's layout."""
     import importlib.util

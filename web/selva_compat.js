@@ -21,8 +21,13 @@ const VALUE_NAMES = {
   SelvaLoraTrainer: { init: { standard: "default" } },
 };
 // Earlier values whose meaning needs another value here: (our values by name, the saved earlier
-// values by earlier name).
+// values by earlier name) -> optional notice items ({input, value, what}) for what was set.
 const ADJUST = {
+  // the earlier Extractor made per-position steering vectors (applied on the conditional branch)
+  SelvaActivationSteeringExtractor: (values) => {
+    values.mode = "per_position";
+    return [{ input: "mode", value: "per_position", what: "set: the earlier Extractor made per-position vectors" }];
+  },
   // the earlier trainer read alpha 0 as 2 x rank
   SelvaLoraTrainer: (values) => {
     if (values.alpha === 0 && typeof values.rank === "number") values.alpha = 2 * values.rank;
@@ -47,6 +52,9 @@ const ADJUST = {
 // Earlier widgets without a widget of their own here that an ADJUST rule uses (not listed as lost).
 const USED_BY_ADJUST = { SelvaDittoOptimizer: new Set(["gram_weight"]) };
 const DITTO_ANCHOR_MAX = 100; // our DITTO's anchor_weight maximum
+// Nodes whose earlier layout is the start of today's, saved by this pack always with more values:
+// a node saved with exactly this many values is the earlier pack's (node id -> its value count).
+const EARLIER_BY_LENGTH = { SelvaActivationSteeringExtractor: 5 };
 
 const ourDefs = {}; // node id -> nodeData from the server (object_info)
 
@@ -150,7 +158,7 @@ function migrateValues(node, ours, layout) {
     }
     byName[name] = mapped;
   });
-  ADJUST[node.type]?.(byName, earlier);
+  for (const extra of ADJUST[node.type]?.(byName, earlier) || []) items.push({ node: title(node), ...extra });
   node.widgets_values = ours.map((w) =>
     w.name in byName ? byName[w.name]
       : w.control ? "randomize"
@@ -220,6 +228,9 @@ export function migrateWorkflow(graphData, defs = ourDefs) {
     if (Array.isArray(values) && !prefixFits(values, ours)) {
       const candidates = (EARLIER.nodes[node.type] || []).filter((l) => prefixFits(values, l.widgets));
       earlierLayout = candidates.find((l) => l.widgets.length === values.length) || candidates[0] || null;
+    } else if (Array.isArray(values) && EARLIER_BY_LENGTH[node.type] === values.length) {
+      earlierLayout = (EARLIER.nodes[node.type] || []).find(
+        (l) => l.widgets.length === values.length && prefixFits(values, l.widgets)) || null;
     }
     // A node whose values fit today's layout was saved with this pack (or lines up already): it
     // is left exactly as saved, its sockets included. Only a node recognised as saved in an
