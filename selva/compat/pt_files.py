@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import SelvaError
 from . import unsupported
-
-if TYPE_CHECKING:
-    from ..style.steering import SteeringVectors
 
 PT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # conv_pre's input channels (mel bands) -> (our vocoder name, sample rate): the two released
@@ -150,11 +147,10 @@ def read_vocoder(path: Path) -> tuple[dict[str, torch.Tensor], str, int, int]:
     return tensors, name, rate, mels
 
 
-def read_steering(path: Path) -> "SteeringVectors":
-    """Earlier steering vectors as our per-position :class:`SteeringVectors`: the same vectors,
-    applied as there (conditional branch only, resampled to the generation's length)."""
-    from ..style.steering import SteeringVectors, vector_magnitudes
-
+def read_steering(path: Path) -> tuple[torch.Tensor, list[str], str, dict[str, Any]]:
+    """(vectors (n_blocks, positions, hidden) float32, block names, variant, info) of an earlier
+    steering file: per-position vectors, which our steering applies as there (conditional branch
+    only, resampled to the generation's length)."""
     obj = _expect(read_pt(path, "steering vectors"), "steering", Path(path), "steering")
     vecs = obj["steering_vectors"]
     if (not isinstance(vecs, (list, tuple)) or not vecs
@@ -174,7 +170,4 @@ def read_steering(path: Path) -> "SteeringVectors":
     for key in ("n_samples", "seed", "latent_seq_len"):
         if isinstance(obj.get(key), (int, float)):
             info[key] = obj[key]
-    # the earlier file records no hidden-state norms: NaN says "unknown" (only the chart uses them)
-    unknown = torch.full((len(vecs),), float("nan"))
-    return SteeringVectors(vectors, vector_magnitudes(vectors), unknown, str(obj.get("variant") or ""),
-                           names, info)
+    return vectors, names, str(obj.get("variant") or ""), info

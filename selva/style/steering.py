@@ -113,7 +113,10 @@ class SteeringVectors:
         from ..compat.pt_files import is_pt, read_steering  # the earlier pack's .pt (per position)
 
         if is_pt(path):
-            return read_steering(path)
+            vectors, names, variant, info = read_steering(path)
+            # the earlier file records no hidden-state norms: NaN says "unknown" (only the chart uses them)
+            return cls(vectors, vector_magnitudes(vectors), torch.full((len(names),), float("nan")), variant,
+                       names, info)
         tensors, meta = load_safetensors(path, "steering vectors")
         if meta_value(meta, "format") != FORMAT:
             raise SelvaError(f"{path} is not a SelVA steering-vector file (format "
