@@ -199,3 +199,21 @@ def test_damaged_earlier_file_is_refused(model, tmp_path):
                tmp_path / "ragged.pt")
     with pytest.raises(SelvaError, match="not a list of equally shaped"):
         steering.SteeringVectors.load(tmp_path / "ragged.pt")
+
+
+def test_per_position_steering_works_in_ditto(model, dataset, extracted, tmp_path):
+    from style_helpers import reference_dir
+
+    feats = dataset[1][0]
+    (vectors,) = run_node("SelvaActivationSteeringLoader", path=extracted)
+    steered = sample(model, feats, steering_vectors=vectors, steering_strength=0.5)
+    common = dict(model=model, features=feats, prompt="", negative_prompt="",
+                  reference_dir=str(reference_dir(tmp_path)), opt_lr=0.1, n_ode_steps=2, n_grad_steps=1,
+                  style_weight=1.0, steps=2, cfg_strength=4.5, seed=0, normalize=False,
+                  steering_vectors=vectors, steering_strength=0.5)
+    (audio,) = run_node("SelvaDittoOptimizer", n_opt_steps=0, **common)
+    assert torch.equal(audio["waveform"], steered)  # no optimisation: the steered Sampler
+    (tuned,) = run_node("SelvaDittoOptimizer", n_opt_steps=1, **common)  # gradients through the hooks
+    assert torch.isfinite(tuned["waveform"]).all()
+    gen = model.manager.get("generator")
+    assert "cfg_velocity" not in vars(gen)
