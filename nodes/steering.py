@@ -1,4 +1,5 @@
-"""Activation steering nodes: extract per-block vectors from a feature dataset, load them."""
+"""Activation steering nodes: extract per-block (or per-position) vectors from a feature dataset,
+load them."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -76,11 +77,17 @@ class SelvaActivationSteeringExtractor:
                 "n_timesteps": ("INT", {
                     "default": 10, "min": 1, "max": 100,
                     "tooltip": "Sampling steps per clip; each adds one difference per block."}),
+                "mode": (["per_block", "per_position"], {
+                    "default": "per_block",
+                    "tooltip": "per_block: one vector per block, added on both guidance branches. "
+                               "per_position: one vector per block and latent position, added to "
+                               "the conditional branch only (the earlier SelVA pack's steering; "
+                               "the guidance scales it by cfg_strength, so use smaller strengths)."}),
             },
         }
 
     def extract(self, model: Any, data_dir: str, output_path: str, n_samples: int, seed: int,
-                n_timesteps: int = 10) -> tuple[str, Any]:
+                n_timesteps: int = 10, mode: str = "per_block") -> tuple[str, Any]:
         import torch
 
         from ..selva.artifacts import unique_path
@@ -89,7 +96,8 @@ class SelvaActivationSteeringExtractor:
 
         with comfy_run():
             files = find_feature_files(paths.resolve_existing(data_dir, "data_dir"))
-            config = SteeringConfig(n_samples=int(n_samples), n_timesteps=int(n_timesteps), seed=int(seed))
+            config = SteeringConfig(n_samples=int(n_samples), n_timesteps=int(n_timesteps), seed=int(seed),
+                                    mode=mode)
             vectors = extract_steering(model, files, config, make_hooks())
             vectors.info["data_dir"] = str(paths.resolve(data_dir, "data_dir"))
             target = unique_path(paths.with_suffix(paths.resolve(output_path, "output_path"), STEERING_SUFFIX))
@@ -111,7 +119,8 @@ class SelvaActivationSteeringLoader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {"path": ("STRING", {
             "default": "selva/steering/my_style.safetensors",
-            "tooltip": "The .safetensors file. Relative = inside ComfyUI's output folder."})}}
+            "tooltip": "The .safetensors file (or the earlier SelVA pack's .pt, which loads as "
+                       "per-position vectors). Relative = inside ComfyUI's output folder."})}}
 
     @classmethod
     def IS_CHANGED(cls, path: str) -> str:

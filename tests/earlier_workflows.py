@@ -15,6 +15,8 @@ from comfy_pack import REPO_ROOT, input_spec, is_widget, load_pack
 LAYOUTS_JS = REPO_ROOT / "web" / "selva_earlier_layouts.js"
 CONTROL = "control_after_generate"
 VALUE_NAMES = {"SelvaLoraTrainer": {"init": {"standard": "default"}}}
+# earlier widgets with no widget here that a value rule reads (the notice does not list them)
+USED_BY_RULES = {("SelvaDittoOptimizer", "gram_weight")}
 
 
 def earlier_table() -> dict:
@@ -85,18 +87,37 @@ def expected(node: dict, layout: dict) -> tuple[dict, list[str]]:
     """({our widget: value it must show}, [earlier widgets the notice must list])."""
     node_id = node["type"]
     ours = our_widgets(node_id)
-    values, listed = {}, []
+    values, listed, earlier = {}, [], {}
     for w, value in zip(layout["widgets"], node["widgets_values"]):
+        earlier[w["name"]] = value
         name = our_name(node_id, w["name"], ours)
         if name is None:
-            listed.append(w["name"])
+            if (node_id, w["name"]) not in USED_BY_RULES:
+                listed.append(w["name"])
             continue
         if name == CONTROL:
             continue
         values[name] = VALUE_NAMES.get(node_id, {}).get(name, {}).get(value, value)
     if node_id == "SelvaLoraTrainer" and values.get("alpha") == 0:
         values["alpha"] = 2 * values["rank"]
+    if node_id == "SelvaDittoOptimizer" and "gram_weight" in earlier:
+        values.update(ditto_weights(earlier))
+    if node_id == "SelvaActivationSteeringExtractor":  # it made per-position vectors
+        values["mode"] = "per_position"
     return values, listed
+
+
+def ditto_weights(earlier: dict) -> dict:
+    """Our DITTO values for the earlier (style_weight, gram_weight, anchor_weight): there the
+    objective was style_weight * (mean + gram_weight * gram) + anchor_weight * anchor, here it is
+    mean + style_weight * gram + anchor_weight * anchor (only the ratios steer Adam)."""
+    s, g = earlier["style_weight"], earlier["gram_weight"]
+    if s > 0:
+        out = {"style_weight": g}
+        if "anchor_weight" in earlier:
+            out["anchor_weight"] = min(earlier["anchor_weight"] / s, 100.0)
+        return out
+    return {"style_weight": g, "n_opt_steps": 0}  # only the anchor, which never moves the noise
 
 
 def workflow(nodes: list[dict], links: list | None = None) -> dict:

@@ -66,6 +66,18 @@ def test_steering_extract_then_sample(comfy, object_info, full_models_dir):
     saved = [p for p in comfy.saved_files(entry) if "selva_style_steered" in p.name]
     assert saved and saved[0].stat().st_size > 1000
 
+    # the earlier pack's mode: per-position vectors, on the conditional branch only
+    set_inputs(extract, "SelvaActivationSteeringExtractor", output_path="selva_style_it/steer_pos", n_samples=1,
+               n_timesteps=1, mode="per_position")
+    comfy.run(extract)
+    positions = sorted((comfy.output_dir / "selva_style_it").glob("steer_pos*.safetensors"))
+    assert positions
+    set_inputs(sample, "SelvaActivationSteeringLoader", path=str(positions[-1]))
+    set_inputs(sample, "SelvaSampler", steps=1, steering_strength=0.1, steering_blocks="all")
+    set_inputs(sample, "SaveAudio", filename_prefix="audio/selva_style_steered_pos")
+    entry = comfy.run(sample)
+    assert [p for p in comfy.saved_files(entry) if "selva_style_steered_pos" in p.name]
+
 
 def _id(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)

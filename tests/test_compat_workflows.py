@@ -136,6 +136,50 @@ def test_sockets_to_reconnect_and_alpha_zero(tmp_path):
     assert ev["adapters_file"] == "eval_file-saved"
 
 
+@pytest.mark.parametrize("earlier, want", [
+    # the earlier defaults: mean spectrum only, the anchor 1 against a style loss scaled by 0.1
+    ({"style_weight": 0.1, "gram_weight": 0.0, "anchor_weight": 1.0, "n_opt_steps": 50},
+     {"style_weight": 0.0, "anchor_weight": 10.0, "n_opt_steps": 50}),
+    ({"style_weight": 0.5, "gram_weight": 0.2, "anchor_weight": 2.0, "n_opt_steps": 30},
+     {"style_weight": 0.2, "anchor_weight": 4.0, "n_opt_steps": 30}),
+    # only the anchor, which never moves the noise from where it starts: the Sampler's output
+    ({"style_weight": 0.0, "gram_weight": 0.3, "anchor_weight": 1.0, "n_opt_steps": 50},
+     {"style_weight": 0.3, "n_opt_steps": 0}),
+    ({"style_weight": 0.05, "gram_weight": 0.0, "anchor_weight": 10.0, "n_opt_steps": 50},
+     {"anchor_weight": 100.0}),  # 200 is past our maximum
+])
+def test_ditto_gram_weight_and_style_weight_keep_their_balance(tmp_path, earlier, want):
+    layout = _layout("SelvaDittoOptimizer")
+    node = EW.earlier_node("SelvaDittoOptimizer", layout, 1)
+    names = [w["name"] for w in layout["widgets"]]
+    for name, value in earlier.items():
+        node["widgets_values"][names.index(name)] = value
+    out, items = run_in_node(tmp_path, EW.workflow([node]), {"SelvaDittoOptimizer"})
+    got = _by_name("SelvaDittoOptimizer", out["nodes"][0]["widgets_values"])
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-12), (name, got[name])
+    assert "gram_weight" not in {i["input"] for i in items}  # used, so not listed as lost
+    expected, listed = EW.expected(node, layout)
+    assert "gram_weight" not in listed
+    assert {k: expected[k] for k in want} == pytest.approx(want)
+
+
+def test_an_earlier_steering_extractor_makes_per_position_vectors(tmp_path):
+    """Its layout is the start of ours; saved with exactly its five values it is the earlier
+    pack's (this pack always saved n_timesteps too), and it made per-position vectors there."""
+    earlier = EW.earlier_node("SelvaActivationSteeringExtractor", _layout("SelvaActivationSteeringExtractor"), 1)
+    ours = json.loads(json.dumps(earlier))
+    ours["id"] = 2
+    ours["widgets_values"] = earlier["widgets_values"] + [7, "per_block"]  # saved with this pack
+    out, items = run_in_node(tmp_path, EW.workflow([earlier, ours]), {"SelvaActivationSteeringExtractor"})
+    got = _by_name("SelvaActivationSteeringExtractor", out["nodes"][0]["widgets_values"])
+    assert got["mode"] == "per_position" and got["n_timesteps"] == 10  # ours' default for the new one
+    assert got["data_dir"] == "data_dir-saved" and got["n_samples"] == earlier["widgets_values"][2]
+    assert [(i["node"].split(" #")[1], i["input"], i["value"]) for i in items] == [("1", "mode", "per_position")]
+    assert out["nodes"][1]["widgets_values"] == ours["widgets_values"]  # ours: left as saved
+    assert EW.expected(earlier, _layout("SelvaActivationSteeringExtractor"))[0]["mode"] == "per_position"
+
+
 def test_layout_tool_reads_node_sources_without_running_them(tmp_path):
     """tools/earlier_layouts.py on a small git repository in the earlier pack's layout."""
     import importlib.util

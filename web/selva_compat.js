@@ -20,13 +20,41 @@ const CONTROL_VALUES = new Set(["fixed", "increment", "decrement", "randomize"])
 const VALUE_NAMES = {
   SelvaLoraTrainer: { init: { standard: "default" } },
 };
-// Earlier values whose meaning needs another value here.
+// Earlier values whose meaning needs another value here: (our values by name, the saved earlier
+// values by earlier name) -> optional notice items ({input, value, what}) for what was set.
 const ADJUST = {
+  // the earlier Extractor made per-position steering vectors (applied on the conditional branch)
+  SelvaActivationSteeringExtractor: (values) => {
+    values.mode = "per_position";
+    return [{ input: "mode", value: "per_position", what: "set: the earlier Extractor made per-position vectors" }];
+  },
   // the earlier trainer read alpha 0 as 2 x rank
   SelvaLoraTrainer: (values) => {
     if (values.alpha === 0 && typeof values.rank === "number") values.alpha = 2 * values.rank;
   },
+  // Earlier DITTO lowered style_weight * (mean + gram_weight * gram) + anchor_weight * anchor; ours
+  // lowers mean + style_weight * gram + anchor_weight * anchor. gram_weight is the job of our
+  // style_weight; the earlier overall style_weight only set the balance against the anchor (Adam's
+  // steps do not change when the whole objective is scaled), so it divides anchor_weight here.
+  // An earlier style_weight of 0 left only the anchor, whose pull is 0 at the start: the noise
+  // never moved, which here is n_opt_steps 0 (the Sampler's output).
+  SelvaDittoOptimizer: (values, earlier) => {
+    const s = earlier.style_weight, g = earlier.gram_weight, a = earlier.anchor_weight;
+    if (typeof s !== "number" || typeof g !== "number") return;
+    values.style_weight = g;
+    if (s > 0) {
+      if (typeof a === "number") values.anchor_weight = Math.min(a / s, DITTO_ANCHOR_MAX);
+    } else {
+      values.n_opt_steps = 0;
+    }
+  },
 };
+// Earlier widgets without a widget of their own here that an ADJUST rule uses (not listed as lost).
+const USED_BY_ADJUST = { SelvaDittoOptimizer: new Set(["gram_weight"]) };
+const DITTO_ANCHOR_MAX = 100; // our DITTO's anchor_weight maximum
+// Nodes whose earlier layout is the start of today's, saved by this pack always with more values:
+// a node saved with exactly this many values is the earlier pack's (node id -> its value count).
+const EARLIER_BY_LENGTH = { SelvaActivationSteeringExtractor: 5 };
 
 const ourDefs = {}; // node id -> nodeData from the server (object_info)
 
@@ -112,11 +140,14 @@ function migrateValues(node, ours, layout) {
   const items = [];
   const saved = node.widgets_values;
   const byName = {};
+  const earlier = {};
   layout.widgets.slice(0, saved.length).forEach((w, i) => {
     const value = saved[i];
+    earlier[w.name] = value;
     const name = ourName(node.type, w.name, ours);
     const target = name && ours.find((o) => o.name === name);
     if (!target) {
+      if (USED_BY_ADJUST[node.type]?.has(w.name)) return;
       items.push({ node: title(node), input: w.name, value, what: "has no counterpart here" });
       return;
     }
@@ -127,7 +158,7 @@ function migrateValues(node, ours, layout) {
     }
     byName[name] = mapped;
   });
-  ADJUST[node.type]?.(byName);
+  for (const extra of ADJUST[node.type]?.(byName, earlier) || []) items.push({ node: title(node), ...extra });
   node.widgets_values = ours.map((w) =>
     w.name in byName ? byName[w.name]
       : w.control ? "randomize"
@@ -197,6 +228,9 @@ export function migrateWorkflow(graphData, defs = ourDefs) {
     if (Array.isArray(values) && !prefixFits(values, ours)) {
       const candidates = (EARLIER.nodes[node.type] || []).filter((l) => prefixFits(values, l.widgets));
       earlierLayout = candidates.find((l) => l.widgets.length === values.length) || candidates[0] || null;
+    } else if (Array.isArray(values) && EARLIER_BY_LENGTH[node.type] === values.length) {
+      earlierLayout = (EARLIER.nodes[node.type] || []).find(
+        (l) => l.widgets.length === values.length && prefixFits(values, l.widgets)) || null;
     }
     // A node whose values fit today's layout was saved with this pack (or lines up already): it
     // is left exactly as saved, its sockets included. Only a node recognised as saved in an

@@ -1,6 +1,7 @@
 """``python -m selva convert OLD NEW``: an earlier-pack ``.pt`` file rewritten as our safetensors.
 
-Textual inversion, fine-tuned BigVGAN (final and step files) and plain LoRA adapters are read
+Textual inversion, fine-tuned BigVGAN (final and step files), steering vectors and plain LoRA
+adapters are read
 by our own loaders (which fall back to :mod:`.pt_files` / :mod:`.adapters`) and written by our
 own writers, with metadata saying where they came from. The original is never changed, and NEW
 is never overwritten unless ``--overwrite`` is given. What cannot be converted says why and what to
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     """Add ``convert`` to ``python -m selva``'s sub-commands."""
     p = sub.add_parser("convert", help="rewrite a .pt file of the earlier SelVA pack (textual "
-                                       "inversion, BigVGAN, LoRA) as this pack's .safetensors")
+                                       "inversion, BigVGAN, steering, LoRA) as this pack's .safetensors")
     p.add_argument("old", type=Path, help="the earlier pack's .pt file")
     p.add_argument("new", type=Path, help="the .safetensors file to write")
     p.add_argument("--variant", default="",
@@ -74,11 +75,14 @@ def convert(old: Path, new: Path, *, variant: str = "", overwrite: bool = False)
         adapter.meta.extra["converted_from"] = source
         save_adapter(adapter, new, overwrite=overwrite)
     elif kind == "steering":
-        from .pt_files import read_steering
+        from ..style.steering import SteeringVectors
 
-        read_steering(old)
+        vectors = SteeringVectors.load(old)
+        vectors.variant = variant or vectors.variant
+        vectors.info["converted_from"] = source
+        vectors.save(new)
     else:
         raise SelvaError(f"{old} is not a file of the earlier SelVA pack that can be converted (a "
-                         f"textual inversion, BigVGAN or LoRA .pt).")
+                         f"textual inversion, BigVGAN, steering or LoRA .pt).")
     log.info("Converted %s -> %s", old, new)
     return new

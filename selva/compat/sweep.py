@@ -145,10 +145,6 @@ def _settle(settings: dict[str, Any], fields: set, source: Path, name: str) -> d
     """alpha 0 -> 2 x rank; earlier options we lack dropped where they change nothing."""
     if "alpha" in settings and "rank" in settings and float(settings["alpha"] or 0) <= 0:
         settings["alpha"] = float(2 * int(settings["rank"]))
-    if settings.get("path") == "prefix" and "inject_mode" not in fields:
-        from .unsupported import check_ti
-
-        check_ti(f"{source}: experiment {name!r}", "prefix", training=True)
     for key, neutral in NEUTRAL.items():
         if key in settings and key not in fields and _same(settings[key], neutral):
             del settings[key]

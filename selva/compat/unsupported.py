@@ -1,55 +1,28 @@
 """The one place that says which earlier-pack files mean something this pack cannot reproduce.
 
+Today every mode of the earlier files is reproduced (prefix and suffix textual inversion,
+GAFilter vocoders, per-position steering); what is left refuses values that pack never wrote.
+
 Each check raises a :class:`SelvaError` naming what the file needs and what to do instead. When
 the pack gains one of these modes, relax its check here (and only here).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from ..errors import SelvaError
 
-# Textual-inversion injection modes of the earlier pack that our textual inversion reproduces:
-# "suffix" replaced the LAST n_tokens CLIP text positions, which is our path "clip".
-TI_INJECT_MODES = {"suffix": "clip"}
+# Textual-inversion injection modes of the earlier pack and our path for each: both replace CLIP
+# text positions, which is our path "clip" with the same inject_mode ("suffix": the last n_tokens
+# positions, "prefix": those right after the start token).
+TI_INJECT_MODES = {"suffix": "clip", "prefix": "clip"}
 
 
 def check_ti(source: str, inject_mode: str, *, training: bool = False) -> str:
-    """Our textual-inversion path for an earlier ``inject_mode``, or a clear refusal (``training``:
-    a sweep experiment asks for it rather than a trained file holding it)."""
+    """Our textual-inversion path for an earlier ``inject_mode``, or a clear refusal of a mode that
+    pack never had (a damaged or foreign file; ``training``: a sweep experiment asks for it)."""
     if inject_mode in TI_INJECT_MODES:
         return TI_INJECT_MODES[inject_mode]
-    if training:
-        raise SelvaError(
-            f"{source} uses inject_mode {inject_mode!r} (learned tokens right after the start "
-            f"token), which this version cannot train: it puts learned tokens at the end of the "
-            f"prompt sequence (the earlier 'suffix' mode). Use inject_mode 'suffix' for it, or "
-            f"remove the experiment.")
+    what = "asks for" if training else "was trained with"
     raise SelvaError(
-        f"{source} was trained with inject_mode {inject_mode!r}: its tokens replace the CLIP text "
-        f"positions right after the start token. This pack only puts learned tokens at the end of "
-        f"the prompt sequence (the earlier 'suffix' mode), so these tokens would land where they "
-        f"were never trained. Train them again with SelVA Textual Inversion Trainer (or "
-        f"`python -m selva textual-inversion`) on the same dataset.")
-
-
-def check_vocoder(source: str, payload: Mapping[str, Any]) -> None:
-    """Refuse an earlier fine-tuned vocoder that carries GAFilter layers."""
-    if payload.get("has_gafilter"):
-        raise SelvaError(
-            f"{source} is a BigVGAN fine-tuned with GAFilter layers (kernel "
-            f"{payload.get('gafilter_kernel_size', '?')}), extra filters this pack's vocoder does "
-            f"not have; its weights only sound right with them. Fine-tune the vocoder again with "
-            f"SelVA BigVGAN Trainer (or `python training/train_vocoder.py`), or use one trained without "
-            f"GAFilter.")
-
-
-def check_steering(source: str, vectors: Any) -> None:
-    """Refuse earlier per-position steering vectors (they cannot become per-block ones)."""
-    raise SelvaError(
-        f"{source} holds the earlier pack's steering vectors: one vector per latent POSITION for "
-        f"each block, added to the conditional guidance branch only. This pack steers with one "
-        f"vector per block added on both guidance branches, which is not the same change, and "
-        f"averaging the positions would silently change what the file does. Extract the vectors "
-        f"again with SelVA Activation Steering Extractor "
-        f"from the same dataset.")
+        f"{source} {what} inject_mode {inject_mode!r}, which neither the earlier pack nor this one "
+        f"has (they know {', '.join(TI_INJECT_MODES)}). Use one of those"
+        f"{'' if training else ', or train the tokens again with SelVA Textual Inversion Trainer'}.")

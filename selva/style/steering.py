@@ -1,4 +1,4 @@
-"""Activation steering: per-block vectors added to the generator's latent stream while sampling.
+"""Activation steering: vectors added to the generator's blocks' latent stream while sampling.
 
 Extraction (:func:`extract_steering`) samples each clip of a feature dataset along an ordinary
 CFG trajectory and, at every step, runs the generator once under the clip's conditions and
@@ -12,6 +12,16 @@ output through forward hooks. The hook acts on every generator pass, so on BOTH 
 guidance branches alike (conditional and unconditional, also when they run as one batch): the
 guidance difference still points where the video and prompt say, while the whole prediction is
 shifted toward the dataset. Strength 0 attaches no hook at all, so the output is bit-identical.
+
+Two modes (:data:`MODES`), chosen at extraction and carried by the file:
+
+* ``per_block`` (the default, above): one vector per block, averaged over latent positions, added
+  on both guidance branches.
+* ``per_position`` (the earlier SelVA pack's steering): one vector per block AND latent position
+  (the differences are not averaged over tokens), added to the conditional guidance branch only,
+  so the guidance multiplies it by ``cfg_strength`` instead of cancelling it. A generation of
+  another length gets the vectors resampled linearly along the positions (as that pack did).
+  Its ``.pt`` files load into this mode (:mod:`..compat.pt_files`).
 """
 from __future__ import annotations
 
@@ -38,7 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = "selva-steering"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # per-block files; per-position ones are v2 so older readers refuse them clearly
+PER_POSITION_VERSION = 2
+MODES = ("per_block", "per_position")
 
 
 def generator_blocks(generator: nn.Module) -> list[nn.Module]:
@@ -62,14 +74,19 @@ def _with_latent_stream(output, latent: torch.Tensor):
 
 @dataclass
 class SteeringVectors:
-    """One vector per generator block, with what is needed to check and pick them."""
+    """One vector per generator block (or per block and latent position), with what is needed to
+    check and pick them."""
 
-    vectors: torch.Tensor  # (n_blocks, hidden) float32
-    magnitudes: torch.Tensor  # (n_blocks,) L2 norm of each vector
-    hidden_norms: torch.Tensor  # (n_blocks,) mean L2 norm of the block's hidden state per token
+    vectors: torch.Tensor  # (n_blocks, hidden), or (n_blocks, positions, hidden) per position; float32
+    magnitudes: torch.Tensor  # (n_blocks,) L2 norm of each vector (per position: mean over positions)
+    hidden_norms: torch.Tensor  # (n_blocks,) mean L2 norm of the block's hidden state per token (NaN: unknown)
     variant: str
     block_names: list[str]
     info: dict = field(default_factory=dict)  # how they were made (dataset, samples, steps, seed)
+
+    @property
+    def mode(self) -> str:
+        return "per_position" if self.vectors.dim() == 3 else "per_block"
 
     @property
     def n_blocks(self) -> int:
@@ -77,7 +94,7 @@ class SteeringVectors:
 
     @property
     def hidden_dim(self) -> int:
-        return int(self.vectors.shape[1])
+        return int(self.vectors.shape[-1])
 
     @property
     def relative_magnitudes(self) -> torch.Tensor:
@@ -85,32 +102,38 @@ class SteeringVectors:
         return self.magnitudes / self.hidden_norms.clamp_min(1e-12)
 
     def save(self, path: Path) -> Path:
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "variant": self.variant,
+        version = PER_POSITION_VERSION if self.mode == "per_position" else FORMAT_VERSION
+        meta = {"format": FORMAT, "version": version, "mode": self.mode, "variant": self.variant,
                 "block_names": self.block_names, **{f"info.{k}": v for k, v in self.info.items()}}
         return save_safetensors(path, {"vectors": self.vectors.float(), "magnitudes": self.magnitudes.float(),
                                        "hidden_norms": self.hidden_norms.float()}, meta)
 
     @classmethod
     def load(cls, path: Path) -> "SteeringVectors":
-        from ..compat.pt_files import is_pt, read_steering  # the earlier pack's .pt: a clear refusal
+        from ..compat.pt_files import is_pt, read_steering  # the earlier pack's .pt (per position)
 
         if is_pt(path):
-            read_steering(path)
+            vectors, names, variant, info = read_steering(path)
+            # the earlier file records no hidden-state norms: NaN says "unknown" (only the chart uses them)
+            return cls(vectors, vector_magnitudes(vectors), torch.full((len(names),), float("nan")), variant,
+                       names, info)
         tensors, meta = load_safetensors(path, "steering vectors")
         if meta_value(meta, "format") != FORMAT:
             raise SelvaError(f"{path} is not a SelVA steering-vector file (format "
                              f"{meta_value(meta, 'format')!r}); make one with SelVA Activation "
                              f"Steering Extractor.")
-        if meta_value(meta, "version") != FORMAT_VERSION:
-            raise SelvaError(f"{path} is steering-vector format v{meta_value(meta, 'version')}; this "
-                             f"version reads v{FORMAT_VERSION}. Extract the vectors again.")
+        version = meta_value(meta, "version")
+        if version not in (FORMAT_VERSION, PER_POSITION_VERSION):
+            raise SelvaError(f"{path} is steering-vector format v{version}; this version reads "
+                             f"v{FORMAT_VERSION} and v{PER_POSITION_VERSION}. Extract the vectors again.")
         missing = {"vectors", "magnitudes", "hidden_norms"} - set(tensors)
         if missing:
             raise SelvaError(f"{path} lacks {', '.join(sorted(missing))}; extract the vectors again.")
         info = {k[len("info."):]: meta_value(meta, k) for k in meta if k.startswith("info.")}
         names = meta_value(meta, "block_names", [])
         vectors = tensors["vectors"].float()
-        if vectors.dim() != 2 or len(names) != vectors.shape[0]:
+        want_dim = 3 if meta_value(meta, "mode", "per_block") == "per_position" else 2
+        if vectors.dim() != want_dim or len(names) != vectors.shape[0]:
             raise SelvaError(f"{path} is damaged: {len(names)} block names for vectors of shape "
                              f"{tuple(vectors.shape)}.")
         return cls(vectors, tensors["magnitudes"].float(), tensors["hidden_norms"].float(),
@@ -148,7 +171,8 @@ def parse_blocks(spec: str, steering: SteeringVectors) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------------- the patch
 class SteeringPatch:
-    """Adds ``strength * vector`` to the chosen blocks' latent stream (a generator patch)."""
+    """Adds ``strength * vector`` to the chosen blocks' latent stream (a generator patch): on both
+    guidance branches for per-block vectors, on the conditional branch only for per-position ones."""
 
     def __init__(self, steering: SteeringVectors, strength: float, blocks: Sequence[int]):
         self.steering = steering
@@ -176,14 +200,19 @@ class SteeringPatch:
         self.check(generator)
         blocks = generator_blocks(generator)
         handles = []
-        try:
-            for i in self.blocks:
-                delta = self.strength * self.steering.vectors[i]
-                handles.append(blocks[i].register_forward_hook(_adder(delta)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        with contextlib.ExitStack() as stack:
+            if self.steering.mode == "per_position":
+                branches = stack.enter_context(_GuidanceBranches.tracking(generator))
+                make = lambda i: _conditional_adder(self.steering.vectors[i], self.strength, branches)  # noqa: E731
+            else:
+                make = lambda i: _adder(self.strength * self.steering.vectors[i])  # noqa: E731
+            try:
+                for i in self.blocks:
+                    handles.append(blocks[i].register_forward_hook(make(i)))
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
 
 
 def _adder(delta: torch.Tensor):
@@ -199,6 +228,92 @@ def _adder(delta: torch.Tensor):
     return hook
 
 
+class _GuidanceBranches:
+    """Which leading rows of the generator pass now running belong to the conditional branch.
+
+    Every sampler here guides through :meth:`SelvaGenerator.cfg_velocity`, which runs the
+    conditional branch alone (strength < 1), both branches as one batch of ``2 B`` with the
+    conditional first, or the conditional then the unconditional pass. While attached, the
+    generator's ``cfg_velocity`` is wrapped to note the batch and strength of each call, and a
+    pre-hook on the first block counts the passes within it. A pass outside a guided call (none
+    is made while sampling) has no conditional branch and is left alone."""
+
+    def __init__(self):
+        self.batch: Optional[int] = None
+        self.cfg_strength = 0.0
+        self.passes = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def tracking(cls, generator: nn.Module) -> Iterator["_GuidanceBranches"]:
+        branches = cls()
+        inner = generator.cfg_velocity
+        had_own = "cfg_velocity" in vars(generator)
+
+        def cfg_velocity(t, x, cond, uncond, cfg_strength, **kw):
+            outer = (branches.batch, branches.cfg_strength, branches.passes)
+            branches.batch, branches.cfg_strength, branches.passes = len(x), float(cfg_strength), 0
+            try:
+                return inner(t, x, cond, uncond, cfg_strength, **kw)
+            finally:
+                branches.batch, branches.cfg_strength, branches.passes = outer
+
+        def count_pass(module, inputs):
+            if branches.batch is not None:
+                branches.passes += 1
+
+        handle = generator_blocks(generator)[0].register_forward_pre_hook(count_pass)
+        generator.cfg_velocity = cfg_velocity
+        try:
+            yield branches
+        finally:
+            handle.remove()
+            if had_own:
+                generator.cfg_velocity = inner
+            else:
+                del generator.cfg_velocity
+
+    def conditional_rows(self, rows: int) -> int:
+        """How many leading rows of a pass of ``rows`` rows are conditional."""
+        if self.batch is None:
+            return 0
+        if self.cfg_strength < 1.0:  # one pass, conditional only
+            return rows
+        if rows == 2 * self.batch:  # both branches in one batch, conditional first
+            return self.batch
+        return rows if self.passes == 1 else 0  # separate passes: the first is the conditional
+
+
+def fit_positions(vectors: torch.Tensor, positions: int) -> torch.Tensor:
+    """(P, D) per-position vectors resampled linearly to ``positions`` rows (unchanged if equal)."""
+    if vectors.shape[0] == positions:
+        return vectors
+    resized = torch.nn.functional.interpolate(vectors.T[None], size=positions, mode="linear",
+                                              align_corners=False)
+    return resized[0].T
+
+
+def _conditional_adder(vectors: torch.Tensor, strength: float, branches: _GuidanceBranches):
+    cast: dict = {}
+
+    def hook(module, inputs, output):
+        latent = _latent_stream(output)
+        n_cond = branches.conditional_rows(latent.shape[0])
+        if n_cond == 0:
+            return output
+        key = (latent.shape[1], latent.device, latent.dtype)
+        if key not in cast:
+            cast[key] = (strength * fit_positions(vectors.float(), latent.shape[1])).to(latent.device,
+                                                                                      latent.dtype)
+        delta = cast[key]
+        if n_cond == latent.shape[0]:
+            return _with_latent_stream(output, latent + delta)
+        steered = torch.cat([latent[:n_cond] + delta, latent[n_cond:]])
+        return _with_latent_stream(output, steered)
+
+    return hook
+
+
 # ---------------------------------------------------------------------------- extraction
 @dataclass(frozen=True)
 class SteeringConfig:
@@ -206,12 +321,15 @@ class SteeringConfig:
     n_timesteps: int = 10  # sampling steps per clip, each giving one difference per block
     seed: int = 0
     cfg_strength: float = 4.5  # guidance of the trajectory the hidden states are taken along
+    mode: str = "per_block"  # per_block | per_position (see the module docstring)
 
 
 class _Recorder:
-    """A generator patch that keeps each block's latent stream averaged over tokens (B, D)."""
+    """A generator patch that keeps each block's latent stream averaged over tokens (B, D), or
+    whole (B, L, D) when ``per_position``."""
 
-    def __init__(self):
+    def __init__(self, per_position: bool = False):
+        self.per_position = per_position
         self.outputs: dict[int, torch.Tensor] = {}
         self.norms: dict[int, torch.Tensor] = {}
 
@@ -228,7 +346,7 @@ class _Recorder:
     def _hook(self, index: int):
         def hook(module, inputs, output):
             latent = _latent_stream(output).float()
-            self.outputs[index] = latent.mean(dim=1)
+            self.outputs[index] = latent if self.per_position else latent.mean(dim=1)
             self.norms[index] = latent.norm(dim=-1).mean(dim=1)
         return hook
 
@@ -250,7 +368,11 @@ def find_feature_files(directory: Path) -> list[Path]:
 
 def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], config: SteeringConfig,
                      hooks: Hooks = NO_HOOKS) -> SteeringVectors:
-    """Mean (conditioned - unconditioned) latent-stream output per block over the dataset."""
+    """Mean (conditioned - unconditioned) latent-stream output per block over the dataset (per
+    position: kept per latent position, each clip's differences resampled to the positions of the
+    first clip drawn)."""
+    if config.mode not in MODES:
+        raise SelvaError(f"Steering mode {config.mode!r} is not one of {', '.join(MODES)}.")
     if config.n_samples < 1 or config.n_timesteps < 1:
         raise SelvaError(f"n_samples and n_timesteps must be at least 1, got {config.n_samples} "
                          f"and {config.n_timesteps}.")
@@ -260,7 +382,9 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
     order = list(feature_files)
     rng.shuffle(order)
     picks = [order[i % len(order)] for i in range(config.n_samples)]
-    recorder = _Recorder()
+    per_position = config.mode == "per_position"
+    recorder = _Recorder(per_position)
+    positions: Optional[int] = None
     sums = norms = None
     count = 0
     total = config.n_samples * config.n_timesteps
@@ -282,6 +406,9 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
                 v_u = gen.predict_flow(x, t_batch, uncond)
                 h_u, n_u = recorder.take()
                 diff = torch.stack([(h_c[i] - h_u[i]).mean(dim=0) for i in range(len(names))]).cpu()
+                if per_position:  # (blocks, L, D): one length for all clips, the first clip's
+                    positions = positions or int(diff.shape[1])
+                    diff = torch.stack([fit_positions(d, positions) for d in diff])
                 norm = torch.stack([0.5 * (n_c[i] + n_u[i]).mean() for i in range(len(names))]).cpu()
                 sums = diff.double() if sums is None else sums + diff.double()
                 norms = norm.double() if norms is None else norms + norm.double()
@@ -292,8 +419,14 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
     vectors = (sums / count).float()
     info = {"n_samples": config.n_samples, "n_timesteps": config.n_timesteps, "seed": config.seed,
             "cfg_strength": config.cfg_strength, "clips": len(set(picks))}
-    return SteeringVectors(vectors, vectors.norm(dim=-1), (norms / count).float(), pipe.variant.name,
+    return SteeringVectors(vectors, vector_magnitudes(vectors), (norms / count).float(), pipe.variant.name,
                            names, info)
+
+
+def vector_magnitudes(vectors: torch.Tensor) -> torch.Tensor:
+    """(n_blocks,) size of each block's vector; per-position vectors: the mean over positions."""
+    norms = vectors.norm(dim=-1)
+    return norms.mean(dim=-1) if vectors.dim() == 3 else norms
 
 
 def _load_features(path: Path, pipe: "SelvaPipeline") -> Features:

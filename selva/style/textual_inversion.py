@@ -117,8 +117,8 @@ class TextualInversion:
         from ..compat.pt_files import is_pt, read_textual_inversion  # the earlier pack's .pt files
 
         if is_pt(path):  # no variant recorded: its tokens fit every variant's 1024-wide CLIP text
-            emb, kind, info = read_textual_inversion(path)
-            return cls(emb, "", kind, info, Path(path))
+            emb, kind, inject_mode, info = read_textual_inversion(path)
+            return cls(emb, "", kind, info, Path(path), inject_mode=inject_mode)
         tensors, meta = load_safetensors(path, "textual inversion")
         if meta_value(meta, "format") != FORMAT:
             raise SelvaError(f"{path} is not a SelVA textual-inversion file (format "
