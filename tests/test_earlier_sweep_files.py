@@ -140,7 +140,7 @@ def _check_summary(summary_path: str, spec: dict) -> dict:
     for exp in spec["experiments"]:
         run = runs[exp["id"]]
         assert run["status"] == "finished", (exp["id"], run.get("error"))
-        assert run["description"] == exp["description"] and (run.get("group") or None) == exp.get("group")  # "" or absent: none
+        assert run["description"] == exp["description"] and run.get("group") == exp.get("group")
     assert summary["name"] == spec["name"] and summary["description"] == spec["description"]
     assert Path(summary_path).parent == Path(spec["output_root"])  # its output_root, not ours
     return runs
@@ -149,8 +149,8 @@ def _check_summary(summary_path: str, spec: dict) -> dict:
 @pytest.mark.parametrize("name", list(LORA_FILES))
 def test_earlier_lora_sweep_files_run_to_the_end(model, features_dir, tmp_path, name):
     path, spec = _write(LORA_FILES[name], tmp_path, features_dir)
-    summary_path, _ = run_node("SelvaLoraScheduler", model=model, experiments_file=str(path),
-                               output_dir=str(tmp_path / "unused"))
+    summary_path = run_node("SelvaLoraScheduler", model=model, experiments_file=str(path),
+                            output_dir=str(tmp_path / "unused"))[0]
     runs = _check_summary(summary_path, spec)
     sweep_dir = Path(summary_path).parent
     from comfyui_selva.selva.adapters import load_adapter
@@ -195,8 +195,8 @@ def test_earlier_vocoder_sweep_file_runs_to_the_end(model, features_dir, tmp_pat
 
     # the LoRA adapter its vocoder runs train on the mels of: one of ours, trained here
     adapter_sweep, _ = _write(vocoder_finetune, tmp_path / "lora", features_dir)
-    lora_summary, _ = run_node("SelvaLoraScheduler", model=model, experiments_file=str(adapter_sweep),
-                               output_dir=str(tmp_path / "unused"))
+    lora_summary = run_node("SelvaLoraScheduler", model=model, experiments_file=str(adapter_sweep),
+                            output_dir=str(tmp_path / "unused"))[0]
     lora_run = json.loads(Path(lora_summary).read_text())["runs"]["r128_lr_3e4"]
     adapter = Path(lora_summary).parent / lora_run["adapter"]
     # its data_dir was the features folder (clip .npz beside its audio), as the adapter's mels need

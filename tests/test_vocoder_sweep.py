@@ -66,6 +66,7 @@ def test_the_earlier_packs_optimized_dataset_sweep_runs_to_the_end(model, data_d
         tuned = ck.read_tuned_vocoder(r["vocoder"])
         assert any(".gafilter." in k for k in tuned.tensors)  # use_gafilter applied
     assert runs["standard_10k"]["steps_done"] == 3 and runs["standard_5k"]["description"] == "Standard mode."
+    assert not any("group" in r for r in runs.values())  # none given: none recorded (as the LoRA sweep)
     assert result.summary["name"] == "bigvgan_optimized_dataset"
     meta = json.loads((tmp_path / "out_root" / runs["disc_fm_5k"]["run_dir"] / "meta.json").read_text())
     assert meta["settings"]["discriminators"] is True

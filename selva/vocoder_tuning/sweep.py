@@ -137,7 +137,8 @@ def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: 
         return [{"name": k, "path": r["vocoder"]} for k, r in runs.items()
                 if r.get("status") in DONE and r.get("vocoder")]
 
-    entries = [SweepEntry(e.name, e.settings, {"description": e.description, "group": e.group})
+    # a group only when the file gives one, as the LoRA sweep records it
+    entries = [SweepEntry(e.name, e.settings, {"description": e.description, **({"group": e.group} if e.group else {})})
                for e in sweep.experiments]
     kind = SweepKind("Vocoder sweep", "vocoder", "vocoders", listing, prepare, title=f"vocoder sweep {sweep.name}")
     return run_entries(sweep_dir, summary, entries, kind, hooks)
