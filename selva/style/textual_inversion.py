@@ -51,7 +51,7 @@ from ..grad import make_differentiable, make_patches_differentiable
 from ..hooks import Hooks, or_default
 from ..train.loop import LoopConfig, TrainTask
 from ..train.loss import TIMESTEP_SAMPLING
-from ..train.options import check_limits, setting
+from ..train.options import check_limits, from_dict, setting
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +274,7 @@ class TiTrainOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TiTrainOptions":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SelvaError(f"Unknown textual-inversion option(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(known))}.")
-        return cls(**values)
+        return from_dict(cls, values, "textual-inversion")
 
     def validate(self) -> None:
         check_limits(self)
