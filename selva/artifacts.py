@@ -140,6 +140,42 @@ def load_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], di
     return tensors, meta
 
 
+def read_pt(path: Path, what: str, *, fix: str = "", mmap: bool = False) -> Any:
+    """A PyTorch file's object, read with ``weights_only=True`` onto the CPU (tensors and plain
+    containers only: a pickle that would run code is refused before anything in it runs).
+
+    The one ``.pt`` reader of the pack. ``fix``: what to do when the file cannot be read.
+    ``mmap``: map the file instead of reading it (large weights); files mmap cannot take (legacy
+    non-zip files, some file systems) are then read plainly.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SelvaError(f"{what} file {path} does not exist.")
+    try:
+        if mmap:
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # the plain read below says what is wrong, if anything is
+                pass
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SelvaError(f"Cannot read {path} as a {what} file: only plain tensor files load "
+                         f"(weights_only=True), and this one is not ({_pt_reason(e)}).{' ' + fix[0].upper() + fix[1:] + '.' if fix else ''}") from e
+
+
+def _pt_reason(error: Exception) -> str:
+    """torch's refusal in a line: it names the code reference the pickle wanted (its full text
+    explains how to load such a file unsafely, which a user should not be nudged to do)."""
+    text = str(error)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return f"it refers to the Python object {m.group(1)}, which a tensor file never needs"
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if m:
+        return f"not a PyTorch file, or a damaged one: {m.group(1).strip()}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def meta_value(meta: Mapping[str, str], key: str, default=None):
     """A metadata entry decoded from JSON (a plain string from another writer comes back as is)."""
     if key not in meta:

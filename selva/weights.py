@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import torch
-
+from . import artifacts
 from .errors import SelvaError
 
 log = logging.getLogger(__name__)
@@ -247,21 +246,11 @@ def check_available(files: Iterable[WeightFile], snapshots: Iterable[HubSnapshot
 
 # -------------------------------------------------------------------------------- loading
 def load_checkpoint(path: Path) -> Any:
-    """``torch.load`` a checkpoint safely (``weights_only=True``) onto the CPU.
-
-    This is the one place SelVA reads a checkpoint: a missing file, or one that can't be
-    unpickled, is reported as a SelvaError naming it, with what to do.
-    """
+    """A released checkpoint, memory-mapped and read weights-only (:func:`artifacts.read_pt`);
+    a missing or unreadable file is a SelvaError naming it, with what to do."""
     path = Path(path)
     if not path.is_file():
         raise SelvaError(f"Checkpoint not found: {path}. Download it again or check the path.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as first:
-        # mmap fails on some filesystems and on legacy (non-zip) files; read it plainly then.
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SelvaError(
-                f"Cannot read {path}: {e}. The file is probably truncated or corrupt (an "
-                f"interrupted download?). Delete it and run again to download it afresh.") from first
+    return artifacts.read_pt(path, "checkpoint", mmap=True,
+                             fix="the file is probably truncated or corrupt (an interrupted download?): "
+                                 "delete it and run again to download it afresh")

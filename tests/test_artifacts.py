@@ -75,3 +75,28 @@ def test_safetensors_round_trip_keeps_metadata_and_copies_only_views(tmp_path):
     with pytest.raises(SelvaError) as e:
         A.load_safetensors(tmp_path / "missing.safetensors", "test")
     assert str(e.value) == f"test file {tmp_path / 'missing.safetensors'} does not exist."
+
+
+class _OpensAFile:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_read_pt_refuses_code_in_one_line_and_never_runs_it(tmp_path):
+    marker = tmp_path / "payload_ran"
+    torch.save({"w": torch.ones(2), "x": _OpensAFile(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(SelvaError) as e:
+        A.read_pt(tmp_path / "evil.pt", "steering", fix="make it again")
+    assert not marker.exists()
+    assert str(e.value) == (f"Cannot read {tmp_path / 'evil.pt'} as a steering file: only plain tensor files "
+                            f"load (weights_only=True), and this one is not (it refers to the Python object "
+                            f"io.open, which a tensor file never needs). Make it again.")
+    assert "weights_only` set to `False`" not in str(e.value)  # never nudge towards the unsafe load
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(SelvaError, match=r"not a PyTorch file, or a damaged one: Unsupported operand"):
+        A.read_pt(tmp_path / "junk.pt", "steering")
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "ok.pt")
+    assert torch.equal(A.read_pt(tmp_path / "ok.pt", "steering", mmap=True)["w"], torch.arange(3.0))

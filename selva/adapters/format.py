@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..artifacts import load_safetensors, write_safetensors
+from ..artifacts import load_safetensors, read_pt, write_safetensors
 from ..errors import SelvaError
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,7 @@ def load_adapter(path: Path) -> LoraAdapter:
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SelvaError(f"Cannot read {path.name} as a PyTorch adapter ({e}). Only plain tensor "
-                         f"files load (weights_only=True); re-save it as safetensors.") from e
+    obj = read_pt(path, "PyTorch adapter", fix="re-save it as safetensors")
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and "state_dict" in obj:
         meta = dict(obj.get("meta") or {})

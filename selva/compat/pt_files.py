@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import artifacts
 from ..errors import SelvaError
 from . import unsupported
 
@@ -39,14 +40,7 @@ def is_pt(path: Path) -> bool:
 
 def read_pt(path: Path, what: str) -> Any:
     """The file's object, loaded weights-only; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelvaError(f"{what} file {path} does not exist.")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # an unpickling error names the global it refused
-        raise SelvaError(f"Cannot read {path} as a {what} file: only plain tensor files load "
-                         f"(weights_only=True), and this one is not ({e}).") from e
+    return artifacts.read_pt(path, what, fix="re-save it from the earlier pack's code as plain tensors")
 
 
 def kind_of(obj: Any) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts import read_pt
 from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from . import plots
@@ -313,10 +314,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise SelvaError(f"Resume checkpoint {path} does not exist.")
     if _is_safetensors(path):
         raise SelvaError(_exported_file_message(path))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SelvaError(f"{path} is not a readable training checkpoint ({e}).") from e
+    ckpt = read_pt(path, "training checkpoint", fix="it may be cut off (a crash while saving): resume "
+                   "from the checkpoint before it")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SelvaError(f"{path} is not a SelVA training checkpoint (resume takes a "
                          f"checkpoints/step_NNNNNN.pt file of a run folder, or 'latest').")
