@@ -186,3 +186,15 @@ def comfy(comfyui_dir, comfy_tiny_models_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def object_info(comfy) -> dict:
     return comfy.object_info()
+
+
+@pytest.fixture(autouse=True)
+def _gradients_stay_on():
+    """A test that switches gradients off for the whole process breaks every training test after
+    it (in an order-dependent way); fail the test that did it instead."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left torch gradients disabled (torch.set_grad_enabled(False) without restoring)")

@@ -29,8 +29,8 @@ def setup(tmp_path_factory):
     golden = dict(np.load(GOLDEN))
     folder = tmp_path_factory.mktemp("clap_tok")
     tools.write_tokenizer(folder)
-    torch.set_grad_enabled(False)
-    model = C.build_clap(tools.parity_checkpoint(layout=C.released_layout()), source="parity weights")
+    with torch.no_grad():  # never switch gradients off for the tests that run after these
+        model = C.build_clap(tools.parity_checkpoint(layout=C.released_layout()), source="parity weights")
     scorer = C.ClapScorer(model, C.load_tokenizer(folder))
     return tools, golden, scorer
 
