@@ -159,8 +159,9 @@ def read_pt(path: Path, what: str, *, fix: str = "", mmap: bool = False) -> Any:
                 pass
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
+        advice = f" {fix[0].upper()}{fix[1:]}." if fix else ""
         raise SelvaError(f"Cannot read {path} as a {what} file: only plain tensor files load "
-                         f"(weights_only=True), and this one is not ({_pt_reason(e)}).{' ' + fix[0].upper() + fix[1:] + '.' if fix else ''}") from e
+                         f"(weights_only=True), and this one is not ({_pt_reason(e)}).{advice}") from e
 
 
 def _pt_reason(error: Exception) -> str:
