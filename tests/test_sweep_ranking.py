@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comfyui_selva.selva import pipeline as pipeline_mod
@@ -70,6 +71,9 @@ def test_sweep_is_ranked_on_held_out_clips_and_reranked_without_work(pipe, folde
     assert "metrics" not in summary["runs"]["bad"]
     assert (result.sweep_dir / "evaluation").is_dir() and Path(ranking["chart"]).read_bytes()[:4] == b"\x89PNG"
     assert result.metrics_chart.ndim == 3 and result.metrics_chart.shape[2] == 3
+    from PIL import Image
+    with Image.open(ranking["chart"]) as saved:  # the node shows the chart that was saved
+        assert (result.metrics_chart == np.asarray(saved.convert("RGB"))).all()
     text = ranking_text(summary)
     assert text.splitlines()[0] == f"Best experiment by spectral (lower is better): {ranking['best']}"
     assert "left out: bad (failed: " in text

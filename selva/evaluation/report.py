@@ -77,6 +77,15 @@ def chart(data: dict) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
 
 
+def written_chart(data: dict) -> np.ndarray:
+    """The chart :func:`write` saved for ``data`` (``data["chart"]``), (H, W, 3) uint8: read back
+    instead of drawn twice."""
+    from PIL import Image
+
+    with Image.open(data["chart"]) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
 def write(out_dir: Path, data: dict) -> tuple[Path, Path, np.ndarray]:
     """``out_dir/metrics.json`` and ``out_dir/metrics.png`` (replaced atomically: they are ours)."""
     from PIL import Image

@@ -314,7 +314,7 @@ def evaluate_held_out(pipe, data_dir: Path, adapters_spec: str, out_root: Path, 
     """The LoRA Evaluator's held-out mode: the base model and the listed adapters on a dataset
     folder. Returns ``metrics.json``'s path and the chart (H, W, 3) uint8."""
     from ..weights import default_models_dir
-    from .report import chart
+    from .report import written_chart
     from .weights import resolve_metric_weights
 
     entries = entries_from(adapters_spec, (), include_base=True, base_dir=base_dir)
@@ -324,4 +324,4 @@ def evaluate_held_out(pipe, data_dir: Path, adapters_spec: str, out_root: Path, 
                                    allow_download=getattr(pipe.options, "allow_download", True))
     folder = held_out_folder(out_root, data_dir, entries, options)
     data = evaluate(pipe, data_dir, entries, folder, options, paths, hooks=hooks)
-    return folder / "metrics.json", chart(data)
+    return folder / "metrics.json", written_chart(data)

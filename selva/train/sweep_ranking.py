@@ -105,7 +105,7 @@ def rank_sweep(pipe, sweep_dir: Path, summary: dict, prepared: PreparedRanking, 
     """Evaluate the base model and each finished experiment's adapter, record the ranking in
     ``summary`` (the caller writes it); returns the metrics chart, (H, W, 3) uint8."""
     from ..adapters.compare import AdapterEntry
-    from ..evaluation.report import chart
+    from ..evaluation.report import written_chart
     from ..evaluation.run import BASE_NAME, check_entries, evaluate
     from .sweep_runner import DONE
 
@@ -139,7 +139,7 @@ def rank_sweep(pipe, sweep_dir: Path, summary: dict, prepared: PreparedRanking, 
         "values": values, "left_out": {**left_out, **unscored},
         "metrics_json": str(folder / "metrics.json"), "chart": data["chart"]}
     log.info("Sweep ranked by %s (%s is better): %s", metric, direction, ", ".join(order))
-    return chart(data)
+    return written_chart(data)
 
 
 def ranking_text(summary: dict) -> str:
