@@ -101,3 +101,11 @@ class VideoFromComponents:
 def env_for_models(monkeypatch, models_dir: Path) -> None:
     monkeypatch.setenv("SELVA_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing file must fail, never reach the network
+
+
+def dog_features(model, cache_dir) -> object:
+    """The test suites' usual features: 1 s of frames, "a dog barking", through the Extractor node."""
+    feats, _, _ = run_node("SelvaFeatureExtractor", model=model, video=frames(1.0), prompt="a dog barking",
+                           fps=25.0, duration=0.0, cache_dir=str(cache_dir),
+                           mask_strength=1.0, mask_clip=True, mask_sync=True)
+    return feats

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import frames, run_node
+from node_helpers import dog_features, run_node
 
 SelvaError = pack_module("selva.errors").SelvaError
 Interrupted = pack_module("selva.hooks").Interrupted
@@ -17,10 +17,7 @@ compat = pack_module("nodes.comfy_compat")
 
 @pytest.fixture(scope="module")
 def features(model, tmp_path_factory):
-    feats, _, _ = run_node("SelvaFeatureExtractor", model=model, video=frames(1.0), prompt="a dog barking",
-                           fps=25.0, duration=0.0, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                           mask_strength=1.0, mask_clip=True, mask_sync=True)
-    return feats
+    return dog_features(model, tmp_path_factory.mktemp("cache"))
 
 
 def sample(model, features, **kw):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfy_pack import load_pack, pack_module
-from node_helpers import frames, run_node
+from node_helpers import dog_features, run_node
 from vocoder_helpers import audio_folder
 
 SelvaError = pack_module("selva.errors").SelvaError
@@ -20,10 +20,7 @@ def out_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def features(model, tmp_path_factory):
-    feats, _, _ = run_node("SelvaFeatureExtractor", model=model, video=frames(1.0), prompt="a dog barking",
-                           fps=25.0, duration=0.0, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                           mask_strength=1.0, mask_clip=True, mask_sync=True)
-    return feats
+    return dog_features(model, tmp_path_factory.mktemp("cache"))
 
 
 def _train(model, **kw):

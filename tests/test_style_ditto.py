@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import env_for_models, frames, run_node
+from node_helpers import dog_features, env_for_models, run_node
 from style_helpers import reference_dir, write_wav
 
 SelvaError = pack_module("selva.errors").SelvaError
@@ -16,10 +16,7 @@ reference = pack_module("selva.style.reference")
 
 @pytest.fixture(scope="module")
 def features(model, tmp_path_factory):
-    feats, _, _ = run_node("SelvaFeatureExtractor", model=model, video=frames(1.0), prompt="a dog barking",
-                           fps=25.0, duration=0.0, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                           mask_strength=1.0, mask_clip=True, mask_sync=True)
-    return feats
+    return dog_features(model, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
