@@ -27,12 +27,11 @@ use_tensor=True)``, av-benchmark's ``unroll_paired_dict`` and its score expressi
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import sys
-import types
 from pathlib import Path
+
+import ref_stubs  # this folder: the script runs from here
 
 STUBBED = ("torchvision", "pytorchvideo")
 
@@ -49,30 +48,8 @@ class _Anything(metaclass=_Meta):
         raise RuntimeError("a stubbed torchvision/pytorchvideo object was used")
 
 
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Anything
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in STUBBED:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StubModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def _setup(work: Path, clap_src: Path, avb_src: Path):
-    sys.meta_path.insert(0, _StubFinder())
+    ref_stubs.install(STUBBED, lambda name: _Anything)
     sys.path[:0] = [str(clap_src), str(avb_src), str(Path(__file__).resolve().parent)]
     import numpy as np
     import torch

@@ -14,13 +14,13 @@ torchaudio needs torchcodec for it). Everything that computes a compared number 
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import logging
 import sys
 import types
 from pathlib import Path
+
+import ref_stubs  # this folder: the script runs from here
 
 STUBBED = ("imagebind", "laion_clap", "msclap", "pytorchvideo", "torio", "torchlibrosa", "torchvision",
            "cv2", "resampy", "librosa")
@@ -42,32 +42,10 @@ class _Anything:
         return (object,)
 
 
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Anything()
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in STUBBED:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StubModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def main() -> int:
     work, avb_src, passt_src = (Path(p) for p in sys.argv[1:4])
     sys.path[:0] = [str(avb_src), str(passt_src)]
-    sys.meta_path.insert(0, _StubFinder())
+    ref_stubs.install(STUBBED, lambda name: _Anything())
     colorlog = types.ModuleType("colorlog")
 
     class ColoredFormatter(logging.Formatter):  # av-benchmark's format names colour fields
