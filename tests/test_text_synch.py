@@ -7,7 +7,7 @@ import torch
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.models.synchformer import MotionFormerConfig
 from comfyui_selva.selva.models.text_synch import (TEXT_SYNCH_DEPTH1, TextSynchConfig, TextSynchformer,
-                                                   init_backbone_from_synchformer, load_text_synch_weights)
+                                                   load_text_synch_weights)
 from manifest import keys_and_shapes, state_dict_for
 
 VIDEO_ENC_FILE = "weights/video_enc_sup_5.pth"
@@ -55,7 +55,7 @@ def test_segment_count_follows_official_formula():
     assert TEXT_SYNCH_DEPTH1.num_segments(50) == 5
     assert TEXT_SYNCH_DEPTH1.num_segments(15) == 0
     # 8 s at 25 fps is the official video_seq_len of 192 sync tokens
-    assert TEXT_SYNCH_DEPTH1.num_tokens(200) == 192
+    assert TEXT_SYNCH_DEPTH1.num_segments(200) * TEXT_SYNCH_DEPTH1.backbone.temporal_slots == 192
 
 
 @pytest.mark.parametrize("t", [16, 23, 24, 50])
@@ -202,36 +202,6 @@ def test_full_size_release_loads_strictly_on_meta():
     m = _meta_model()
     load_text_synch_weights(m, state_dict_for(VIDEO_ENC_FILE, device="meta"), source=VIDEO_ENC_FILE)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == keys_and_shapes(VIDEO_ENC_FILE)
-
-
-def test_backbone_init_takes_exactly_the_synchformer_video_extractor():
-    """The backbone gets the file's vfeat_extractor tensors; the audio side of the file is
-    dropped and every other part of the model keeps its values."""
-    donor = TextSynchformer(TINY)
-    release = {f"vfeat_extractor.{k}": v.clone() for k, v in donor.vfeat_extractor.state_dict().items()}
-    release["afeat_extractor.patch_embed.weight"] = torch.ones(3)  # the audio side: dropped
-    release["transformer.norm.weight"] = torch.ones(3)
-    m = TextSynchformer(TINY)
-    before = {k: v.clone() for k, v in m.state_dict().items()}
-    assert not all(torch.equal(before[f"vfeat_extractor.{k}"], v)
-                   for k, v in donor.vfeat_extractor.state_dict().items())  # a real change to check
-    init_backbone_from_synchformer(m, release, SYNCHFORMER_FILE)
-    after = m.state_dict()
-    for key, value in after.items():
-        expected = release[key] if key.startswith("vfeat_extractor.") else before[key]
-        assert torch.equal(value, expected), key
-    with pytest.raises(SelvaError, match=r"synchformer_state_dict\.pth is not a Synchformer state dict: "
-                                         r"unknown keys text_proj\.weight"):
-        init_backbone_from_synchformer(m, {**release, "text_proj.weight": torch.ones(1)}, SYNCHFORMER_FILE)
-
-
-def test_full_size_synchformer_release_fits_the_backbone_on_meta():
-    m = _meta_model()
-    release = state_dict_for(SYNCHFORMER_FILE, device="meta")
-    init_backbone_from_synchformer(m, release, SYNCHFORMER_FILE)
-    video = {k[len("vfeat_extractor."):]: tuple(v.shape) for k, v in release.items()
-             if k.startswith("vfeat_extractor.")}
-    assert {k: tuple(v.shape) for k, v in m.vfeat_extractor.state_dict().items()} == video
 
 
 def test_stray_key_raises():

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import SelvaError
 from .layers import MLP, MMCrossAttentionBlock
 from .state_dicts import load_strict
-from .synchformer import MOTIONFORMER_224, MotionFormer, MotionFormerConfig, load_synchformer_backbone
+from .synchformer import MOTIONFORMER_224, MotionFormer, MotionFormerConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ class TextSynchConfig:
         if num_frames < self.segment_size:
             return 0
         return (num_frames - self.segment_size) // self.step_size + 1
-
-    def num_tokens(self, num_frames: int) -> int:
-        """Length of the sync feature sequence for ``num_frames`` frames."""
-        return self.num_segments(num_frames) * self.backbone.temporal_slots
 
 
 TEXT_SYNCH_DEPTH1 = TextSynchConfig()
@@ -237,8 +233,3 @@ def load_text_synch_weights(model: TextSynchformer, state_dict: Mapping[str, tor
     """
     load_strict(model, state_dict, source=source, what="TextSynch video encoder")
 
-
-def init_backbone_from_synchformer(model: TextSynchformer, synchformer_state_dict: Mapping[str, torch.Tensor],
-                                   source: str) -> None:
-    """Initialise the backbone from the Synchformer release (for fine-tuning from scratch)."""
-    load_synchformer_backbone(model.vfeat_extractor, synchformer_state_dict, source=source)
