@@ -8,7 +8,7 @@ import torch
 
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.models.vae import (VAE_16K, VAE_44K, AudioVAE, GaussianPosterior,
-                                            MPConv1D, VAEConfig, load_vae, load_vae_weights)
+                                            MPConv1D, VAEConfig, load_vae)
 from manifest import keys_and_shapes, state_dict_for
 
 TINY = VAEConfig(data_dim=80, embed_dim=4, hidden_dim=16)
@@ -33,7 +33,6 @@ def tiny_state():
 def test_released_configs():
     assert (VAE_16K.data_dim, VAE_16K.embed_dim, VAE_16K.hidden_dim) == (80, 20, 384)
     assert (VAE_44K.data_dim, VAE_44K.embed_dim, VAE_44K.hidden_dim) == (128, 40, 512)
-    assert VAE_16K.time_downsample == VAE_44K.time_downsample == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         VAE_16K.hidden_dim = 1  # type: ignore[misc]
 
@@ -113,18 +112,13 @@ def test_raw_mpconv_refuses_to_run():
 
 def test_decoder_only_modes_match_full(tiny_state):
     full = load_vae(tiny_state, TINY)
-    built_without = load_vae(tiny_state, TINY, need_encoder=False)
-    with torch.device("meta"):
-        net = AudioVAE(TINY)
-    dropped_after = load_vae_weights(net, tiny_state, source="tiny", need_encoder=False)
+    vae = load_vae(tiny_state, TINY, need_encoder=False)
     z = torch.randn(2, 4, 10)
-    ref = full.decode(z)
-    for vae in (built_without, dropped_after):
-        assert not vae.has_encoder
-        assert not any(k.startswith("encoder.") for k in vae.state_dict())
-        assert torch.equal(vae.decode(z), ref)
-        with pytest.raises(SelvaError, match="decoder-only"):
-            vae.encode(torch.randn(1, 80, 8))
+    assert not vae.has_encoder
+    assert not any(k.startswith("encoder.") for k in vae.state_dict())
+    assert torch.equal(vae.decode(z), full.decode(z))
+    with pytest.raises(SelvaError, match="decoder-only"):
+        vae.encode(torch.randn(1, 80, 8))
 
 
 def test_decoder_only_still_checks_the_encoder(tiny_state):

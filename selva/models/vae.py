@@ -58,10 +58,6 @@ class VAEConfig:
     kernel_size: int = 3
     clip_act: float = 256.0
 
-    @property
-    def time_downsample(self) -> int:
-        return 2 ** len(self.down_layers)
-
 
 VAE_16K = VAEConfig(data_dim=80, embed_dim=20, hidden_dim=384)
 VAE_44K = VAEConfig(data_dim=128, embed_dim=40, hidden_dim=512)
@@ -109,7 +105,7 @@ class MPConv1D(nn.Module):
     def forward(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.weight_norm_removed:
             raise RuntimeError("MPConv1D used before remove_weight_norm(); load weights through "
-                               "load_vae_weights or call AudioVAE.remove_weight_norm()")
+                               "load_vae or call AudioVAE.remove_weight_norm()")
         w = self.weight if gain is None else self.weight * gain
         return F.conv1d(x, w, padding=(w.shape[-1] // 2,))
 
@@ -412,23 +408,6 @@ def _finish(model: AudioVAE) -> AudioVAE:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def load_vae_weights(model: AudioVAE, sd: Mapping[str, Any], *, source: str,
-                     need_encoder: bool = True) -> AudioVAE:
-    """Strictly load a released VAE state dict into ``model`` and bake in the weight norm.
-
-    Every key and shape must match. ``need_encoder=False`` drops the encoder after the strict
-    load of the whole file, as the reference does; a model built without an encoder still has
-    the file's ``encoder.*`` entries checked against the full architecture, then left out. On a
-    meta-device model the tensors are assigned (no copy); ``sd`` itself is never modified.
-    """
-    if need_encoder and not model.has_encoder:
-        raise SelvaError("need_encoder=True needs a model built with its encoder")
-    _load_raw(model, sd, source=source)
-    if not need_encoder and model.encoder is not None:
-        model.encoder = None
-    return _finish(model)
 
 
 def load_vae(path_or_state: PathLike | Mapping[str, Any], cfg: VAEConfig, *,
