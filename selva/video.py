@@ -80,11 +80,6 @@ class _RateSelector:
         return taken
 
 
-def _constant_rate_times(n: int, fps: Number) -> list[Fraction]:
-    rate = _positive_rate(fps)
-    return [Fraction(i) / rate for i in range(n)]
-
-
 def _given_times(frame_times: Sequence[Number]) -> list[Fraction]:
     times = [_exact(t, "frame time") for t in frame_times]
     for i in range(1, len(times)):
@@ -115,34 +110,6 @@ class _Walk:
             return 0, 0
         self.last_time = time
         return self.clip.feed(index, time), self.sync.feed(index, time)
-
-
-def indices_for_times(frame_times: Sequence[Number], dst_fps: Number, duration: Number) -> list[int]:
-    """Source frame index for each output frame at ``dst_fps`` over ``duration`` seconds.
-
-    ``frame_times`` are the source frames' presentation times in seconds (any frame rate, even a
-    variable one). Output frame ``k`` takes the first frame at or after ``k / dst_fps``; frames
-    after ``duration`` are never used. Fewer than ``floor(dst_fps * duration)`` indices come back
-    when the video ends first.
-    """
-    rate = _positive_rate(dst_fps, "dst_fps")
-    end = _exact(duration, "duration")
-    if end < 0:
-        raise SelvaError(f"duration must not be negative, got {float(end)}.")
-    selector = _RateSelector(rate)
-    for index, time in enumerate(_given_times(frame_times)):
-        if time < 0:
-            continue
-        if time > end:
-            break
-        selector.feed(index, time)
-    return selector.indices[:math.floor(rate * end)]
-
-
-def resample_indices(n_frames: int, src_fps: Number, dst_fps: Number, duration: Number) -> list[int]:
-    """Like :func:`indices_for_times` for a constant-rate source (frame ``i`` at ``i / src_fps``)."""
-    _positive_rate(src_fps, "src_fps")
-    return indices_for_times(_constant_rate_times(int(n_frames), src_fps), dst_fps, duration)
 
 
 def _too_short(duration: float) -> SelvaError:
@@ -447,7 +414,7 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
             raise SelvaError(f"Got {len(frame_times)} frame times for {n} frames.")
         times = _given_times(frame_times)
     elif rate is not None:
-        times = _constant_rate_times(n, rate)
+        times = [Fraction(i) / rate for i in range(n)]
     else:
         raise SelvaError("prepare_frames needs the frame rate (fps) or the frame times.")
     interval = 1 / rate if rate is not None else _typical_interval(times)

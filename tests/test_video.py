@@ -73,8 +73,14 @@ def random_video(n, h=48, w=64, seed=0):
 
 
 # ------------------------------------------------------------------------------------ selection
+def chosen(n, fps, dst_fps, duration, frame_times=None):
+    """The source frames prepare_frames picks for its 8 fps (CLIP) or 25 fps (sync) stream."""
+    p = V.prepare_frames(random_video(n, 8, 8), fps=fps, duration=duration, frame_times=frame_times)
+    return list(p.clip_indices if dst_fps == V.CLIP_FPS else p.sync_indices)
+
+
 def test_exact_length_25fps_clip_keeps_every_frame():
-    assert V.resample_indices(50, 25, 25, 2.0) == list(range(50))
+    assert chosen(50, 25, 25, 2.0) == list(range(50))
 
 
 def test_reference_float_rule_differs_only_where_floats_tie():
@@ -89,16 +95,16 @@ def test_reference_float_rule_differs_only_where_floats_tie():
     assert len(ref) == 49
     assert ref[:6] == list(range(6)) and ref[6:8] == [7, 7] and ref[8:18] == list(range(8, 18))
     assert ref[18:] == list(range(19, 50))
-    ours = V.resample_indices(50, 25, 25, 2.0)
+    ours = chosen(50, 25, 25, 2.0)
     assert [k for k in range(49) if ours[k] != ref[k]] == [6] + list(range(18, 49))
     assert all(abs(ours[k] - ref[k]) <= 1 for k in range(49))  # never more than one frame apart
     # at 8 fps the step 1/8 is exact in binary: both rules agree
-    assert V.resample_indices(50, 25, 8, 2.0) == official_select(times, [8.0], 2.0)[0]
+    assert chosen(50, 25, 8, 2.0) == official_select(times, [8.0], 2.0)[0]
 
 
 def test_8fps_from_25fps_matches_reference_where_floats_are_unambiguous():
     n = 250
-    ours = V.resample_indices(n, 25, 8, 10.0)
+    ours = chosen(n, 25, 8, 10.0)
     ref = official_select([i / 25 for i in range(n)], [8.0], 10.0)[0]
     assert len(ours) == 80
     compared = 0
@@ -113,27 +119,26 @@ def test_8fps_from_25fps_matches_reference_where_floats_are_unambiguous():
 
 def test_never_first_n_frames_for_other_rates():
     # 30 fps source at 25 fps: frames are skipped, not truncated
-    idx = V.resample_indices(60, 30, 25, 2.0)
+    idx = chosen(60, 30, 25, 2.0)
     assert len(idx) == 50 and idx[-1] > 50
     assert idx[:7] == [0, 2, 3, 4, 5, 6, 8]  # ceil(k * 30 / 25)
     # 10 fps source at 25 fps: frames repeat
-    assert V.resample_indices(20, 10, 25, 1.0)[:6] == [0, 1, 1, 2, 2, 2]
+    assert chosen(20, 10, 25, 1.0)[:6] == [0, 1, 1, 2, 2, 2]
 
 
 def test_fractional_rate_is_exact():
     # NTSC 29.97 as a float snaps to 30000/1001
-    idx = V.resample_indices(300, 30000 / 1001, 25, 10.0)
+    idx = chosen(300, 30000 / 1001, 25, 10.0)
     expected = [-(-k * 30000 // (1001 * 25)) for k in range(250)]  # ceil(k * fps / 25)
     assert idx == expected
 
 
 def test_variable_frame_rate_uses_timestamps():
-    times = [0.0, 0.01, 0.1, 0.35, 0.4, 0.9]
+    times = [0.0, 0.01, 0.1, 0.35, 0.4, 0.9, 1.0]
     # slots at 0, .125, .25, .375, .5, .625, .75, .875: the first frame at or after each
-    assert V.indices_for_times(times, 8, 1.0) == [0, 3, 3, 4, 5, 5, 5, 5]
-    assert V.indices_for_times(times, 8, 0.5) == [0, 3, 3, 4]
+    assert chosen(7, None, 8, 1.0, frame_times=times) == [0, 3, 3, 4, 5, 5, 5, 5]
     with pytest.raises(SelvaError, match="must not decrease"):
-        V.indices_for_times([0.0, 0.2, 0.1], 8, 1.0)
+        chosen(3, None, 8, 1.0, frame_times=[0.0, 0.2, 0.1])
 
 
 # ------------------------------------------------------------------------------------- resizing
