@@ -28,7 +28,6 @@ def test_frame_count_is_samples_over_hop(cfg, extra):
     n = 7 * cfg.hop_size + extra
     mel = conv(torch.rand(2, n) * 2 - 1)
     assert mel.shape == (2, cfg.num_mels, n // cfg.hop_size)
-    assert conv.num_frames(n) == n // cfg.hop_size
     assert mel.dtype == torch.float32 and torch.isfinite(mel).all()
 
 

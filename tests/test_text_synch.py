@@ -169,10 +169,6 @@ def test_no_sup_tokens_leaves_text_alone():
     assert t is text and k is mask
 
 
-def test_empty_string_sequence(tiny):
-    assert tiny.empty_string_sequence(3).shape == (3, 1, 24)
-
-
 def test_fp16_tiny_is_finite(tiny):
     frames, text, mask = _inputs(1, 24, pad=(1,))
     ref = _encode(tiny, frames, text, mask)

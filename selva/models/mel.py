@@ -96,9 +96,6 @@ class MelConverter(nn.Module):
         self.register_buffer("mel_basis", bank, persistent=False)
         self.register_buffer("hann_window", torch.hann_window(cfg.win_size), persistent=False)
 
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.cfg.hop_size
-
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         if waveform.ndim != 2:
             raise ValueError(f"expected a waveform [B, T], got shape {tuple(waveform.shape)}")

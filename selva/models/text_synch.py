@@ -88,8 +88,8 @@ class TextSynchformer(nn.Module):
             for _ in range(cfg.xattn_depth))
         if cfg.num_sup_text_tokens > 0:
             self.sup_text_feat = nn.Parameter(torch.zeros(cfg.num_sup_text_tokens, cfg.text_dim))
-        # stored in the release but never used by the sync path; kept for strict loading and for
-        # callers that need "no text" (it is a fixed tensor, not trained)
+        # stored in the release but never used by the sync path; kept for strict loading (it is a
+        # fixed tensor, not trained)
         self.empty_string_feat = nn.Parameter(torch.zeros(1, cfg.text_dim), requires_grad=False)
 
     # -- text side -------------------------------------------------------------------------------
@@ -106,10 +106,6 @@ class TextSynchformer(nn.Module):
         sup = self.sup_text_feat.to(text_f.dtype).unsqueeze(0).expand(b, -1, -1)
         sup_mask = torch.ones(b, sup.shape[1], dtype=text_mask.dtype, device=text_mask.device)
         return torch.cat([sup, text_f], dim=1), torch.cat([sup_mask, text_mask], dim=1)
-
-    def empty_string_sequence(self, bs: int) -> torch.Tensor:
-        """(bs, 1, text_dim) stored empty-string feature."""
-        return self.empty_string_feat.unsqueeze(0).expand(bs, -1, -1)
 
     # -- video side ------------------------------------------------------------------------------
 

@@ -317,11 +317,6 @@ class GaussianPosterior:
     def mode(self) -> torch.Tensor:
         return self.mean
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        # drawn like the reference: one normal_ over a tensor shaped like the mean
-        noise = torch.empty_like(self.mean).normal_(generator=generator)
-        return self.mean + self.std * noise
-
 
 class AudioVAE(nn.Module):
     """The mel VAE. ``need_encoder=False`` builds the decoder only (the 16k/44k pipelines decode
