@@ -274,10 +274,6 @@ class SelvaGenerator(nn.Module):
     def empty_sync_sequence(self, bs: int) -> torch.Tensor:
         return self.empty_sync_feat.unsqueeze(0).expand(bs, self._sync_seq_len, -1)
 
-    def _stream_dtype(self) -> torch.dtype:
-        # Under float16 weights the residual streams run in float32 (see layers.py).
-        return compute_dtype(self.dtype)
-
     def _check_length(self, name: str, x: torch.Tensor, expected: int) -> None:
         if x.dim() != 3 or x.shape[1] != expected:
             raise SelvaError(f"{name} features have shape {tuple(x.shape)}, expected "
@@ -296,7 +292,7 @@ class SelvaGenerator(nn.Module):
         self._check_length('Synchformer', sync_f, self._sync_seq_len)
         self._check_length('CLIP text', text_clip_f, self.cfg.text_seq_len)
         dtype = self.dtype
-        stream = self._stream_dtype()
+        stream = compute_dtype(dtype)  # float32 residual streams under float16 weights (layers.py)
 
         # Each 8-frame Synchformer segment gets the same learned within-segment position code.
         bs = sync_f.shape[0]
@@ -328,16 +324,10 @@ class SelvaGenerator(nn.Module):
         text = self.empty_string_sequence(1) if negative_text_clip_f is None else negative_text_clip_f
         cond = self.preprocess_conditions(self.empty_clip_sequence(1), self.empty_sync_sequence(1),
                                           text)
-        cond.clip_f = cond.clip_f.expand(bs, -1, -1)
-        cond.sync_f = cond.sync_f.expand(bs, -1, -1)
-        cond.clip_f_c = cond.clip_f_c.expand(bs, -1)
-        if cond.text_f.shape[0] != bs:
-            if cond.text_f.shape[0] != 1:
-                raise SelvaError(f"negative prompt batch {cond.text_f.shape[0]} does not match "
-                                 f"batch {bs}")
-            cond.text_f = cond.text_f.expand(bs, -1, -1)
-            cond.text_f_c = cond.text_f_c.expand(bs, -1)
-        return cond
+        if cond.text_f.shape[0] not in (1, bs):
+            raise SelvaError(f"negative prompt batch {cond.text_f.shape[0]} does not match "
+                             f"batch {bs}")
+        return cond.expand(bs)
 
     # ----------------------------------------------------------------------------------------
     # velocity
@@ -347,7 +337,7 @@ class SelvaGenerator(nn.Module):
                      conditions: Conditions) -> torch.Tensor:
         """Velocity for ``latent`` (B, latent_seq_len, latent_dim) at times ``t`` (B,)."""
         self._check_length('latent', latent, self._latent_seq_len)
-        stream = self._stream_dtype()
+        stream = compute_dtype(self.dtype)
         c = conditions
 
         x = self.audio_input_proj(latent).to(stream)
