@@ -161,6 +161,8 @@ def test_empty_and_negative_conditions():
     one = model.empty_conditions(bs, neg[:1])  # one negative prompt for the whole batch
     same = model.empty_conditions(bs, neg[:1].expand(bs, -1, -1))
     torch.testing.assert_close(one.text_f, same.text_f)
+    with pytest.raises(SelvaError, match="negative prompt batch 2 does not match batch 3"):
+        model.empty_conditions(bs, neg[:2])
     feats = features(TINY, bs)
     assert not torch.allclose(sample(model, *feats, neg=neg), sample(model, *feats))
 
