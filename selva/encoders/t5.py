@@ -111,10 +111,7 @@ def _quiet_transformers() -> Iterator[None]:
 def _require_files(directory: Path) -> None:
     if not directory.is_dir():
         raise SelvaError(f"T5 snapshot folder not found: {directory}")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise SelvaError(f"T5 snapshot {directory} lacks {name}: download google/flan-t5-base again.")
-    for name in TOKENIZER_FILES:
+    for name in (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES):
         if not (directory / name).is_file():
             raise SelvaError(f"T5 snapshot {directory} lacks {name}: download google/flan-t5-base again.")
 
