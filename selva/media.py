@@ -27,17 +27,22 @@ AUDIO_CODECS = {
 }
 
 
+def _audio_array(wave: Any) -> Any:
+    import numpy as np
+
+    return np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
+
+
 def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
     """Write one (C, T) float clip in [-1, 1]; the format follows the file suffix."""
     import av
-    import numpy as np
 
     path = Path(path)
     codec, fmt = AUDIO_CODECS.get(path.suffix.lower(), (None, None))
     if codec is None:
         raise SelvaError(f"Unsupported audio format {path.suffix!r}; use one of "
                          f"{', '.join(sorted(AUDIO_CODECS))}.")
-    data = np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
+    data = _audio_array(wave)
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(codec, rate=int(sample_rate))
@@ -80,12 +85,6 @@ def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt:
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
-
-
-def _audio_array(wave: Any) -> Any:
-    import numpy as np
-
-    return np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
 
 
 def _delay_audio(data: Any, gap: float, sample_rate: int) -> Any:
