@@ -86,11 +86,6 @@ class FP32LayerNorm(nn.LayerNorm):
         return out.to(self.weight.dtype)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention with the default 1/sqrt(head_dim) scale (fused kernels keep fp32 sums)."""
-    return F.scaled_dot_product_attention(q, k, v)
-
-
 class DividedAttention(nn.Module):
     """One half of a divided space-time block: attention within either time or space groups.
 
@@ -113,7 +108,7 @@ class DividedAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, length, 3, h, d).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
 
-        cls_out = _sdpa(q[:, :, :1], k, v)  # (B, H, 1, d)
+        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # (B, H, 1, d)
 
         def grouped(t: torch.Tensor) -> torch.Tensor:
             t = t[:, :, 1:].reshape(b, h, slots, patches, d)
@@ -126,7 +121,7 @@ class DividedAttention(nn.Module):
         # every group also sees the CLS key/value
         cls_k = k[:, :, :1].repeat_interleave(groups, dim=1)
         cls_v = v[:, :, :1].repeat_interleave(groups, dim=1)
-        out = _sdpa(q_g, torch.cat([cls_k, k_g], dim=2), torch.cat([cls_v, v_g], dim=2))
+        out = F.scaled_dot_product_attention(q_g, torch.cat([cls_k, k_g], dim=2), torch.cat([cls_v, v_g], dim=2))
 
         if over == "time":
             out = out.reshape(b, h, patches, slots, d).transpose(2, 3)
@@ -202,7 +197,7 @@ class PackedSelfAttention(nn.Module):
         h = self.num_heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.reshape(b, length, 3, h, dim // h).permute(2, 0, 3, 1, 4)
-        out = _sdpa(q, k, v).transpose(1, 2).reshape(b, length, dim)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, dim)
         return self.out_proj(out)
 
 
@@ -379,7 +374,7 @@ def _plain_attention(q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, x:
     """Softmax attention with separate q/k/v projections; (B, L, D) -> (B, L, D) before out-proj."""
     b, length, dim = x.shape
     split = lambda t: t.reshape(b, length, heads, dim // heads).transpose(1, 2)  # noqa: E731
-    out = _sdpa(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)))
+    out = F.scaled_dot_product_attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)))
     return out.transpose(1, 2).reshape(b, length, dim)
 
 
