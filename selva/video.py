@@ -56,13 +56,6 @@ def _exact(value: Number, what: str) -> Fraction:
     return Fraction(value).limit_denominator(_MAX_DENOMINATOR)
 
 
-def _positive_rate(fps: Number, what: str = "fps") -> Fraction:
-    rate = _exact(fps, what)
-    if rate <= 0:
-        raise SelvaError(f"{what} must be positive, got {float(rate)}.")
-    return rate
-
-
 # ------------------------------------------------------------------------------ frame selection
 class _RateSelector:
     """Online form of the selection rule for one output rate (frames must arrive in time order)."""
@@ -408,7 +401,9 @@ def prepare_frames(frames: Union[torch.Tensor, np.ndarray], fps: Optional[Number
     """
     frames = _frame_stack(frames)
     n = frames.shape[0]
-    rate = _positive_rate(fps) if fps is not None else None
+    rate = _exact(fps, "fps") if fps is not None else None
+    if rate is not None and rate <= 0:
+        raise SelvaError(f"fps must be positive, got {float(rate)}.")
     if frame_times is not None:
         if len(frame_times) != n:
             raise SelvaError(f"Got {len(frame_times)} frame times for {n} frames.")
