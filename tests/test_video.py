@@ -252,6 +252,8 @@ def test_too_short_or_empty_video_is_an_error():
         V.prepare_frames(np.zeros((0, 8, 8, 3), np.uint8), fps=25)
     with pytest.raises(SelvaError, match="fps"):
         V.prepare_frames(random_video(20, 8, 8))
+    with pytest.raises(SelvaError, match="fps must be positive, got 0.0"):
+        V.prepare_frames(random_video(20, 8, 8), fps=0)
 
 
 def test_float_frames_give_the_same_bytes_as_uint8():
