@@ -271,7 +271,6 @@ class SelfAttention(nn.Module):
 
     def __init__(self, dim: int, nheads: int) -> None:
         super().__init__()
-        self.dim = dim
         self.nheads = nheads
         self.qkv = Linear(dim, dim * 3, bias=True)
         self.q_norm = nn.RMSNorm(dim // nheads)
@@ -294,7 +293,6 @@ class CrossAttention(nn.Module):
 
     def __init__(self, dim: int, nheads: int) -> None:
         super().__init__()
-        self.dim = dim
         self.nheads = nheads
         self.q_proj = Linear(dim, dim, bias=True)
         self.kv_proj = Linear(dim, dim * 2, bias=True)
@@ -370,7 +368,6 @@ class TimestepEmbedder(nn.Module):
             nn.SiLU(),
             Linear(dim, dim),
         )
-        self.dim = dim
         self.frequency_embedding_size = frequency_embedding_size
         self.max_period = max_period
         # Derived, not stored in checkpoints; like the reference it follows .to(dtype).

@@ -98,7 +98,6 @@ class MPConv1D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.out_channels = out_channels
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size))
         self.weight_norm_removed = False
 
@@ -153,7 +152,6 @@ class AttnBlock1D(nn.Module):
 
     def __init__(self, channels: int, num_heads: int = 1) -> None:
         super().__init__()
-        self.in_channels = channels
         self.num_heads = num_heads
         self.qkv = MPConv1D(channels, channels * 3, 1)
         self.proj_out = MPConv1D(channels, channels, 1)
@@ -325,7 +323,6 @@ class AudioVAE(nn.Module):
     def __init__(self, cfg: VAEConfig, *, need_encoder: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_dim = cfg.embed_dim
         # Per-band statistics of the training log-mels: persistent buffers that every released
         # file carries (a load fills them); a network that was never loaded normalises nothing.
         self.register_buffer("data_mean", torch.zeros(1, cfg.data_dim, 1))
