@@ -8,7 +8,7 @@ Sequence lengths depend on the clip duration; call ``set_seq_lengths`` before ea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -76,10 +76,6 @@ class Conditions:
     clip_f_c: torch.Tensor  # (B, hidden) pooled CLIP condition
     text_f_c: torch.Tensor  # (B, hidden) pooled text condition
 
-    @property
-    def batch(self) -> int:
-        return self.clip_f.shape[0]
-
     def expand(self, bs: int) -> "Conditions":
         """The same conditions for a batch of ``bs`` (views of batch-1 fields, no copies)."""
         def grow(t: torch.Tensor) -> torch.Tensor:
@@ -89,14 +85,12 @@ class Conditions:
                 raise SelvaError(f"conditions of batch {t.shape[0]} cannot serve a batch of {bs}")
             return t.expand(bs, *t.shape[1:])
 
-        return Conditions(clip_f=grow(self.clip_f), sync_f=grow(self.sync_f), text_f=grow(self.text_f),
-                          clip_f_c=grow(self.clip_f_c), text_f_c=grow(self.text_f_c))
+        return Conditions(**{f.name: grow(getattr(self, f.name)) for f in fields(Conditions)})
 
     @staticmethod
     def stack(parts: "list[Conditions]") -> "Conditions":
         """Conditions of equal batch, one after the other along the batch dimension."""
-        return Conditions(**{name: torch.cat([getattr(p, name) for p in parts])
-                             for name in ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")})
+        return Conditions(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Conditions)})
 
 
 class SelvaGenerator(nn.Module):
