@@ -105,13 +105,6 @@ class _Walk:
         return self.clip.feed(index, time), self.sync.feed(index, time)
 
 
-def _too_short(duration: float) -> SelvaError:
-    return SelvaError(
-        f"The video is too short: SelVA needs at least {SYNC_SEGMENT_FRAMES} frames at {SYNC_FPS} fps "
-        f"({MIN_DURATION:.2f} s), but only {duration:.3f} s could be used. Use a longer clip or a "
-        f"longer duration.")
-
-
 def _settle(clip_idx: list[int], sync_idx: list[int], requested: Fraction,
             user_asked: bool) -> tuple[list[int], list[int], float]:
     """Clamp the duration to what both streams cover and cut them to it, as load_video does."""
@@ -122,23 +115,23 @@ def _settle(clip_idx: list[int], sync_idx: list[int], requested: Fraction,
         report("Video covers only %.3f s; using that instead of the requested %.3f s.",
                float(duration), float(requested))
     if n_sync < SYNC_SEGMENT_FRAMES:
-        raise _too_short(float(duration))
+        raise SelvaError(
+            f"The video is too short: SelVA needs at least {SYNC_SEGMENT_FRAMES} frames at {SYNC_FPS} fps "
+            f"({MIN_DURATION:.2f} s), but only {float(duration):.3f} s could be used. Use a longer clip or "
+            f"a longer duration.")
     return clip_idx[:n_clip], sync_idx[:n_sync], float(duration)
 
 
-def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction],
-            start: Fraction = Fraction(0)):
+def _finish(walk: _Walk, requested: Optional[Fraction], interval: Optional[Fraction], start: Fraction):
     """Settle a finished walk; without a requested duration the whole video counts."""
     if start > 0:
         _check_start(walk, requested, interval, start)
     if walk.last_time is None:
         raise SelvaError(f"No video frame lies inside the requested time span; SelVA needs at least "
                          f"{MIN_DURATION:.2f} s of video.")
-    if requested is not None:
-        target = requested
-    else:
-        # a video lasts until its last frame has been shown for one frame interval
-        target = walk.last_time + (interval if interval is not None else 0)
+    # without a requested duration, a video lasts until its last frame has been shown for one
+    # frame interval
+    target = requested if requested is not None else walk.last_time + (interval or 0)
     return _settle(walk.clip.indices, walk.sync.indices, target, requested is not None)
 
 
