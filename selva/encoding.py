@@ -67,12 +67,9 @@ class CacheKeys:
     def with_extra(self, parts: Sequence) -> "CacheKeys":
         return CacheKeys(self.variant, self.clip_frames, self._files, self._dtype, self.extra + tuple(parts))
 
-    def _encoders(self) -> list:
-        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES]]
-
     def identity(self) -> list:
         """The encoders' weights and dtypes plus the view's extra parts."""
-        return [*self._encoders(), *self.extra]
+        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES], *self.extra]
 
     def features(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
         """The on-disk feature cache key: every pixel and mask value, the prompt, the encoders,
