@@ -228,9 +228,8 @@ class OffloadManager:
         ready modules are kept (the backend takes them off the accelerator where it can).
         """
         for name, stage in self.stages.items():
-            if stage.build is not None and stage.module is not None:
-                self.residency.forget(name)
-                stage.module = None
+            if stage.build is not None:
+                self.forget(name)
         self.residency.release()
         if self.return_idle_memory:
             host_memory.trim_heap()
