@@ -40,7 +40,7 @@ from torch import nn
 
 from . import host_memory
 from .errors import SelvaError
-from .precision import PRECISIONS, resolve_dtype  # re-exported: the device policy's one import
+from .precision import PRECISIONS, resolve_dtype  # re-exported: callers read all device policy here
 from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
