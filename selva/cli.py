@@ -165,29 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the cap (default: $SELVA_FEATURE_CACHE_GB or 4); --prune --max-gb 0 "
                             "empties the cache")
 
+    from .batch.cli import register as register_batch
+    from .compat.convert import register as register_convert  # earlier-pack .pt -> safetensors
+    from .datasets.cli import register as register_datasets
+    from .evaluation.cli import register as register_evaluation
+    from .style.cli import register as register_style
     from .train.cli import register as register_training
 
-    for name, handler in register_training(sub, add_model_args, load_options).items():
-        sub.choices[name].set_defaults(handler=handler)
-    from .style.cli import register as register_style
-
-    for name, handler in register_style(sub, add_model_args, load_options).items():
-        sub.choices[name].set_defaults(handler=handler)
-    from .compat.convert import register as register_convert  # earlier-pack .pt -> safetensors
-
-    register_convert(sub)
-    from .datasets.cli import register as register_datasets
-
-    for name, handler in register_datasets(sub).items():
-        sub.choices[name].set_defaults(handler=handler)
-    from .batch.cli import register as register_batch
-
-    for name, handler in register_batch(sub, add_model_args, load_options).items():
-        sub.choices[name].set_defaults(handler=handler)
-    from .evaluation.cli import register as register_evaluation
-
-    for name, handler in register_evaluation(sub, add_model_args, load_options).items():
-        sub.choices[name].set_defaults(handler=handler)
+    # Each module adds its subcommands (in this order, as --help lists them) and returns their
+    # handlers, unless it set them itself; those taking model options get the shared ones.
+    model = (add_model_args, load_options)
+    for register, extra in ((register_training, model), (register_style, model), (register_convert, ()),
+                            (register_datasets, ()), (register_batch, model), (register_evaluation, model)):
+        for name, handler in (register(sub, *extra) or {}).items():
+            sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -208,7 +199,6 @@ def _hooks() -> Any:
 
 def _features(pipe: Any, args: argparse.Namespace) -> Any:
     from .features import FeatureCache, cache_max_bytes
-
     from .options import MaskOptions
 
     mask = MaskOptions(read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
@@ -243,8 +233,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                                              args.duration)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
                          cfg_strength=args.cfg, seed=args.seed, batch_size=args.batch_size,
-                         hooks=_hooks(), windows=windows_from_args(args),
-                         edit=edit)
+                         hooks=_hooks(), windows=windows_from_args(args), edit=edit)
     if not args.no_normalize:
         wave = loudness_normalize(wave, pipe.sample_rate, args.target_lufs)
     for i in range(count):

@@ -43,8 +43,8 @@ def condition_inputs(features: Features, seq: SeqLengths, device: torch.device,
                      dtype: torch.dtype) -> ConditionInputs:
     """``features``' sequences cut to ``seq`` (a duration up to the features'), on ``device``;
     text-only features (no video) give the learned empty video sequences."""
-    if not features.has_video:
-        return text_only_inputs(features.text_clip, device, dtype)
+    if not features.has_video:  # text to audio: the prompt's CLIP text alone
+        return ConditionInputs(None, None, features.text_clip.to(device, dtype))
     sync = features.sync_features[:, :seq.sync]
     if sync.shape[1] != seq.sync:
         raise SelvaError(f"The features hold {features.sync_features.shape[1]} sync tokens but "
@@ -53,11 +53,6 @@ def condition_inputs(features: Features, seq: SeqLengths, device: torch.device,
     if features.clip_features is not None:
         clip = features.clip_features[:, :seq.clip].to(device, dtype)
     return ConditionInputs(clip, sync.to(device, dtype), features.text_clip.to(device, dtype))
-
-
-def text_only_inputs(text_clip: torch.Tensor, device: torch.device, dtype: torch.dtype) -> ConditionInputs:
-    """Text to audio: the prompt's CLIP text with the learned empty video sequences."""
-    return ConditionInputs(None, None, text_clip.to(device, dtype))
 
 
 def project(gen: SelvaGenerator, inputs: ConditionInputs) -> Conditions:

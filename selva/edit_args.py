@@ -23,23 +23,21 @@ def add_edit_args(p: argparse.ArgumentParser) -> None:
                    help="regenerate only START..END seconds of --init-audio, keeping the rest exactly")
 
 
-def parse_range(text: str) -> tuple[float, float]:
-    try:
-        start, end = (float(part) for part in text.split(":"))
-    except ValueError:
-        raise SelvaError(f"--regenerate takes START:END in seconds, e.g. 2.5:4, got {text!r}.") from None
-    return start, end
-
-
 def edit_from_args(args: argparse.Namespace) -> Optional["EditOptions"]:
     """The edit the flags ask for (None: no editing flag given)."""
     from .editing import EditOptions
 
     if args.init_audio is None and args.denoise is None and args.regenerate is None:
         return None
-    start, end = parse_range(args.regenerate) if args.regenerate is not None else (0.0, 0.0)
-    if args.regenerate is not None and start == end == 0.0:
-        raise SelvaError("--regenerate 0:0 is an empty range; give START < END.")
+    start, end = 0.0, 0.0
+    if args.regenerate is not None:
+        try:
+            start, end = (float(part) for part in args.regenerate.split(":"))
+        except ValueError:
+            raise SelvaError(f"--regenerate takes START:END in seconds, e.g. 2.5:4, got "
+                             f"{args.regenerate!r}.") from None
+        if start == end == 0.0:
+            raise SelvaError("--regenerate 0:0 is an empty range; give START < END.")
     wave, rate = None, 0
     if args.init_audio is not None:
         from .train.audio_files import read_audio

@@ -19,7 +19,7 @@ from . import video as video_ops
 from .errors import SelvaError
 from .features import FORMAT_VERSION, FeatureCache, Features, content_hash
 from .hooks import NO_HOOKS, Hooks, or_default
-from .memo import BackboneCache, EncodingCache
+from .memo import LruCache
 from .models.text_synch import TextSynchformer
 from .offload import OffloadManager
 
@@ -67,12 +67,9 @@ class CacheKeys:
     def with_extra(self, parts: Sequence) -> "CacheKeys":
         return CacheKeys(self.variant, self.clip_frames, self._files, self._dtype, self.extra + tuple(parts))
 
-    def _encoders(self) -> list:
-        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES]]
-
     def identity(self) -> list:
         """The encoders' weights and dtypes plus the view's extra parts."""
-        return [*self._encoders(), *self.extra]
+        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES], *self.extra]
 
     def features(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
         """The on-disk feature cache key: every pixel and mask value, the prompt, the encoders,
@@ -112,13 +109,13 @@ class Encoders:
     """T5, CLIP and the TextSynchformer of one pipeline (or view), with the shared memo caches."""
 
     def __init__(self, variant_name: str, manager: OffloadManager, keys: CacheKeys, *, clip_frames: bool,
-                 tf32: bool, encodings: Optional[EncodingCache] = None,
-                 backbone: Optional[BackboneCache] = None):
+                 tf32: bool, encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
         self.variant_name, self.manager, self.keys = variant_name, manager, keys
         self.clip_frames, self.tf32 = clip_frames, tf32
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
-        self._encodings = encodings if encodings is not None else EncodingCache()
-        self._backbone = backbone if backbone is not None else BackboneCache()  # the last clip's tokens
+        self._encodings = encodings if encodings is not None else LruCache(max_items=8)
+        # the last clip's backbone tokens, if not too large
+        self._backbone = backbone if backbone is not None else LruCache(max_items=1, max_bytes=1024**3)
 
     def with_key_parts(self, parts: Sequence) -> "Encoders":
         """The same encoders and caches, with ``parts`` joining every key (a view's)."""

@@ -11,6 +11,7 @@ least-recently-used eviction; ``python -m selva cache --info | --prune`` shows a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -196,12 +197,11 @@ class FeatureCache:
         except SelvaError as e:
             aside = path.with_suffix(".corrupt")
             log.warning("Ignoring unreadable feature cache entry %s (%s); recomputing.", path, e)
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(path, aside)
-            except OSError:
-                pass
             return None
-        self._touch(path)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # the modification time is the last use (atime is often not kept)
         return features
 
     def put(self, key: str, features: Features) -> Optional[Path]:
@@ -214,13 +214,6 @@ class FeatureCache:
             return None
         self.prune(keep=path)
         return path
-
-    @staticmethod
-    def _touch(path: Path) -> None:
-        try:
-            os.utime(path)  # the modification time is the last use (atime is often not kept)
-        except OSError:
-            pass
 
     def entries(self) -> list[CacheEntry]:
         """Every entry, least recently used first."""
@@ -260,9 +253,7 @@ class FeatureCache:
             if keep is not None and entry.path == keep:
                 continue
             try:
-                entry.path.unlink()
-            except FileNotFoundError:
-                pass
+                entry.path.unlink(missing_ok=True)
             except OSError as e:
                 log.warning("Could not remove the feature cache entry %s (%s).", entry.path, e)
                 continue

@@ -42,17 +42,15 @@ _SWAPPED = np.uint64(1 << 62)
 _FILE_OR_SHARED = np.uint64(1 << 61)
 
 Span = tuple[int, int]  # [start, end) virtual addresses
-_libc = None
 
 
-def _c_library():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        if hasattr(_libc, "malloc_trim"):  # glibc only
-            _libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-    return _libc
+@functools.lru_cache(maxsize=1)
+def _c_library() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    return libc
 
 
 def _madvise(start: int, length: int, advice: int) -> None:

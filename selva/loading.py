@@ -137,21 +137,18 @@ class StageBuilders:
         self.clip_frames = clip_frames
 
     def _file(self, key: str) -> Path:
-        try:
-            return W.resolve_file(W.FILES[key], self.models_dir, allow_download=self.allow_download)
-        except W.MissingWeightsError:
-            raise self._everything_missing() from None
+        return self._resolve(W.resolve_file, W.FILES[key])
 
     def _snapshot(self, key: str) -> Path:
-        try:
-            return W.resolve_snapshot(W.HUB[key], self.models_dir, allow_download=self.allow_download)
-        except W.MissingWeightsError:
-            raise self._everything_missing() from None
+        return self._resolve(W.resolve_snapshot, W.HUB[key])
 
-    def _everything_missing(self) -> W.MissingWeightsError:
-        # One message with every missing file of the variant, so that one trip fixes them all.
-        return W.missing_error(W.check_available(required_files(self.spec), required_snapshots(self.spec),
-                                                 self.models_dir))
+    def _resolve(self, resolve: Callable[..., Path], item) -> Path:
+        try:
+            return resolve(item, self.models_dir, allow_download=self.allow_download)
+        except W.MissingWeightsError:
+            # One message with every missing file of the variant, so that one trip fixes them all.
+            raise W.missing_error(W.check_available(required_files(self.spec), required_snapshots(self.spec),
+                                                    self.models_dir)) from None
 
     def feature_encoder_files(self) -> list[tuple[str, int, int]]:
         """(path, size, modification time in ns) of every file the feature encoders read.

@@ -15,6 +15,7 @@ of the clip and lasts up to 0.32 s longer, exactly as a clip of that length woul
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -216,10 +217,6 @@ def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, inputs: "ConditionIn
         return gen.cfg_velocity(t, x, cond, uncond, cfg_strength, velocity=velocity)
 
     total = steps * len(plan.windows)
-    done = [0]
-
-    def on_window() -> None:
-        done[0] += 1
-        hooks.step("sampling", done[0], total)
-
-    return euler_sample(blended_velocity(plan, window_velocity, on_window), x0, steps, schedule=schedule)
+    done = itertools.count(1)  # windows sampled so far: progress counts windows x steps
+    blended = blended_velocity(plan, window_velocity, lambda: hooks.step("sampling", next(done), total))
+    return euler_sample(blended, x0, steps, schedule=schedule)

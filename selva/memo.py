@@ -1,11 +1,13 @@
 """Small in-memory caches of work the pipeline would otherwise repeat on every run.
 
-* :class:`EncodingCache`: a few prompt encodings (a Sampler prompt that differs from the
-  features' prompt, negative prompts), keyed by content digests.
-* :class:`BackboneCache`: the sync encoder's text-independent backbone tokens of the last clip,
-  so a new prompt on the same frames runs only the text cross-attention and the pooling.
-* :class:`TokenCache`: backbone tokens of several clips within a byte budget (textual inversion
-  on the T5 path re-encodes every clip's sync features at every training step).
+One least-recently-used cache (:class:`LruCache`) serves three uses:
+
+* a few prompt encodings (a Sampler prompt that differs from the features' prompt, negative
+  prompts), keyed by content digests (``max_items=8``);
+* the sync encoder's text-independent backbone tokens of the last clip, so a new prompt on the
+  same frames runs only the text cross-attention and the pooling (``max_items=1``, 1 GB);
+* backbone tokens of several clips within a byte budget (textual inversion on the T5 path
+  re-encodes every clip's sync features at every training step).
 
 The first two are shared by a pipeline and all its views; all are thread-safe.
 """
@@ -13,103 +15,61 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Optional
+from typing import Any, Hashable, Optional
 
 import torch
 
 
-class EncodingCache:
-    """The last few prompt encodings (CPU tensors by content key), least recently used dropped."""
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._items: "OrderedDict[str, dict]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[dict]:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, item: dict) -> None:
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+def _nbytes(item: Any) -> int:
+    return item.numel() * item.element_size() if isinstance(item, torch.Tensor) else 0
 
 
-class BackboneCache:
-    """The sync encoder's backbone tokens of the last clip (CPU), if not too large."""
+class LruCache:
+    """Items by key, least recently used dropped first: beyond ``max_items`` entries, or beyond
+    ``max_bytes`` of tensor entries in all (None: no such limit). Tensors are kept detached on
+    the CPU.
 
-    def __init__(self, max_bytes: int = 1024**3):
-        self.max_bytes = max_bytes
-        self._key: Optional[str] = None
-        self._tokens: Optional[torch.Tensor] = None
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Optional[torch.Tensor]:
-        with self._lock:
-            return self._tokens if key == self._key else None
-
-    def put(self, key: str, tokens: torch.Tensor) -> None:
-        size = tokens.numel() * tokens.element_size()
-        with self._lock:
-            self._key, self._tokens = (key, tokens.detach().cpu()) if size <= self.max_bytes else (None, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._key, self._tokens = None, None
-
-
-class TokenCache:
-    """Backbone tokens of several clips (CPU), least recently used dropped beyond ``max_bytes``.
-
-    An 8 s clip's tokens are about 110 MB in fp32, so a dataset's worth does not always fit:
-    whatever is dropped is simply recomputed by the caller (the tokens are a pure function of
-    the clip's frames, so a recomputed entry equals the dropped one). ``max_bytes = 0`` keeps
-    nothing; an entry larger than the whole budget is not kept either.
+    An 8 s clip's backbone tokens are about 110 MB in fp32, so a dataset's worth does not always
+    fit: whatever is dropped is simply recomputed by the caller (the entries are pure functions
+    of their keys, so a recomputed entry equals the dropped one). ``max_bytes = 0`` keeps no
+    tensor; one larger than the whole budget is not kept either (and still displaces the entry
+    it would have replaced).
     """
 
-    def __init__(self, max_bytes: int):
-        if max_bytes < 0:
+    def __init__(self, max_items: Optional[int] = None, max_bytes: Optional[int] = None):
+        if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be 0 or more, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self._items: "OrderedDict[object, torch.Tensor]" = OrderedDict()
+        self.max_items = max_items
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self._items: "OrderedDict[Hashable, Any]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _size(tokens: torch.Tensor) -> int:
-        return tokens.numel() * tokens.element_size()
-
-    def get(self, key: object) -> Optional[torch.Tensor]:
+    def get(self, key: Hashable) -> Optional[Any]:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: object, tokens: torch.Tensor) -> None:
-        tokens = tokens.detach().cpu()
-        size = self._size(tokens)
+    def put(self, key: Hashable, item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+        size = _nbytes(item)
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= self._size(old)
-            if size > self.max_bytes:
+            if key in self._items:
+                self._drop(key)
+            while self.max_items is not None and self._items and len(self._items) >= self.max_items:
+                self._drop(next(iter(self._items)))
+            if self.max_bytes is not None and size > self.max_bytes:
                 return
-            self._items[key] = tokens
+            self._items[key] = item
             self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= self._size(dropped)
+            while self.max_bytes is not None and self._bytes > self.max_bytes:
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: Hashable) -> None:
+        self._bytes -= _nbytes(self._items.pop(key))
 
     @property
     def nbytes(self) -> int:

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from . import host_memory
-from . import precision as precision_choice
 from .errors import SelvaError
+from .precision import PRECISIONS, resolve_dtype  # re-exported: callers read all device policy here
 from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
@@ -49,7 +49,6 @@ __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = precision_choice.PRECISIONS
 OFFLOAD_STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
 AUTO_KEEP_MIN_FREE_BYTES = 16 * 1024**3
 
@@ -72,12 +71,6 @@ def pick_device(requested: Optional[str] = None) -> torch.device:
         # Ops MPS lacks (some FFT and interpolation variants) run on the CPU instead of failing.
         os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     return dev
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for ``precision`` (auto | bf16 | fp16 | fp32) on ``device``: see
-    selva/precision.py (auto by hardware; bf16 without hardware support -> fp16 on GPUs, fp32 on CPUs)."""
-    return precision_choice.resolve_dtype(precision, device)
 
 
 def free_bytes(device: torch.device) -> Optional[int]:
@@ -235,9 +228,8 @@ class OffloadManager:
         ready modules are kept (the backend takes them off the accelerator where it can).
         """
         for name, stage in self.stages.items():
-            if stage.build is not None and stage.module is not None:
-                self.residency.forget(name)
-                stage.module = None
+            if stage.build is not None:
+                self.forget(name)
         self.residency.release()
         if self.return_idle_memory:
             host_memory.trim_heap()

@@ -48,7 +48,12 @@ class SamplingOptions:
 
     def with_changes(self, **changes: Any) -> "SamplingOptions":
         """A copy with ``changes`` applied; an unknown name is an error, not silently dropped."""
-        return replace(self, **_checked(type(self), changes)) if changes else self
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SelvaError(f"Unknown {type(self).__name__} setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}.")
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def of(cls, options: Optional["SamplingOptions"], **changes: Any) -> "SamplingOptions":
@@ -102,12 +107,3 @@ def add_sampling_arguments(group: Any) -> None:
 
 def windows_from_args(args: argparse.Namespace) -> WindowOptions:
     return WindowOptions(args.window_seconds, args.overlap_seconds)
-
-
-def _checked(cls: type, changes: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(changes) - known)
-    if unknown:
-        raise SelvaError(f"Unknown {cls.__name__} setting(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(known))}.")
-    return changes

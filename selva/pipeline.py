@@ -189,7 +189,6 @@ class SelvaPipeline:
         self.manager.release()
         self.encoding.clear()
 
-
     # ---------------------------------------------------------------------------- features
     def prepare(self, source: VideoSource, fps: Optional[float] = None, *, duration: Optional[float] = None,
                 start: float = 0.0, mask: Optional[MaskOptions] = None,
@@ -294,17 +293,15 @@ class SelvaPipeline:
 
     def plan(self, features: Features, duration: Optional[float] = None,
              windows: Optional[WindowOptions] = None) -> WindowPlan:
-        """The sampling windows for ``duration`` seconds of ``features`` (one when it fits)."""
-        return plan_windows(self.variant, self._duration_for(features, duration), windows)
-
-    def _duration_for(self, features: Features, duration: Optional[float]) -> float:
+        """The sampling windows for ``duration`` seconds of ``features`` (one when it fits; none
+        given = the features' duration, more is clamped to it)."""
         if not duration:
-            return features.duration
-        if duration > features.duration + 1e-9:
+            duration = features.duration
+        elif duration > features.duration + 1e-9:
             log.warning("Duration %.2f s is longer than the %.2f s the features cover; using %.2f s.",
                         duration, features.duration, features.duration)
-            return features.duration
-        return float(duration)
+            duration = features.duration
+        return plan_windows(self.variant, float(duration), windows)
 
     def _sample(self, features: Features, neg_clip: torch.Tensor, plan: WindowPlan, options: SamplingOptions,
                 hooks: Hooks, extra_patches: Sequence[GeneratorPatch] = (),

@@ -18,11 +18,11 @@ StepCallback = Callable[[int, int], None]
 _SEED_MODULUS = 1 << 64  # torch.Generator.manual_seed accepts unsigned 64-bit seeds
 
 
-def time_grid(steps: int) -> torch.Tensor:
-    """The ``steps + 1`` float32 times 0 .. 1 the reference integrates over."""
+def time_grid(steps: int, start: float = 0.0) -> torch.Tensor:
+    """The ``steps + 1`` float32 times ``start`` .. 1 (the reference integrates from 0)."""
     if steps < 1:
         raise SelvaError(f"the number of sampling steps must be at least 1, got {steps}")
-    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
+    return torch.linspace(float(start), 1.0, steps + 1, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,6 @@ class FlowSchedule:
         if (self.hold is None) != (self.known is None) or (self.hold is not None and self.noise is None):
             raise SelvaError("A held latent needs the known latent, its noise and the hold mask together.")
 
-    def grid(self, steps: int) -> torch.Tensor:
-        if self.start == 0.0:
-            return time_grid(steps)  # the plain Sampler's grid, bit for bit
-        if steps < 1:
-            raise SelvaError(f"the number of sampling steps must be at least 1, got {steps}")
-        return torch.linspace(float(self.start), 1.0, steps + 1, dtype=torch.float32)
-
     def held(self, t: float, x: torch.Tensor) -> torch.Tensor:
         """``x`` with its held frames set to the known latent at time ``t``."""
         if self.hold is None:
@@ -77,7 +70,7 @@ def euler_sample(velocity_fn: VelocityFn,
     it raises (e.g. an interrupt) stops sampling and propagates. ``schedule`` (editing) starts at
     a later time -- ``x0`` is then the state at that time -- and/or holds known latent frames.
     """
-    grid = time_grid(steps) if schedule is None else schedule.grid(steps)
+    grid = time_grid(steps, 0.0 if schedule is None else schedule.start)
     x = x0
     for i in range(steps):
         t, t_next = grid[i], grid[i + 1]

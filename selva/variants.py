@@ -4,7 +4,7 @@ and how sequence lengths follow the clip's duration.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .errors import SelvaError
@@ -47,8 +47,6 @@ class VariantSpec:
     vocoder_file: Optional[str] = None  # key in ``weights.FILES`` (v1) ...
     vocoder_snapshot: Optional[str] = None  # ... or in ``weights.HUB`` (v2)
     vocoder_config: Optional[object] = None  # BigVGAN v1 config; None = the 16 kHz release
-    released_as_selva: bool = True
-    notes: tuple[str, ...] = field(default=())
 
     def seq_lengths(self, duration: float) -> SeqLengths:
         """Sequence lengths for ``duration`` seconds, computed the way the official code does.
@@ -69,24 +67,18 @@ class VariantSpec:
                           audio_samples=latent * self.hop * LATENT_DOWNSAMPLE)
 
 
-_44K_NOTE = ("No 44.1 kHz SelVA generator is listed in the official ModelConfig table; the file "
-             "is expected at weights/generator_<size>_44k_sup_5.pth (or _44khz_).",)
-
+# Only small_16k was released as SelVA: no 44.1 kHz SelVA generator is listed in the official
+# ModelConfig table; their files are expected at weights/generator_<size>_44k_sup_5.pth (or _44khz_).
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
     VariantSpec("small_16k", "16k", 16_000, 256, SMALL_16K, VAE_16K, MEL_16K, "bigvgan_v1",
                 "generator_small_16k", "vae_16k", vocoder_file="bigvgan_16k"),
     VariantSpec("small_44k", "44k", 44_100, 512, SMALL_44K, VAE_44K, MEL_44K, "bigvgan_v2",
-                "generator_small_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k",
-                released_as_selva=False, notes=_44K_NOTE),
+                "generator_small_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k"),
     VariantSpec("medium_44k", "44k", 44_100, 512, MEDIUM_44K, VAE_44K, MEL_44K, "bigvgan_v2",
-                "generator_medium_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k",
-                released_as_selva=False, notes=_44K_NOTE),
+                "generator_medium_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k"),
     VariantSpec("large_44k", "44k", 44_100, 512, LARGE_44K, VAE_44K, MEL_44K, "bigvgan_v2",
-                "generator_large_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k",
-                released_as_selva=False, notes=_44K_NOTE),
+                "generator_large_44k", "vae_44k", vocoder_snapshot="bigvgan_v2_44k"),
 )}
-
-VARIANT_NAMES = tuple(VARIANTS)
 
 
 def get_variant(name: str) -> VariantSpec:

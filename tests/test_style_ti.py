@@ -344,8 +344,8 @@ def test_t5_tokens_follow_each_rows_last_real_token():
 
 
 def test_token_cache_keeps_a_byte_budget():
-    TokenCache = pack_module("selva.memo").TokenCache
-    cache = TokenCache(max_bytes=2 * 400)
+    LruCache = pack_module("selva.memo").LruCache
+    cache = LruCache(max_bytes=2 * 400)
     a, b, c = (torch.full((10, 10), float(i)) for i in range(3))  # 400 bytes each
     cache.put("a", a)
     cache.put("b", b)
@@ -353,9 +353,15 @@ def test_token_cache_keeps_a_byte_budget():
     cache.put("c", c)
     assert cache.get("b") is None and torch.equal(cache.get("a"), a) and torch.equal(cache.get("c"), c)
     assert cache.nbytes == 800 and len(cache) == 2
-    nothing = TokenCache(max_bytes=0)
+    nothing = LruCache(max_bytes=0)
     nothing.put("a", a)
     assert nothing.get("a") is None and len(nothing) == 0
+    last = LruCache(max_items=1, max_bytes=500)  # the pipeline's "last clip" backbone cache
+    last.put("a", a)
+    last.put("b", b)
+    assert last.get("a") is None and torch.equal(last.get("b"), b)
+    last.put("big", torch.zeros(200))  # 800 bytes: not kept, and it still displaces "b"
+    assert len(last) == 0 and last.nbytes == 0
 
 
 def test_sampler_with_clip_t5_differs_and_strength_zero_is_the_sampler(model, features, trained_t5):

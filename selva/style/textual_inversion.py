@@ -323,7 +323,7 @@ class TiTask(TrainTask):
     def __init__(self, pipe, gen, dataset, options: TiTrainOptions, init: torch.Tensor,
                  eval_features: Optional[Features] = None, init_t5: Optional[torch.Tensor] = None,
                  text_synch=None):
-        from ..memo import TokenCache
+        from ..memo import LruCache
 
         self.pipe, self.gen, self.dataset, self.options = pipe, gen, dataset, options
         self.eval_features = eval_features if eval_features is not None else dataset.clips[0].features
@@ -333,7 +333,7 @@ class TiTask(TrainTask):
         self.embedding = nn.Parameter(init.to(pipe.device, torch.float32).clone())
         self.embedding_t5: Optional[nn.Parameter] = None
         self.text_synch = text_synch
-        self.backbone = TokenCache(int(options.backbone_cache_mb) * 1024**2)
+        self.backbone = LruCache(max_bytes=int(options.backbone_cache_mb) * 1024**2)
         if options.path == "clip_t5":
             if init_t5 is None or text_synch is None:
                 raise SelvaError("Path clip_t5 needs the initial T5 tokens and the TextSynchformer.")
