@@ -224,14 +224,20 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
-def _comfy_modules(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[str, LoraWeights]:
+def _by_module(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern, path: Path, expected: str) -> dict:
+    """``{module: {part: tensor}}`` (``lora_down.weight`` kept as ``lora_down``) by ``pattern``."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        m = _COMFY_KEY.match(key)
+        m = pattern.match(key)
         if m is None:
-            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_down.weight, "
-                             f"<module>.lora_up.weight and <module>.alpha).")
+            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected {expected}).")
         parts.setdefault(_strip_prefix(m["module"]), {})[m["part"].split(".")[0]] = value
+    return parts
+
+
+def _comfy_modules(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[str, LoraWeights]:
+    parts = _by_module(tensors, _COMFY_KEY, path, "<module>.lora_down.weight, <module>.lora_up.weight "
+                                                  "and <module>.alpha")
     modules = {}
     for name, p in parts.items():
         if "lora_down" not in p or "lora_up" not in p:
@@ -263,13 +269,7 @@ def _peft_config(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
 
 def _peft_modules(tensors: Mapping[str, torch.Tensor], path: Path,
                   config: Mapping[str, Any]) -> dict[str, LoraWeights]:
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _PEFT_KEY.match(key)
-        if m is None:
-            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_A / "
-                             f"<module>.lora_B).")
-        parts.setdefault(_strip_prefix(m["module"]), {})[m["part"]] = value
+    parts = _by_module(tensors, _PEFT_KEY, path, "<module>.lora_A / <module>.lora_B")
     modules = {}
     for name, p in parts.items():
         if "A" not in p or "B" not in p:
