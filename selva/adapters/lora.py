@@ -315,15 +315,11 @@ class LoraSet(nn.Module):
         device = next(generator.parameters()).device
         if next(self.parameters()).device != device:
             self.to(device)  # keeps the Parameter objects (an optimizer's references stay valid)
-        handles = []
-        try:
+        with contextlib.ExitStack() as stack:  # a RemovableHandle removes its hook on exit
             for name, layer in self.items():
-                handles.append(generator.get_submodule(name).register_forward_hook(
+                stack.enter_context(generator.get_submodule(name).register_forward_hook(
                     _hook(layer, float(strength))))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     # ------------------------------------------------------------------------------- exporting
     def to_adapter(self, *, variant: str, steps: int = 0, dataset_digest: str = "",

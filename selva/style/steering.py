@@ -199,20 +199,15 @@ class SteeringPatch:
             return
         self.check(generator)
         blocks = generator_blocks(generator)
-        handles = []
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:  # hooks removed first, then the branch tracking
             if self.steering.mode == "per_position":
                 branches = stack.enter_context(_GuidanceBranches.tracking(generator))
                 make = lambda i: _conditional_adder(self.steering.vectors[i], self.strength, branches)  # noqa: E731
             else:
                 make = lambda i: _adder(self.strength * self.steering.vectors[i])  # noqa: E731
-            try:
-                for i in self.blocks:
-                    handles.append(blocks[i].register_forward_hook(make(i)))
-                yield
-            finally:
-                for h in handles:
-                    h.remove()
+            for i in self.blocks:
+                stack.enter_context(blocks[i].register_forward_hook(make(i)))
+            yield
 
 
 def _adder(delta: torch.Tensor):
@@ -262,12 +257,11 @@ class _GuidanceBranches:
             if branches.batch is not None:
                 branches.passes += 1
 
-        handle = generator_blocks(generator)[0].register_forward_pre_hook(count_pass)
         generator.cfg_velocity = cfg_velocity
         try:
-            yield branches
+            with generator_blocks(generator)[0].register_forward_pre_hook(count_pass):
+                yield branches
         finally:
-            handle.remove()
             if had_own:
                 generator.cfg_velocity = inner
             else:
@@ -335,13 +329,10 @@ class _Recorder:
 
     @contextlib.contextmanager
     def attach(self, generator: nn.Module) -> Iterator[None]:
-        handles = [block.register_forward_hook(self._hook(i))
-                   for i, block in enumerate(generator_blocks(generator))]
-        try:
+        with contextlib.ExitStack() as stack:
+            for i, block in enumerate(generator_blocks(generator)):
+                stack.enter_context(block.register_forward_hook(self._hook(i)))
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
