@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # earlier metadata name -> ours
 META_NAMES = {"use_rslora": "rslora", "init_mode": "init", "target": "targets"}
 INIT_NAMES = {"standard": "default", "pissa": "pissa"}
-RESIDUAL_SUFFIXES = (".linear.weight", ".linear.bias")
 # Relative size of the part of W_res - W beyond its top-`rank` singular values above which the
 # file's residual was not made from this generator's weights. A residual stored in bf16 leaves
 # about 1% (its rounding); another checkpoint's weights leave far more.
