@@ -376,8 +376,7 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
     per_position = config.mode == "per_position"
     recorder = _Recorder(per_position)
     positions: Optional[int] = None
-    sums = norms = None
-    count = 0
+    sums = norms = 0  # summed over every (clip, step); divided by their number at the end
     total = config.n_samples * config.n_timesteps
     with torch.no_grad(), pipe.use_generator(extra_patches=[recorder]) as gen:
         names = block_names(gen)
@@ -401,16 +400,15 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
                     positions = positions or int(diff.shape[1])
                     diff = torch.stack([fit_positions(d, positions) for d in diff])
                 norm = torch.stack([0.5 * (n_c[i] + n_u[i]).mean() for i in range(len(names))]).cpu()
-                sums = diff.double() if sums is None else sums + diff.double()
-                norms = norm.double() if norms is None else norms + norm.double()
-                count += 1
+                sums += diff.double()
+                norms += norm.double()
                 v = config.cfg_strength * v_c + (1 - config.cfg_strength) * v_u
                 x = x + (grid[step + 1] - grid[step]) * v
                 hooks.step("steering", sample * config.n_timesteps + step + 1, total)
-    vectors = (sums / count).float()
+    vectors = (sums / total).float()
     info = {"n_samples": config.n_samples, "n_timesteps": config.n_timesteps, "seed": config.seed,
             "cfg_strength": config.cfg_strength, "clips": len(set(picks))}
-    return SteeringVectors(vectors, vector_magnitudes(vectors), (norms / count).float(), pipe.variant.name,
+    return SteeringVectors(vectors, vector_magnitudes(vectors), (norms / total).float(), pipe.variant.name,
                            names, info)
 
 
