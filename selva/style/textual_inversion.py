@@ -108,9 +108,8 @@ class TextualInversion:
         if self.embeddings_t5 is not None:
             tensors["embeddings_t5"] = self.embeddings_t5.float()
             meta["t5_dim"] = int(self.embeddings_t5.shape[1])
-        out = save_safetensors(path, tensors, meta)
-        self.path = out
-        return out
+        self.path = save_safetensors(path, tensors, meta)
+        return self.path
 
     @classmethod
     def load(cls, path: Path) -> "TextualInversion":
@@ -451,8 +450,7 @@ class TiTask(TrainTask):
         from ..artifacts import unique_path
 
         ti = self.current()
-        name = "embeddings_final.safetensors" if tag == "final" else f"embeddings_{tag}.safetensors"
-        ti.save(unique_path(Path(run_dir) / name))
+        ti.save(unique_path(Path(run_dir) / f"embeddings_{tag}.safetensors"))
         self.last_export = ti
         return ti.path
 
