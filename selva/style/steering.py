@@ -223,6 +223,7 @@ def _adder(delta: torch.Tensor):
     return hook
 
 
+@dataclass
 class _GuidanceBranches:
     """Which leading rows of the generator pass now running belong to the conditional branch.
 
@@ -233,10 +234,9 @@ class _GuidanceBranches:
     pre-hook on the first block counts the passes within it. A pass outside a guided call (none
     is made while sampling) has no conditional branch and is left alone."""
 
-    def __init__(self):
-        self.batch: Optional[int] = None
-        self.cfg_strength = 0.0
-        self.passes = 0
+    batch: Optional[int] = None  # rows of the guided call now running (None: outside one)
+    cfg_strength: float = 0.0
+    passes: int = 0  # generator passes made so far within that call
 
     @classmethod
     @contextlib.contextmanager
