@@ -79,7 +79,6 @@ class AdapterMeta:
     rslora: bool = False
     steps: int = 0
     dataset_digest: str = ""
-    source_format: str = FORMAT  # selva-lora | peft | selva-pt (earlier pack)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -192,11 +191,11 @@ def load_adapter(path: Path) -> LoraAdapter:
                          f"{', '.join(ADAPTER_SUFFIXES)}).")
     if any(k.endswith(("lora_down.weight", "lora_up.weight")) for k in tensors):
         modules = _comfy_modules(tensors, path)
-        meta = _meta_from_header(header, modules, FORMAT if header.get("format") == FORMAT else "comfy")
+        meta = _meta_from_header(header, modules)
     elif any(".lora_A" in k or ".lora_B" in k for k in tensors):
         config = _peft_config(path, header)
         modules = _peft_modules(tensors, path, config)
-        meta = _meta_from_header(config, modules, config.get("source_format", "peft"))
+        meta = _meta_from_header(config, modules)
     else:
         sample = ", ".join(sorted(tensors)[:3]) or "none"
         raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
@@ -310,8 +309,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights],
-                      source_format: str) -> AdapterMeta:
+def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights]) -> AdapterMeta:
     version = header.get("format_version")
     if header.get("format") == FORMAT and version is not None and int(version) > FORMAT_VERSION:
         raise SelvaError(f"This adapter uses format version {version}; this pack reads up to "
@@ -333,5 +331,4 @@ def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeigh
         targets=tuple(targets) if targets else tuple(sorted({n.rsplit(".", 1)[-1] for n in modules})),
         init=init, rslora=_truthy(header.get("rslora", False)),
         steps=int(header.get("steps") or 0), dataset_digest=str(header.get("dataset_digest") or ""),
-        source_format=source_format,
         extra={k: str(v) for k, v in header.items() if k not in known and isinstance(v, (str, int, float))})
