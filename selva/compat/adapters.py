@@ -38,8 +38,7 @@ def translate_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(meta)
     for old, new in META_NAMES.items():
         if old in out:
-            value = out.pop(old)
-            out.setdefault(new, value)
+            out.setdefault(new, out.pop(old))
     if out.get("init") is not None:
         out["init"] = INIT_NAMES.get(str(out["init"]), str(out["init"]))
     return out

@@ -115,9 +115,9 @@ def from_earlier_layout(data: Any, options_cls: type, source: Path) -> Any:
     out_base.update(_rename(base, names, fields))
     experiments = []
     for i, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not str(entry.get("id", entry.get("name", ""))).strip():
+        name = str(entry.get("id", entry.get("name", ""))).strip() if isinstance(entry, dict) else ""
+        if not name:
             raise SelvaError(f"{source}: experiment {i} needs an \"id\".")
-        name = str(entry.get("id", entry.get("name"))).strip()
         own = {k: v for k, v in entry.items() if k not in ("id", "name") + INFO_KEYS}
         settings = _settle({**out_base, **_rename(own, names, fields)}, fields, source, name)
         experiments.append({"name": name, **settings,
