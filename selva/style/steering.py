@@ -200,27 +200,13 @@ class SteeringPatch:
         self.check(generator)
         blocks = generator_blocks(generator)
         with contextlib.ExitStack() as stack:  # hooks removed first, then the branch tracking
-            if self.steering.mode == "per_position":
+            branches = None
+            if self.steering.mode == "per_position":  # steers the conditional branch only
                 branches = stack.enter_context(_GuidanceBranches.tracking(generator))
-                make = lambda i: _conditional_adder(self.steering.vectors[i], self.strength, branches)  # noqa: E731
-            else:
-                make = lambda i: _adder(self.strength * self.steering.vectors[i])  # noqa: E731
             for i in self.blocks:
-                stack.enter_context(blocks[i].register_forward_hook(make(i)))
+                stack.enter_context(blocks[i].register_forward_hook(
+                    _adder(self.steering.vectors[i], self.strength, branches)))
             yield
-
-
-def _adder(delta: torch.Tensor):
-    cast: dict = {}
-
-    def hook(module, inputs, output):
-        latent = _latent_stream(output)
-        key = (latent.device, latent.dtype)
-        if key not in cast:
-            cast[key] = delta.to(latent.device, latent.dtype)
-        return _with_latent_stream(output, latent + cast[key])
-
-    return hook
 
 
 @dataclass
@@ -287,18 +273,21 @@ def fit_positions(vectors: torch.Tensor, positions: int) -> torch.Tensor:
     return resized[0].T
 
 
-def _conditional_adder(vectors: torch.Tensor, strength: float, branches: _GuidanceBranches):
+def _adder(vectors: torch.Tensor, strength: float, branches: Optional[_GuidanceBranches]):
+    """A block's forward hook adding ``strength * vectors`` to its latent stream: a per-block
+    vector (D,) to every row; with ``branches``, per-position vectors (P, D), resampled to the
+    pass's length, to the conditional rows only."""
     cast: dict = {}
 
     def hook(module, inputs, output):
         latent = _latent_stream(output)
-        n_cond = branches.conditional_rows(latent.shape[0])
+        n_cond = latent.shape[0] if branches is None else branches.conditional_rows(latent.shape[0])
         if n_cond == 0:
             return output
         key = (latent.shape[1], latent.device, latent.dtype)
         if key not in cast:
-            cast[key] = (strength * fit_positions(vectors.float(), latent.shape[1])).to(latent.device,
-                                                                                      latent.dtype)
+            fitted = fit_positions(vectors.float(), latent.shape[1]) if vectors.dim() == 2 else vectors
+            cast[key] = (strength * fitted).to(latent.device, latent.dtype)
         delta = cast[key]
         if n_cond == latent.shape[0]:
             return _with_latent_stream(output, latent + delta)
