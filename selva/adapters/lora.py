@@ -63,12 +63,8 @@ class LoraConfig:
 def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
     """``"attn.qkv, linear1 ffn.w1"`` -> ``("attn.qkv", "linear1", "ffn.w1")`` (order kept, no repeats)."""
     items = text if not isinstance(text, str) else re.split(r"[\s,]+", text)
-    out: list[str] = []
-    for item in items:
-        item = item.strip().strip(".")
-        if item and item not in out:
-            out.append(item)
-    return tuple(out)
+    cleaned = (item.strip().strip(".") for item in items)
+    return tuple(dict.fromkeys(item for item in cleaned if item))  # dict keys: first order, no repeats
 
 
 # ------------------------------------------------------------------------------------ targets
