@@ -49,13 +49,8 @@ def split_residuals(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
 
     The stored bias is the unchanged base bias (PiSSA never touches it), so it is dropped.
     """
-    lora: dict[str, torch.Tensor] = {}
-    residuals: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".linear.weight"):
-            residuals[key[:-len(".linear.weight")]] = value
-        elif not key.endswith(".linear.bias"):
-            lora[key] = value
+    lora = {k: v for k, v in state.items() if not k.endswith((".linear.weight", ".linear.bias"))}
+    residuals = {k[:-len(".linear.weight")]: v for k, v in state.items() if k.endswith(".linear.weight")}
     return lora, residuals
 
 
