@@ -179,10 +179,6 @@ class SteeringPatch:
         self.strength = float(strength)
         self.blocks = tuple(blocks)
 
-    @property
-    def active(self) -> bool:
-        return self.strength != 0.0 and bool(self.blocks)
-
     def check(self, generator: nn.Module) -> None:
         names = block_names(generator)
         hidden = generator.cfg.hidden_dim
@@ -194,7 +190,7 @@ class SteeringPatch:
 
     @contextlib.contextmanager
     def attach(self, generator: nn.Module) -> Iterator[None]:
-        if not self.active:  # strength 0: nothing attached, the output stays bit-identical
+        if self.strength == 0.0 or not self.blocks:  # nothing attached: the output stays bit-identical
             yield
             return
         self.check(generator)
