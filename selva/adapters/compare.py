@@ -149,11 +149,8 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
                  if isinstance(run, dict) and isinstance(run.get("adapter"), str) and run["adapter"]]
     if not isinstance(items, list):
         raise SelvaError("adapters_file must hold a JSON list of adapter paths.")
-    entries = [AdapterEntry(BASELINE, None)]
-    for i, item in enumerate(items):
-        entry = _entry(item, i, json_dir, base_dir)
-        if entry is not None:
-            entries.append(entry)
+    listed = (_entry(item, i, json_dir, base_dir) for i, item in enumerate(items))
+    entries = [AdapterEntry(BASELINE, None), *(e for e in listed if e is not None)]
     names = [e.name for e in entries]
     for e in entries:  # same file names from different runs: make labels unique
         if names.count(e.name) > 1 and e.path is not None:
@@ -236,10 +233,8 @@ def compare_adapters(pipe, features, entries: Sequence[AdapterEntry], *, steps: 
         wave = view.generate(features, steps=steps, cfg_strength=cfg_strength, seed=seed, hooks=hooks)
         wave = wave[0, 0].float().cpu()
         metrics = spectral_metrics(wave, pipe.sample_rate)
-        if results:
-            metrics.lsd_to_baseline_db = log_spectral_distance(wave, results[0].waveform, pipe.sample_rate)
-        else:
-            metrics.lsd_to_baseline_db = 0.0
+        metrics.lsd_to_baseline_db = (log_spectral_distance(wave, results[0].waveform, pipe.sample_rate)
+                                      if results else 0.0)
         if ref_wave is not None:
             metrics.lsd_to_reference_db = log_spectral_distance(wave, ref_wave, pipe.sample_rate)
         results.append(ComparedResult(e.name, None if e.path is None else str(e.path), e.strength,

@@ -79,7 +79,6 @@ class AdapterMeta:
     rslora: bool = False
     steps: int = 0
     dataset_digest: str = ""
-    source_format: str = FORMAT  # selva-lora | peft | selva-pt (earlier pack)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -192,11 +191,11 @@ def load_adapter(path: Path) -> LoraAdapter:
                          f"{', '.join(ADAPTER_SUFFIXES)}).")
     if any(k.endswith(("lora_down.weight", "lora_up.weight")) for k in tensors):
         modules = _comfy_modules(tensors, path)
-        meta = _meta_from_header(header, modules, FORMAT if header.get("format") == FORMAT else "comfy")
+        meta = _meta_from_header(header, modules)
     elif any(".lora_A" in k or ".lora_B" in k for k in tensors):
         config = _peft_config(path, header)
         modules = _peft_modules(tensors, path, config)
-        meta = _meta_from_header(config, modules, config.get("source_format", "peft"))
+        meta = _meta_from_header(config, modules)
     else:
         sample = ", ".join(sorted(tensors)[:3]) or "none"
         raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
@@ -224,14 +223,20 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
-def _comfy_modules(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[str, LoraWeights]:
+def _by_module(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern, path: Path, expected: str) -> dict:
+    """``{module: {part: tensor}}`` (``lora_down.weight`` kept as ``lora_down``) by ``pattern``."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        m = _COMFY_KEY.match(key)
+        m = pattern.match(key)
         if m is None:
-            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_down.weight, "
-                             f"<module>.lora_up.weight and <module>.alpha).")
+            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected {expected}).")
         parts.setdefault(_strip_prefix(m["module"]), {})[m["part"].split(".")[0]] = value
+    return parts
+
+
+def _comfy_modules(tensors: Mapping[str, torch.Tensor], path: Path) -> dict[str, LoraWeights]:
+    parts = _by_module(tensors, _COMFY_KEY, path, "<module>.lora_down.weight, <module>.lora_up.weight "
+                                                  "and <module>.alpha")
     modules = {}
     for name, p in parts.items():
         if "lora_down" not in p or "lora_up" not in p:
@@ -263,13 +268,7 @@ def _peft_config(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
 
 def _peft_modules(tensors: Mapping[str, torch.Tensor], path: Path,
                   config: Mapping[str, Any]) -> dict[str, LoraWeights]:
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _PEFT_KEY.match(key)
-        if m is None:
-            raise SelvaError(f"{path.name}: unexpected key {key!r} (expected <module>.lora_A / "
-                             f"<module>.lora_B).")
-        parts.setdefault(_strip_prefix(m["module"]), {})[m["part"]] = value
+    parts = _by_module(tensors, _PEFT_KEY, path, "<module>.lora_A / <module>.lora_B")
     modules = {}
     for name, p in parts.items():
         if "A" not in p or "B" not in p:
@@ -310,8 +309,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights],
-                      source_format: str) -> AdapterMeta:
+def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights]) -> AdapterMeta:
     version = header.get("format_version")
     if header.get("format") == FORMAT and version is not None and int(version) > FORMAT_VERSION:
         raise SelvaError(f"This adapter uses format version {version}; this pack reads up to "
@@ -333,5 +331,4 @@ def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeigh
         targets=tuple(targets) if targets else tuple(sorted({n.rsplit(".", 1)[-1] for n in modules})),
         init=init, rslora=_truthy(header.get("rslora", False)),
         steps=int(header.get("steps") or 0), dataset_digest=str(header.get("dataset_digest") or ""),
-        source_format=source_format,
         extra={k: str(v) for k, v in header.items() if k not in known and isinstance(v, (str, int, float))})

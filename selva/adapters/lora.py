@@ -63,12 +63,8 @@ class LoraConfig:
 def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
     """``"attn.qkv, linear1 ffn.w1"`` -> ``("attn.qkv", "linear1", "ffn.w1")`` (order kept, no repeats)."""
     items = text if not isinstance(text, str) else re.split(r"[\s,]+", text)
-    out: list[str] = []
-    for item in items:
-        item = item.strip().strip(".")
-        if item and item not in out:
-            out.append(item)
-    return tuple(out)
+    cleaned = (item.strip().strip(".") for item in items)
+    return tuple(dict.fromkeys(item for item in cleaned if item))  # dict keys: first order, no repeats
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -315,15 +311,11 @@ class LoraSet(nn.Module):
         device = next(generator.parameters()).device
         if next(self.parameters()).device != device:
             self.to(device)  # keeps the Parameter objects (an optimizer's references stay valid)
-        handles = []
-        try:
+        with contextlib.ExitStack() as stack:  # a RemovableHandle removes its hook on exit
             for name, layer in self.items():
-                handles.append(generator.get_submodule(name).register_forward_hook(
+                stack.enter_context(generator.get_submodule(name).register_forward_hook(
                     _hook(layer, float(strength))))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     # ------------------------------------------------------------------------------- exporting
     def to_adapter(self, *, variant: str, steps: int = 0, dataset_digest: str = "",

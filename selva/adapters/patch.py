@@ -33,17 +33,14 @@ class LoraPatch:
     def __repr__(self) -> str:
         return f"LoraPatch({self.adapter.name}, strength={self.strength})"
 
-    def _set_for(self, generator: nn.Module) -> LoraSet:
-        if self._frozen is None:
-            self._frozen = LoraSet.from_adapter(self.adapter, generator)
-        return self._frozen
-
     @contextlib.contextmanager
     def attach(self, generator: nn.Module) -> Iterator[None]:
         if self.strength == 0:
             yield
             return
-        with self._set_for(generator).attach(generator, self.strength):
+        if self._frozen is None:
+            self._frozen = LoraSet.from_adapter(self.adapter, generator)
+        with self._frozen.attach(generator, self.strength):
             yield
 
 

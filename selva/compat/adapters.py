@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # earlier metadata name -> ours
 META_NAMES = {"use_rslora": "rslora", "init_mode": "init", "target": "targets"}
 INIT_NAMES = {"standard": "default", "pissa": "pissa"}
-RESIDUAL_SUFFIXES = (".linear.weight", ".linear.bias")
 # Relative size of the part of W_res - W beyond its top-`rank` singular values above which the
 # file's residual was not made from this generator's weights. A residual stored in bf16 leaves
 # about 1% (its rounding); another checkpoint's weights leave far more.
@@ -39,8 +38,7 @@ def translate_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(meta)
     for old, new in META_NAMES.items():
         if old in out:
-            value = out.pop(old)
-            out.setdefault(new, value)
+            out.setdefault(new, out.pop(old))
     if out.get("init") is not None:
         out["init"] = INIT_NAMES.get(str(out["init"]), str(out["init"]))
     return out
@@ -51,13 +49,8 @@ def split_residuals(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
 
     The stored bias is the unchanged base bias (PiSSA never touches it), so it is dropped.
     """
-    lora: dict[str, torch.Tensor] = {}
-    residuals: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".linear.weight"):
-            residuals[key[:-len(".linear.weight")]] = value
-        elif not key.endswith(".linear.bias"):
-            lora[key] = value
+    lora = {k: v for k, v in state.items() if not k.endswith((".linear.weight", ".linear.bias"))}
+    residuals = {k[:-len(".linear.weight")]: v for k, v in state.items() if k.endswith(".linear.weight")}
     return lora, residuals
 
 

@@ -49,13 +49,14 @@ def convert(old: Path, new: Path, *, variant: str = "", overwrite: bool = False)
         raise SelvaError("OLD and NEW are the same file.")
     kind = kind_of(read_pt(old, "earlier-pack"))
     source = f"earlier SelVA pack: {old.name}"
-    if kind == "ti":
+    if kind in ("ti", "steering"):  # both record a variant and an info dict in their metadata
+        from ..style.steering import SteeringVectors
         from ..style.textual_inversion import TextualInversion
 
-        ti = TextualInversion.load(old)
-        ti.variant = variant or ti.variant
-        ti.info["converted_from"] = source
-        ti.save(new)
+        loaded = (TextualInversion if kind == "ti" else SteeringVectors).load(old)
+        loaded.variant = variant or loaded.variant
+        loaded.info["converted_from"] = source
+        loaded.save(new)
     elif kind == "vocoder":
         from ..vocoder_tuning.checkpoint import metadata, read_tuned_vocoder, save_tuned_vocoder
 
@@ -74,13 +75,6 @@ def convert(old: Path, new: Path, *, variant: str = "", overwrite: bool = False)
             adapter.meta.variant = variant
         adapter.meta.extra["converted_from"] = source
         save_adapter(adapter, new, overwrite=overwrite)
-    elif kind == "steering":
-        from ..style.steering import SteeringVectors
-
-        vectors = SteeringVectors.load(old)
-        vectors.variant = variant or vectors.variant
-        vectors.info["converted_from"] = source
-        vectors.save(new)
     else:
         raise SelvaError(f"{old} is not a file of the earlier SelVA pack that can be converted (a "
                          f"textual inversion, BigVGAN, steering or LoRA .pt).")

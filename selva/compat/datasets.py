@@ -37,31 +37,28 @@ REEXTRACT = ("extract them again with this pack: `python -m selva prepare-datase
              "cache_dir = the dataset folder)")
 
 
-def is_earlier_features(path: Path) -> bool:
-    """An ``.npz`` written by the earlier Feature Extractor (no header, its five entries)."""
+def _read(path: Path) -> Optional[dict[str, Any]]:
+    """The entries of an ``.npz`` written by the earlier Feature Extractor (no header, clip and
+    sync features), or None for any other file."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            names = set(data.files)
+        data = np.load(path, allow_pickle=False)
+        names = set(data.files)
     except Exception:
-        return False
-    return "header" not in names and {"clip_features", "sync_features"} <= names
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in EARLIER_KEYS if k not in data.files]
-            if missing:
-                raise SelvaError(f"{path.name} is an earlier-pack features file without "
-                                 f"{', '.join(missing)}; {REEXTRACT}.")
+        return None
+    with data:
+        if "header" in names or not {"clip_features", "sync_features"} <= names:
+            return None
+        missing = [k for k in EARLIER_KEYS if k not in names]
+        if missing:
+            raise SelvaError(f"{path.name} is an earlier-pack features file without "
+                             f"{', '.join(missing)}; {REEXTRACT}.")
+        try:
             return {"clip_features": torch.from_numpy(np.array(data["clip_features"])).float(),
                     "sync_features": torch.from_numpy(np.array(data["sync_features"])).float(),
                     "prompt": str(data["prompt"]), "duration": float(data["duration"]),
                     "variant": str(data["variant"])}
-    except SelvaError:
-        raise
-    except Exception as e:
-        raise SelvaError(f"{path.name} is not a readable features file ({e}); {REEXTRACT}.") from e
+        except Exception as e:
+            raise SelvaError(f"{path.name} is not a readable features file ({e}); {REEXTRACT}.") from e
 
 
 def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prompt: str,
@@ -70,9 +67,9 @@ def earlier_clip_features(pipe, path: Path, prompt: Optional[str], fallback_prom
     prompt, or ``fallback_prompt`` when that is empty), or None when ``path`` is not such a file
     (then today's reader reads it)."""
     path = Path(path)
-    if not is_earlier_features(path):
-        return None
     data = _read(path)
+    if data is None:
+        return None
     variant = pipe.variant.name
     if data["variant"] != variant:
         raise SelvaError(f"{path.name} holds features of variant {data['variant']!r}, but the model is "

@@ -65,6 +65,11 @@ def _expect(obj: Any, kind: str, path: Path, what: str) -> dict:
     return obj
 
 
+def _info(obj: dict, keys: tuple[str, ...], types: tuple[type, ...]) -> dict[str, Any]:
+    """The file's notes on how it was made (the ``keys`` holding ``types``), marked as converted."""
+    return {"converted_from": "earlier SelVA pack", **{k: obj[k] for k in keys if isinstance(obj.get(k), types)}}
+
+
 def read_textual_inversion(path: Path) -> tuple[torch.Tensor, str, str, dict[str, Any]]:
     """(embeddings float32, our path kind, inject_mode, info) of an earlier TI file: its tokens go
     where it trained them (suffix or prefix), as our ``inject_mode`` of the same name."""
@@ -74,10 +79,7 @@ def read_textual_inversion(path: Path) -> tuple[torch.Tensor, str, str, dict[str
         raise SelvaError(f"{path}: 'embeddings' is not an (n_tokens, dim) tensor; the file is damaged.")
     inject_mode = str(obj.get("inject_mode", "suffix"))
     kind = unsupported.check_ti(str(path), inject_mode)
-    info = {"converted_from": "earlier SelVA pack"}
-    for key in ("init_text", "step", "steps", "lr"):
-        if key in obj and isinstance(obj[key], (str, int, float)):
-            info[key] = obj[key]
+    info = _info(obj, ("init_text", "step", "steps", "lr"), (str, int, float))
     return emb.detach().float(), kind, inject_mode, info
 
 
@@ -160,8 +162,5 @@ def read_steering(path: Path) -> tuple[torch.Tensor, list[str], str, dict[str, A
                          f"{len(vecs)} vectors; the file is damaged.")
     vectors = torch.stack([v.detach().float() for v in vecs])
     names = [f"joint_{i}" for i in range(n_joint)] + [f"fused_{i}" for i in range(n_fused)]
-    info: dict[str, Any] = {"converted_from": "earlier SelVA pack"}
-    for key in ("n_samples", "seed", "latent_seq_len"):
-        if isinstance(obj.get(key), (int, float)):
-            info[key] = obj[key]
+    info = _info(obj, ("n_samples", "seed", "latent_seq_len"), (int, float))
     return vectors, names, str(obj.get("variant") or ""), info

@@ -115,20 +115,15 @@ def from_earlier_layout(data: Any, options_cls: type, source: Path) -> Any:
     out_base.update(_rename(base, names, fields))
     experiments = []
     for i, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not str(entry.get("id", entry.get("name", ""))).strip():
+        name = str(entry.get("id", entry.get("name", ""))).strip() if isinstance(entry, dict) else ""
+        if not name:
             raise SelvaError(f"{source}: experiment {i} needs an \"id\".")
-        name = str(entry.get("id", entry.get("name"))).strip()
         own = {k: v for k, v in entry.items() if k not in ("id", "name") + INFO_KEYS}
-        settings = {**out_base, **_rename(own, names, fields)}
-        settings = _settle(settings, fields, source, name)
+        settings = _settle({**out_base, **_rename(own, names, fields)}, fields, source, name)
         experiments.append({"name": name, **settings,
                             **{k: entry[k] for k in INFO_KEYS if k in entry}})
-    out: dict[str, Any] = {"base": {}, "experiments": experiments}
-    for key in ("name", "description", "output_root"):
-        if key in data:
-            out[key] = data[key]
-    out["layout"] = "earlier pack"
-    return out
+    return {"base": {}, "experiments": experiments,
+            **{k: data[k] for k in ("name", "description", "output_root") if k in data}, "layout": "earlier pack"}
 
 
 def _rename(values: Mapping[str, Any], names: Mapping[str, str], fields: set) -> dict[str, Any]:

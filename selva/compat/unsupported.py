@@ -16,13 +16,12 @@ from ..errors import SelvaError
 TI_INJECT_MODES = {"suffix": "clip", "prefix": "clip"}
 
 
-def check_ti(source: str, inject_mode: str, *, training: bool = False) -> str:
+def check_ti(source: str, inject_mode: str) -> str:
     """Our textual-inversion path for an earlier ``inject_mode``, or a clear refusal of a mode that
-    pack never had (a damaged or foreign file; ``training``: a sweep experiment asks for it)."""
+    pack never had (a damaged or foreign file)."""
     if inject_mode in TI_INJECT_MODES:
         return TI_INJECT_MODES[inject_mode]
-    what = "asks for" if training else "was trained with"
     raise SelvaError(
-        f"{source} {what} inject_mode {inject_mode!r}, which neither the earlier pack nor this one "
-        f"has (they know {', '.join(TI_INJECT_MODES)}). Use one of those"
-        f"{'' if training else ', or train the tokens again with SelVA Textual Inversion Trainer'}.")
+        f"{source} was trained with inject_mode {inject_mode!r}, which neither the earlier pack nor this "
+        f"one has (they know {', '.join(TI_INJECT_MODES)}). Use one of those, or train the tokens again "
+        f"with SelVA Textual Inversion Trainer.")

@@ -12,10 +12,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def add_train_ti_args(p: argparse.ArgumentParser) -> None:
+def register(sub, add_model_args, load_options) -> dict:
+    """Add the style sub-commands to ``python -m selva``; returns {name: handler}."""
     from ..train.options import add_cli_options
     from .textual_inversion import TiTrainOptions
 
+    p = sub.add_parser("train-ti", help="train textual-inversion tokens on a dataset folder")
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", type=Path, required=True,
                    help="dataset folder: clip.npz + clip.wav pairs (as for LoRA training)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir", type=Path, required=True,
@@ -23,6 +25,8 @@ def add_train_ti_args(p: argparse.ArgumentParser) -> None:
     add_cli_options(p, TiTrainOptions)
     p.add_argument("--resume", default="", help="'latest', a checkpoint or a run folder")
     p.add_argument("--cache_dir", type=Path, default=None, help="VAE posterior cache (default: in data_dir)")
+    add_model_args(p)
+    return {"train-ti": lambda a: cmd_train_ti(a, load_options)}
 
 
 def cmd_train_ti(args: argparse.Namespace, load_options) -> int:
@@ -47,11 +51,3 @@ def cmd_train_ti(args: argparse.Namespace, load_options) -> int:
 def _log_progress(stage: str, done: int, total: int) -> None:
     if stage == "training" and (done == 1 or done % 50 == 0 or done == total):
         log.info("step %d/%d", done, total)
-
-
-def register(sub, add_model_args, load_options) -> dict:
-    """Add the style sub-commands to ``python -m selva``; returns {name: handler}."""
-    ti = sub.add_parser("train-ti", help="train textual-inversion tokens on a dataset folder")
-    add_train_ti_args(ti)
-    add_model_args(ti)
-    return {"train-ti": lambda a: cmd_train_ti(a, load_options)}

@@ -8,6 +8,7 @@ and modification times (and the bytes of any AUDIO input), so changing a file re
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -135,13 +136,13 @@ def compute_reference_stats(pipe: "SelvaPipeline", files: Sequence[Path],
                             extra: Sequence[ReferenceAudio] = (), hooks: Hooks = NO_HOOKS) -> MelStats:
     """Decode every clip, take its model-rate log-mel (channels mixed to mono), accumulate."""
     n_fft = pipe.variant.mel.n_fft
-    total = outer = None
-    frames = clips = 0
+    total = outer = frames = 0
     items = len(files) + len(extra)
     if items == 0:
         raise SelvaError("No reference audio: put .wav/.flac/.mp3/.ogg clips in reference_dir or "
                          "connect reference_audio.")
-    for i, ref in enumerate(_iter_references(files, extra), 1):
+    # files are decoded one at a time, as they come up
+    for i, ref in enumerate(itertools.chain(map(load_audio_file, files), extra), 1):
         mono = ref.waveform.mean(dim=0, keepdim=True)[None]  # (1, 1, T)
         needed = int(np.ceil(n_fft * ref.sample_rate / pipe.sample_rate))
         if mono.shape[-1] < needed:
@@ -149,16 +150,9 @@ def compute_reference_stats(pipe: "SelvaPipeline", files: Sequence[Path],
                              f"{ref.sample_rate} Hz); use clips of at least a quarter second.")
         mel = pipe.decoding.log_mel(mono, ref.sample_rate)[0]  # (n_mels, frames)
         s, o, f = mel_moments(mel)
-        total = s if total is None else total + s
-        outer = o if outer is None else outer + o
+        total += s
+        outer += o
         frames += f
-        clips += 1
         hooks.step("reference audio", i, items)
-    log.info("Reference set: %d clips, %d mel frames", clips, frames)
-    return stats_from_moments(total, outer, frames, clips)
-
-
-def _iter_references(files: Sequence[Path], extra: Sequence[ReferenceAudio]):
-    for path in files:
-        yield load_audio_file(path)
-    yield from extra
+    log.info("Reference set: %d clips, %d mel frames", items, frames)
+    return stats_from_moments(total, outer, frames, items)

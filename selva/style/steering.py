@@ -179,10 +179,6 @@ class SteeringPatch:
         self.strength = float(strength)
         self.blocks = tuple(blocks)
 
-    @property
-    def active(self) -> bool:
-        return self.strength != 0.0 and bool(self.blocks)
-
     def check(self, generator: nn.Module) -> None:
         names = block_names(generator)
         hidden = generator.cfg.hidden_dim
@@ -194,40 +190,22 @@ class SteeringPatch:
 
     @contextlib.contextmanager
     def attach(self, generator: nn.Module) -> Iterator[None]:
-        if not self.active:  # strength 0: nothing attached, the output stays bit-identical
+        if self.strength == 0.0 or not self.blocks:  # nothing attached: the output stays bit-identical
             yield
             return
         self.check(generator)
         blocks = generator_blocks(generator)
-        handles = []
-        with contextlib.ExitStack() as stack:
-            if self.steering.mode == "per_position":
+        with contextlib.ExitStack() as stack:  # hooks removed first, then the branch tracking
+            branches = None
+            if self.steering.mode == "per_position":  # steers the conditional branch only
                 branches = stack.enter_context(_GuidanceBranches.tracking(generator))
-                make = lambda i: _conditional_adder(self.steering.vectors[i], self.strength, branches)  # noqa: E731
-            else:
-                make = lambda i: _adder(self.strength * self.steering.vectors[i])  # noqa: E731
-            try:
-                for i in self.blocks:
-                    handles.append(blocks[i].register_forward_hook(make(i)))
-                yield
-            finally:
-                for h in handles:
-                    h.remove()
+            for i in self.blocks:
+                stack.enter_context(blocks[i].register_forward_hook(
+                    _adder(self.steering.vectors[i], self.strength, branches)))
+            yield
 
 
-def _adder(delta: torch.Tensor):
-    cast: dict = {}
-
-    def hook(module, inputs, output):
-        latent = _latent_stream(output)
-        key = (latent.device, latent.dtype)
-        if key not in cast:
-            cast[key] = delta.to(latent.device, latent.dtype)
-        return _with_latent_stream(output, latent + cast[key])
-
-    return hook
-
-
+@dataclass
 class _GuidanceBranches:
     """Which leading rows of the generator pass now running belong to the conditional branch.
 
@@ -238,10 +216,9 @@ class _GuidanceBranches:
     pre-hook on the first block counts the passes within it. A pass outside a guided call (none
     is made while sampling) has no conditional branch and is left alone."""
 
-    def __init__(self):
-        self.batch: Optional[int] = None
-        self.cfg_strength = 0.0
-        self.passes = 0
+    batch: Optional[int] = None  # rows of the guided call now running (None: outside one)
+    cfg_strength: float = 0.0
+    passes: int = 0  # generator passes made so far within that call
 
     @classmethod
     @contextlib.contextmanager
@@ -262,12 +239,11 @@ class _GuidanceBranches:
             if branches.batch is not None:
                 branches.passes += 1
 
-        handle = generator_blocks(generator)[0].register_forward_pre_hook(count_pass)
         generator.cfg_velocity = cfg_velocity
         try:
-            yield branches
+            with generator_blocks(generator)[0].register_forward_pre_hook(count_pass):
+                yield branches
         finally:
-            handle.remove()
             if had_own:
                 generator.cfg_velocity = inner
             else:
@@ -293,18 +269,21 @@ def fit_positions(vectors: torch.Tensor, positions: int) -> torch.Tensor:
     return resized[0].T
 
 
-def _conditional_adder(vectors: torch.Tensor, strength: float, branches: _GuidanceBranches):
+def _adder(vectors: torch.Tensor, strength: float, branches: Optional[_GuidanceBranches]):
+    """A block's forward hook adding ``strength * vectors`` to its latent stream: a per-block
+    vector (D,) to every row; with ``branches``, per-position vectors (P, D), resampled to the
+    pass's length, to the conditional rows only."""
     cast: dict = {}
 
     def hook(module, inputs, output):
         latent = _latent_stream(output)
-        n_cond = branches.conditional_rows(latent.shape[0])
+        n_cond = latent.shape[0] if branches is None else branches.conditional_rows(latent.shape[0])
         if n_cond == 0:
             return output
         key = (latent.shape[1], latent.device, latent.dtype)
         if key not in cast:
-            cast[key] = (strength * fit_positions(vectors.float(), latent.shape[1])).to(latent.device,
-                                                                                      latent.dtype)
+            fitted = fit_positions(vectors.float(), latent.shape[1]) if vectors.dim() == 2 else vectors
+            cast[key] = (strength * fitted).to(latent.device, latent.dtype)
         delta = cast[key]
         if n_cond == latent.shape[0]:
             return _with_latent_stream(output, latent + delta)
@@ -335,13 +314,10 @@ class _Recorder:
 
     @contextlib.contextmanager
     def attach(self, generator: nn.Module) -> Iterator[None]:
-        handles = [block.register_forward_hook(self._hook(i))
-                   for i, block in enumerate(generator_blocks(generator))]
-        try:
+        with contextlib.ExitStack() as stack:
+            for i, block in enumerate(generator_blocks(generator)):
+                stack.enter_context(block.register_forward_hook(self._hook(i)))
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
@@ -385,8 +361,7 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
     per_position = config.mode == "per_position"
     recorder = _Recorder(per_position)
     positions: Optional[int] = None
-    sums = norms = None
-    count = 0
+    sums = norms = 0  # summed over every (clip, step); divided by their number at the end
     total = config.n_samples * config.n_timesteps
     with torch.no_grad(), pipe.use_generator(extra_patches=[recorder]) as gen:
         names = block_names(gen)
@@ -410,16 +385,15 @@ def extract_steering(pipe: "SelvaPipeline", feature_files: Sequence[Path], confi
                     positions = positions or int(diff.shape[1])
                     diff = torch.stack([fit_positions(d, positions) for d in diff])
                 norm = torch.stack([0.5 * (n_c[i] + n_u[i]).mean() for i in range(len(names))]).cpu()
-                sums = diff.double() if sums is None else sums + diff.double()
-                norms = norm.double() if norms is None else norms + norm.double()
-                count += 1
+                sums += diff.double()
+                norms += norm.double()
                 v = config.cfg_strength * v_c + (1 - config.cfg_strength) * v_u
                 x = x + (grid[step + 1] - grid[step]) * v
                 hooks.step("steering", sample * config.n_timesteps + step + 1, total)
-    vectors = (sums / count).float()
+    vectors = (sums / total).float()
     info = {"n_samples": config.n_samples, "n_timesteps": config.n_timesteps, "seed": config.seed,
             "cfg_strength": config.cfg_strength, "clips": len(set(picks))}
-    return SteeringVectors(vectors, vector_magnitudes(vectors), (norms / count).float(), pipe.variant.name,
+    return SteeringVectors(vectors, vector_magnitudes(vectors), (norms / total).float(), pipe.variant.name,
                            names, info)
 
 

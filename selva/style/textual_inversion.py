@@ -108,9 +108,8 @@ class TextualInversion:
         if self.embeddings_t5 is not None:
             tensors["embeddings_t5"] = self.embeddings_t5.float()
             meta["t5_dim"] = int(self.embeddings_t5.shape[1])
-        out = save_safetensors(path, tensors, meta)
-        self.path = out
-        return out
+        self.path = save_safetensors(path, tensors, meta)
+        return self.path
 
     @classmethod
     def load(cls, path: Path) -> "TextualInversion":
@@ -439,10 +438,8 @@ class TiTask(TrainTask):
         return wave[0], self.pipe.sample_rate
 
     def current(self, with_info: bool = True) -> TextualInversion:
-        info = {}
-        if with_info:
-            info = {"steps": self.step, "init_text": self.init_text, "dataset_digest": self.dataset.digest,
-                    "clips": len(self.dataset), "options": asdict(self.options)}
+        info = {"steps": self.step, "init_text": self.init_text, "dataset_digest": self.dataset.digest,
+                "clips": len(self.dataset), "options": asdict(self.options)} if with_info else {}
         t5 = None if self.embedding_t5 is None else self.embedding_t5.detach().float().cpu().clone()
         return TextualInversion(self.embedding.detach().float().cpu().clone(), self.pipe.variant.name,
                                 self.options.path, info, embeddings_t5=t5, inject_mode=self.options.inject_mode)
@@ -451,8 +448,7 @@ class TiTask(TrainTask):
         from ..artifacts import unique_path
 
         ti = self.current()
-        name = "embeddings_final.safetensors" if tag == "final" else f"embeddings_{tag}.safetensors"
-        ti.save(unique_path(Path(run_dir) / name))
+        ti.save(unique_path(Path(run_dir) / f"embeddings_{tag}.safetensors"))
         self.last_export = ti
         return ti.path
 
@@ -497,8 +493,7 @@ def train_textual_inversion(pipe, data_dir: Path, output_dir: Path, options: TiT
                      "dataset_digest": dataset.digest, "options": asdict(options)}
             result = run_training(task, options.loop_config(), Path(output_dir), resume=resume, hooks=hooks,
                                   run_dir=run_dir, should_stop=should_stop, extra_meta=extra)
-    embedding = task.last_export if task.last_export is not None else task.current()
-    return TiRun(result, embedding)
+    return TiRun(result, task.last_export or task.current())
 
 
 def run_ti_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
