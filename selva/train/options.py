@@ -79,7 +79,8 @@ def check_limits(obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ command line
-def _flags(name: str, prefix: str = "") -> list[str]:
+def option_flags(name: str, prefix: str = "") -> list[str]:
+    """``--data_dir`` and ``--data-dir`` alike (``prefix``: e.g. ``no_``)."""
     flags = [f"--{prefix}{name}"]
     dashed = f"--{prefix.replace('_', '-')}{name.replace('_', '-')}"
     if dashed not in flags:
@@ -99,9 +100,9 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type,
             continue
         help_text = m["help"].rstrip(".")
         if m["kind"] is bool:
-            parser.add_argument(*_flags(name), dest=name, action="store_true", default=f.default,
+            parser.add_argument(*option_flags(name), dest=name, action="store_true", default=f.default,
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
-            parser.add_argument(*_flags(name, "no_"), dest=name, action="store_false",
+            parser.add_argument(*option_flags(name, "no_"), dest=name, action="store_false",
                                 help=f"turn {name} off")
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": f.default,
@@ -110,7 +111,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type,
             kwargs["choices"] = list(m["choices"])
         if m["kind"] in (int, float):
             kwargs["type"] = m["kind"]
-        parser.add_argument(*_flags(name), **kwargs)
+        parser.add_argument(*option_flags(name), **kwargs)
 
 
 def from_namespace(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
