@@ -290,17 +290,16 @@ class LoraTask(TrainTask):
         """The eval clip's own recording (the first dataset clip, when no eval_features were given)."""
         if not self.options.eval_samples or self._eval_given:
             return None
-        from .audio_files import AUDIO_EXTENSIONS, read_audio
+        from .audio_files import audio_named, read_audio
 
-        name = self.dataset.clips[0].name
-        for path in sorted(Path(self.dataset.data_dir).glob(f"{name}.*")):
-            if path.suffix.lower() in AUDIO_EXTENSIONS:
-                try:
-                    return read_audio(path)
-                except SelvaError as e:
-                    log.warning("No reference metrics: %s", e)
-                    return None
-        return None
+        path = audio_named(self.dataset.data_dir, self.dataset.clips[0].name)
+        if path is None:
+            return None
+        try:
+            return read_audio(path)
+        except SelvaError as e:
+            log.warning("No reference metrics: %s", e)
+            return None
 
     def eval_sample(self):
         if not self.options.eval_samples:
