@@ -20,11 +20,8 @@ from .. import artifacts as _artifacts
 from ..errors import SelvaError
 
 
-# The one atomic write and numbered-name helpers of the pack, under the names training uses.
-atomic_path = _artifacts.atomic_path
+# The one atomic write of the pack (selva/artifacts.py), under the names training uses.
 atomic_write = _artifacts.write_atomic
-
-
 write_json = _artifacts.write_json
 
 
