@@ -28,7 +28,6 @@ CFG_STRENGTH = 4.5
 class MelAudioPairs:
     mels: list[torch.Tensor]  # (n_mels, frames) float32 CPU
     audios: list[torch.Tensor]  # (frames * hop,) float32 CPU
-    names: list[str]
     hop: int
     frames: int  # per segment
 
@@ -65,7 +64,7 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
     dataset = load_dataset(pipe, Path(data_dir), hooks=hooks)
     view = pipe.with_patches(generator=[LoraPatch(adapter, 1.0)])
     hop = int(pipe.variant.mel.hop_size)
-    mels, audios, names = [], [], []
+    mels, audios = [], []
     with torch.inference_mode(False), torch.no_grad():
         for i, clip in enumerate(dataset.clips, 1):
             seq = pipe.variant.seq_lengths(clip.features.duration)
@@ -83,7 +82,6 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
             audio = fit_audio(wave, rate, pipe.sample_rate, mel.shape[-1] * hop)[0]
             mels.append(mel)
             audios.append(audio.clamp(-1.0, 1.0))
-            names.append(clip.name)
             hooks.step("LoRA mels", i, len(dataset.clips))
     log.info("Vocoder tuning on %d mels of the generator with LoRA %s", len(mels), adapter_path)
-    return MelAudioPairs(mels, audios, names, hop, max(2, int(segment_frames)))
+    return MelAudioPairs(mels, audios, hop, max(2, int(segment_frames)))
