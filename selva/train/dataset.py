@@ -29,8 +29,7 @@ from ..errors import SelvaError
 from ..features import Features, content_hash
 from ..hooks import Hooks, or_default
 from ..variants import SeqLengths
-from ..datasets.reader import (PROMPTS_FILE, ClipFiles, find_clips, read_dataset,  # noqa: F401
-                               read_prompts_file)
+from ..datasets.reader import ClipFiles, read_dataset
 from .audio_files import fit_audio, read_audio
 from .files import file_digest
 from .loss import ClipConditions
