@@ -19,9 +19,9 @@ from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 # the shared loop and the names every sweep kind uses (re-exported: nodes and tests read them here)
 from .files import write_json
-from .sweep_runner import (DONE, SKIP_FLAG, SUMMARY_FORMAT, SUMMARY_NAME, SweepEntry, SweepKind,  # noqa: F401
-                           SweepResult, active_sweeps, check_experiment, open_summary, read_sweep_file,
-                           registered, request_skip, run_entries)
+from .sweep_runner import (DONE, SKIP_FLAG, SUMMARY_NAME, SweepEntry, SweepKind, SweepResult,  # noqa: F401
+                           active_sweeps, check_experiment, open_summary, read_sweep_file, request_skip,
+                           run_entries)
 
 log = logging.getLogger(__name__)
 
