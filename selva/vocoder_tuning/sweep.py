@@ -45,7 +45,6 @@ class VocoderSweepFile:
     name: str
     description: str = ""
     output_root: Optional[str] = None
-    earlier_layout: bool = False
 
 
 def read_vocoder_sweep(path: Path) -> VocoderSweepFile:
@@ -71,7 +70,7 @@ def read_vocoder_sweep(path: Path) -> VocoderSweepFile:
         out.append(SweepEntry(name, settings, {"description": str(entry.get("description", "")),
                                                **({"group": group} if group else {})}))
     return VocoderSweepFile(out, str(data.get("name") or path.stem), str(data.get("description", "")),
-                            data.get("output_root") or None, earlier)
+                            data.get("output_root") or None)
 
 
 def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
