@@ -6,6 +6,8 @@ into a fresh ``<name>_NNN`` folder, records status / losses / steps / seconds / 
 rewrites the summary after each, and draws the comparison curves at the end. A failing run is
 recorded and the sweep goes on; an interrupt is recorded and raised. What differs between sweep
 kinds (how settings become a trainer call, what file a run leaves) is a :class:`SweepKind`.
+Every kind reads its file with :func:`read_sweep_file` and checks each experiment with
+:func:`check_experiment`.
 
 Skipping: a flag file ``skip.flag`` in the sweep folder (written by :func:`request_skip`: the
 SelvaSkipExperiment node, the ``/selva/skip`` HTTP route, or ``python -m selva skip <sweep
