@@ -621,6 +621,7 @@ def run_training(task: TrainTask, cfg: LoopConfig, output_dir: Path, *,
 
 def _pick_run_dir(cfg: LoopConfig, output_dir: Path, resume_from: Optional[Path],
                   run_dir: Optional[Path], ctx: DistContext) -> Path:
+    chosen = None  # only the main process picks; the others receive its choice
     if ctx.is_main:
         if run_dir is not None:
             chosen = Path(run_dir)
@@ -629,8 +630,6 @@ def _pick_run_dir(cfg: LoopConfig, output_dir: Path, resume_from: Optional[Path]
             chosen = resume_from.parent.parent
         else:
             chosen = fresh_run_dir(output_dir, cfg.run_name)
-    else:
-        chosen = None
     return Path(ctx.broadcast_object(str(chosen) if chosen else None))
 
 
