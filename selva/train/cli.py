@@ -60,26 +60,11 @@ def ctrl_c_requests_stop() -> Iterator[list]:
         signal.signal(signal.SIGINT, previous)
 
 
-class StepBar:
-    """A tqdm bar showing the loss and steps/s (rank 0 only)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-
-    def __call__(self, info) -> None:
-        if self.bar is not None:
-            self.bar.n = info.step
-            self.bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}",
-                                 it_s=f"{info.steps_per_s:.2f}", refresh=False)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _show_step(bar, info) -> None:
+    """The step, loss, lr and steps/s on a tqdm bar."""
+    bar.n = info.step
+    bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", it_s=f"{info.steps_per_s:.2f}", refresh=False)
+    bar.refresh()
 
 
 def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
@@ -105,15 +90,20 @@ def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
         ctx.barrier()
         if dataset is None:
             dataset = load_dataset(pipe, args.data_dir, cache_dir=args.cache_dir)
-        bar = StepBar(options.steps, enabled=ctx.is_main and sys.stderr.isatty())
+        bar = None  # a tqdm bar on rank 0's terminal, else log lines
+        if ctx.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=options.steps, desc="training", unit="step", dynamic_ncols=True)
         with ctrl_c_requests_stop() as stop:
             hooks = Hooks(interrupted=lambda: bool(stop))
             try:
                 run = train_lora(pipe, args.data_dir, args.output_dir, options, resume=args.resume or None,
                                  eval_features=eval_features, dataset=dataset, hooks=hooks, ctx=ctx,
-                                 on_step=bar if bar.bar is not None else _log_step)
+                                 on_step=_log_step if bar is None else lambda info: _show_step(bar, info))
             finally:
-                bar.close()
+                if bar is not None:
+                    bar.close()
         if ctx.is_main:
             log.info("Done: %d steps, final loss %.4f; adapter %s", run.result.steps_done,
                      run.result.final_loss or float("nan"), run.result.exported)
