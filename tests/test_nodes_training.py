@@ -89,7 +89,7 @@ def test_feature_extractor_name_writes_numbered_clips(model, tmp_path):
 
 
 def test_dataset_browser(tmp_path):
-    prepare = pack_module("selva.train.prepare")
+    prepare = pack_module("selva.datasets.folder")
     index = prepare.DatasetIndex([prepare.ClipEntry("a_000", "/v/a.mp4", "a_000.wav", "a_000.npz",
                                                     "frames/a_000", "a dog", 8.0, 0.0)])
     path = tmp_path / "dataset.json"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from comfyui_selva.selva.adapters import load_adapter
+from comfyui_selva.selva.datasets.reader import find_clips
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 from comfyui_selva.selva.train import dataset as D
@@ -122,17 +123,17 @@ def test_bad_options_are_clear_errors(pipe, data_dir, tmp_path):
 # ------------------------------------------------------------------------------- datasets
 def test_dataset_errors_name_the_problem(pipe, data_dir, tmp_path, models_dir):
     with pytest.raises(SelvaError, match="does not exist"):
-        D.find_clips(tmp_path / "nothing")
+        find_clips(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SelvaError, match="No clips found"):
-        D.find_clips(tmp_path / "empty")
+        find_clips(tmp_path / "empty")
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "a.npz").write_bytes((data_dir / "clip_000.npz").read_bytes())
     (lonely / "b.npz").write_bytes((data_dir / "clip_001.npz").read_bytes())
     (lonely / "b.flac").write_bytes(b"")
     with pytest.raises(SelvaError, match="a.npz"):
-        D.find_clips(lonely)
+        find_clips(lonely)
     other = load(models_dir, "tiny_44k")
     with pytest.raises(SelvaError, match="variant 'tiny_16k', but the model is 'tiny_44k'"):
         D.load_dataset(other, data_dir)

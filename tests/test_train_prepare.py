@@ -9,7 +9,7 @@ import torch
 
 from comfyui_selva.selva.errors import SelvaError
 from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
-from comfyui_selva.selva.train import prepare as P
+from comfyui_selva.selva.datasets import folder as P
 from comfyui_selva.selva.train.dataset import load_dataset
 from comfyui_selva.selva.train.files import write_wav
 

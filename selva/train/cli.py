@@ -11,42 +11,28 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from .options import add_cli_options, from_namespace
+from .options import add_cli_options, from_namespace, option_flags
 
 log = logging.getLogger(__name__)
-
-
-def _both(name: str) -> list[str]:
-    """``--data_dir`` and ``--data-dir`` alike."""
-    flags = [f"--{name}"]
-    if "_" in name:
-        flags.append(f"--{name.replace('_', '-')}")
-    return flags
 
 
 def add_train_lora_args(p: argparse.ArgumentParser) -> None:
     from .lora_trainer import LoraTrainOptions
 
     g = p.add_argument_group("data")
-    g.add_argument(*_both("data_dir"), dest="data_dir", type=Path, required=True,
+    g.add_argument(*option_flags("data_dir"), dest="data_dir", type=Path, required=True,
                    help="dataset folder: features .npz + same-name audio per clip")
-    g.add_argument(*_both("output_dir"), dest="output_dir", type=Path, default=Path("output/selva_lora"),
+    g.add_argument(*option_flags("output_dir"), dest="output_dir", type=Path, default=Path("output/selva_lora"),
                    help="runs go to <output_dir>/lora_NNN (default: output/selva_lora)")
-    g.add_argument(*_both("eval_features"), dest="eval_features", type=Path, default=None,
+    g.add_argument(*option_flags("eval_features"), dest="eval_features", type=Path, default=None,
                    help="features .npz the eval samples are made from (default: the first clip)")
-    g.add_argument(*_both("cache_dir"), dest="cache_dir", type=Path, default=None,
+    g.add_argument(*option_flags("cache_dir"), dest="cache_dir", type=Path, default=None,
                    help="where encoded audio is cached (default: <data_dir>/.selva_cache/latents)")
     t = p.add_argument_group("training")
     add_cli_options(t, LoraTrainOptions)
     t.add_argument("--resume", default="", help="a checkpoints/step_NNNNNN.pt file, a run folder, or 'latest'")
-
-
-def lora_options_from_args(args: argparse.Namespace) -> Any:
-    from .lora_trainer import LoraTrainOptions
-
-    return from_namespace(LoraTrainOptions, args)
 
 
 @contextlib.contextmanager
@@ -74,26 +60,11 @@ def ctrl_c_requests_stop() -> Iterator[list]:
         signal.signal(signal.SIGINT, previous)
 
 
-class StepBar:
-    """A tqdm bar showing the loss and steps/s (rank 0 only)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-
-    def __call__(self, info) -> None:
-        if self.bar is not None:
-            self.bar.n = info.step
-            self.bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}",
-                                 it_s=f"{info.steps_per_s:.2f}", refresh=False)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _show_step(bar, info) -> None:
+    """The step, loss, lr and steps/s on a tqdm bar."""
+    bar.n = info.step
+    bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", it_s=f"{info.steps_per_s:.2f}", refresh=False)
+    bar.refresh()
 
 
 def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
@@ -102,9 +73,9 @@ def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
     from ..pipeline import SelvaPipeline
     from .. import distributed
     from .dataset import load_dataset
-    from .lora_trainer import train_lora
+    from .lora_trainer import LoraTrainOptions, train_lora
 
-    options = lora_options_from_args(args)
+    options = from_namespace(LoraTrainOptions, args)
     options.validate()
     ctx = distributed.from_environment()
     try:
@@ -119,15 +90,20 @@ def cmd_train_lora(args: argparse.Namespace, load_options) -> int:
         ctx.barrier()
         if dataset is None:
             dataset = load_dataset(pipe, args.data_dir, cache_dir=args.cache_dir)
-        bar = StepBar(options.steps, enabled=ctx.is_main and sys.stderr.isatty())
+        bar = None  # a tqdm bar on rank 0's terminal, else log lines
+        if ctx.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=options.steps, desc="training", unit="step", dynamic_ncols=True)
         with ctrl_c_requests_stop() as stop:
             hooks = Hooks(interrupted=lambda: bool(stop))
             try:
                 run = train_lora(pipe, args.data_dir, args.output_dir, options, resume=args.resume or None,
                                  eval_features=eval_features, dataset=dataset, hooks=hooks, ctx=ctx,
-                                 on_step=bar if bar.bar is not None else _log_step)
+                                 on_step=_log_step if bar is None else lambda info: _show_step(bar, info))
             finally:
-                bar.close()
+                if bar is not None:
+                    bar.close()
         if ctx.is_main:
             log.info("Done: %d steps, final loss %.4f; adapter %s", run.result.steps_done,
                      run.result.final_loss or float("nan"), run.result.exported)
@@ -143,10 +119,6 @@ def _log_step(info) -> None:
                  info.lr, info.steps_per_s)
 
 
-def add_skip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep_dir", type=Path, help="the sweep's folder (holds experiment_summary.json)")
-
-
 def cmd_skip(args: argparse.Namespace) -> int:
     from .sweep import request_skip
 
@@ -155,28 +127,18 @@ def cmd_skip(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_prepare_args(p: argparse.ArgumentParser) -> None:
-    from .prepare import add_arguments
-
-    add_arguments(p)
-
-
-def cmd_prepare_dataset(args: argparse.Namespace, load_options) -> int:
-    from .prepare import run_from_args
-
-    return run_from_args(args, load_options)
-
-
 def register(sub, add_model_args, load_options) -> dict:
     """Add the training sub-commands to ``python -m selva``; returns {name: handler}."""
+    from ..datasets.cli import add_prepare_arguments, run_prepare
+
     tl = sub.add_parser("train-lora", help="train a LoRA on a dataset folder")
     add_train_lora_args(tl)
     add_model_args(tl)
     pd = sub.add_parser("prepare-dataset", help="make a training dataset from a folder of videos")
-    add_prepare_args(pd)
+    add_prepare_arguments(pd)
     add_model_args(pd)
     sk = sub.add_parser("skip", help="end the running experiment of a sweep (the sweep goes on)")
-    add_skip_args(sk)
+    sk.add_argument("sweep_dir", type=Path, help="the sweep's folder (holds experiment_summary.json)")
     return {"train-lora": lambda a: cmd_train_lora(a, load_options),
-            "prepare-dataset": lambda a: cmd_prepare_dataset(a, load_options),
+            "prepare-dataset": lambda a: run_prepare(a, load_options),
             "skip": cmd_skip}

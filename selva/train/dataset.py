@@ -29,9 +29,9 @@ from ..errors import SelvaError
 from ..features import Features, content_hash
 from ..hooks import Hooks, or_default
 from ..variants import SeqLengths
-from ..datasets.reader import (PROMPTS_FILE, ClipFiles, find_clips, read_dataset,  # noqa: F401
-                               read_prompts_file)
+from ..datasets.reader import ClipFiles, read_dataset
 from .audio_files import fit_audio, read_audio
+from .files import file_digest
 from .loss import ClipConditions
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ LATENT_CACHE_VERSION = 1
 
 def folder_prompt(data_dir: Path) -> str:
     return re.sub(r"[_\-]+", " ", Path(data_dir).expanduser().resolve().name).strip()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ encoded clips

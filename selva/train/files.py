@@ -7,6 +7,7 @@ gets the next free number.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import wave
@@ -20,12 +21,18 @@ from .. import artifacts as _artifacts
 from ..errors import SelvaError
 
 
-# The one atomic write and numbered-name helpers of the pack, under the names training uses.
-atomic_path = _artifacts.atomic_path
+# The one atomic write of the pack (selva/artifacts.py), under the names training uses.
 atomic_write = _artifacts.write_atomic
-
-
 write_json = _artifacts.write_json
+
+
+def file_digest(path: Path, hasher: Any = None) -> str:
+    """Hex digest of a file's bytes (``hasher``: a hashlib object, default 20-byte BLAKE2b)."""
+    h = hasher if hasher is not None else hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import math
 import random
@@ -502,13 +503,12 @@ class _Run:
         self.eval_metrics[str(self.step)] = reference_metrics(wave, rate, ref, ref_rate)
         write_json(self.run_dir / "samples" / "metrics.json", self.eval_metrics)
 
-    def save(self, tag: Optional[str] = None) -> Optional[Path]:
+    def save(self) -> None:
         """Checkpoint, export, curves, meta -- everything a save point writes."""
         self.checkpoint()
-        exported = self.task.export(self.run_dir, tag or f"step_{self.step:06d}") if self.ctx.is_main else None
+        exported = self.task.export(self.run_dir, f"step_{self.step:06d}") if self.ctx.is_main else None
         self.write_curves()
         self.write_meta("running", exported)
-        return exported
 
     # ---- one optimizer step
     def train_step(self) -> float:
@@ -605,12 +605,23 @@ def run_training(task: TrainTask, cfg: LoopConfig, output_dir: Path, *,
     cfg.validate()
     hooks = or_default(hooks)
     with torch.inference_mode(False), torch.enable_grad():
-        return _train(task, cfg, Path(output_dir), resume, hooks, ctx, should_stop, on_step, run_dir,
-                      extra_meta or {})
+        output_dir = Path(output_dir)
+        resume_from = resolve_resume(resume, output_dir, cfg.run_name)
+        ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+        if ckpt is not None:
+            check_compatible(ckpt.get("describe", {}), _jsonable(task.describe()), task.resume_keys, resume_from)
+        run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
+        task.setup(ckpt["task"] if ckpt is not None else None)
+        try:
+            return _train_set_up(task, cfg, ckpt, resume_from, run_dir, ctx, hooks, should_stop, on_step,
+                                 extra_meta or {})
+        finally:
+            task.close()
 
 
 def _pick_run_dir(cfg: LoopConfig, output_dir: Path, resume_from: Optional[Path],
                   run_dir: Optional[Path], ctx: DistContext) -> Path:
+    chosen = None  # only the main process picks; the others receive its choice
     if ctx.is_main:
         if run_dir is not None:
             chosen = Path(run_dir)
@@ -619,8 +630,6 @@ def _pick_run_dir(cfg: LoopConfig, output_dir: Path, resume_from: Optional[Path]
             chosen = resume_from.parent.parent
         else:
             chosen = fresh_run_dir(output_dir, cfg.run_name)
-    else:
-        chosen = None
     return Path(ctx.broadcast_object(str(chosen) if chosen else None))
 
 
@@ -632,35 +641,10 @@ def _can_continue_in(ckpt: Path) -> bool:
     newest = list_checkpoints(run)
     if not newest or newest[-1].resolve() != ckpt.resolve():
         return False
-    return _meta_status(run) != "finished"
-
-
-def _meta_status(run: Path) -> Optional[str]:
-    import json
-
     try:
-        return json.loads((run / "meta.json").read_text()).get("status")
+        return json.loads((run / "meta.json").read_text()).get("status") != "finished"
     except (OSError, ValueError):
-        return None
-
-
-def ckpt_steps_before(ckpt: Optional[dict]) -> int:
-    return int(ckpt["step"]) if ckpt is not None else 0
-
-
-def _train(task: TrainTask, cfg: LoopConfig, output_dir: Path, resume: Optional[str], hooks: Hooks,
-           ctx: DistContext, should_stop, on_step, run_dir: Optional[Path], extra_meta: dict) -> TrainResult:
-    resume_from = resolve_resume(resume, output_dir, cfg.run_name)
-    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
-    if ckpt is not None:
-        check_compatible(ckpt.get("describe", {}), _jsonable(task.describe()), task.resume_keys, resume_from)
-    run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
-    task.setup(ckpt["task"] if ckpt is not None else None)
-    try:
-        return _train_set_up(task, cfg, ckpt, resume_from, run_dir, ctx, hooks, should_stop, on_step,
-                             extra_meta)
-    finally:
-        task.close()
+        return True
 
 
 def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume_from: Optional[Path],
@@ -702,7 +686,7 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
             run.eval_sample()
         _between_steps(run, lambda: run.progress(info))
     run.checkpoint()  # the trained state, before any post-training step
-    if status == "finished" and run.losses and ckpt_steps_before(ckpt) < cfg.steps:
+    if status == "finished" and run.losses and (ckpt is None or int(ckpt["step"]) < cfg.steps):
         task.finish()  # e.g. spectral surgery (not when a finished run is only resumed again)
     exported = task.export(run_dir, "final") if ctx.is_main else None
     image = run.write_curves()

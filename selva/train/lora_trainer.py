@@ -290,17 +290,16 @@ class LoraTask(TrainTask):
         """The eval clip's own recording (the first dataset clip, when no eval_features were given)."""
         if not self.options.eval_samples or self._eval_given:
             return None
-        from .audio_files import AUDIO_EXTENSIONS, read_audio
+        from .audio_files import audio_named, read_audio
 
-        name = self.dataset.clips[0].name
-        for path in sorted(Path(self.dataset.data_dir).glob(f"{name}.*")):
-            if path.suffix.lower() in AUDIO_EXTENSIONS:
-                try:
-                    return read_audio(path)
-                except SelvaError as e:
-                    log.warning("No reference metrics: %s", e)
-                    return None
-        return None
+        path = audio_named(self.dataset.data_dir, self.dataset.clips[0].name)
+        if path is None:
+            return None
+        try:
+            return read_audio(path)
+        except SelvaError as e:
+            log.warning("No reference metrics: %s", e)
+            return None
 
     def eval_sample(self):
         if not self.options.eval_samples:
@@ -344,16 +343,6 @@ class LoraRun:
         return self.result.run_dir / "meta.json"
 
 
-def prepare_for_training(pipe) -> None:
-    """Free the accelerator of everything but what training needs (the working generator copy).
-
-    Pipelines that keep their stages on the GPU drop them (they reload on next use); offloading
-    pipelines already keep them on the CPU.
-    """
-    if pipe.device.type != "cpu" and not pipe.manager.offload:
-        pipe.release()
-
-
 def train_lora(pipe, data_dir: Path, output_dir: Path, options: LoraTrainOptions, *,
                resume: Optional[str] = None, eval_features: Optional[Features] = None,
                dataset: Optional[TrainDataset] = None, hooks: Optional[Hooks] = None,
@@ -367,7 +356,10 @@ def train_lora(pipe, data_dir: Path, output_dir: Path, options: LoraTrainOptions
         if dataset is None:
             dataset = load_dataset(pipe, data_dir, cache_dir=cache_dir, hooks=hooks)
         task = LoraTask(pipe, dataset, options, eval_features)
-        prepare_for_training(pipe)
+        # free the accelerator of all but the working generator copy: pipelines that keep their stages
+        # on the GPU drop them (they reload on next use); offloading ones already keep them on the CPU
+        if pipe.device.type != "cpu" and not pipe.manager.offload:
+            pipe.release()
         extra = {"kind": "lora", "data_dir": str(dataset.data_dir), "dataset_digest": dataset.digest,
                  "options": asdict(options)}
         result = run_training(task, options.loop_config(), Path(output_dir), resume=resume, hooks=hooks,

@@ -79,15 +79,6 @@ class ClipConditions:
     text_clip: torch.Tensor  # (77, text_dim)
 
 
-def condition_batch(gen: SelvaGenerator, items: Sequence[ClipConditions], noises: Sequence[ItemNoise],
-                    device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stacked (clip, sync, text) inputs with the null conditions dropped in where drawn (the
-    objective's condition dropout; the inputs are built by selva/conditioning.py)."""
-    return training_inputs(gen, [i.clip_f for i in items], [i.sync_f for i in items],
-                           [i.text_clip for i in items], [n.null_video for n in noises],
-                           [n.null_text for n in noises], device, dtype)
-
-
 def flow_matching_loss(gen: SelvaGenerator, latent_mean: torch.Tensor, latent_std: torch.Tensor,
                        conditions: Sequence[ClipConditions], noises: Sequence[ItemNoise],
                        target_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
@@ -106,7 +97,10 @@ def flow_matching_loss(gen: SelvaGenerator, latent_mean: torch.Tensor, latent_st
         x1 = target_transform(x1)
     tb = t.to(dtype)[:, None, None]
     xt = (1 - tb) * x0 + tb * x1
-    clip_f, sync_f, text_clip = condition_batch(gen, conditions, noises, device, dtype)
+    # stacked inputs with the null conditions dropped in where drawn (the objective's condition dropout)
+    clip_f, sync_f, text_clip = training_inputs(gen, [c.clip_f for c in conditions], [c.sync_f for c in conditions],
+                                                [c.text_clip for c in conditions], [n.null_video for n in noises],
+                                                [n.null_text for n in noises], device, dtype)
     velocity = gen.predict_flow(xt, t.to(dtype), gen.preprocess_conditions(clip_f, sync_f, text_clip))
     target = x1 - x0
     return (velocity.float() - target.float()).pow(2).mean(dim=(1, 2))

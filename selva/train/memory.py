@@ -10,10 +10,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def transformer_blocks(generator: nn.Module) -> list[nn.Module]:
-    return list(generator.joint_blocks) + list(generator.fused_blocks)
-
-
 @contextlib.contextmanager
 def checkpointed_blocks(generator: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block, every joint/fused block of ``generator`` runs under
@@ -22,7 +18,7 @@ def checkpointed_blocks(generator: nn.Module, enabled: bool = True) -> Iterator[
     if not enabled:
         yield
         return
-    blocks = transformer_blocks(generator)
+    blocks = list(generator.joint_blocks) + list(generator.fused_blocks)
     for block in blocks:
         original = block.forward
 

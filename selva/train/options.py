@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import SelvaError
 
@@ -26,18 +26,15 @@ _MISSING = dataclasses.MISSING
 
 def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
             choices: Optional[Sequence[str]] = None, step: Optional[float] = None,
-            round: Optional[float] = None, seed: bool = False, cli: bool = True,
-            kind: Optional[type] = None) -> Any:
-    """A dataclass field for one training setting.
+            round: Optional[float] = None, seed: bool = False) -> Any:
+    """A dataclass field for one training setting; its value type is the default's.
 
     ``min``/``max``/``choices``: the limits (checked by :func:`check_limits`, shown as the node
     widget's range). ``step``/``round``: the node widget's increments. ``seed``: the node shows
-    ComfyUI's "control after generate" beside it. ``cli=False``: not a command-line option.
-    ``kind``: the value type when the default does not tell it (a ``None`` default).
+    ComfyUI's "control after generate" beside it.
     """
     meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None,
-            "step": step, "round": round, "seed": seed, "cli": cli,
-            "kind": kind or type(default)}
+            "step": step, "round": round, "seed": seed, "kind": type(default)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("settings hold plain values (use a string or a tuple)")
     return dataclasses.field(default=default, metadata={"setting": meta})
@@ -79,7 +76,8 @@ def check_limits(obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ command line
-def _flags(name: str, prefix: str = "") -> list[str]:
+def option_flags(name: str, prefix: str = "") -> list[str]:
+    """``--data_dir`` and ``--data-dir`` alike (``prefix``: e.g. ``no_``)."""
     flags = [f"--{prefix}{name}"]
     dashed = f"--{prefix.replace('_', '-')}{name.replace('_', '-')}"
     if dashed not in flags:
@@ -87,21 +85,15 @@ def _flags(name: str, prefix: str = "") -> list[str]:
     return flags
 
 
-def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type,
-                    names: Optional[Iterable[str]] = None, skip: Iterable[str] = ()) -> None:
-    """Add a command-line option for each setting of ``cls`` (``names`` picks and orders them)."""
-    fields = settings_of(cls)
-    skip = set(skip)
-    for name in (list(names) if names is not None else list(fields)):
-        f = fields[name]
+def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """Add a command-line option for each setting of ``cls``."""
+    for name, f in settings_of(cls).items():
         m = meta(f)
-        if not m["cli"] or name in skip:
-            continue
         help_text = m["help"].rstrip(".")
         if m["kind"] is bool:
-            parser.add_argument(*_flags(name), dest=name, action="store_true", default=f.default,
+            parser.add_argument(*option_flags(name), dest=name, action="store_true", default=f.default,
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
-            parser.add_argument(*_flags(name, "no_"), dest=name, action="store_false",
+            parser.add_argument(*option_flags(name, "no_"), dest=name, action="store_false",
                                 help=f"turn {name} off")
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": f.default,
@@ -110,7 +102,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type,
             kwargs["choices"] = list(m["choices"])
         if m["kind"] in (int, float):
             kwargs["type"] = m["kind"]
-        parser.add_argument(*_flags(name), **kwargs)
+        parser.add_argument(*option_flags(name), **kwargs)
 
 
 def from_namespace(cls: type, args: argparse.Namespace, **extra: Any) -> Any:

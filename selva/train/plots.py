@@ -39,11 +39,11 @@ def _to_image(fig) -> Image.Image:
 
 
 def loss_curve_image(losses: Sequence[float], *, raw: bool = True, smoothed: bool = True,
-                     title: str = "training loss", first_step: int = 1) -> Image.Image:
+                     title: str = "training loss") -> Image.Image:
     """The loss per optimizer step: raw (faint) and smoothed, on a log axis when positive."""
     fig = _figure()
     ax = fig.add_subplot()
-    steps = np.arange(first_step, first_step + len(losses))
+    steps = np.arange(1, len(losses) + 1)
     if len(losses):
         if raw:
             ax.plot(steps, losses, color="tab:blue", alpha=0.35 if smoothed else 1.0, lw=1, label="raw")

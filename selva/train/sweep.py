@@ -19,58 +19,34 @@ from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 # the shared loop and the names every sweep kind uses (re-exported: nodes and tests read them here)
 from .files import write_json
-from .sweep_runner import (DONE, SKIP_FLAG, SUMMARY_FORMAT, SUMMARY_NAME, SweepEntry, SweepKind,  # noqa: F401
-                           SweepResult, active_sweeps, open_summary, registered, request_skip, run_entries)
+from .sweep_runner import (DONE, SKIP_FLAG, SUMMARY_NAME, SweepEntry, SweepKind, SweepResult,  # noqa: F401
+                           active_sweeps, check_experiment, open_summary, read_sweep_file, request_skip,
+                           run_entries)
 
 log = logging.getLogger(__name__)
 
 
-Experiment = SweepEntry  # name, settings (base + overrides: trainer inputs), info (description / group)
-
-
-def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[Experiment]:
+def read_experiments(path: Path, options_cls: Optional[type] = None) -> list[SweepEntry]:
     """The experiments of a sweep file, each validated; clear errors for every mistake.
 
     ``options_cls``: the trainer's options dataclass (default LoRA's; textual inversion passes
     its own), which names the settings an experiment may hold."""
+    from ..compat.sweep import from_earlier_layout  # a file of the earlier pack runs as it did there
     from .lora_trainer import LoraTrainOptions
 
     options_cls = options_cls or LoraTrainOptions
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SelvaError(f"Experiments file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise SelvaError(f"{path} is not valid JSON: {e}.") from e
-    from ..compat.sweep import from_earlier_layout  # a file of the earlier pack runs as it did there
-
-    data = from_earlier_layout(data, options_cls, path)
-    if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
-        raise SelvaError(f"{path} must hold {{\"base\": {{...}}, \"experiments\": [{{\"name\": ...}}, ...]}} "
-                         f"with at least one experiment.")
-    base = data.get("base", {})
-    if not isinstance(base, dict):
-        raise SelvaError(f"{path}: 'base' must be an object of trainer inputs.")
+    path, data, base = read_sweep_file(path, "trainer inputs",
+                                       lambda data, source: from_earlier_layout(data, options_cls, source))
     known = set(options_cls.__dataclass_fields__) | {"data_dir", "eval_features"}
     out, seen = [], set()
     for i, entry in enumerate(data["experiments"], 1):
         if not isinstance(entry, dict) or not str(entry.get("name", "")).strip():
             raise SelvaError(f"{path}: experiment {i} needs a \"name\".")
         name = str(entry["name"]).strip()
-        if name in seen or "/" in name or "\\" in name:
-            raise SelvaError(f"{path}: experiment name {name!r} is repeated or not a valid folder name.")
-        seen.add(name)
         info = {k: entry[k] for k in ("description", "group") if k in entry}
         settings = {**base, **{k: v for k, v in entry.items() if k != "name" and k not in info}}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise SelvaError(f"{path}: experiment {name!r} has unknown setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}.")
-        if not settings.get("data_dir"):
-            raise SelvaError(f"{path}: experiment {name!r} has no data_dir (set it in base).")
-        out.append(Experiment(name, settings, info))
+        check_experiment(path, name, settings, known, seen, "in base")
+        out.append(SweepEntry(name, settings, info))
     return out
 
 
@@ -149,7 +125,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
     return result
 
 
-def _ranking(pipe, experiments_file: Path, experiments: list[Experiment], overrides: Optional[dict],
+def _ranking(pipe, experiments_file: Path, experiments: list[SweepEntry], overrides: Optional[dict],
              resolve: Callable[[str], Path], lora: bool):
     """The held-out ranking asked for by the file and/or ``overrides``, checked before any
     training (a missing folder or network fails in seconds, not after the sweep); None = off."""

@@ -6,6 +6,8 @@ into a fresh ``<name>_NNN`` folder, records status / losses / steps / seconds / 
 rewrites the summary after each, and draws the comparison curves at the end. A failing run is
 recorded and the sweep goes on; an interrupt is recorded and raised. What differs between sweep
 kinds (how settings become a trainer call, what file a run leaves) is a :class:`SweepKind`.
+Every kind reads its file with :func:`read_sweep_file` and checks each experiment with
+:func:`check_experiment`.
 
 Skipping: a flag file ``skip.flag`` in the sweep folder (written by :func:`request_skip`: the
 SelvaSkipExperiment node, the ``/selva/skip`` HTTP route, or ``python -m selva skip <sweep
@@ -86,6 +88,44 @@ def read_summary(path: Path, kind: Optional[str] = None) -> dict:
     except (OSError, ValueError, AttributeError):
         pass
     return {}
+
+
+def read_sweep_file(path: Path, base_is: str, translate: Optional[Callable[[Any, Path], Any]] = None
+                    ) -> tuple[Path, dict, dict]:
+    """A sweep file's path (``~`` expanded), its JSON (through ``translate(data, path)``: e.g. an
+    earlier pack's layout into ours) and its ``base`` settings; clear errors for a missing file,
+    bad JSON or a wrong layout (``base_is``: what ``base`` holds, for the message)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SelvaError(f"Experiments file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise SelvaError(f"{path} is not valid JSON: {e}.") from e
+    if translate is not None:
+        data = translate(data, path)
+    if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
+        raise SelvaError(f"{path} must hold {{\"base\": {{...}}, \"experiments\": [{{\"name\": ...}}, ...]}} "
+                         f"with at least one experiment.")
+    base = data.get("base", {})
+    if not isinstance(base, dict):
+        raise SelvaError(f"{path}: 'base' must be an object of {base_is}.")
+    return path, data, base
+
+
+def check_experiment(path: Path, name: str, settings: dict[str, Any], known: set[str], seen: set[str],
+                     data_dir_hint: str) -> None:
+    """One experiment of a sweep file: a new, folder-safe name (added to ``seen``), only ``known``
+    settings, a data_dir (``data_dir_hint`` says where to set it)."""
+    if name in seen or "/" in name or "\\" in name:
+        raise SelvaError(f"{path}: experiment name {name!r} is repeated or not a valid folder name.")
+    seen.add(name)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise SelvaError(f"{path}: experiment {name!r} has unknown setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}.")
+    if not settings.get("data_dir"):
+        raise SelvaError(f"{path}: experiment {name!r} has no data_dir (set it {data_dir_hint}).")
 
 
 def losses_of(run_dir: Optional[str]) -> list[float]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..artifacts import load_safetensors, write_safetensors
 from ..errors import SelvaError
+from ..train.files import file_digest
 from .params import TRAIN_MODES, trainable_parameters
 
 FORMAT = "selva.bigvgan_tuned"
@@ -80,25 +81,18 @@ def save_tuned_vocoder(path: Union[str, Path], tensors: Mapping[str, torch.Tenso
     return write_safetensors(Path(path), tensors, meta)
 
 
-def file_digest(path: Path, length: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
-
-
 def read_tuned_vocoder(path: Union[str, Path]) -> TunedVocoder:
     path = Path(path)
     from ..compat.pt_files import is_pt, read_vocoder  # the earlier pack's BigVGAN .pt files
 
-    if is_pt(path) and path.is_file():
-        tensors, name, rate, mels = read_vocoder(path)
-        return TunedVocoder(tensors, VocoderIdentity(name, rate, mels), "all_params", 0, "earlier pack",
-                            str(path), file_digest(path))
     if not path.is_file():
         raise SelvaError(f"Tuned vocoder not found: {path}. Give the checkpoint_path the BigVGAN Trainer "
                          f"returned (relative paths are in ComfyUI's output folder).")
+    digest = file_digest(path, hashlib.sha256())[:12]
+    if is_pt(path):
+        tensors, name, rate, mels = read_vocoder(path)
+        return TunedVocoder(tensors, VocoderIdentity(name, rate, mels), "all_params", 0, "earlier pack",
+                            str(path), digest)
     tensors, meta = load_safetensors(path, "tuned vocoder")
     if meta.get("format") != FORMAT:
         raise SelvaError(f"{path} is not a tuned SelVA vocoder (its metadata says format "
@@ -110,7 +104,7 @@ def read_tuned_vocoder(path: Union[str, Path]) -> TunedVocoder:
         raise SelvaError(f"{path}: incomplete metadata ({exc}); the file is damaged.") from exc
     if mode not in TRAIN_MODES:
         raise SelvaError(f"{path}: unknown train mode {mode!r} in its metadata.")
-    return TunedVocoder(tensors, identity, mode, steps, meta.get("variant", "?"), str(path), file_digest(path))
+    return TunedVocoder(tensors, identity, mode, steps, meta.get("variant", "?"), str(path), digest)
 
 
 def apply_tuned(vocoder: nn.Module, tuned: TunedVocoder) -> nn.Module:

@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              discriminator_path=args.discriminator, resume=args.resume).validate()
         hooks = Hooks(progress=LogProgress())
         pipe = SelvaPipeline.load(load_options(args), hooks=hooks)
-        path, result = tune_vocoder(pipe, cfg, hooks, on_step=lambda info: _log_step(info))
+        path, result = tune_vocoder(pipe, cfg, hooks, on_step=_log_step)
         log.info("Tuned vocoder: %s (%d steps, final loss %.4f; run folder %s)", path, result.steps_done,
                  result.final_loss or float("nan"), result.run_dir)
         print(path)

@@ -42,22 +42,17 @@ def _run_filter(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.T
 
 
 def _activations(vocoder: nn.Module):
-    for i, block in enumerate(getattr(vocoder, "resblocks", [])):
-        for j, act in enumerate(getattr(block, "activations", [])):
-            yield f"resblocks.{i}.activations.{j}", act
-
-
-def has_gafilters(vocoder: nn.Module) -> bool:
-    return any(hasattr(act, "gafilter") for _, act in _activations(vocoder))
+    for block in getattr(vocoder, "resblocks", []):
+        yield from getattr(block, "activations", [])
 
 
 def attach_gafilters(vocoder: nn.Module, kernel_size: int) -> int:
     """Attach an identity GAFilter after every residual-block activation; returns how many."""
-    if has_gafilters(vocoder):
+    if any(hasattr(act, "gafilter") for act in _activations(vocoder)):
         raise SelvaError("This vocoder already has GAFilters attached.")
     count = 0
     device = next(vocoder.parameters()).device
-    for _, act in _activations(vocoder):
+    for act in _activations(vocoder):
         channels = _channels(act)
         with torch.inference_mode(False):
             act.gafilter = GAFilter(channels, kernel_size).to(device)

@@ -28,7 +28,6 @@ CFG_STRENGTH = 4.5
 class MelAudioPairs:
     mels: list[torch.Tensor]  # (n_mels, frames) float32 CPU
     audios: list[torch.Tensor]  # (frames * hop,) float32 CPU
-    names: list[str]
     hop: int
     frames: int  # per segment
 
@@ -50,21 +49,11 @@ class MelAudioPairs:
         return self.segment(0, torch.Generator().manual_seed(0))
 
 
-def _recording(data_dir: Path, name: str) -> Path:
-    from ..train.audio_files import AUDIO_EXTENSIONS
-
-    for path in sorted(Path(data_dir).glob(f"{name}.*")):
-        if path.suffix.lower() in AUDIO_EXTENSIONS:
-            return path
-    raise SelvaError(f"Clip {name} of {data_dir} has no same-name audio file; lora_adapter training needs "
-                     f"the LoRA dataset's features .npz + audio pairs.")
-
-
 def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segment_frames: int,
                    hooks: Hooks = NO_HOOKS) -> MelAudioPairs:
     """The (adapted generator's mel, recording) pair of every clip of ``data_dir``."""
     from ..adapters import LoraPatch, load_adapter
-    from ..train.audio_files import fit_audio, read_audio
+    from ..train.audio_files import audio_named, fit_audio, read_audio
     from ..train.dataset import load_dataset
     from ..train.sampling import sample_latent_with
 
@@ -75,7 +64,7 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
     dataset = load_dataset(pipe, Path(data_dir), hooks=hooks)
     view = pipe.with_patches(generator=[LoraPatch(adapter, 1.0)])
     hop = int(pipe.variant.mel.hop_size)
-    mels, audios, names = [], [], []
+    mels, audios = [], []
     with torch.inference_mode(False), torch.no_grad():
         for i, clip in enumerate(dataset.clips, 1):
             seq = pipe.variant.seq_lengths(clip.features.duration)
@@ -85,11 +74,14 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
             with pipe.manager.use(pipe.stage_name("vae")) as vae:
                 mel = vae.decode(latent.to(pipe.device, pipe.stage_dtype("vae")).transpose(1, 2))
             mel = mel[0].float().cpu()
-            wave, rate = read_audio(_recording(dataset.data_dir, clip.name))
+            recording = audio_named(dataset.data_dir, clip.name)
+            if recording is None:
+                raise SelvaError(f"Clip {clip.name} of {dataset.data_dir} has no same-name audio file; "
+                                 f"lora_adapter training needs the LoRA dataset's features .npz + audio pairs.")
+            wave, rate = read_audio(recording)
             audio = fit_audio(wave, rate, pipe.sample_rate, mel.shape[-1] * hop)[0]
             mels.append(mel)
             audios.append(audio.clamp(-1.0, 1.0))
-            names.append(clip.name)
             hooks.step("LoRA mels", i, len(dataset.clips))
     log.info("Vocoder tuning on %d mels of the generator with LoRA %s", len(mels), adapter_path)
-    return MelAudioPairs(mels, audios, names, hop, max(2, int(segment_frames)))
+    return MelAudioPairs(mels, audios, hop, max(2, int(segment_frames)))

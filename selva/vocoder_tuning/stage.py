@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import SelvaError
-from .checkpoint import TunedVocoder, apply_tuned, identity_of, read_tuned_vocoder
+from .checkpoint import apply_tuned, identity_of, read_tuned_vocoder
 from .gafilter import attach_gafilters, gafilter_kernel_size
 from .params import clone_vocoder
 
@@ -43,16 +43,12 @@ def _build_tuned(pipe, path: Path, digest: str) -> nn.Module:
     return apply_tuned(base, tuned)
 
 
-def tuned_stage_name(tuned: TunedVocoder) -> str:
-    return f"{STAGE_PREFIX}{tuned.digest}"
-
-
 def with_tuned_vocoder(pipe, path: Union[str, Path]):
     """A view of ``pipe`` whose vocoder has the tuned weights of ``path`` (``pipe`` is unchanged)."""
     path = Path(path)
     tuned = read_tuned_vocoder(path)
     tuned.check_fits(identity_of(pipe))
-    name = tuned_stage_name(tuned)
+    name = f"{STAGE_PREFIX}{tuned.digest}"
     if not pipe.manager.has(name):
         digest = tuned.digest
         pipe.manager.add_lazy(name, lambda: _build_tuned(pipe, path, digest), pipe.manager.dtype("vocoder"))

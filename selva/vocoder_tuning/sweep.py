@@ -19,16 +19,16 @@ failures, the summary with its ``vocoders`` list) is the LoRA sweep's, :mod:`..t
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 from ..train.options import settings_of
-from ..train.sweep_runner import DONE, SweepEntry, SweepKind, SweepResult, open_summary, run_entries
+from ..train.sweep_runner import (DONE, SweepEntry, SweepKind, SweepResult, check_experiment, open_summary,
+                                  read_sweep_file, run_entries)
 from .tuner import VocoderTuningConfig
 
 log = logging.getLogger(__name__)
@@ -40,38 +40,16 @@ PATH_KEYS = ("data_dir", "discriminator_path")
 
 
 @dataclass
-class VocoderExperiment:
-    name: str
-    settings: dict[str, Any]  # defaults + base + overrides
-    description: str = ""
-    group: str = ""
-
-
-@dataclass
 class VocoderSweepFile:
-    experiments: list[VocoderExperiment]
+    experiments: list[SweepEntry]  # settings: defaults + base + overrides
     name: str
     description: str = ""
     output_root: Optional[str] = None
-    earlier_layout: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def read_vocoder_sweep(path: Path) -> VocoderSweepFile:
     """The experiments of a vocoder sweep file (either layout), validated; clear errors."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SelvaError(f"Experiments file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise SelvaError(f"{path} is not valid JSON: {e}.") from e
-    if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
-        raise SelvaError(f"{path} must hold {{\"base\": {{...}}, \"experiments\": [{{\"name\": ...}}, ...]}} "
-                         f"with at least one experiment.")
-    base = data.get("base", {})
-    if not isinstance(base, dict):
-        raise SelvaError(f"{path}: 'base' must be an object of BigVGAN Trainer settings.")
+    path, data, base = read_sweep_file(path, "BigVGAN Trainer settings")
     earlier = any(isinstance(e, dict) and "id" in e and "name" not in e for e in data["experiments"])
     defaults = dict(EARLIER_DEFAULTS) if earlier else {}
     if data.get("data_dir"):
@@ -84,29 +62,20 @@ def read_vocoder_sweep(path: Path) -> VocoderSweepFile:
         name = str(entry.get("name", entry.get("id", ""))).strip()
         if not name:
             raise SelvaError(f"{path}: experiment {i} needs a \"name\" (or \"id\").")
-        if name in seen or "/" in name or "\\" in name:
-            raise SelvaError(f"{path}: experiment name {name!r} is repeated or not a valid folder name.")
-        seen.add(name)
         overrides = {k: v for k, v in entry.items() if k not in ("name", "id", "description", "group")}
         settings = {**defaults, **base, **overrides}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise SelvaError(f"{path}: experiment {name!r} has unknown setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}.")
-        if not settings.get("data_dir"):
-            raise SelvaError(f"{path}: experiment {name!r} has no data_dir (set it at the top or in base).")
-        out.append(VocoderExperiment(name, settings, str(entry.get("description", "")),
-                                     str(entry.get("group", ""))))
+        check_experiment(path, name, settings, known, seen, "at the top or in base")
+        group = str(entry.get("group", ""))
+        # a group only when the file gives one, as the LoRA sweep records it
+        out.append(SweepEntry(name, settings, {"description": str(entry.get("description", "")),
+                                               **({"group": group} if group else {})}))
     return VocoderSweepFile(out, str(data.get("name") or path.stem), str(data.get("description", "")),
-                            data.get("output_root") or None, earlier)
-
-
-VocoderSweepResult = SweepResult  # sweep_dir, summary_path, summary, comparison (PIL image)
+                            data.get("output_root") or None)
 
 
 def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional[Hooks] = None,
                       resolve: Callable[[str], Path] = lambda p: Path(p).expanduser(),
-                      on_step: Optional[Callable] = None) -> VocoderSweepResult:
+                      on_step: Optional[Callable] = None) -> SweepResult:
     """Run every experiment not already done; see the module docstring. ``resolve`` turns the
     file's paths (data_dir, discriminator_path, output_root) into folders (a node resolves
     relative ones inside ComfyUI's output folder)."""
@@ -137,8 +106,5 @@ def run_vocoder_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: 
         return [{"name": k, "path": r["vocoder"]} for k, r in runs.items()
                 if r.get("status") in DONE and r.get("vocoder")]
 
-    # a group only when the file gives one, as the LoRA sweep records it
-    entries = [SweepEntry(e.name, e.settings, {"description": e.description, **({"group": e.group} if e.group else {})})
-               for e in sweep.experiments]
     kind = SweepKind("Vocoder sweep", "vocoder", "vocoders", listing, prepare, title=f"vocoder sweep {sweep.name}")
-    return run_entries(sweep_dir, summary, entries, kind, hooks)
+    return run_entries(sweep_dir, summary, sweep.experiments, kind, hooks)

@@ -20,7 +20,7 @@ from ..loading import bigvgan_errors
 from ..models.mel import MelConverter
 from ..offload import module_bytes
 from ..train.options import check_limits, setting
-from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, run_training
+from ..train.loop import Batch, LoopConfig, StepInfo, TrainResult, TrainTask, list_checkpoints, run_training
 from .checkpoint import identity_of, metadata, save_tuned_vocoder, tuned_tensors
 from .data import AudioSegments, segment_samples
 from .gafilter import attach_gafilters
@@ -128,13 +128,10 @@ class VocoderTuner(TrainTask):
 
     resume_keys = ("variant", "vocoder", "sample_rate", "train_mode", "discriminators", "gafilter_kernel_size")
 
+    # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
+    @torch.inference_mode(False)
     def __init__(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks = NO_HOOKS,
                  audio_cache: Optional[dict] = None) -> None:
-        # ComfyUI runs nodes in inference mode: everything autograd touches is made outside it
-        with torch.inference_mode(False):
-            self._build(pipe, cfg, hooks, audio_cache)
-
-    def _build(self, pipe, cfg: VocoderTuningConfig, hooks: Hooks, audio_cache: Optional[dict]) -> None:
         self.pipe = pipe
         self.cfg = cfg.validate()
         self.device = pipe.device
@@ -168,7 +165,11 @@ class VocoderTuner(TrainTask):
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
         if int(base.hop_length) != self.hop:
             raise SelvaError(f"The vocoder's hop ({base.hop_length}) differs from the mel hop ({self.hop}).")
-        self._make_room(base)
+        # let the host (ComfyUI) evict its models: the trained copy, Adam's two moments and the
+        # activations must fit beside whatever stays
+        make_room = getattr(pipe.manager, "make_room", None)
+        if make_room is not None and self.device.type != "cpu":
+            make_room(4 * module_bytes(base, torch.float32), self.device)
         self.vocoder = trainable_copy(base, cfg.train_mode, self.device)
         del base
         if cfg.use_gafilter:
@@ -185,13 +186,6 @@ class VocoderTuner(TrainTask):
         self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None, cfg.lambda_phase)
         self.identity = identity_of(pipe)
         self.last_logs: dict[str, float] = {}
-
-    def _make_room(self, base: nn.Module) -> None:
-        """Let the host (ComfyUI) evict its models: the trained copy, Adam's two moments and the
-        activations must fit beside whatever stays."""
-        make_room = getattr(self.pipe.manager, "make_room", None)
-        if make_room is not None and self.device.type != "cpu":
-            make_room(4 * module_bytes(base, torch.float32), self.device)
 
     # ------------------------------------------------------------------- the loop's task API
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -228,18 +222,24 @@ class VocoderTuner(TrainTask):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Per-item losses: each item is a random excerpt of one clip (offset from its generator)."""
+        mel = None
         if self.pairs is not None:
             cut = [self.pairs.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)]
             mel = torch.stack([m for m, _ in cut]).to(self.device)
             y = torch.stack([a for _, a in cut])
-            total, self.last_logs = self.losses(y[:, None].to(self.device), mel)
-            return total
-        y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
-        total, self.last_logs = self.losses(y[:, None].to(self.device))
+        else:
+            y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
+        total, self.last_logs = self.losses(y[:, None].to(self.device), mel)
         return total
 
+    @torch.no_grad()
     def eval_sample(self) -> Optional[tuple[torch.Tensor, int]]:
-        return self.eval_audio()[0], self.sample_rate
+        """The vocoder's current resynthesis [1, T] (CPU) of a fixed excerpt of the data."""
+        if self.pairs is not None:
+            mel = self.pairs.eval_pair()[0][None].to(self.device)
+        else:
+            mel = self.mel_input(self.data.eval_segment().to(self.device).squeeze(1))
+        return self.vocoder(mel).float().cpu()[0], self.sample_rate
 
     def export(self, run_dir: Path, tag: str) -> Optional[Path]:
         """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input)."""
@@ -247,9 +247,10 @@ class VocoderTuner(TrainTask):
                                   self.metadata(self.step))
 
     # ------------------------------------------------------------------------------ losses
-    def loss_terms(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> LossTerms:
-        """The losses of resynthesising the segments ``y`` [B, 1, T] from their mels (``mel``:
-        given ones, e.g. a LoRA-adapted generator's, instead of the segments' own)."""
+    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-item totals and the mean of each term, of resynthesising the segments ``y``
+        [B, 1, T] from their mels (``mel``: given ones, e.g. a LoRA-adapted generator's, instead
+        of the segments' own)."""
         if mel is None:
             with torch.no_grad():
                 mel = self.mel_input(y.squeeze(1))
@@ -262,23 +263,10 @@ class VocoderTuner(TrainTask):
             terms.feature_matching = feature_matching(self.discriminators.feature_maps(y_hat), real)
         if self.weights.phase > 0:
             terms.phase = phase_aware_stft(y_hat, y)
-        return terms
-
-    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self.loss_terms(y, mel)
         total = terms.total(self.weights)
         return total, {"loss": float(total.detach().mean()), **terms.as_floats()}
 
     # ---------------------------------------------------------------------------- outputs
-    @torch.no_grad()
-    def eval_audio(self) -> torch.Tensor:
-        """The vocoder's current resynthesis [1, 1, T] (CPU) of a fixed excerpt of the data."""
-        if self.pairs is not None:
-            mel, _ = self.pairs.eval_pair()
-            return self.vocoder(mel[None].to(self.device)).float().cpu()
-        y = self.data.eval_segment().to(self.device)
-        return self.vocoder(self.mel_input(y.squeeze(1))).float().cpu()
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return tuned_tensors(self.vocoder, self.cfg.train_mode)
 
@@ -305,8 +293,7 @@ def resume_target(resume: Optional[Path]) -> Optional[str]:
         tag = path.stem[len("vocoder_"):] if path.stem.startswith("vocoder_") else ""
         ckpt = path.parent / "checkpoints" / f"{tag}.pt"
         if tag == "final":
-            ckpts = sorted((path.parent / "checkpoints").glob("step_*.pt"))
-            ckpt = ckpts[-1] if ckpts else ckpt
+            ckpt = (list_checkpoints(path.parent) or [ckpt])[-1]
         if not ckpt.is_file():
             raise SelvaError(f"resume: {path} has no training checkpoint beside it ({ckpt}); give a "
                              f"checkpoints/step_NNNNNN.pt of the run, its folder, or 'latest'.")
