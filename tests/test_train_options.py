@@ -67,6 +67,17 @@ def test_cli_options_come_from_the_settings():
     assert "optimizer steps (default: 10)" in p.format_help()
 
 
+def test_a_percent_sign_in_help_prints_as_written():
+    # argparse %-formats help strings: an unescaped "~30% slower" printed argparse's own dict.
+    from selva.train.lora_trainer import LoraTrainOptions
+
+    p = argparse.ArgumentParser()
+    add_cli_options(p, LoraTrainOptions)
+    text = " ".join(p.format_help().split())
+    assert "much less VRAM, ~30% slower" in text
+    assert "option_strings" not in text
+
+
 def test_limits_are_checked_with_the_settings_own_words():
     check_limits(_Opts())
     with pytest.raises(SelvaError, match=r"^steps must be at most 100, got 101\.$"):

@@ -89,7 +89,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
     """Add a command-line option for each setting of ``cls``."""
     for name, f in settings_of(cls).items():
         m = meta(f)
-        help_text = m["help"].rstrip(".")
+        help_text = m["help"].rstrip(".").replace("%", "%%")  # argparse %-formats help strings
         if m["kind"] is bool:
             parser.add_argument(*option_flags(name), dest=name, action="store_true", default=f.default,
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
@@ -97,7 +97,7 @@ def add_cli_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
                                 help=f"turn {name} off")
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": f.default,
-                                  "help": f"{help_text} (default: {f.default!r})".replace("%", "%%")}
+                                  "help": f"{help_text} (default: {f.default!r})"}
         if m["choices"]:
             kwargs["choices"] = list(m["choices"])
         if m["kind"] in (int, float):
