@@ -43,6 +43,13 @@ def audio_output(waveform: Any, sample_rate: int) -> dict:
             "sample_rate": int(sample_rate)}
 
 
+def image_output(rgb: Any) -> Any:
+    """ComfyUI's IMAGE (1, H, W, 3) float in [0, 1] from an (H, W, 3) uint8 array (a chart)."""
+    import torch
+
+    return torch.from_numpy(rgb).float().div(255.0)[None]
+
+
 def audio_input(audio: Any, what: str = "audio") -> tuple[Any, int]:
     """(waveform (B, C, T) float32 CPU, sample_rate) from a ComfyUI AUDIO dict."""
     import torch

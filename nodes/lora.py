@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import comfy_compat, paths
-from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run,
+from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run, image_output,
                      make_hooks)
 from .sampler import MAX_SEED
 
@@ -115,8 +115,6 @@ class SelvaLoraEvaluator:
     def evaluate(self, model: Any, adapters_file: str, steps: int, cfg_strength: float, seed: int,
                  features: Any = None, reference_audio: Optional[dict] = None, held_out_dir: str = "",
                  metrics: str = ",".join(ALL_METRICS)):
-        import torch
-
         from ..selva.adapters.compare import compare_adapters, read_adapter_list, save_comparison
         from ..selva.errors import SelvaError
 
@@ -126,7 +124,7 @@ class SelvaLoraEvaluator:
             if held_out:
                 path, image = self._held_out(model, held_out, adapters_file, steps, cfg_strength, seed,
                                              metrics, out)
-                return (str(path), torch.from_numpy(image).float().div(255.0)[None])
+                return (str(path), image_output(image))
             if features is None:
                 raise SelvaError("SelVA LoRA Evaluator: connect features (one-clip mode) or set "
                                  "held_out_dir to a dataset folder (held-out mode).")
@@ -139,8 +137,7 @@ class SelvaLoraEvaluator:
                                           reference_name=None if reference is None else "reference_audio",
                                           hooks=make_hooks())
             path, image = save_comparison(comparison, out / EVAL_FOLDER)
-        tensor = torch.from_numpy(image).float().div(255.0)[None]
-        return (str(path), tensor)
+        return (str(path), image_output(image))
 
     @staticmethod
     def _held_out(model: Any, held_out: str, adapters_file: str, steps: int, cfg_strength: float,

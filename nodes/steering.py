@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, image_output, make_hooks
 
 STEERING_SUFFIX = ".safetensors"
 
@@ -88,8 +88,6 @@ class SelvaActivationSteeringExtractor:
 
     def extract(self, model: Any, data_dir: str, output_path: str, n_samples: int, seed: int,
                 n_timesteps: int = 10, mode: str = "per_block") -> tuple[str, Any]:
-        import torch
-
         from ..selva.artifacts import unique_path
         from ..selva.style.steering import (SteeringConfig, extract_steering, find_feature_files,
                                             magnitude_chart)
@@ -103,8 +101,7 @@ class SelvaActivationSteeringExtractor:
             target = unique_path(paths.with_suffix(paths.resolve(output_path, "output_path"), STEERING_SUFFIX))
             vectors.save(target)
             chart = magnitude_chart(vectors, unique_path(target.with_suffix(".png")))
-        image = torch.from_numpy(chart).float().div(255.0)[None]
-        return (str(target), image)
+        return (str(target), image_output(chart))
 
 
 class SelvaActivationSteeringLoader:

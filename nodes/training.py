@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import comfy_compat, common, paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run, image_output
 from .options import option_inputs
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,6 @@ class SelvaLoraScheduler:
 
     def run(self, model: Any, experiments_file: str, output_dir: str = "selva_sweeps", held_out_dir: str = "",
             rank_by: str = "desync") -> tuple[str, Any, str, Any]:
-        import torch
-
         from ..selva.train.sweep import run_sweep
         from ..selva.train.sweep_ranking import ranking_text
 
@@ -155,8 +153,8 @@ class SelvaLoraScheduler:
         comfy_compat.empty_cache()
         if result.metrics_chart is None:  # not ranked this time (an earlier ranking may stay in the file)
             return str(result.summary_path), _image(result.comparison), "", _image(None)
-        chart = torch.from_numpy(result.metrics_chart).float().div(255.0)[None]
-        return str(result.summary_path), _image(result.comparison), ranking_text(result.summary), chart
+        return (str(result.summary_path), _image(result.comparison), ranking_text(result.summary),
+                image_output(result.metrics_chart))
 
 
 class SelvaSkipExperiment:
