@@ -2,15 +2,19 @@
 (``SelvaDataset*``) on the AUDIO_DATASET type. Thin glue: the work is in ``selva/datasets``."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from . import paths
 from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
 
 
-def _folder_version(folder: Path) -> str:
-    """Names, sizes and times of a folder's files: a re-queue after a change runs again."""
+def _folder_version(path: str, what: str) -> str:
+    """What ``IS_CHANGED`` returns for a folder input: names, sizes and times of its files, so a
+    re-queue after a change runs again. A bad or missing folder is reported by the node itself."""
+    try:
+        folder = paths.resolve(path, what)
+    except Exception:
+        return "invalid"
     try:
         return "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                         for p in sorted(folder.iterdir()) if p.is_file())
@@ -61,11 +65,7 @@ class SelvaDatasetFromFolder:
 
     @classmethod
     def IS_CHANGED(cls, videos_dir: str = "", out_dir: str = "", **_kw) -> str:
-        try:
-            videos, out = paths.resolve(videos_dir, "videos_dir"), paths.resolve(out_dir, "out_dir")
-        except Exception:
-            return "invalid"
-        return _folder_version(videos) + "#" + _folder_version(out)
+        return _folder_version(videos_dir, "videos_dir") + "#" + _folder_version(out_dir, "out_dir")
 
     def make(self, model: Any, videos_dir: str, out_dir: str, prompt: str, prompts_csv: str = "",
              clip_seconds: float = 8.0, hop_seconds: float = 0.0, min_loudness_lufs: float = -50.0,
@@ -105,10 +105,7 @@ class SelvaDatasetReport:
 
     @classmethod
     def IS_CHANGED(cls, dataset_dir: str = "", **_kw) -> str:
-        try:
-            return _folder_version(paths.resolve(dataset_dir, "dataset_dir"))
-        except Exception:
-            return "invalid"
+        return _folder_version(dataset_dir, "dataset_dir")
 
     def report(self, dataset_dir: str) -> tuple[Any, str]:
         from ..selva.datasets.report import build_report, write_report
@@ -186,10 +183,7 @@ class SelvaDatasetLoader(_DatasetStep):
 
     @classmethod
     def IS_CHANGED(cls, folder: str = "", **_kw) -> str:
-        try:
-            return _folder_version(paths.resolve(folder, "folder"))
-        except Exception:
-            return "invalid"
+        return _folder_version(folder, "folder")
 
     def load(self, folder: str) -> tuple[list]:
         from ..selva.datasets.chain import load_folder
