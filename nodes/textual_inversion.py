@@ -36,14 +36,6 @@ def features_with_ti(model: Any, features: Any, prompt: str, textual_inversion: 
     return apply_to_features(features, textual_inversion, float(ti_strength), pipe=model, hooks=hooks), ""
 
 
-def _resume_arg(resume: str) -> Optional[str]:
-    """None (fresh run), "latest", or a checkpoint / run folder (relative = ComfyUI's output folder)."""
-    text = (resume or "").strip()
-    if not text or text == "latest":
-        return text or None
-    return str(paths.resolve_existing(text, "resume"))
-
-
 class SelvaTextualInversionTrainer:
     DESCRIPTION = ("Learns a few prompt tokens (textual inversion) that make SelVA sound like a "
                    "dataset, with every weight frozen. Same dataset layout as LoRA training: "
@@ -96,7 +88,7 @@ class SelvaTextualInversionTrainer:
             options = from_inputs(TiTrainOptions, settings)
             run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
-                                          resume=_resume_arg(resume), hooks=make_training_hooks())
+                                          resume=paths.resume_arg(resume), hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))
 
 

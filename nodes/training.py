@@ -84,13 +84,10 @@ class SelvaLoraTrainer:
         from ..selva.train.options import from_inputs
 
         options = from_inputs(LoraTrainOptions, settings)
-        resume = (resume or "").strip()
-        if resume and resume != "latest":
-            resume = str(paths.resolve_existing(resume, "resume"))
         with comfy_run():
             run = train_lora(model, paths.resolve_existing(data_dir, "data_dir"),
                              paths.resolve(output_dir, "output_dir", "selva_lora"), options,
-                             resume=resume or None, eval_features=eval_features, hooks=make_training_hooks())
+                             resume=paths.resume_arg(resume), eval_features=eval_features, hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
 

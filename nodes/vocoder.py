@@ -6,7 +6,7 @@ from typing import Any
 
 from .common import CATEGORY, MODEL_TYPE, comfy_run
 from .options import option_inputs
-from .paths import resolve, resolve_existing
+from .paths import resolve, resolve_existing, resume_arg
 from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
@@ -17,13 +17,6 @@ _LOG_EVERY = 25  # steps between loss lines in ComfyUI's console
 def _optional_path(text: str, what: str):
     text = (text or "").strip()
     return resolve(text, what) if text else None
-
-
-def _resume_path(text: str):
-    text = (text or "").strip()
-    if text == "latest":
-        return text
-    return _optional_path(text, "resume")
 
 
 def _log_step(info: Any) -> None:
@@ -94,7 +87,7 @@ class SelvaBigvganTrainer:
                               lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
                               discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
-                              resume=_resume_path(resume))
+                              resume=resume_arg(resume))
             # the progress bar's preview shows the live loss curve
             path, _ = tune_vocoder(model, cfg, make_training_hooks(), on_step=_log_step)
         return (str(path),)
