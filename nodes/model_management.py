@@ -28,7 +28,6 @@ GPU itself, so those stages never leave it; on ``--cpu`` ComfyUI still lists the
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Iterator, Optional
 
 import torch
@@ -36,8 +35,6 @@ from torch import nn
 
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
-
-log = logging.getLogger(__name__)
 
 _PATCHER_CLASSES: dict[type, type] = {}
 _EVERYTHING = 1e30  # bytes: more than any device holds, so free_memory unloads all it may
