@@ -100,7 +100,7 @@ def comfy_temp_dir() -> Path:
     outside ComfyUI the system temp folder."""
     if folder_paths is not None:
         return Path(folder_paths.get_temp_directory())
-    return Path(tempfile.gettempdir())
+    return temp_dir()
 
 
 def video_from_file(path: Path) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import paths
+from . import comfy_compat, paths
 from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
 
 
@@ -332,14 +332,8 @@ class SelvaDatasetSpectralMatcher(_DatasetStep):
 
         with comfy_run():
             match, rate = spectral_matcher_for(mode, float(strength), float(max_gain_db), model,
-                                               models_dirs=_models_dirs())
+                                               models_dirs=comfy_compat.candidate_models_dirs())
             return (to_dataset(spectral_match(to_clips(dataset), match, rate, make_hooks())),)
-
-
-def _models_dirs() -> list:
-    from . import comfy_compat
-
-    return comfy_compat.candidate_models_dirs()
 
 
 class SelvaDatasetHfSmoother(_DatasetStep):

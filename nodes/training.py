@@ -5,17 +5,12 @@ written inside ComfyUI's output folder.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from . import comfy_compat, common, paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run, image_output
+from . import comfy_compat, paths
+from .common import CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, comfy_run, image_output
 from .options import option_inputs
-
-log = logging.getLogger(__name__)
-
-LORA_TYPE = getattr(common, "LORA_TYPE", "SELVA_LORA")
 
 
 def make_training_hooks():
