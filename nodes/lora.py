@@ -46,7 +46,7 @@ class SelvaLoraLoader:
 
     @classmethod
     def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
-        return paths.file_version(str(adapter_path or "").strip().strip('"'))
+        return paths.file_version(adapter_path)
 
     def load(self, model: Any, adapter_path: str, strength: float,
              adapter: Optional[Any] = None) -> tuple[Any]:
@@ -122,8 +122,12 @@ class SelvaLoraEvaluator:
         with comfy_run():
             out = comfy_compat.output_directory()
             if held_out:
-                path, image = self._held_out(model, held_out, adapters_file, steps, cfg_strength, seed,
-                                             metrics, out)
+                from ..selva.evaluation.run import EvalOptions, evaluate_held_out, parse_metrics
+
+                options = EvalOptions(metrics=parse_metrics(metrics), steps=int(steps),
+                                      cfg_strength=float(cfg_strength), seed=int(seed))
+                path, image = evaluate_held_out(model, paths.resolve(held_out, "held_out_dir"), adapters_file,
+                                                out / EVAL_FOLDER, options, base_dir=out, hooks=make_hooks())
                 return (str(path), image_output(image))
             if features is None:
                 raise SelvaError("SelVA LoRA Evaluator: connect features (one-clip mode) or set "
@@ -138,18 +142,3 @@ class SelvaLoraEvaluator:
                                           hooks=make_hooks())
             path, image = save_comparison(comparison, out / EVAL_FOLDER)
         return (str(path), image_output(image))
-
-    @staticmethod
-    def _held_out(model: Any, held_out: str, adapters_file: str, steps: int, cfg_strength: float,
-                  seed: int, metrics: str, out):
-        from pathlib import Path
-
-        from ..selva.evaluation.run import EvalOptions, evaluate_held_out, parse_metrics
-
-        data_dir = Path(held_out).expanduser()
-        if not data_dir.is_absolute():
-            data_dir = out / data_dir
-        options = EvalOptions(metrics=parse_metrics(metrics), steps=int(steps),
-                              cfg_strength=float(cfg_strength), seed=int(seed))
-        return evaluate_held_out(model, data_dir, adapters_file, out / EVAL_FOLDER, options,
-                                 base_dir=out, hooks=make_hooks())
