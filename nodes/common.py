@@ -19,6 +19,12 @@ TEXTUAL_INVERSION_TYPE = "TEXTUAL_INVERSION"
 VIDEO_TYPE = "IMAGE,VIDEO"
 
 
+def outputs(*sockets: tuple[str, str, str]) -> tuple[tuple[str, ...], ...]:
+    """A node's RETURN_TYPES, RETURN_NAMES and OUTPUT_TOOLTIPS from one (type, name, tooltip) per
+    output, so each output is declared in one place."""
+    return tuple(zip(*sockets))
+
+
 def make_hooks() -> Hooks:
     """Progress into ComfyUI's progress bar, cancel from ComfyUI's interrupt button."""
     return Hooks(progress=comfy_compat.StageProgress(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import comfy_compat, paths
-from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks, outputs
 
 
 def _folder_version(path: str, what: str) -> str:
@@ -29,10 +29,9 @@ class SelvaDatasetFromFolder:
                    "and writes dataset.json. Cancel keeps finished clips; queue again to continue.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
-    RETURN_TYPES = ("STRING", "INT")
-    RETURN_NAMES = ("dataset_dir", "clips")
-    OUTPUT_TOOLTIPS = ("The dataset folder (for the LoRA Trainer's data_dir, Dataset Report, ...).",
-                       "How many clips the dataset holds now.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "dataset_dir", "The dataset folder (for the LoRA Trainer's data_dir, Dataset Report, ...)."),
+        ("INT", "clips", "How many clips the dataset holds now."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -91,10 +90,9 @@ class SelvaDatasetReport:
                    "dataset_report.md/.json/.png into the dataset folder.")
     CATEGORY = CATEGORY
     FUNCTION = "report"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "report_path")
-    OUTPUT_TOOLTIPS = ("Histograms of duration, loudness, peak and silence, with the flag counts.",
-                       "The report table (dataset_report.md).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IMAGE", "image", "Histograms of duration, loudness, peak and silence, with the flag counts."),
+        ("STRING", "report_path", "The report table (dataset_report.md)."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -164,9 +162,8 @@ def _dataset_in() -> tuple:
 
 class _DatasetStep:
     CATEGORY = CATEGORY
-    RETURN_TYPES = (AUDIO_DATASET,)
-    RETURN_NAMES = ("dataset",)
-    OUTPUT_TOOLTIPS = ("The processed audio dataset.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (AUDIO_DATASET, "dataset", "The processed audio dataset."))
 
 
 class SelvaDatasetLoader(_DatasetStep):
@@ -272,10 +269,9 @@ class SelvaDatasetInspector:
                    "flagged). The report lists each clip and why.")
     CATEGORY = CATEGORY
     FUNCTION = "inspect"
-    RETURN_TYPES = (AUDIO_DATASET, "STRING")
-    RETURN_NAMES = ("dataset", "report")
-    OUTPUT_TOOLTIPS = ("The clips that passed (all clips when skip_rejected is off).",
-                       "One line per clip: OK, or what is wrong with it.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (AUDIO_DATASET, "dataset", "The clips that passed (all clips when skip_rejected is off)."),
+        ("STRING", "report", "One line per clip: OK, or what is wrong with it."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -399,9 +395,10 @@ class SelvaDatasetItemExtractor:
     DESCRIPTION = "One clip of an audio dataset as a plain AUDIO (to preview, save or process it)."
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = ("AUDIO", "STRING", "INT")
-    RETURN_NAMES = ("audio", "name", "total")
-    OUTPUT_TOOLTIPS = ("The clip.", "Its name.", "How many clips the dataset holds.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The clip."),
+        ("STRING", "name", "Its name."),
+        ("INT", "total", "How many clips the dataset holds."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -428,9 +425,8 @@ class SelvaDatasetSaver:
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("report",)
-    OUTPUT_TOOLTIPS = ("What was written, and which clips found no features.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "report", "What was written, and which clips found no features."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

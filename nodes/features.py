@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import comfy_compat, paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks, outputs
 from .dataset_clip import check_clip_name, save_named_clip
 from .video_input import decodable, resolve_video
 
@@ -50,13 +50,10 @@ class SelvaFeatureExtractor:
                    "re-run with the same inputs skips the encoders.")
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = (FEATURES_TYPE, "FLOAT", "STRING")
-    RETURN_NAMES = ("features", "fps", "prompt")
-    OUTPUT_TOOLTIPS = (
-        "Conditioning features for the SelVA Sampler.",
-        "The real frame rate of the video (for muxing the audio back, e.g. Create Video).",
-        "The prompt the features were made with.",
-    )
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (FEATURES_TYPE, "features", "Conditioning features for the SelVA Sampler."),
+        ("FLOAT", "fps", "The real frame rate of the video (for muxing the audio back, e.g. Create Video)."),
+        ("STRING", "prompt", "The prompt the features were made with."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from . import comfy_compat
-from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks, outputs
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ class SelvaModelLoader:
                    "encoders) from models/selva, downloading missing weights on first use.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded SelVA pipeline; connect it to the Feature Extractor, Sampler, "
-                       "VAE Roundtrip and Spectral Matcher.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model",
+         "The loaded SelVA pipeline; connect it to the Feature "
+         "Extractor, Sampler, VAE Roundtrip and Spectral Matcher."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

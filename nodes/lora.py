@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from . import comfy_compat, paths
 from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run, image_output,
-                     make_hooks)
+                     make_hooks, outputs)
 from .sampler import MAX_SEED
 
 ALL_METRICS = ("desync", "clap", "fd", "kl", "spectral")  # selva.evaluation.run.ALL_METRICS (kept import-free)
@@ -18,9 +18,8 @@ class SelvaLoraLoader:
                    "changed: other branches of the graph still get the base model, and loaders chain.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same pipeline with the adapter attached whenever it generates.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model", "The same pipeline with the adapter attached whenever it generates."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -66,11 +65,11 @@ class SelvaLoraEvaluator:
                    "spectral distance (see LORA_TRAINING.md).")
     CATEGORY = CATEGORY
     FUNCTION = "evaluate"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_image")
-    OUTPUT_TOOLTIPS = ("The JSON summary (metrics per adapter), in output/selva_lora_eval/.",
-                       "Spectrograms side by side and the metrics table; in held-out mode one bar "
-                       "chart per metric, the best model marked.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path", "The JSON summary (metrics per adapter), in output/selva_lora_eval/."),
+        ("IMAGE", "comparison_image",
+         "Spectrograms side by side and the metrics table; in held-out "
+         "mode one bar chart per metric, the best model marked."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import comfy_compat
-from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run
+from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run, outputs
 
 MUX_STEM = "selva_mux"
 
@@ -35,9 +35,8 @@ class SelvaMuxVideo:
                    "empties at start-up: connect Save Video to keep it.")
     CATEGORY = CATEGORY
     FUNCTION = "mux"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = ("The video with the new audio; connect Save Video.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("VIDEO", "video", "The video with the new audio; connect Save Video."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
+from .common import (CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks,
+                     outputs)
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
@@ -51,10 +52,10 @@ class SelvaSampler:
                    "with classifier-free guidance, then VAE decoding and the vocoder.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate (16 kHz or 44.1 kHz), "
-                       "mono, one batch entry per variation.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio",
+         "The generated audio at the model's own sample rate "
+         "(16 kHz or 44.1 kHz), mono, one batch entry per variation."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -149,10 +150,9 @@ class SelvaTextToAudio:
                    "audio). LoRA, steering, textual inversion and init_audio work here too.")
     CATEGORY = CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate, mono, one batch entry "
-                       "per variation.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio",
+         "The generated audio at the model's own sample rate, mono, one batch entry per variation."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

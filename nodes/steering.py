@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, image_output, make_hooks
+from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, image_output, make_hooks, outputs
 
 STEERING_SUFFIX = ".safetensors"
 
@@ -44,11 +44,11 @@ class SelvaActivationSteeringExtractor:
                    "with a per-block magnitude chart (PNG) beside them.")
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("steering_path", "magnitude_chart")
-    OUTPUT_TOOLTIPS = ("Path of the saved .safetensors file; feed it to the Steering Loader.",
-                       "Bar chart of each block's vector size relative to its hidden state: large "
-                       "bars are the blocks topK picks.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "steering_path", "Path of the saved .safetensors file; feed it to the Steering Loader."),
+        ("IMAGE", "magnitude_chart",
+         "Bar chart of each block's vector size relative to its "
+         "hidden state: large bars are the blocks topK picks."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -108,9 +108,8 @@ class SelvaActivationSteeringLoader:
     DESCRIPTION = "Loads activation-steering vectors saved by the SelVA Activation Steering Extractor."
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (STEERING_TYPE,)
-    RETURN_NAMES = ("steering_vectors",)
-    OUTPUT_TOOLTIPS = ("Connect to the Sampler's or DITTO's steering_vectors input.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (STEERING_TYPE, "steering_vectors", "Connect to the Sampler's or DITTO's steering_vectors input."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .common import CATEGORY, MODEL_TYPE, comfy_run
+from .common import CATEGORY, MODEL_TYPE, comfy_run, outputs
 from .options import option_inputs
 from .paths import resolve, resolve_existing, resume_arg
 from .training import make_training_hooks
@@ -32,10 +32,10 @@ class SelvaBigvganTrainer:
     CATEGORY = CATEGORY
     FUNCTION = "train"
     OUTPUT_NODE = True  # runs on its own, without a loader connected
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("checkpoint_path",)
-    OUTPUT_TOOLTIPS = ("The tuned vocoder (vocoder_final.safetensors in a new run folder); connect it "
-                       "to SelVA BigVGAN Loader's path.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "checkpoint_path",
+         "The tuned vocoder (vocoder_final.safetensors in a new "
+         "run folder); connect it to SelVA BigVGAN Loader's path."))
 
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("train_mode", "steps", "lr", "batch_size", "segment_seconds", "lambda_l2sp", "save_every",
@@ -98,9 +98,8 @@ class SelvaBigvganLoader:
                    "its own vocoder, so other branches of the graph keep the original sound.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same SelVA model with the tuned vocoder; connect it to the Sampler.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model", "The same SelVA model with the tuned vocoder; connect it to the Sampler."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -129,10 +128,11 @@ class SelvaBigvganScheduler:
     CATEGORY = CATEGORY
     FUNCTION = "run"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_curves")
-    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, tuned "
-                       "vocoder path and error.", "Every experiment's smoothed loss curve, labelled.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path",
+         "experiment_summary.json: per experiment its settings, "
+         "status, losses, time, tuned vocoder path and error."),
+        ("IMAGE", "comparison_curves", "Every experiment's smoothed loss curve, labelled."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
