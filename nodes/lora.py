@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..selva.evaluation.options import ALL_METRICS
 from . import comfy_compat, paths
 from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run, image_output,
                      make_hooks, outputs)
 from .sampler import MAX_SEED
-
-ALL_METRICS = ("desync", "clap", "fd", "kl", "spectral")  # selva.evaluation.run.ALL_METRICS (kept import-free)
 
 EVAL_FOLDER = "selva_lora_eval"
 
