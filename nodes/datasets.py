@@ -165,6 +165,12 @@ class _DatasetStep:
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
         (AUDIO_DATASET, "dataset", "The processed audio dataset."))
 
+    @staticmethod
+    def apply(step: Any, dataset: Any, *args: Any) -> tuple[list]:
+        """The node's output: ``step(clips, *args, hooks)`` of ``selva.datasets.chain`` on ``dataset``."""
+        with comfy_run():
+            return (to_dataset(step(to_clips(dataset), *args, make_hooks())),)
+
 
 class SelvaDatasetLoader(_DatasetStep):
     DESCRIPTION = ("Loads every audio file of a folder (and its sub-folders) into memory as an audio "
@@ -205,8 +211,7 @@ class SelvaDatasetResampler(_DatasetStep):
     def resample(self, dataset: Any, target_sr: int) -> tuple[list]:
         from ..selva.datasets.chain import resample
 
-        with comfy_run():
-            return (to_dataset(resample(to_clips(dataset), int(target_sr), make_hooks())),)
+        return self.apply(resample, dataset, int(target_sr))
 
 
 class SelvaDatasetLUFSNormalizer(_DatasetStep):
@@ -228,9 +233,7 @@ class SelvaDatasetLUFSNormalizer(_DatasetStep):
     def normalize(self, dataset: Any, target_lufs: float, true_peak_dbtp: float) -> tuple[list]:
         from ..selva.datasets.chain import normalize_loudness
 
-        with comfy_run():
-            return (to_dataset(normalize_loudness(to_clips(dataset), float(target_lufs),
-                                                  float(true_peak_dbtp), make_hooks())),)
+        return self.apply(normalize_loudness, dataset, float(target_lufs), float(true_peak_dbtp))
 
 
 class SelvaDatasetCompressor(_DatasetStep):
@@ -258,9 +261,8 @@ class SelvaDatasetCompressor(_DatasetStep):
                  release_ms: float, mix: float) -> tuple[list]:
         from ..selva.datasets.chain import compress
 
-        with comfy_run():
-            return (to_dataset(compress(to_clips(dataset), float(threshold_db), float(ratio), float(attack_ms),
-                                        float(release_ms), float(mix), make_hooks())),)
+        return self.apply(compress, dataset, float(threshold_db), float(ratio), float(attack_ms),
+                          float(release_ms), float(mix))
 
 
 class SelvaDatasetInspector:
@@ -326,10 +328,9 @@ class SelvaDatasetSpectralMatcher(_DatasetStep):
         from ..selva.datasets.chain import spectral_match
         from ..selva.datasets.profile import spectral_matcher_for
 
-        with comfy_run():
-            match, rate = spectral_matcher_for(mode, float(strength), float(max_gain_db), model,
-                                               models_dirs=comfy_compat.candidate_models_dirs())
-            return (to_dataset(spectral_match(to_clips(dataset), match, rate, make_hooks())),)
+        match, rate = spectral_matcher_for(mode, float(strength), float(max_gain_db), model,
+                                           models_dirs=comfy_compat.candidate_models_dirs())
+        return self.apply(spectral_match, dataset, match, rate)
 
 
 class SelvaDatasetHfSmoother(_DatasetStep):
@@ -350,8 +351,7 @@ class SelvaDatasetHfSmoother(_DatasetStep):
     def process(self, dataset: Any, cutoff_hz: float, blend: float) -> tuple[list]:
         from ..selva.datasets.chain import hf_smooth
 
-        with comfy_run():
-            return (to_dataset(hf_smooth(to_clips(dataset), float(cutoff_hz), float(blend), make_hooks())),)
+        return self.apply(hf_smooth, dataset, float(cutoff_hz), float(blend))
 
 
 class SelvaDatasetAugmenter(_DatasetStep):
@@ -387,8 +387,7 @@ class SelvaDatasetAugmenter(_DatasetStep):
 
         opts = AugmentOptions(int(variants_per_clip), float(gain_range_db), int(seed),
                               float(pitch_range_semitones), float(time_stretch_range), bool(keep_originals))
-        with comfy_run():
-            return (to_dataset(augment(to_clips(dataset), opts, make_hooks())),)
+        return self.apply(augment, dataset, opts)
 
 
 class SelvaDatasetItemExtractor:
