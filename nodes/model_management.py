@@ -187,11 +187,6 @@ class ComfyResidency:
         keep = [self.mm.LoadedModel(m) for m in listed if m is not patcher]
         self.mm.free_memory(_EVERYTHING, patcher.load_device, keep_loaded=keep)
 
-    def loaded_stages(self) -> list[str]:
-        """Names of this pipeline's stages in ComfyUI's loaded-model list (most recent first)."""
-        ours = {id(p): name for name, p in self.patchers.items()}
-        return [ours[id(m)] for m in self.mm.loaded_models() if id(m) in ours]
-
 
 def comfy_residency(strategy: str) -> Optional[ComfyResidency]:
     """The ComfyUI backend when running inside ComfyUI, else None (the core's own policy)."""
