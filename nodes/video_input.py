@@ -66,11 +66,9 @@ def _video_object_source(video: Any) -> VideoSource:
         return VideoSource(stream=stream, description=f"video {stream if isinstance(stream, str) else name}")
     if hasattr(video, "get_components"):
         comp = video.get_components()
-        images = comp.images
-        rate = float(comp.frame_rate) if comp.frame_rate else None
-        src = _image_source(images)
-        src.fps = rate
-        src.description = f"{name} of {images.shape[0]} frames"
+        src = _image_source(comp.images)
+        src.fps = float(comp.frame_rate) if comp.frame_rate else None
+        src.description = f"{name} of {comp.images.shape[0]} frames"
         return src
     raise SelvaError(f"video must be an IMAGE batch or a ComfyUI VIDEO; got {name}.")
 
