@@ -64,9 +64,7 @@ def audio_input(audio: Any, what: str = "audio") -> tuple[Any, int]:
 
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise SelvaError(f"{what} must be a ComfyUI AUDIO (a dict with 'waveform' and 'sample_rate').")
-    wave = audio["waveform"]
-    if not isinstance(wave, torch.Tensor):
-        wave = torch.as_tensor(wave)
+    wave = torch.as_tensor(audio["waveform"])
     if wave.dim() == 1:
         wave = wave[None, None]
     elif wave.dim() == 2:

@@ -93,11 +93,12 @@ class SelvaActivationSteeringExtractor:
                                             magnitude_chart)
 
         with comfy_run():
-            files = find_feature_files(paths.resolve_existing(data_dir, "data_dir"))
+            folder = paths.resolve_existing(data_dir, "data_dir")
+            files = find_feature_files(folder)
             config = SteeringConfig(n_samples=int(n_samples), n_timesteps=int(n_timesteps), seed=int(seed),
                                     mode=mode)
             vectors = extract_steering(model, files, config, make_hooks())
-            vectors.info["data_dir"] = str(paths.resolve(data_dir, "data_dir"))
+            vectors.info["data_dir"] = str(folder)
             target = unique_path(paths.with_suffix(paths.resolve(output_path, "output_path"), STEERING_SUFFIX))
             vectors.save(target)
             chart = magnitude_chart(vectors, unique_path(target.with_suffix(".png")))
