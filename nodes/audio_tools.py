@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import CATEGORY, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks, outputs
 
 
 _AUDIO_TOOLTIP = "Audio of any sample rate and channel count."
@@ -15,10 +15,9 @@ class SelvaVaeRoundtrip:
                    "vocoder: hear what the model can represent (a quality ceiling check).")
     CATEGORY = CATEGORY
     FUNCTION = "roundtrip"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio_reconstructed",)
-    OUTPUT_TOOLTIPS = ("The reconstruction at the model's sample rate, with the input's channel "
-                       "count.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio_reconstructed",
+         "The reconstruction at the model's sample rate, with the input's channel count."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -39,9 +38,8 @@ class SelvaHfSmoother:
                    "copy into the original. Below the cutoff the audio is unchanged.")
     CATEGORY = CATEGORY
     FUNCTION = "smooth"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The smoothed audio (same rate, channels and length).",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The smoothed audio (same rate, channels and length)."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -69,10 +67,9 @@ class SelvaSpectralMatcher:
                    "VAE weights).")
     CATEGORY = CATEGORY
     FUNCTION = "match"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The equalised audio at the model's sample rate (other rates are resampled "
-                       "first), same channels.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio",
+         "The equalised audio at the model's sample rate (other rates are resampled first), same channels."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -114,9 +111,8 @@ class SelvaHarmonicExciter:
                    "mixed back, restoring overtones the vocoder smears. Same rate, channels, length.")
     CATEGORY = CATEGORY
     FUNCTION = "excite"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The excited audio (soft-clipped to stay within full scale).",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The excited audio (soft-clipped to stay within full scale)."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -144,9 +140,8 @@ class SelvaOutputNormalizer:
                    "last, before saving, for a consistent level whatever the video.")
     CATEGORY = CATEGORY
     FUNCTION = "normalize"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The normalised audio (silence and clips under 0.4 s pass unchanged).",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The normalised audio (silence and clips under 0.4 s pass unchanged)."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

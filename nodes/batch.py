@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import comfy_compat, paths
-from .common import CATEGORY, MODEL_TYPE, audio_output, comfy_run
+from .common import CATEGORY, MODEL_TYPE, audio_output, comfy_run, outputs
 from .sampler import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS, MAX_SEED
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,11 @@ class SelvaBatchGenerate:
     CATEGORY = CATEGORY
     FUNCTION = "generate"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "AUDIO")
-    RETURN_NAMES = ("results_path", "audio")
-    OUTPUT_TOOLTIPS = ("Path of results.jsonl: one line per row (name, video, prompt, seed, status, "
-                       "error, seconds, outputs).",
-                       "The first row's audio, to preview.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "results_path",
+         "Path of results.jsonl: one line per row (name, video, "
+         "prompt, seed, status, error, seconds, outputs)."),
+        ("AUDIO", "audio", "The first row's audio, to preview."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -54,14 +54,11 @@ def register_models_folder(fp: Any = None) -> None:
         return
     default = os.path.join(fp.models_dir, FOLDER_NAME)
     table = fp.folder_names_and_paths
-    if FOLDER_NAME in table:
-        paths, exts = table[FOLDER_NAME]
-        paths = list(paths)
-        if default not in paths:
-            paths.append(default)
-        table[FOLDER_NAME] = (paths, set(exts) | set(MODEL_EXTENSIONS))
-    else:
-        table[FOLDER_NAME] = ([default], set(MODEL_EXTENSIONS))
+    paths, exts = table.get(FOLDER_NAME, ([], ()))
+    paths = list(paths)
+    if default not in paths:
+        paths.append(default)
+    table[FOLDER_NAME] = (paths, set(exts) | MODEL_EXTENSIONS)
 
 
 def candidate_models_dirs() -> list[Path]:
@@ -81,12 +78,7 @@ def pick_models_dir(relative_files: Iterable[str], candidates: Optional[list[Pat
     """
     candidates = candidates if candidates is not None else candidate_models_dirs()
     rels = list(relative_files)
-    best, best_count = candidates[0], -1
-    for directory in candidates:
-        count = sum((directory / rel).is_file() for rel in rels)
-        if count > best_count:
-            best, best_count = directory, count
-    return best
+    return max(candidates, key=lambda directory: sum((directory / rel).is_file() for rel in rels))
 
 
 def temp_dir() -> Path:
@@ -100,7 +92,7 @@ def comfy_temp_dir() -> Path:
     outside ComfyUI the system temp folder."""
     if folder_paths is not None:
         return Path(folder_paths.get_temp_directory())
-    return Path(tempfile.gettempdir())
+    return temp_dir()
 
 
 def video_from_file(path: Path) -> Any:

@@ -19,6 +19,12 @@ TEXTUAL_INVERSION_TYPE = "TEXTUAL_INVERSION"
 VIDEO_TYPE = "IMAGE,VIDEO"
 
 
+def outputs(*sockets: tuple[str, str, str]) -> tuple[tuple[str, ...], ...]:
+    """A node's RETURN_TYPES, RETURN_NAMES and OUTPUT_TOOLTIPS from one (type, name, tooltip) per
+    output, so each output is declared in one place."""
+    return tuple(zip(*sockets))
+
+
 def make_hooks() -> Hooks:
     """Progress into ComfyUI's progress bar, cancel from ComfyUI's interrupt button."""
     return Hooks(progress=comfy_compat.StageProgress(),
@@ -43,6 +49,13 @@ def audio_output(waveform: Any, sample_rate: int) -> dict:
             "sample_rate": int(sample_rate)}
 
 
+def image_output(rgb: Any) -> Any:
+    """ComfyUI's IMAGE (1, H, W, 3) float in [0, 1] from an (H, W, 3) uint8 array (a chart)."""
+    import torch
+
+    return torch.from_numpy(rgb).float().div(255.0)[None]
+
+
 def audio_input(audio: Any, what: str = "audio") -> tuple[Any, int]:
     """(waveform (B, C, T) float32 CPU, sample_rate) from a ComfyUI AUDIO dict."""
     import torch
@@ -51,9 +64,7 @@ def audio_input(audio: Any, what: str = "audio") -> tuple[Any, int]:
 
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise SelvaError(f"{what} must be a ComfyUI AUDIO (a dict with 'waveform' and 'sample_rate').")
-    wave = audio["waveform"]
-    if not isinstance(wave, torch.Tensor):
-        wave = torch.as_tensor(wave)
+    wave = torch.as_tensor(audio["waveform"])
     if wave.dim() == 1:
         wave = wave[None, None]
     elif wave.dim() == 2:

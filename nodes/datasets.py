@@ -2,15 +2,19 @@
 (``SelvaDataset*``) on the AUDIO_DATASET type. Thin glue: the work is in ``selva/datasets``."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from . import paths
-from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from . import comfy_compat, paths
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks, outputs
 
 
-def _folder_version(folder: Path) -> str:
-    """Names, sizes and times of a folder's files: a re-queue after a change runs again."""
+def _folder_version(path: str, what: str) -> str:
+    """What ``IS_CHANGED`` returns for a folder input: names, sizes and times of its files, so a
+    re-queue after a change runs again. A bad or missing folder is reported by the node itself."""
+    try:
+        folder = paths.resolve(path, what)
+    except Exception:
+        return "invalid"
     try:
         return "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                         for p in sorted(folder.iterdir()) if p.is_file())
@@ -25,10 +29,9 @@ class SelvaDatasetFromFolder:
                    "and writes dataset.json. Cancel keeps finished clips; queue again to continue.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
-    RETURN_TYPES = ("STRING", "INT")
-    RETURN_NAMES = ("dataset_dir", "clips")
-    OUTPUT_TOOLTIPS = ("The dataset folder (for the LoRA Trainer's data_dir, Dataset Report, ...).",
-                       "How many clips the dataset holds now.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "dataset_dir", "The dataset folder (for the LoRA Trainer's data_dir, Dataset Report, ...)."),
+        ("INT", "clips", "How many clips the dataset holds now."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -61,11 +64,7 @@ class SelvaDatasetFromFolder:
 
     @classmethod
     def IS_CHANGED(cls, videos_dir: str = "", out_dir: str = "", **_kw) -> str:
-        try:
-            videos, out = paths.resolve(videos_dir, "videos_dir"), paths.resolve(out_dir, "out_dir")
-        except Exception:
-            return "invalid"
-        return _folder_version(videos) + "#" + _folder_version(out)
+        return _folder_version(videos_dir, "videos_dir") + "#" + _folder_version(out_dir, "out_dir")
 
     def make(self, model: Any, videos_dir: str, out_dir: str, prompt: str, prompts_csv: str = "",
              clip_seconds: float = 8.0, hop_seconds: float = 0.0, min_loudness_lufs: float = -50.0,
@@ -91,10 +90,9 @@ class SelvaDatasetReport:
                    "dataset_report.md/.json/.png into the dataset folder.")
     CATEGORY = CATEGORY
     FUNCTION = "report"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "report_path")
-    OUTPUT_TOOLTIPS = ("Histograms of duration, loudness, peak and silence, with the flag counts.",
-                       "The report table (dataset_report.md).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("IMAGE", "image", "Histograms of duration, loudness, peak and silence, with the flag counts."),
+        ("STRING", "report_path", "The report table (dataset_report.md)."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -105,10 +103,7 @@ class SelvaDatasetReport:
 
     @classmethod
     def IS_CHANGED(cls, dataset_dir: str = "", **_kw) -> str:
-        try:
-            return _folder_version(paths.resolve(dataset_dir, "dataset_dir"))
-        except Exception:
-            return "invalid"
+        return _folder_version(dataset_dir, "dataset_dir")
 
     def report(self, dataset_dir: str) -> tuple[Any, str]:
         from ..selva.datasets.report import build_report, write_report
@@ -167,9 +162,14 @@ def _dataset_in() -> tuple:
 
 class _DatasetStep:
     CATEGORY = CATEGORY
-    RETURN_TYPES = (AUDIO_DATASET,)
-    RETURN_NAMES = ("dataset",)
-    OUTPUT_TOOLTIPS = ("The processed audio dataset.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (AUDIO_DATASET, "dataset", "The processed audio dataset."))
+
+    @staticmethod
+    def apply(step: Any, dataset: Any, *args: Any) -> tuple[list]:
+        """The node's output: ``step(clips, *args, hooks)`` of ``selva.datasets.chain`` on ``dataset``."""
+        with comfy_run():
+            return (to_dataset(step(to_clips(dataset), *args, make_hooks())),)
 
 
 class SelvaDatasetLoader(_DatasetStep):
@@ -186,10 +186,7 @@ class SelvaDatasetLoader(_DatasetStep):
 
     @classmethod
     def IS_CHANGED(cls, folder: str = "", **_kw) -> str:
-        try:
-            return _folder_version(paths.resolve(folder, "folder"))
-        except Exception:
-            return "invalid"
+        return _folder_version(folder, "folder")
 
     def load(self, folder: str) -> tuple[list]:
         from ..selva.datasets.chain import load_folder
@@ -214,8 +211,7 @@ class SelvaDatasetResampler(_DatasetStep):
     def resample(self, dataset: Any, target_sr: int) -> tuple[list]:
         from ..selva.datasets.chain import resample
 
-        with comfy_run():
-            return (to_dataset(resample(to_clips(dataset), int(target_sr), make_hooks())),)
+        return self.apply(resample, dataset, int(target_sr))
 
 
 class SelvaDatasetLUFSNormalizer(_DatasetStep):
@@ -237,9 +233,7 @@ class SelvaDatasetLUFSNormalizer(_DatasetStep):
     def normalize(self, dataset: Any, target_lufs: float, true_peak_dbtp: float) -> tuple[list]:
         from ..selva.datasets.chain import normalize_loudness
 
-        with comfy_run():
-            return (to_dataset(normalize_loudness(to_clips(dataset), float(target_lufs),
-                                                  float(true_peak_dbtp), make_hooks())),)
+        return self.apply(normalize_loudness, dataset, float(target_lufs), float(true_peak_dbtp))
 
 
 class SelvaDatasetCompressor(_DatasetStep):
@@ -267,9 +261,8 @@ class SelvaDatasetCompressor(_DatasetStep):
                  release_ms: float, mix: float) -> tuple[list]:
         from ..selva.datasets.chain import compress
 
-        with comfy_run():
-            return (to_dataset(compress(to_clips(dataset), float(threshold_db), float(ratio), float(attack_ms),
-                                        float(release_ms), float(mix), make_hooks())),)
+        return self.apply(compress, dataset, float(threshold_db), float(ratio), float(attack_ms),
+                          float(release_ms), float(mix))
 
 
 class SelvaDatasetInspector:
@@ -278,10 +271,9 @@ class SelvaDatasetInspector:
                    "flagged). The report lists each clip and why.")
     CATEGORY = CATEGORY
     FUNCTION = "inspect"
-    RETURN_TYPES = (AUDIO_DATASET, "STRING")
-    RETURN_NAMES = ("dataset", "report")
-    OUTPUT_TOOLTIPS = ("The clips that passed (all clips when skip_rejected is off).",
-                       "One line per clip: OK, or what is wrong with it.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (AUDIO_DATASET, "dataset", "The clips that passed (all clips when skip_rejected is off)."),
+        ("STRING", "report", "One line per clip: OK, or what is wrong with it."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -336,16 +328,9 @@ class SelvaDatasetSpectralMatcher(_DatasetStep):
         from ..selva.datasets.chain import spectral_match
         from ..selva.datasets.profile import spectral_matcher_for
 
-        with comfy_run():
-            match, rate = spectral_matcher_for(mode, float(strength), float(max_gain_db), model,
-                                               models_dirs=_models_dirs())
-            return (to_dataset(spectral_match(to_clips(dataset), match, rate, make_hooks())),)
-
-
-def _models_dirs() -> list:
-    from . import comfy_compat
-
-    return comfy_compat.candidate_models_dirs()
+        match, rate = spectral_matcher_for(mode, float(strength), float(max_gain_db), model,
+                                           models_dirs=comfy_compat.candidate_models_dirs())
+        return self.apply(spectral_match, dataset, match, rate)
 
 
 class SelvaDatasetHfSmoother(_DatasetStep):
@@ -366,8 +351,7 @@ class SelvaDatasetHfSmoother(_DatasetStep):
     def process(self, dataset: Any, cutoff_hz: float, blend: float) -> tuple[list]:
         from ..selva.datasets.chain import hf_smooth
 
-        with comfy_run():
-            return (to_dataset(hf_smooth(to_clips(dataset), float(cutoff_hz), float(blend), make_hooks())),)
+        return self.apply(hf_smooth, dataset, float(cutoff_hz), float(blend))
 
 
 class SelvaDatasetAugmenter(_DatasetStep):
@@ -403,17 +387,17 @@ class SelvaDatasetAugmenter(_DatasetStep):
 
         opts = AugmentOptions(int(variants_per_clip), float(gain_range_db), int(seed),
                               float(pitch_range_semitones), float(time_stretch_range), bool(keep_originals))
-        with comfy_run():
-            return (to_dataset(augment(to_clips(dataset), opts, make_hooks())),)
+        return self.apply(augment, dataset, opts)
 
 
 class SelvaDatasetItemExtractor:
     DESCRIPTION = "One clip of an audio dataset as a plain AUDIO (to preview, save or process it)."
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = ("AUDIO", "STRING", "INT")
-    RETURN_NAMES = ("audio", "name", "total")
-    OUTPUT_TOOLTIPS = ("The clip.", "Its name.", "How many clips the dataset holds.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The clip."),
+        ("STRING", "name", "Its name."),
+        ("INT", "total", "How many clips the dataset holds."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -440,9 +424,8 @@ class SelvaDatasetSaver:
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("report",)
-    OUTPUT_TOOLTIPS = ("What was written, and which clips found no features.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "report", "What was written, and which clips found no features."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

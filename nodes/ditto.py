@@ -5,7 +5,7 @@ import logging
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, outputs
 from .sampler import MAX_SEED
 from .training import make_training_hooks
 from .steering import steering_inputs, steering_patches
@@ -45,9 +45,8 @@ class SelvaDittoOptimizer:
                    "then samples like the Sampler. n_opt_steps = 0 gives the Sampler's output.")
     CATEGORY = CATEGORY
     FUNCTION = "optimize"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The audio sampled from the optimised noise, at the model's rate.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio", "The audio sampled from the optimised noise, at the model's rate."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import comfy_compat, paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks, outputs
+from .dataset_clip import check_clip_name, save_named_clip
 from .video_input import decodable, resolve_video
 
 
@@ -43,56 +44,16 @@ def as_mask_stack(mask: Any) -> Any:
 NAMED_CACHE_SUBDIR = ".selva_cache/features"
 
 
-def extract_features(model: Any, video: Any, prompt: str, *, fps: float = 0.0,
-                     duration: float = 0.0, cache_dir: str = "", video_info: Any = None,
-                     mask: Any = None, mask_strength: float = 1.0, mask_clip: bool = True,
-                     mask_sync: bool = True, hooks: Any = None, name: str = "",
-                     audio: Any = None, start: float = 0.0) -> tuple[Any, float]:
-    """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
-
-    With ``name``, the features are also written as ``<name>_NNN.npz`` (next free number) into
-    the cache folder, with ``audio`` (if given) as ``<name>_NNN.wav`` beside it: a training
-    clip, its audio cut to the features' span (see :func:`selva.datasets.align.clip_span`). An
-    empty ``cache_dir`` then means ``selva_datasets/<name>/`` in the output folder. The
-    content-keyed cache lives in a hidden sub-folder, so the dataset folder holds only named
-    clips. Returns the features and the real frame rate of the video.
-    """
-    from ..selva.features import FeatureCache
-    from ..selva.options import MaskOptions
-
-    hooks = hooks if hooks is not None else make_hooks()
-    name = (name or "").strip()
-    if name:
-        from .dataset_clip import check_clip_name
-
-        check_clip_name(name)
-    src = resolve_video(video, video_info, fps)
-    masking = MaskOptions(as_mask_stack(mask), float(mask_strength), bool(mask_clip), bool(mask_sync))
-    source, source_fps = (src.frames, src.fps) if src.frames is not None else (decodable(src.stream), None)
-    folder = paths.dataset_folder(cache_dir, name) if name else cache_directory(cache_dir)
-    cache = FeatureCache(folder / NAMED_CACHE_SUBDIR if name else folder)
-    feats = model.extract_features(source, source_fps, prompt, duration=duration if duration > 0 else None,
-                                   start=float(start or 0.0), mask=masking, cache=cache, hooks=hooks)
-    if name:
-        from .dataset_clip import save_named_clip
-
-        save_named_clip(folder, name, feats, audio, start=float(start or 0.0))
-    return feats, float(feats.fps)
-
-
 class SelvaFeatureExtractor:
     DESCRIPTION = ("Encodes a video and a text prompt into SelVA conditioning features (T5, "
                    "CLIP text, text-conditioned sync features). Results are cached on disk, so a "
                    "re-run with the same inputs skips the encoders.")
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = (FEATURES_TYPE, "FLOAT", "STRING")
-    RETURN_NAMES = ("features", "fps", "prompt")
-    OUTPUT_TOOLTIPS = (
-        "Conditioning features for the SelVA Sampler.",
-        "The real frame rate of the video (for muxing the audio back, e.g. Create Video).",
-        "The prompt the features were made with.",
-    )
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (FEATURES_TYPE, "features", "Conditioning features for the SelVA Sampler."),
+        ("FLOAT", "fps", "The real frame rate of the video (for muxing the audio back, e.g. Create Video)."),
+        ("STRING", "prompt", "The prompt the features were made with."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -160,9 +121,30 @@ class SelvaFeatureExtractor:
                 cache_dir: str, mask_strength: float, mask_clip: bool, mask_sync: bool,
                 video_info: Optional[dict] = None, mask: Any = None, name: str = "",
                 audio: Any = None, start: float = 0.0) -> tuple[Any, float, str]:
+        """Features for ``video`` and ``prompt``, from the cache when every input is unchanged.
+
+        With ``name``, the features are also written as ``<name>_NNN.npz`` (next free number)
+        into the cache folder, with ``audio`` (if given) as ``<name>_NNN.wav`` beside it: a
+        training clip, its audio cut to the features' span (see
+        :func:`selva.datasets.align.clip_span`). An empty ``cache_dir`` then means
+        ``selva_datasets/<name>/`` in the output folder. The content-keyed cache lives in a
+        hidden sub-folder, so the dataset folder holds only named clips. Returns the features,
+        the real frame rate of the video and the prompt.
+        """
+        from ..selva.features import FeatureCache
+        from ..selva.options import MaskOptions
+
         with comfy_run():
-            feats, rate = extract_features(
-                model, video, prompt, fps=fps, duration=duration, cache_dir=cache_dir,
-                video_info=video_info, mask=mask, mask_strength=mask_strength,
-                mask_clip=mask_clip, mask_sync=mask_sync, name=name, audio=audio, start=start)
-        return feats, rate, prompt
+            name = (name or "").strip()
+            if name:
+                check_clip_name(name)
+            src = resolve_video(video, video_info, fps)
+            masking = MaskOptions(as_mask_stack(mask), float(mask_strength), bool(mask_clip), bool(mask_sync))
+            source, source_fps = (src.frames, src.fps) if src.frames is not None else (decodable(src.stream), None)
+            folder = paths.dataset_folder(cache_dir, name) if name else cache_directory(cache_dir)
+            cache = FeatureCache(folder / NAMED_CACHE_SUBDIR if name else folder)
+            feats = model.extract_features(source, source_fps, prompt, duration=duration if duration > 0 else None,
+                                           start=float(start or 0.0), mask=masking, cache=cache, hooks=make_hooks())
+            if name:
+                save_named_clip(folder, name, feats, audio, start=float(start or 0.0))
+        return feats, float(feats.fps), prompt

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import comfy_compat
-from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks, outputs
 
 log = logging.getLogger(__name__)
 
@@ -15,18 +14,6 @@ log = logging.getLogger(__name__)
 # its cache was dropped) does not reload gigabytes of weights. One entry: SelVA models are big.
 _CACHE_LOCK = threading.Lock()
 _LOADED: dict[tuple, Any] = {}
-
-
-def _variant_names() -> list[str]:
-    from ..selva.variants import VARIANTS
-
-    return list(VARIANTS)
-
-
-def _choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from ..selva.offload import OFFLOAD_STRATEGIES, PRECISIONS
-
-    return PRECISIONS, OFFLOAD_STRATEGIES
 
 
 def _weight_paths(variant: str) -> list[str]:
@@ -44,18 +31,14 @@ def _weight_paths(variant: str) -> list[str]:
     return paths
 
 
-def models_dir_for(variant: str) -> Path:
-    return comfy_compat.pick_models_dir(_weight_paths(variant))
-
-
 def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_frames: bool = False,
-                  models_dir: Optional[Path] = None, compile: bool = False) -> Any:
+                  compile: bool = False) -> Any:
     """Build (or reuse) the pipeline for these options."""
     from ..selva.pipeline import LoadOptions, SelvaPipeline
     from .model_management import comfy_residency
 
     device = comfy_compat.torch_device()
-    models_dir = models_dir if models_dir is not None else models_dir_for(variant)
+    models_dir = comfy_compat.pick_models_dir(_weight_paths(variant))
     options = LoadOptions(variant=variant, precision=precision, offload=offload_strategy,
                           device=device, models_dir=models_dir, clip_frames=clip_frames,
                           compile=bool(compile))
@@ -90,28 +73,30 @@ class SelvaModelLoader:
                    "encoders) from models/selva, downloading missing weights on first use.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded SelVA pipeline; connect it to the Feature Extractor, Sampler, "
-                       "VAE Roundtrip and Spectral Matcher.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model",
+         "The loaded SelVA pipeline; connect it to the Feature "
+         "Extractor, Sampler, VAE Roundtrip and Spectral Matcher."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        precisions, strategies = _choices()
+        from ..selva.offload import OFFLOAD_STRATEGIES, PRECISIONS
+        from ..selva.variants import VARIANTS
+
         return {
             "required": {
-                "variant": (_variant_names(), {
+                "variant": (list(VARIANTS), {
                     "default": "small_16k",
                     "tooltip": "Model size and output rate: small_16k (16 kHz) or small/medium/"
                                "large_44k (44.1 kHz). Larger models need more VRAM and time."}),
-                "precision": (list(precisions), {
+                "precision": (list(PRECISIONS), {
                     "default": "auto",
                     "tooltip": "Compute precision. auto: bf16 where the device computes it natively "
                                "(recent NVIDIA GPUs, CPUs with AVX512-BF16/AMX), fp16 on other GPUs "
                                "and Apple MPS, fp32 on other CPUs (which only emulate bf16, slowly). "
                                "bf16 is the official choice; without native support it runs in "
                                "fp16 on a GPU and fp32 on a CPU (with a warning). fp32 is exact."}),
-                "offload_strategy": (list(strategies), {
+                "offload_strategy": (list(OFFLOAD_STRATEGIES), {
                     "default": "auto",
                     "tooltip": "Where the model's parts wait between uses. ComfyUI's model "
                                "manager loads each part before it runs and can unload it when "

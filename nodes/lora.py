@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..selva.evaluation.options import ALL_METRICS
 from . import comfy_compat, paths
-from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run,
-                     make_hooks)
+from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, audio_input, comfy_run, image_output,
+                     make_hooks, outputs)
 from .sampler import MAX_SEED
-
-ALL_METRICS = ("desync", "clap", "fd", "kl", "spectral")  # selva.evaluation.run.ALL_METRICS (kept import-free)
 
 EVAL_FOLDER = "selva_lora_eval"
 
@@ -18,9 +17,8 @@ class SelvaLoraLoader:
                    "changed: other branches of the graph still get the base model, and loaders chain.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same pipeline with the adapter attached whenever it generates.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model", "The same pipeline with the adapter attached whenever it generates."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -46,7 +44,7 @@ class SelvaLoraLoader:
 
     @classmethod
     def IS_CHANGED(cls, adapter_path: str = "", **_: Any) -> str:
-        return paths.file_version(str(adapter_path or "").strip().strip('"'))
+        return paths.file_version(adapter_path)
 
     def load(self, model: Any, adapter_path: str, strength: float,
              adapter: Optional[Any] = None) -> tuple[Any]:
@@ -66,11 +64,11 @@ class SelvaLoraEvaluator:
                    "spectral distance (see LORA_TRAINING.md).")
     CATEGORY = CATEGORY
     FUNCTION = "evaluate"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_image")
-    OUTPUT_TOOLTIPS = ("The JSON summary (metrics per adapter), in output/selva_lora_eval/.",
-                       "Spectrograms side by side and the metrics table; in held-out mode one bar "
-                       "chart per metric, the best model marked.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path", "The JSON summary (metrics per adapter), in output/selva_lora_eval/."),
+        ("IMAGE", "comparison_image",
+         "Spectrograms side by side and the metrics table; in held-out "
+         "mode one bar chart per metric, the best model marked."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -115,8 +113,6 @@ class SelvaLoraEvaluator:
     def evaluate(self, model: Any, adapters_file: str, steps: int, cfg_strength: float, seed: int,
                  features: Any = None, reference_audio: Optional[dict] = None, held_out_dir: str = "",
                  metrics: str = ",".join(ALL_METRICS)):
-        import torch
-
         from ..selva.adapters.compare import compare_adapters, read_adapter_list, save_comparison
         from ..selva.errors import SelvaError
 
@@ -124,9 +120,13 @@ class SelvaLoraEvaluator:
         with comfy_run():
             out = comfy_compat.output_directory()
             if held_out:
-                path, image = self._held_out(model, held_out, adapters_file, steps, cfg_strength, seed,
-                                             metrics, out)
-                return (str(path), torch.from_numpy(image).float().div(255.0)[None])
+                from ..selva.evaluation.run import EvalOptions, evaluate_held_out, parse_metrics
+
+                options = EvalOptions(metrics=parse_metrics(metrics), steps=int(steps),
+                                      cfg_strength=float(cfg_strength), seed=int(seed))
+                path, image = evaluate_held_out(model, paths.resolve(held_out, "held_out_dir"), adapters_file,
+                                                out / EVAL_FOLDER, options, base_dir=out, hooks=make_hooks())
+                return (str(path), image_output(image))
             if features is None:
                 raise SelvaError("SelVA LoRA Evaluator: connect features (one-clip mode) or set "
                                  "held_out_dir to a dataset folder (held-out mode).")
@@ -139,20 +139,4 @@ class SelvaLoraEvaluator:
                                           reference_name=None if reference is None else "reference_audio",
                                           hooks=make_hooks())
             path, image = save_comparison(comparison, out / EVAL_FOLDER)
-        tensor = torch.from_numpy(image).float().div(255.0)[None]
-        return (str(path), tensor)
-
-    @staticmethod
-    def _held_out(model: Any, held_out: str, adapters_file: str, steps: int, cfg_strength: float,
-                  seed: int, metrics: str, out):
-        from pathlib import Path
-
-        from ..selva.evaluation.run import EvalOptions, evaluate_held_out, parse_metrics
-
-        data_dir = Path(held_out).expanduser()
-        if not data_dir.is_absolute():
-            data_dir = out / data_dir
-        options = EvalOptions(metrics=parse_metrics(metrics), steps=int(steps),
-                              cfg_strength=float(cfg_strength), seed=int(seed))
-        return evaluate_held_out(model, data_dir, adapters_file, out / EVAL_FOLDER, options,
-                                 base_dir=out, hooks=make_hooks())
+        return (str(path), image_output(image))

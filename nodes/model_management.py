@@ -28,7 +28,6 @@ GPU itself, so those stages never leave it; on ``--cpu`` ComfyUI still lists the
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Iterator, Optional
 
 import torch
@@ -36,8 +35,6 @@ from torch import nn
 
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
-
-log = logging.getLogger(__name__)
 
 _PATCHER_CLASSES: dict[type, type] = {}
 _EVERYTHING = 1e30  # bytes: more than any device holds, so free_memory unloads all it may
@@ -189,11 +186,6 @@ class ComfyResidency:
             return
         keep = [self.mm.LoadedModel(m) for m in listed if m is not patcher]
         self.mm.free_memory(_EVERYTHING, patcher.load_device, keep_loaded=keep)
-
-    def loaded_stages(self) -> list[str]:
-        """Names of this pipeline's stages in ComfyUI's loaded-model list (most recent first)."""
-        ours = {id(p): name for name, p in self.patchers.items()}
-        return [ours[id(m)] for m in self.mm.loaded_models() if id(m) in ours]
 
 
 def comfy_residency(strategy: str) -> Optional[ComfyResidency]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import comfy_compat
-from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run
+from .common import CATEGORY, FEATURES_TYPE, audio_input, comfy_run, outputs
 
 MUX_STEM = "selva_mux"
 
@@ -27,23 +27,6 @@ def _source_path(video: Any) -> Path:
     return Path(source)
 
 
-def mux_audio(video: Any, audio: Any, features: Any, variation: int = 0) -> Any:
-    """A VIDEO: ``video``'s picture from the features' start with ``audio`` (one variation)."""
-    from ..selva.artifacts import next_numbered_path
-    from ..selva.errors import SelvaError
-    from ..selva.media import copy_suffix, mux_video
-
-    src = _source_path(video)
-    wave, rate = audio_input(audio)
-    if not 0 <= variation < wave.shape[0]:
-        raise SelvaError(f"variation {variation} does not exist: the audio holds {wave.shape[0]} "
-                         f"(0 to {wave.shape[0] - 1}).")
-    out = next_numbered_path(comfy_compat.comfy_temp_dir(), MUX_STEM, copy_suffix(src), digits=5)
-    mux_video(src, wave[variation], rate, out, duration=wave.shape[-1] / rate,
-              start=float(getattr(features, "start", 0.0)))
-    return comfy_compat.video_from_file(out)
-
-
 class SelvaMuxVideo:
     DESCRIPTION = ("Puts the generated audio into the video it was made for, starting at the "
                    "Feature Extractor's start. The picture is copied, not re-encoded, so long "
@@ -52,9 +35,8 @@ class SelvaMuxVideo:
                    "empties at start-up: connect Save Video to keep it.")
     CATEGORY = CATEGORY
     FUNCTION = "mux"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = ("The video with the new audio; connect Save Video.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("VIDEO", "video", "The video with the new audio; connect Save Video."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -73,5 +55,19 @@ class SelvaMuxVideo:
         }
 
     def mux(self, video: Any, audio: Any, features: Any, variation: int = 0) -> tuple[Any]:
+        """``video``'s picture from the features' start with ``audio`` (one variation)."""
+        from ..selva.artifacts import next_numbered_path
+        from ..selva.errors import SelvaError
+        from ..selva.media import copy_suffix, mux_video
+
         with comfy_run():
-            return (mux_audio(video, audio, features, int(variation)),)
+            src = _source_path(video)
+            wave, rate = audio_input(audio)
+            variation = int(variation)
+            if not 0 <= variation < wave.shape[0]:
+                raise SelvaError(f"variation {variation} does not exist: the audio holds {wave.shape[0]} "
+                                 f"(0 to {wave.shape[0] - 1}).")
+            out = next_numbered_path(comfy_compat.comfy_temp_dir(), MUX_STEM, copy_suffix(src), digits=5)
+            mux_video(src, wave[variation], rate, out, duration=wave.shape[-1] / rate,
+                      start=float(getattr(features, "start", 0.0)))
+            return (comfy_compat.video_from_file(out),)

@@ -66,6 +66,15 @@ def resolve_existing(path: Optional[str], what: str, default: str = "") -> Path:
     return target
 
 
+def resume_arg(resume: Optional[str]) -> Optional[str]:
+    """A trainer's ``resume`` input: None (a fresh run), "latest", or a checkpoint / run folder
+    (by the one rule, read back)."""
+    text = (resume or "").strip()
+    if not text or text == "latest":
+        return text or None
+    return str(resolve_existing(text, "resume"))
+
+
 def dataset_folder(cache_dir: Optional[str], name: str) -> Path:
     """Where the Feature Extractor saves named clips: ``cache_dir`` by the one rule, or
     ``selva_datasets/<name>/`` in the output folder when it is empty (never the temp folder).

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks
+from .common import (CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks,
+                     outputs)
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
@@ -46,37 +47,15 @@ def edit_options(init_audio: Any, denoise: Optional[float], regenerate_start: Op
                        float(regenerate_start or 0.0), float(regenerate_end or 0.0))
 
 
-def generate_audio(model: Any, features: Any, *, prompt: str = "", negative_prompt: str = "",
-                   duration: float = 0.0, steps: int = 25, cfg_strength: float = 4.5,
-                   seed: int = 0, normalize: bool = True, target_lufs: float = -27.0,
-                   batch_size: int = 1, hooks: Any = None, extra_patches: Any = (),
-                   window_seconds: float = DEFAULT_WINDOW_SECONDS,
-                   overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, edit: Any = None) -> dict:
-    """ComfyUI AUDIO holding ``batch_size`` variations (variation i = seed + i)."""
-    from ..selva.audio import loudness_normalize
-    from ..selva.long_video import WindowOptions
-    from ..selva.options import SamplingOptions
-
-    hooks = hooks if hooks is not None else make_hooks()
-    options = SamplingOptions(prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
-                              duration=duration if duration > 0 else None, steps=int(steps),
-                              cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size),
-                              windows=WindowOptions(float(window_seconds), float(overlap_seconds)))
-    wave = model.generate(features, options, hooks=hooks, extra_patches=tuple(extra_patches), edit=edit)
-    if normalize:
-        wave = loudness_normalize(wave, model.sample_rate, float(target_lufs))
-    return audio_output(wave, model.sample_rate)
-
-
 class SelvaSampler:
     DESCRIPTION = ("Generates audio for the video from SelVA features: rectified-flow sampling "
                    "with classifier-free guidance, then VAE decoding and the vocoder.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate (16 kHz or 44.1 kHz), "
-                       "mono, one batch entry per variation.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio",
+         "The generated audio at the model's own sample rate "
+         "(16 kHz or 44.1 kHz), mono, one batch entry per variation."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -144,20 +123,25 @@ class SelvaSampler:
                overlap_seconds: Optional[float] = DEFAULT_OVERLAP_SECONDS, init_audio: Any = None,
                denoise: Optional[float] = 1.0, regenerate_start: Optional[float] = 0.0,
                regenerate_end: Optional[float] = 0.0) -> tuple[dict]:
+        from ..selva.audio import loudness_normalize
+        from ..selva.long_video import WindowOptions
+        from ..selva.options import SamplingOptions
+
         with comfy_run():
             edit = edit_options(init_audio, denoise, regenerate_start, regenerate_end)
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
             features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength,
                                                 make_hooks())
-            audio = generate_audio(
-                model, features, prompt=prompt, negative_prompt=negative_prompt,
-                duration=duration, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                normalize=normalize, target_lufs=-27.0 if target_lufs is None else target_lufs,
-                batch_size=batch_size, extra_patches=patches,
-                window_seconds=DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds,
-                overlap_seconds=DEFAULT_OVERLAP_SECONDS if overlap_seconds is None else overlap_seconds,
-                edit=edit)
-        return (audio,)
+            windows = WindowOptions(DEFAULT_WINDOW_SECONDS if window_seconds is None else float(window_seconds),
+                                    DEFAULT_OVERLAP_SECONDS if overlap_seconds is None else float(overlap_seconds))
+            options = SamplingOptions(prompt=prompt if prompt.strip() else None, negative_prompt=negative_prompt,
+                                      duration=duration if duration > 0 else None, steps=int(steps),
+                                      cfg_strength=float(cfg_strength), seed=int(seed), batch_size=int(batch_size),
+                                      windows=windows)
+            wave = model.generate(features, options, hooks=make_hooks(), extra_patches=tuple(patches), edit=edit)
+            if normalize:
+                wave = loudness_normalize(wave, model.sample_rate, -27.0 if target_lufs is None else float(target_lufs))
+        return (audio_output(wave, model.sample_rate),)
 
 
 class SelvaTextToAudio:
@@ -166,10 +150,9 @@ class SelvaTextToAudio:
                    "audio). LoRA, steering, textual inversion and init_audio work here too.")
     CATEGORY = CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The generated audio at the model's own sample rate, mono, one batch entry "
-                       "per variation.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("AUDIO", "audio",
+         "The generated audio at the model's own sample rate, mono, one batch entry per variation."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, make_hooks
+from .common import CATEGORY, MODEL_TYPE, STEERING_TYPE, comfy_run, image_output, make_hooks, outputs
 
 STEERING_SUFFIX = ".safetensors"
 
@@ -44,11 +44,11 @@ class SelvaActivationSteeringExtractor:
                    "with a per-block magnitude chart (PNG) beside them.")
     CATEGORY = CATEGORY
     FUNCTION = "extract"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("steering_path", "magnitude_chart")
-    OUTPUT_TOOLTIPS = ("Path of the saved .safetensors file; feed it to the Steering Loader.",
-                       "Bar chart of each block's vector size relative to its hidden state: large "
-                       "bars are the blocks topK picks.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "steering_path", "Path of the saved .safetensors file; feed it to the Steering Loader."),
+        ("IMAGE", "magnitude_chart",
+         "Bar chart of each block's vector size relative to its "
+         "hidden state: large bars are the blocks topK picks."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -88,32 +88,29 @@ class SelvaActivationSteeringExtractor:
 
     def extract(self, model: Any, data_dir: str, output_path: str, n_samples: int, seed: int,
                 n_timesteps: int = 10, mode: str = "per_block") -> tuple[str, Any]:
-        import torch
-
         from ..selva.artifacts import unique_path
         from ..selva.style.steering import (SteeringConfig, extract_steering, find_feature_files,
                                             magnitude_chart)
 
         with comfy_run():
-            files = find_feature_files(paths.resolve_existing(data_dir, "data_dir"))
+            folder = paths.resolve_existing(data_dir, "data_dir")
+            files = find_feature_files(folder)
             config = SteeringConfig(n_samples=int(n_samples), n_timesteps=int(n_timesteps), seed=int(seed),
                                     mode=mode)
             vectors = extract_steering(model, files, config, make_hooks())
-            vectors.info["data_dir"] = str(paths.resolve(data_dir, "data_dir"))
+            vectors.info["data_dir"] = str(folder)
             target = unique_path(paths.with_suffix(paths.resolve(output_path, "output_path"), STEERING_SUFFIX))
             vectors.save(target)
             chart = magnitude_chart(vectors, unique_path(target.with_suffix(".png")))
-        image = torch.from_numpy(chart).float().div(255.0)[None]
-        return (str(target), image)
+        return (str(target), image_output(chart))
 
 
 class SelvaActivationSteeringLoader:
     DESCRIPTION = "Loads activation-steering vectors saved by the SelVA Activation Steering Extractor."
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (STEERING_TYPE,)
-    RETURN_NAMES = ("steering_vectors",)
-    OUTPUT_TOOLTIPS = ("Connect to the Sampler's or DITTO's steering_vectors input.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (STEERING_TYPE, "steering_vectors", "Connect to the Sampler's or DITTO's steering_vectors input."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

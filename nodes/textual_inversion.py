@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run
+from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run, outputs
 from .options import option_inputs
 from .training import make_training_hooks
 
@@ -36,24 +36,16 @@ def features_with_ti(model: Any, features: Any, prompt: str, textual_inversion: 
     return apply_to_features(features, textual_inversion, float(ti_strength), pipe=model, hooks=hooks), ""
 
 
-def _resume_arg(resume: str) -> Optional[str]:
-    """None (fresh run), "latest", or a checkpoint / run folder (relative = ComfyUI's output folder)."""
-    text = (resume or "").strip()
-    if not text or text == "latest":
-        return text or None
-    return str(paths.resolve_existing(text, "resume"))
-
-
 class SelvaTextualInversionTrainer:
     DESCRIPTION = ("Learns a few prompt tokens (textual inversion) that make SelVA sound like a "
                    "dataset, with every weight frozen. Same dataset layout as LoRA training: "
                    "feature .npz files with a same-name audio file each.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("embeddings_path", "loss_curve")
-    OUTPUT_TOOLTIPS = ("The trained tokens (.safetensors); feed to SelVA Textual Inversion Loader.",
-                       "The loss per step (raw and smoothed).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "embeddings_path",
+         "The trained tokens (.safetensors); feed to SelVA Textual Inversion Loader."),
+        ("IMAGE", "loss_curve", "The loss per step (raw and smoothed)."))
 
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("n_tokens", "init_text", "steps", "lr", "batch_size", "save_every", "seed")
@@ -96,7 +88,7 @@ class SelvaTextualInversionTrainer:
             options = from_inputs(TiTrainOptions, settings)
             run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
-                                          resume=_resume_arg(resume), hooks=make_training_hooks())
+                                          resume=paths.resume_arg(resume), hooks=make_training_hooks())
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))
 
 
@@ -104,9 +96,9 @@ class SelvaTextualInversionLoader:
     DESCRIPTION = "Loads learned prompt tokens saved by the SelVA Textual Inversion Trainer."
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (TEXTUAL_INVERSION_TYPE,)
-    RETURN_NAMES = ("textual_inversion",)
-    OUTPUT_TOOLTIPS = ("Connect to the Sampler's or DITTO's textual_inversion input.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (TEXTUAL_INVERSION_TYPE, "textual_inversion",
+         "Connect to the Sampler's or DITTO's textual_inversion input."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -131,10 +123,10 @@ class SelvaTiScheduler:
                    "their loss curves. Runs already finished are skipped when run again.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_curves")
-    OUTPUT_TOOLTIPS = ("experiment_summary.json of the sweep (status, losses, token files per run).",
-                       "Every run's loss curve in one chart.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path",
+         "experiment_summary.json of the sweep (status, losses, token files per run)."),
+        ("IMAGE", "comparison_curves", "Every run's loss curve in one chart."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

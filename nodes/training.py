@@ -5,17 +5,12 @@ written inside ComfyUI's output folder.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from . import comfy_compat, common, paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, comfy_run
+from . import comfy_compat, paths
+from .common import CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, comfy_run, image_output, outputs
 from .options import option_inputs
-
-log = logging.getLogger(__name__)
-
-LORA_TYPE = getattr(common, "LORA_TYPE", "SELVA_LORA")
 
 
 def make_training_hooks():
@@ -38,11 +33,10 @@ class SelvaLoraTrainer:
                    "samples into a fresh numbered run folder; cancel saves a checkpoint to resume from.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = (LORA_TYPE, "STRING", "IMAGE")
-    RETURN_NAMES = ("adapter", "summary_path", "loss_curve")
-    OUTPUT_TOOLTIPS = ("The trained adapter (connect to SelVA LoRA Loader's adapter input).",
-                       "The run's meta.json (settings, losses, files).",
-                       "Raw and smoothed loss curve.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (LORA_TYPE, "adapter", "The trained adapter (connect to SelVA LoRA Loader's adapter input)."),
+        ("STRING", "summary_path", "The run's meta.json (settings, losses, files)."),
+        ("IMAGE", "loss_curve", "Raw and smoothed loss curve."))
     OUTPUT_NODE = True
 
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
@@ -84,13 +78,10 @@ class SelvaLoraTrainer:
         from ..selva.train.options import from_inputs
 
         options = from_inputs(LoraTrainOptions, settings)
-        resume = (resume or "").strip()
-        if resume and resume != "latest":
-            resume = str(paths.resolve_existing(resume, "resume"))
         with comfy_run():
             run = train_lora(model, paths.resolve_existing(data_dir, "data_dir"),
                              paths.resolve(output_dir, "output_dir", "selva_lora"), options,
-                             resume=resume or None, eval_features=eval_features, hooks=make_training_hooks())
+                             resume=paths.resume_arg(resume), eval_features=eval_features, hooks=make_training_hooks())
         comfy_compat.empty_cache()
         return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
 
@@ -104,13 +95,14 @@ class SelvaLoraScheduler:
                    "those held-out clips and the sweep is ranked by rank_by (see LORA_TRAINING.md).")
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("STRING", "IMAGE", "STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_curves", "ranking", "metrics_chart")
-    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, "
-                       "adapter path, error and (ranked) held-out metrics.",
-                       "Every experiment's smoothed loss curve, labelled.",
-                       "The best experiment and the ranking on the held-out clips (empty when not ranked).",
-                       "One bar chart per metric, the best model marked (blank when not ranked).")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path",
+         "experiment_summary.json: per experiment its settings, status, "
+         "losses, time, adapter path, error and (ranked) held-out metrics."),
+        ("IMAGE", "comparison_curves", "Every experiment's smoothed loss curve, labelled."),
+        ("STRING", "ranking",
+         "The best experiment and the ranking on the held-out clips (empty when not ranked)."),
+        ("IMAGE", "metrics_chart", "One bar chart per metric, the best model marked (blank when not ranked)."))
     OUTPUT_NODE = True
 
     @classmethod
@@ -141,8 +133,6 @@ class SelvaLoraScheduler:
 
     def run(self, model: Any, experiments_file: str, output_dir: str = "selva_sweeps", held_out_dir: str = "",
             rank_by: str = "desync") -> tuple[str, Any, str, Any]:
-        import torch
-
         from ..selva.train.sweep import run_sweep
         from ..selva.train.sweep_ranking import ranking_text
 
@@ -155,8 +145,8 @@ class SelvaLoraScheduler:
         comfy_compat.empty_cache()
         if result.metrics_chart is None:  # not ranked this time (an earlier ranking may stay in the file)
             return str(result.summary_path), _image(result.comparison), "", _image(None)
-        chart = torch.from_numpy(result.metrics_chart).float().div(255.0)[None]
-        return str(result.summary_path), _image(result.comparison), ranking_text(result.summary), chart
+        return (str(result.summary_path), _image(result.comparison), ranking_text(result.summary),
+                image_output(result.metrics_chart))
 
 
 class SelvaSkipExperiment:
@@ -167,9 +157,8 @@ class SelvaSkipExperiment:
                    "second ComfyUI or the API).")
     CATEGORY = CATEGORY
     FUNCTION = "skip"
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("flag_path",)
-    OUTPUT_TOOLTIPS = ("The flag file the running sweep watches.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "flag_path", "The flag file the running sweep watches."))
     OUTPUT_NODE = True
 
     @classmethod
@@ -195,12 +184,12 @@ class SelvaDatasetBrowser:
                    "Feature Extractor's name input all work.")
     CATEGORY = CATEGORY
     FUNCTION = "browse"
-    RETURN_TYPES = ("STRING", "STRING", "STRING", "STRING", "INT")
-    RETURN_NAMES = ("video_path", "audio_path", "frames_dir", "label", "total")
-    OUTPUT_TOOLTIPS = ("The source video of the clip (empty when the dataset does not record it).",
-                       "The clip's audio file.",
-                       "Its kept frames (empty when frames were not kept).", "The clip's prompt.",
-                       "How many clips the dataset holds.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "video_path", "The source video of the clip (empty when the dataset does not record it)."),
+        ("STRING", "audio_path", "The clip's audio file."),
+        ("STRING", "frames_dir", "Its kept frames (empty when frames were not kept)."),
+        ("STRING", "label", "The clip's prompt."),
+        ("INT", "total", "How many clips the dataset holds."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -44,12 +44,6 @@ def fps_from_video_info(video_info: Any) -> Optional[float]:
     return None
 
 
-def _is_image_batch(video: Any) -> bool:
-    import torch
-
-    return isinstance(video, torch.Tensor)
-
-
 def _image_source(frames: Any) -> VideoSource:
     if frames.dim() == 3:  # a single image
         frames = frames[None]
@@ -72,11 +66,9 @@ def _video_object_source(video: Any) -> VideoSource:
         return VideoSource(stream=stream, description=f"video {stream if isinstance(stream, str) else name}")
     if hasattr(video, "get_components"):
         comp = video.get_components()
-        images = comp.images
-        rate = float(comp.frame_rate) if comp.frame_rate else None
-        src = _image_source(images)
-        src.fps = rate
-        src.description = f"{name} of {images.shape[0]} frames"
+        src = _image_source(comp.images)
+        src.fps = float(comp.frame_rate) if comp.frame_rate else None
+        src.description = f"{name} of {comp.images.shape[0]} frames"
         return src
     raise SelvaError(f"video must be an IMAGE batch or a ComfyUI VIDEO; got {name}.")
 
@@ -89,9 +81,11 @@ def resolve_video(video: Any, video_info: Any = None, fps: float = 0.0) -> Video
     guessing would silently misalign sound and picture. A file-backed VIDEO is decoded by its
     own timestamps (exact even for variable frame rates), so both are ignored for it.
     """
+    import torch
+
     if video is None:
         raise SelvaError("No video connected to the SelVA Feature Extractor.")
-    src = _image_source(video) if _is_image_batch(video) else _video_object_source(video)
+    src = _image_source(video) if isinstance(video, torch.Tensor) else _video_object_source(video)
     if src.frames is None:
         return src
     info_rate = fps_from_video_info(video_info)

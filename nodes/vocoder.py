@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .common import CATEGORY, MODEL_TYPE, comfy_run
+from .common import CATEGORY, MODEL_TYPE, comfy_run, outputs
 from .options import option_inputs
-from .paths import resolve, resolve_existing
+from .paths import resolve, resolve_existing, resume_arg
 from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
@@ -17,13 +17,6 @@ _LOG_EVERY = 25  # steps between loss lines in ComfyUI's console
 def _optional_path(text: str, what: str):
     text = (text or "").strip()
     return resolve(text, what) if text else None
-
-
-def _resume_path(text: str):
-    text = (text or "").strip()
-    if text == "latest":
-        return text
-    return _optional_path(text, "resume")
 
 
 def _log_step(info: Any) -> None:
@@ -39,10 +32,10 @@ class SelvaBigvganTrainer:
     CATEGORY = CATEGORY
     FUNCTION = "train"
     OUTPUT_NODE = True  # runs on its own, without a loader connected
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("checkpoint_path",)
-    OUTPUT_TOOLTIPS = ("The tuned vocoder (vocoder_final.safetensors in a new run folder); connect it "
-                       "to SelVA BigVGAN Loader's path.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "checkpoint_path",
+         "The tuned vocoder (vocoder_final.safetensors in a new "
+         "run folder); connect it to SelVA BigVGAN Loader's path."))
 
     # Settings shown, in the order saved workflows store them (new ones go at the end of OPTIONAL).
     REQUIRED = ("train_mode", "steps", "lr", "batch_size", "segment_seconds", "lambda_l2sp", "save_every",
@@ -94,7 +87,7 @@ class SelvaBigvganTrainer:
                               lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
                               discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
-                              resume=_resume_path(resume))
+                              resume=resume_arg(resume))
             # the progress bar's preview shows the live loss curve
             path, _ = tune_vocoder(model, cfg, make_training_hooks(), on_step=_log_step)
         return (str(path),)
@@ -105,9 +98,8 @@ class SelvaBigvganLoader:
                    "its own vocoder, so other branches of the graph keep the original sound.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same SelVA model with the tuned vocoder; connect it to the Sampler.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        (MODEL_TYPE, "model", "The same SelVA model with the tuned vocoder; connect it to the Sampler."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -136,10 +128,11 @@ class SelvaBigvganScheduler:
     CATEGORY = CATEGORY
     FUNCTION = "run"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("summary_path", "comparison_curves")
-    OUTPUT_TOOLTIPS = ("experiment_summary.json: per experiment its settings, status, losses, time, tuned "
-                       "vocoder path and error.", "Every experiment's smoothed loss curve, labelled.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("STRING", "summary_path",
+         "experiment_summary.json: per experiment its settings, "
+         "status, losses, time, tuned vocoder path and error."),
+        ("IMAGE", "comparison_curves", "Every experiment's smoothed loss curve, labelled."))
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -25,6 +25,12 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "com
 GENERATION_STAGES = {"t5", "clip", "text_synch", "generator", "vae", "vocoder"}
 
 
+def loaded_stages(residency) -> list[str]:
+    """Names of the pipeline's stages in ComfyUI's loaded-model list (most recent first)."""
+    ours = {id(p): name for name, p in residency.patchers.items()}
+    return [ours[id(m)] for m in residency.mm.loaded_models() if id(m) in ours]
+
+
 @pytest.fixture(scope="module")
 def comfy():
     load_pack()  # bind the pack's comfy_compat to "no ComfyUI" before ComfyUI is importable
@@ -97,9 +103,9 @@ def test_unload_all_models_evicts_and_the_next_run_loads_again(comfy, backend, m
     pipe = _pipe(models_dir, residency)
     first = _generate(pipe)
     mm.unload_all_models()  # what ComfyUI's "Unload Models" / POST /free do
-    assert residency.loaded_stages() == []
+    assert loaded_stages(residency) == []
     assert torch.equal(first, _generate(pipe))
-    assert GENERATION_STAGES <= set(residency.loaded_stages())
+    assert GENERATION_STAGES <= set(loaded_stages(residency))
 
 
 def test_patches_on_views_survive_eviction(comfy, backend, models_dir):
@@ -118,10 +124,10 @@ def test_patches_on_views_survive_eviction(comfy, backend, models_dir):
 def test_offload_to_cpu_unloads_each_stage_after_use_keep_in_vram_does_not(comfy, backend, models_dir):
     offload = _pipe(models_dir, backend("offload_to_cpu"))
     _generate(offload)
-    assert offload.manager.residency.loaded_stages() == []
+    assert loaded_stages(offload.manager.residency) == []
     keep = _pipe(models_dir, backend("keep_in_vram"))
     _generate(keep)
-    assert GENERATION_STAGES <= set(keep.manager.residency.loaded_stages())
+    assert GENERATION_STAGES <= set(loaded_stages(keep.manager.residency))
 
 
 def test_unloading_one_stage_keeps_every_other_loaded_model(comfy, backend, models_dir):
@@ -132,14 +138,14 @@ def test_unloading_one_stage_keeps_every_other_loaded_model(comfy, backend, mode
     mm.load_models_gpu([theirs])
     keep = _pipe(models_dir, backend("keep_in_vram"))
     _generate(keep)
-    before = set(keep.manager.residency.loaded_stages())
+    before = set(loaded_stages(keep.manager.residency))
     assert GENERATION_STAGES <= before
     offload = _pipe(models_dir, backend("offload_to_cpu"))
     _generate(offload)
-    assert offload.manager.residency.loaded_stages() == []
-    assert set(keep.manager.residency.loaded_stages()) == before
+    assert loaded_stages(offload.manager.residency) == []
+    assert set(loaded_stages(keep.manager.residency)) == before
     keep.manager.residency.forget("vae")
-    assert set(keep.manager.residency.loaded_stages()) == before - {"vae"}
+    assert set(loaded_stages(keep.manager.residency)) == before - {"vae"}
     assert any(m is theirs for m in mm.loaded_models())
 
 
@@ -161,10 +167,10 @@ def test_release_and_replaced_stages_leave_comfyuis_list(comfy, backend, models_
     _generate(pipe)
     old_vae = residency.patchers["vae"]
     pipe.manager.add_lazy("vae", lambda: pipe._builders.vae(need_encoder=True), pipe.stage_dtype("vae"))
-    assert "vae" not in residency.loaded_stages()
+    assert "vae" not in loaded_stages(residency)
     assert all(e.model is not old_vae for e in mm.current_loaded_models)
     pipe.release()
-    assert residency.loaded_stages() == []
+    assert loaded_stages(residency) == []
 
 
 def test_an_extra_stage_is_managed_like_the_others(comfy, backend, models_dir):
@@ -173,7 +179,7 @@ def test_an_extra_stage_is_managed_like_the_others(comfy, backend, models_dir):
     pipe.manager.add_lazy("vocoder:tuned", lambda: pipe._builders.vocoder(), pipe.stage_dtype("vocoder"))
     view = pipe.with_patches(stages={"vocoder": "vocoder:tuned"})
     _generate(view)
-    listed = pipe.manager.residency.loaded_stages()
+    listed = loaded_stages(pipe.manager.residency)
     assert "vocoder:tuned" in listed and "vocoder" not in listed
     assert isinstance(pipe.manager.get("vocoder:tuned"), tuned)
 
@@ -208,7 +214,7 @@ def test_a_gpu_stage_moves_whole_and_goes_back_to_its_master_copy(comfy, backend
     with residency.use("generator", net):  # re-listing a loaded stage keeps it where it is
         assert net.lin.weight.device == meta_gpu
     mm.free_memory(1e30, meta_gpu)  # another model wants the whole card
-    assert residency.loaded_stages() == []
+    assert loaded_stages(residency) == []
     assert net.lin.weight.device.type == "cpu" and net.lin.weight.data_ptr() == master.data_ptr()
 
 
@@ -222,7 +228,7 @@ def test_nested_uses_keep_the_outer_stage_loaded(comfy, backend, meta_gpu):
             assert outer.lin.weight.device == meta_gpu and inner.lin.weight.device == meta_gpu
         assert outer.lin.weight.device == meta_gpu and inner.lin.weight.device.type == "cpu"
     assert outer.lin.weight.device.type == "cpu"
-    assert residency.loaded_stages() == []
+    assert loaded_stages(residency) == []
 
 
 def test_loader_uses_comfyuis_model_management_when_present(comfy, models_dir, monkeypatch):
@@ -240,7 +246,7 @@ def test_loader_uses_comfyuis_model_management_when_present(comfy, models_dir, m
                            offload_strategy="auto")
         assert type(pipe.manager.residency).__name__ == "ComfyResidency"
         _generate(pipe)
-        assert GENERATION_STAGES <= set(pipe.manager.residency.loaded_stages())
+        assert GENERATION_STAGES <= set(loaded_stages(pipe.manager.residency))
     finally:
         loader.clear_cache()
     assert all(not hasattr(e.model, "stage") for e in mm.current_loaded_models)
@@ -258,5 +264,5 @@ def test_with_a_gpu_offload_device_the_stage_stays_on_the_gpu(comfy, backend, me
     residency.adopt("generator", net)
     assert net.lin.weight.device == meta_gpu and freed[0] == meta_gpu  # room made first
     with residency.use("generator", net):
-        assert residency.loaded_stages() == ["generator"]
-    assert residency.loaded_stages() == [] and net.lin.weight.device == meta_gpu
+        assert loaded_stages(residency) == ["generator"]
+    assert loaded_stages(residency) == [] and net.lin.weight.device == meta_gpu

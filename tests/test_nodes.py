@@ -249,3 +249,19 @@ def test_loaded_modules_are_inference_ready(loader_env):
     assert all(not p.requires_grad for p in gen.parameters())
     assert all(p.device.type == "cpu" for p in gen.parameters())
     assert next(gen.parameters()).dtype == torch.float32
+
+
+def test_folder_inputs_rerun_when_the_folder_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELVA_OUTPUT_DIR", str(tmp_path))
+    (tmp_path / "clips").mkdir()
+    pack = load_pack()
+    loader = pack.NODE_CLASS_MAPPINGS["SelvaDatasetLoader"]
+    from_folder = pack.NODE_CLASS_MAPPINGS["SelvaDatasetFromFolder"]
+    before = loader.IS_CHANGED(folder="clips")
+    assert loader.IS_CHANGED(folder="clips") == before
+    (tmp_path / "clips" / "a.wav").write_bytes(b"RIFF")
+    assert loader.IS_CHANGED(folder="clips") != before
+    pair = from_folder.IS_CHANGED(videos_dir="clips", out_dir="data")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text("{}")
+    assert from_folder.IS_CHANGED(videos_dir="clips", out_dir="data") != pair
