@@ -88,17 +88,20 @@ def clap_config(arch: ClapArch = ClapArch()):
 
 
 # ----------------------------------------------------------------------------- audio front end
-def prepare_audio(wave: torch.Tensor, rate: int, duration: float) -> torch.Tensor:
-    """av-benchmark's AudioDataset at 48 kHz: mono, DC removed, resampled, cut to ``duration``: (N,)."""
+def prepare_audio(wave: torch.Tensor, rate: int, duration: float, target_rate: int = CLAP_RATE) -> torch.Tensor:
+    """av-benchmark's AudioDataset (48 kHz for CLAP, 32 kHz for PaSST): mono, DC removed,
+    resampled to ``target_rate``, cut to ``duration``: (N,)."""
     wave = wave.float()
     if wave.dim() == 2:
         wave = wave.mean(dim=0)
     wave = wave - wave.mean()
-    if rate != CLAP_RATE:
+    if rate != target_rate:
         import torchaudio
 
-        wave = torchaudio.transforms.Resample(rate, CLAP_RATE)(wave)
-    return wave[:int(CLAP_RATE * duration)]
+        # the Resample module av-benchmark's loaders use (its kernel differs from
+        # functional.resample's in the last digits for rates like 22.05 kHz)
+        wave = torchaudio.transforms.Resample(rate, target_rate)(wave)
+    return wave[:int(target_rate * duration)]
 
 
 def fit_length(wave: torch.Tensor, samples: int = CLAP_SAMPLES, crop_seed: int = 0) -> torch.Tensor:

@@ -74,17 +74,9 @@ class PasstEmbedder:
     @staticmethod
     def prepare(wave: torch.Tensor, rate: int, duration: float) -> torch.Tensor:
         """Mono, DC removed, 32 kHz, ``duration`` seconds, then padded/cut to 10 s: (320000,)."""
-        wave = wave.float()
-        if wave.dim() == 2:
-            wave = wave.mean(dim=0)
-        wave = wave - wave.mean()
-        if rate != PASST_RATE:
-            import torchaudio
+        from .clap import prepare_audio
 
-            # the Resample module av-benchmark's loaders use (its kernel differs from
-            # functional.resample's in the last digits for rates like 22.05 kHz)
-            wave = torchaudio.transforms.Resample(rate, PASST_RATE)(wave)
-        wave = wave[:int(PASST_RATE * duration)]
+        wave = prepare_audio(wave, rate, duration, PASST_RATE)
         if wave.shape[0] >= PASST_SAMPLES:
             return wave[:PASST_SAMPLES]
         return torch.nn.functional.pad(wave, (0, PASST_SAMPLES - wave.shape[0]))
