@@ -203,12 +203,10 @@ def released_layout(arch: ClapArch = ClapArch()) -> dict[str, tuple[int, ...]]:
             layout[key.replace(".linear1.", ".0.").replace(".linear2.", ".2.")] = shape
         else:
             layout[key] = shape
-    bins, width = N_FFT // 2 + 1, arch.patch_embed_dim * 2 ** (len(arch.depths) - 1)
-    layout.update({"audio_branch.spectrogram_extractor.stft.conv_real.weight": (bins, 1, N_FFT),
-                   "audio_branch.spectrogram_extractor.stft.conv_imag.weight": (bins, 1, N_FFT),
-                   "audio_branch.logmel_extractor.melW": (bins, N_MELS),
-                   # 256 px image, 4 px patches, 3 halvings, 4 time strips stacked over frequency
-                   "audio_branch.tscam_conv.weight": (527, width, 256 // 4 // 8 // 4, 3),
+    width = arch.patch_embed_dim * 2 ** (len(arch.depths) - 1)
+    layout.update(_FRONT_END_SHAPES)
+    # 256 px image, 4 px patches, 3 halvings, 4 time strips stacked over frequency
+    layout.update({"audio_branch.tscam_conv.weight": (527, width, 256 // 4 // 8 // 4, 3),
                    "audio_branch.tscam_conv.bias": (527,),
                    "audio_branch.head.weight": (527, 527), "audio_branch.head.bias": (527,)})
     for head in ("audio_transform", "text_transform"):
