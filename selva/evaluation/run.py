@@ -228,8 +228,7 @@ def score_all(clips: Sequence[HeldOutClip], generated: dict[str, dict[str, torch
                 # float32 embeddings, as av-benchmark hands them to numpy
                 gen = np.stack([gen_passt[n][0].numpy() for n in names])
                 real = np.stack([real_passt[n][0].numpy() for n in names])
-                per["fd"] = {"mean": compute_fd(gen, real),
-                             "per_clip": {}, "unscored": {}}
+                per["fd"] = {"mean": compute_fd(gen, real), "per_clip": {}, "unscored": {}}
         if "kl" in metrics:
             kl = kl_per_pair(torch.stack([gen_passt[n][1] for n in names]),
                              torch.stack([real_passt[n][1] for n in names]))
@@ -284,8 +283,7 @@ def entries_from(adapters_spec: Optional[str], loras: Sequence[Path], include_ba
 
     listed = read_adapter_list(adapters_spec, base_dir)[1:] if adapters_spec else []
     listed += [AdapterEntry(Path(p).name, Path(p)) for p in loras]
-    entries = ([AdapterEntry(BASE_NAME, None)] if include_base else []) + listed
-    return entries
+    return ([AdapterEntry(BASE_NAME, None)] if include_base else []) + listed
 
 
 def check_entries(pipe, entries: Sequence[AdapterEntry]) -> None:
