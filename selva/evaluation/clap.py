@@ -171,16 +171,23 @@ def _derived(key: str) -> bool:
     return key in _DERIVED_BUFFERS or key.endswith("relative_position_index")
 
 
+# laion HTSAT -> transformers ClapAudioEncoder names in a Swin block (".attn.proj." before ".mlp.fc2.")
+_BLOCK_RENAMES = ((".norm1.", ".layernorm_before."), (".norm2.", ".layernorm_after."),
+                  (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+                  (".attn.relative_position_index", ".attention.self.relative_position_index"),
+                  (".attn.proj.", ".attention.output.dense."), (".mlp.fc1.", ".intermediate.dense."),
+                  (".mlp.fc2.", ".output.dense."), (".attn.qkv.", ".attention.self.qkv."))
+
+
 def _laion_audio_names(name: str) -> tuple[str, int]:
     """transformers ClapAudioEncoder name -> (laion HTSAT name, rows multiplier of a fused qkv)."""
     for part in ("query", "key", "value"):
         if f".attention.self.{part}." in name:
             return name.replace(f".attention.self.{part}.", ".attn.qkv."), 3
-    for new, old in (("batch_norm.", "bn0."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),
-                     (".attention.self.relative_position_", ".attn.relative_position_"),
-                     (".attention.output.dense.", ".attn.proj."), (".intermediate.dense.", ".mlp.fc1."),
-                     (".output.dense.", ".mlp.fc2.")):
-        if name.startswith(new) or (new.startswith(".") and new in name):
+    if name.startswith("batch_norm."):
+        return "bn0." + name[len("batch_norm."):], 1
+    for old, new in _BLOCK_RENAMES:
+        if new in name:
             return name.replace(new, old, 1), 1
     return name, 1
 
@@ -240,11 +247,7 @@ def _audio_name(rest: str) -> Optional[str]:
         return rest
     if ".attn_mask" in rest or not rest.startswith("layers."):
         return None
-    for old, new in ((".norm1.", ".layernorm_before."), (".norm2.", ".layernorm_after."),
-                     (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
-                     (".attn.relative_position_index", ".attention.self.relative_position_index"),
-                     (".attn.proj.", ".attention.output.dense."), (".mlp.fc1.", ".intermediate.dense."),
-                     (".mlp.fc2.", ".output.dense."), (".attn.qkv.", ".attention.self.qkv.")):
+    for old, new in _BLOCK_RENAMES:
         if old in rest:
             return rest.replace(old, new)
     return None
