@@ -96,10 +96,6 @@ def _load_generated(path: Path, key: str) -> Optional[torch.Tensor]:
     return wave
 
 
-def _save_generated(path: Path, wave: torch.Tensor, key: str, rate: int) -> None:
-    write_safetensors(path, {"wave": wave}, {"format": "selva-eval-clip", "key": key, "sample_rate": str(rate)})
-
-
 def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEntry], out_dir: Path,
                  options: EvalOptions, hooks: Optional[Hooks] = None) -> dict[str, dict[str, torch.Tensor]]:
     """Every model's clips (generated now or reused): {model: {clip: (N,) float32}}."""
@@ -121,7 +117,8 @@ def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEn
                 wave = view.generate(clip.features, negative_prompt=options.negative_prompt,
                                      steps=options.steps, cfg_strength=options.cfg_strength,
                                      seed=options.seed, hooks=hooks)[0, 0].float().cpu()
-                _save_generated(path, wave, key, pipe.sample_rate)
+                write_safetensors(path, {"wave": wave}, {"format": "selva-eval-clip", "key": key,
+                                                         "sample_rate": str(pipe.sample_rate)})
             else:
                 log.info("Reusing %s", path)
             waves[clip.name] = wave
