@@ -5,7 +5,6 @@ Under ``torchrun --nproc_per_node N -m selva batch ...`` the rows are split over
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +15,6 @@ from ..options import add_sampling_arguments
 from .results import RowResult, summary_line, write_results
 from .rows import RowDefaults, rows_from_folder, rows_from_manifest
 from .runner import AUDIO_FORMATS, BatchOptions, run_batch
-
-log = logging.getLogger(__name__)
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:

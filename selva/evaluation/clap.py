@@ -27,7 +27,6 @@ the set's score is their mean (higher is better).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -36,8 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelvaError
-
-log = logging.getLogger(__name__)
 
 CLAP_RATE = 48000
 CLAP_SAMPLES = 480000  # 10 s, laion_clap's max_len

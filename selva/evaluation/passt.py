@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from pathlib import Path
 from typing import Union
 
 import torch
 
 from ..errors import SelvaError
-
-log = logging.getLogger(__name__)
 
 PASST_RATE = 32000
 PASST_SAMPLES = 320000  # 10 s, the model's window

@@ -28,7 +28,6 @@ from .spectral import clip_spectral
 
 log = logging.getLogger(__name__)
 
-UNITS = {"desync": "s", "clap": "cosine", "fd": "", "kl": "", "spectral": "dB LSD to real"}
 BASE_NAME = "base"
 
 
