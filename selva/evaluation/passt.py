@@ -24,19 +24,14 @@ NUM_CLASSES = 527
 ARCH = "passt_s_swa_p16_128_ap476"
 
 
-def _require_hear21passt():
+def build_passt(state_dict=None, *, source: str = "PaSST checkpoint") -> torch.nn.Module:
+    """The mel front end + PaSST-S wrapper (``mode="all"``); ``state_dict`` loaded strictly if given."""
     try:
-        from hear21passt.models import passt, preprocess  # noqa: F401
-        from hear21passt import wrapper  # noqa: F401
+        from hear21passt.models import passt, preprocess
+        from hear21passt import wrapper
     except ImportError as e:
         raise SelvaError("FD and KL need the PaSST network from the hear21passt package: "
                          "pip install hear21passt==0.0.26 (it brings timm).") from e
-    return passt, preprocess, wrapper
-
-
-def build_passt(state_dict=None, *, source: str = "PaSST checkpoint") -> torch.nn.Module:
-    """The mel front end + PaSST-S wrapper (``mode="all"``); ``state_dict`` loaded strictly if given."""
-    passt, preprocess, wrapper = _require_hear21passt()
     # hear21passt prints the whole network while building it: keep our stdout clean
     with contextlib.redirect_stdout(io.StringIO()):
         mel = preprocess.AugmentMelSTFT(n_mels=128, sr=PASST_RATE, win_length=800, hopsize=320, n_fft=1024,
