@@ -5,7 +5,6 @@ Under ``torchrun --nproc_per_node N -m selva batch ...`` the rows are split over
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +15,6 @@ from ..options import add_sampling_arguments
 from .results import RowResult, summary_line, write_results
 from .rows import RowDefaults, rows_from_folder, rows_from_manifest
 from .runner import AUDIO_FORMATS, BatchOptions, run_batch
-
-log = logging.getLogger(__name__)
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:
@@ -77,23 +74,9 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
                         cache_dir=args.cache_dir, cache_max_gb=args.cache_max_gb)
 
 
-class _Bar:
-    """Rows done, rate and time left on stderr (tqdm); silent on ranks other than 0."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="row", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
-
-    def __call__(self, result: RowResult, done: int, total: int, preview: Any) -> None:
-        self.bar.set_postfix_str(f"{result.name}: {result.status}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def cmd_batch(args: argparse.Namespace, load_options: Callable) -> int:
+    from tqdm import tqdm
+
     from ..pipeline import SelvaPipeline
 
     rows = read_rows(args)  # every rank reads all rows: names depend on the whole list
@@ -103,9 +86,15 @@ def cmd_batch(args: argparse.Namespace, load_options: Callable) -> int:
         args.device = distributed.device_for(ranks, args.device)
         mine = ranks.shard(rows)
         pipe = SelvaPipeline.load(load_options(args))
-        bar = _Bar(len(mine), enabled=ranks.is_main)
+        # rows done, rate and time left on stderr; silent on ranks other than 0
+        bar = tqdm(total=len(mine), unit="row", file=sys.stderr, disable=not ranks.is_main, dynamic_ncols=True)
+
+        def on_row(result: RowResult, done: int, total: int, preview: Any) -> None:
+            bar.set_postfix_str(f"{result.name}: {result.status}", refresh=False)
+            bar.update(1)
+
         try:
-            results = run_batch(pipe, mine, options, on_row=bar, write_file=not ranks.active)
+            results = run_batch(pipe, mine, options, on_row=on_row, write_file=not ranks.active)
         finally:
             bar.close()
         merged = ranks.all_gather_objects(results)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -9,7 +10,6 @@ from typing import Iterable, Optional
 from ..artifacts import atomic_path
 
 RESULTS_NAME = "results.jsonl"
-STATUSES = ("done", "skipped", "failed")
 
 
 @dataclass
@@ -45,13 +45,6 @@ def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def counts(results: Iterable[RowResult]) -> dict[str, int]:
-    out = {s: 0 for s in STATUSES}
-    for r in results:
-        out[r.status] += 1
-    return out
-
-
 def summary_line(results: Iterable[RowResult]) -> str:
-    c = counts(results)
+    c = Counter(r.status for r in results)
     return f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed"

@@ -11,9 +11,10 @@ import csv
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import SelvaError
 
@@ -182,11 +183,7 @@ def _with_names(raw: list[dict]) -> list[Row]:
             if other != entry["source"]:
                 raise SelvaError(f"{entry['source']}: name {entry['name']!r} is already used by {other}; "
                                  f"names must be unique.")
-    stems: dict[str, int] = {}
-    for entry in raw:
-        if entry["name"] is None:
-            stem = entry["video"].stem.lower()
-            stems[stem] = stems.get(stem, 0) + 1
+    stems = Counter(entry["video"].stem.lower() for entry in raw if entry["name"] is None)
     taken = set(explicit)
     rows = []
     for index, entry in enumerate(raw):

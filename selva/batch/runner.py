@@ -115,7 +115,7 @@ class BatchRun:
         self.hooks = Hooks(interrupted=hooks.interrupted if hooks is not None else None)
         self.on_row, self.write_file = on_row, write_file
         self.results: dict[int, RowResult] = {}
-        self.total = 0
+        self.total = len(self.rows)
         self.cache = (FeatureCache(options.cache_dir, cache_max_bytes(options.cache_max_gb))
                       if options.cache_dir else None)
         self._groups: dict[tuple, list[_Encoded]] = {}
@@ -165,9 +165,7 @@ class BatchRun:
         self._finish(item, wave, time.monotonic() - t0)
 
     def _flush(self, key: tuple) -> None:
-        items = self._groups.pop(key, [])
-        if not items:
-            return
+        items = self._groups.pop(key)
         if len(items) == 1:
             return self._guarded(items[0], self._generate_one)
         o = self.options
@@ -203,7 +201,6 @@ class BatchRun:
         opts = self.options
         check_outputs(self.rows, opts)
         opts.out_dir.mkdir(parents=True, exist_ok=True)
-        self.total = len(self.rows)
         todo = []
         for row in self.rows:
             outs = outputs_for(row, opts)

@@ -6,6 +6,6 @@ A dataset is a folder of clips, each a features ``.npz`` with a same-stem audio 
 Dataset Browser; the reader never needs it, so a folder made one clip per queue with the Feature
 Extractor and one made by ``prepare-dataset`` train the same.
 """
-from .reader import ClipFiles, find_clips, read_dataset, register_reader
+from .reader import ClipFiles, find_clips, read_dataset
 
-__all__ = ["ClipFiles", "find_clips", "read_dataset", "register_reader"]
+__all__ = ["ClipFiles", "find_clips", "read_dataset"]

@@ -38,10 +38,6 @@ class AudioClip:
     def origin_name(self) -> str:
         return self.origin or self.name
 
-    @property
-    def seconds(self) -> float:
-        return self.waveform.shape[-1] / self.sample_rate
-
 
 def _each(clips: Sequence[AudioClip], fn: Callable[[AudioClip], AudioClip], stage: str,
           hooks: Optional[Hooks]) -> list[AudioClip]:

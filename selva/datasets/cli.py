@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from .folder import INDEX_NAME, PrepareOptions
 from .report import ReportOptions
+
+log = logging.getLogger(__name__)
 
 
 def _help(cls, name: str) -> str:
@@ -49,15 +52,10 @@ def run_prepare(args: argparse.Namespace, load_options) -> int:
     opts = prepare_options(args)
     opts.validate()
     pipe = SelvaPipeline.load(load_options(args))
-    index = prepare_dataset(pipe, opts, Hooks(progress=_log_progress))
+    hooks = Hooks(progress=lambda stage, done, total: log.info("%s %d/%d", stage, done, total))
+    index = prepare_dataset(pipe, opts, hooks)
     print(opts.out_dir / INDEX_NAME)
     return 0 if index.clips else 1
-
-
-def _log_progress(stage: str, done: int, total: int) -> None:
-    import logging
-
-    logging.getLogger(__name__).info("%s %d/%d", stage, done, total)
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:

@@ -70,10 +70,6 @@ class PrepareOptions:
         if self.hop_seconds < 0:
             raise SelvaError(f"hop_seconds must be 0 (= clip_seconds) or positive, got {self.hop_seconds}.")
 
-    @property
-    def hop(self) -> float:
-        return self.hop_seconds if self.hop_seconds > 0 else self.clip_seconds
-
 
 @dataclass
 class ClipEntry:

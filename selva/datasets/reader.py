@@ -11,17 +11,15 @@
 Only the folder's own, visible ``.npz`` files are clips: hidden files and folders (the content
 cache holds copies of named clips) are skipped, so a clip never counts twice.
 
-Other layouts (the earlier SelVA pack's ``dataset.json`` array, ...) plug in with
-:func:`register_reader`: a reader gets the folder and returns its clips, or ``None`` when the
-folder is not in its layout. :func:`read_dataset` is the single entry point every trainer,
-textual inversion, the steering extractor and the report call.
+:func:`read_dataset` is the single entry point every trainer, textual inversion, the steering
+extractor and the report call.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import SelvaError
 from ..train.audio_files import AUDIO_EXTENSIONS
@@ -38,20 +36,6 @@ class ClipFiles:
     audio_path: Optional[Path]  # None only when read with need_audio=False
     caption: Optional[str]  # from prompts.txt or the .txt caption; None = use the .npz prompt
     caption_source: str  # "prompts.txt" | "caption" | "features" (resolved later)
-
-
-Reader = Callable[[Path, bool], Optional[list[ClipFiles]]]
-_READERS: list[Reader] = []
-
-
-def register_reader(reader: Reader) -> Reader:
-    """Add a reader for another dataset layout (tried before the folder layout, newest first).
-
-    ``reader(folder, need_audio)`` returns the clips, or ``None`` when ``folder`` is not in its
-    layout; it raises :class:`SelvaError` for a folder in its layout that is broken."""
-    if reader not in _READERS:
-        _READERS.insert(0, reader)
-    return reader
 
 
 def read_prompts_file(path: Path) -> dict[str, str]:
@@ -86,17 +70,6 @@ def read_dataset(data_dir: Path, *, need_audio: bool = True) -> list[ClipFiles]:
     if not data_dir.is_dir():
         raise SelvaError(f"The dataset folder {data_dir} does not exist. Point data_dir at a folder "
                          f"of features .npz files with same-name audio files.")
-    for reader in _READERS:
-        clips = reader(data_dir, need_audio)
-        if clips is not None:
-            return clips
-    return _read_folder(data_dir, need_audio)
-
-
-find_clips = read_dataset  # the name the trainers used before
-
-
-def _read_folder(data_dir: Path, need_audio: bool) -> list[ClipFiles]:
     npzs = sorted(p for p in data_dir.glob("*.npz") if not p.name.startswith(".") and p.is_file())
     if not npzs:
         raise SelvaError(f"No clips found in {data_dir}: it holds no .npz features files. Make them "
@@ -126,3 +99,6 @@ def _read_folder(data_dir: Path, need_audio: bool) -> list[ClipFiles]:
                          f"{Path(missing[0]).stem}.wav beside it (any of {', '.join(AUDIO_EXTENSIONS)}) "
                          f"or remove the .npz.")
     return clips
+
+
+find_clips = read_dataset  # the name the trainers used before

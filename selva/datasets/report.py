@@ -7,10 +7,10 @@ the From Folder node), so a user sees before training that half the clips are si
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-
 
 from ..hooks import Hooks, or_default
 from ..train.audio_files import read_audio
@@ -54,11 +54,7 @@ class DatasetReport:
     clips: list[ClipReport]
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.clips:
-            for f in c.flags:
-                out[f] = out.get(f, 0) + 1
-        return out
+        return dict(Counter(f for c in self.clips for f in c.flags))
 
     def to_json(self) -> dict:
         return {"format": "selva-dataset-report", "version": 1, "data_dir": str(self.data_dir),

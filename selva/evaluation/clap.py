@@ -27,7 +27,6 @@ the set's score is their mean (higher is better).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -36,8 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelvaError
-
-log = logging.getLogger(__name__)
 
 CLAP_RATE = 48000
 CLAP_SAMPLES = 480000  # 10 s, laion_clap's max_len
@@ -88,17 +85,20 @@ def clap_config(arch: ClapArch = ClapArch()):
 
 
 # ----------------------------------------------------------------------------- audio front end
-def prepare_audio(wave: torch.Tensor, rate: int, duration: float) -> torch.Tensor:
-    """av-benchmark's AudioDataset at 48 kHz: mono, DC removed, resampled, cut to ``duration``: (N,)."""
+def prepare_audio(wave: torch.Tensor, rate: int, duration: float, target_rate: int = CLAP_RATE) -> torch.Tensor:
+    """av-benchmark's AudioDataset (48 kHz for CLAP, 32 kHz for PaSST): mono, DC removed,
+    resampled to ``target_rate``, cut to ``duration``: (N,)."""
     wave = wave.float()
     if wave.dim() == 2:
         wave = wave.mean(dim=0)
     wave = wave - wave.mean()
-    if rate != CLAP_RATE:
+    if rate != target_rate:
         import torchaudio
 
-        wave = torchaudio.transforms.Resample(rate, CLAP_RATE)(wave)
-    return wave[:int(CLAP_RATE * duration)]
+        # the Resample module av-benchmark's loaders use (its kernel differs from
+        # functional.resample's in the last digits for rates like 22.05 kHz)
+        wave = torchaudio.transforms.Resample(rate, target_rate)(wave)
+    return wave[:int(target_rate * duration)]
 
 
 def fit_length(wave: torch.Tensor, samples: int = CLAP_SAMPLES, crop_seed: int = 0) -> torch.Tensor:
@@ -168,16 +168,23 @@ def _derived(key: str) -> bool:
     return key in _DERIVED_BUFFERS or key.endswith("relative_position_index")
 
 
+# laion HTSAT -> transformers ClapAudioEncoder names in a Swin block (".attn.proj." before ".mlp.fc2.")
+_BLOCK_RENAMES = ((".norm1.", ".layernorm_before."), (".norm2.", ".layernorm_after."),
+                  (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+                  (".attn.relative_position_index", ".attention.self.relative_position_index"),
+                  (".attn.proj.", ".attention.output.dense."), (".mlp.fc1.", ".intermediate.dense."),
+                  (".mlp.fc2.", ".output.dense."), (".attn.qkv.", ".attention.self.qkv."))
+
+
 def _laion_audio_names(name: str) -> tuple[str, int]:
     """transformers ClapAudioEncoder name -> (laion HTSAT name, rows multiplier of a fused qkv)."""
     for part in ("query", "key", "value"):
         if f".attention.self.{part}." in name:
             return name.replace(f".attention.self.{part}.", ".attn.qkv."), 3
-    for new, old in (("batch_norm.", "bn0."), (".layernorm_before.", ".norm1."), (".layernorm_after.", ".norm2."),
-                     (".attention.self.relative_position_", ".attn.relative_position_"),
-                     (".attention.output.dense.", ".attn.proj."), (".intermediate.dense.", ".mlp.fc1."),
-                     (".output.dense.", ".mlp.fc2.")):
-        if name.startswith(new) or (new.startswith(".") and new in name):
+    if name.startswith("batch_norm."):
+        return "bn0." + name[len("batch_norm."):], 1
+    for old, new in _BLOCK_RENAMES:
+        if new in name:
             return name.replace(new, old, 1), 1
     return name, 1
 
@@ -200,12 +207,10 @@ def released_layout(arch: ClapArch = ClapArch()) -> dict[str, tuple[int, ...]]:
             layout[key.replace(".linear1.", ".0.").replace(".linear2.", ".2.")] = shape
         else:
             layout[key] = shape
-    bins, width = N_FFT // 2 + 1, arch.patch_embed_dim * 2 ** (len(arch.depths) - 1)
-    layout.update({"audio_branch.spectrogram_extractor.stft.conv_real.weight": (bins, 1, N_FFT),
-                   "audio_branch.spectrogram_extractor.stft.conv_imag.weight": (bins, 1, N_FFT),
-                   "audio_branch.logmel_extractor.melW": (bins, N_MELS),
-                   # 256 px image, 4 px patches, 3 halvings, 4 time strips stacked over frequency
-                   "audio_branch.tscam_conv.weight": (527, width, 256 // 4 // 8 // 4, 3),
+    width = arch.patch_embed_dim * 2 ** (len(arch.depths) - 1)
+    layout.update(_FRONT_END_SHAPES)
+    # 256 px image, 4 px patches, 3 halvings, 4 time strips stacked over frequency
+    layout.update({"audio_branch.tscam_conv.weight": (527, width, 256 // 4 // 8 // 4, 3),
                    "audio_branch.tscam_conv.bias": (527,),
                    "audio_branch.head.weight": (527, 527), "audio_branch.head.bias": (527,)})
     for head in ("audio_transform", "text_transform"):
@@ -239,11 +244,7 @@ def _audio_name(rest: str) -> Optional[str]:
         return rest
     if ".attn_mask" in rest or not rest.startswith("layers."):
         return None
-    for old, new in ((".norm1.", ".layernorm_before."), (".norm2.", ".layernorm_after."),
-                     (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
-                     (".attn.relative_position_index", ".attention.self.relative_position_index"),
-                     (".attn.proj.", ".attention.output.dense."), (".mlp.fc1.", ".intermediate.dense."),
-                     (".mlp.fc2.", ".output.dense."), (".attn.qkv.", ".attention.self.qkv.")):
+    for old, new in _BLOCK_RENAMES:
         if old in rest:
             return rest.replace(old, new)
     return None

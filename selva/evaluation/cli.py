@@ -36,11 +36,7 @@ def register(sub: Any, add_model_args: Callable, load_options: Callable) -> dict
     p.add_argument("--out-dir", type=Path, required=True,
                    help="writes metrics.json, metrics.png and the generated clips (kept for resuming)")
     add_model_args(p)
-
-    def cmd_evaluate(args: argparse.Namespace) -> int:
-        return _run(args, load_options)
-
-    return {"evaluate": cmd_evaluate}
+    return {"evaluate": lambda args: _run(args, load_options)}
 
 
 def _run(args: argparse.Namespace, load_options: Callable) -> int:

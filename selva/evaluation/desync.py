@@ -18,7 +18,6 @@ next file) and cannot score fewer than 14 segments (4.8 s): here such a clip is 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -28,8 +27,6 @@ import torch
 from ..errors import SelvaError
 from ..models.synchformer import (AST_SYNCHFORMER, MOTIONFORMER_224, SYNC_TRANSFORMER, Synchformer,
                                   load_synchformer)
-
-log = logging.getLogger(__name__)
 
 VIDEO_FPS = 25.0
 FRAME_SIZE = 224

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from pathlib import Path
 from typing import Union
 
@@ -19,27 +18,20 @@ import torch
 
 from ..errors import SelvaError
 
-log = logging.getLogger(__name__)
-
 PASST_RATE = 32000
 PASST_SAMPLES = 320000  # 10 s, the model's window
 NUM_CLASSES = 527
 ARCH = "passt_s_swa_p16_128_ap476"
 
 
-def _require_hear21passt():
+def build_passt(state_dict=None, *, source: str = "PaSST checkpoint") -> torch.nn.Module:
+    """The mel front end + PaSST-S wrapper (``mode="all"``); ``state_dict`` loaded strictly if given."""
     try:
-        from hear21passt.models import passt, preprocess  # noqa: F401
-        from hear21passt import wrapper  # noqa: F401
+        from hear21passt.models import passt, preprocess
+        from hear21passt import wrapper
     except ImportError as e:
         raise SelvaError("FD and KL need the PaSST network from the hear21passt package: "
                          "pip install hear21passt==0.0.26 (it brings timm).") from e
-    return passt, preprocess, wrapper
-
-
-def build_passt(state_dict=None, *, source: str = "PaSST checkpoint") -> torch.nn.Module:
-    """The mel front end + PaSST-S wrapper (``mode="all"``); ``state_dict`` loaded strictly if given."""
-    passt, preprocess, wrapper = _require_hear21passt()
     # hear21passt prints the whole network while building it: keep our stdout clean
     with contextlib.redirect_stdout(io.StringIO()):
         mel = preprocess.AugmentMelSTFT(n_mels=128, sr=PASST_RATE, win_length=800, hopsize=320, n_fft=1024,
@@ -74,17 +66,9 @@ class PasstEmbedder:
     @staticmethod
     def prepare(wave: torch.Tensor, rate: int, duration: float) -> torch.Tensor:
         """Mono, DC removed, 32 kHz, ``duration`` seconds, then padded/cut to 10 s: (320000,)."""
-        wave = wave.float()
-        if wave.dim() == 2:
-            wave = wave.mean(dim=0)
-        wave = wave - wave.mean()
-        if rate != PASST_RATE:
-            import torchaudio
+        from .clap import prepare_audio
 
-            # the Resample module av-benchmark's loaders use (its kernel differs from
-            # functional.resample's in the last digits for rates like 22.05 kHz)
-            wave = torchaudio.transforms.Resample(rate, PASST_RATE)(wave)
-        wave = wave[:int(PASST_RATE * duration)]
+        wave = prepare_audio(wave, rate, duration, PASST_RATE)
         if wave.shape[0] >= PASST_SAMPLES:
             return wave[:PASST_SAMPLES]
         return torch.nn.functional.pad(wave, (0, PASST_SAMPLES - wave.shape[0]))

@@ -86,18 +86,16 @@ def written_chart(data: dict) -> np.ndarray:
         return np.asarray(im.convert("RGB")).copy()
 
 
-def write(out_dir: Path, data: dict) -> tuple[Path, Path, np.ndarray]:
+def write(out_dir: Path, data: dict) -> None:
     """``out_dir/metrics.json`` and ``out_dir/metrics.png`` (replaced atomically: they are ours)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = chart(data)
     png = out_dir / "metrics.png"
     with atomic_path(png) as tmp:
-        Image.fromarray(image).save(tmp)
+        Image.fromarray(chart(data)).save(tmp)
     data["best"] = {m: best_model(data, m) for m in data["directions"]}
     data["ranking"] = {m: ranking(data, m) for m in data["directions"]}
     data["chart"] = str(png)
-    path = write_json(out_dir / "metrics.json", data)
-    return path, png, image
+    write_json(out_dir / "metrics.json", data)

@@ -28,7 +28,6 @@ from .spectral import clip_spectral
 
 log = logging.getLogger(__name__)
 
-UNITS = {"desync": "s", "clap": "cosine", "fd": "", "kl": "", "spectral": "dB LSD to real"}
 BASE_NAME = "base"
 
 
@@ -96,10 +95,6 @@ def _load_generated(path: Path, key: str) -> Optional[torch.Tensor]:
     return wave
 
 
-def _save_generated(path: Path, wave: torch.Tensor, key: str, rate: int) -> None:
-    write_safetensors(path, {"wave": wave}, {"format": "selva-eval-clip", "key": key, "sample_rate": str(rate)})
-
-
 def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEntry], out_dir: Path,
                  options: EvalOptions, hooks: Optional[Hooks] = None) -> dict[str, dict[str, torch.Tensor]]:
     """Every model's clips (generated now or reused): {model: {clip: (N,) float32}}."""
@@ -121,7 +116,8 @@ def generate_all(pipe, clips: Sequence[HeldOutClip], entries: Sequence[AdapterEn
                 wave = view.generate(clip.features, negative_prompt=options.negative_prompt,
                                      steps=options.steps, cfg_strength=options.cfg_strength,
                                      seed=options.seed, hooks=hooks)[0, 0].float().cpu()
-                _save_generated(path, wave, key, pipe.sample_rate)
+                write_safetensors(path, {"wave": wave}, {"format": "selva-eval-clip", "key": key,
+                                                         "sample_rate": str(pipe.sample_rate)})
             else:
                 log.info("Reusing %s", path)
             waves[clip.name] = wave
@@ -228,8 +224,7 @@ def score_all(clips: Sequence[HeldOutClip], generated: dict[str, dict[str, torch
                 # float32 embeddings, as av-benchmark hands them to numpy
                 gen = np.stack([gen_passt[n][0].numpy() for n in names])
                 real = np.stack([real_passt[n][0].numpy() for n in names])
-                per["fd"] = {"mean": compute_fd(gen, real),
-                             "per_clip": {}, "unscored": {}}
+                per["fd"] = {"mean": compute_fd(gen, real), "per_clip": {}, "unscored": {}}
         if "kl" in metrics:
             kl = kl_per_pair(torch.stack([gen_passt[n][1] for n in names]),
                              torch.stack([real_passt[n][1] for n in names]))
@@ -284,8 +279,7 @@ def entries_from(adapters_spec: Optional[str], loras: Sequence[Path], include_ba
 
     listed = read_adapter_list(adapters_spec, base_dir)[1:] if adapters_spec else []
     listed += [AdapterEntry(Path(p).name, Path(p)) for p in loras]
-    entries = ([AdapterEntry(BASE_NAME, None)] if include_base else []) + listed
-    return entries
+    return ([AdapterEntry(BASE_NAME, None)] if include_base else []) + listed
 
 
 def check_entries(pipe, entries: Sequence[AdapterEntry]) -> None:

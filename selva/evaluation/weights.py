@@ -65,11 +65,8 @@ def _missing_line(key: str, models_dir: Path) -> str:
     if key in EVAL_SNAPSHOTS:
         snap = EVAL_SNAPSHOTS[key]
         return selva_weights._missing_line_snapshot(snap, Path(models_dir) / "hf" / snap.local_name)
-    if key in selva_weights.FILES:
-        wf = selva_weights.FILES[key]
-        return f"- {wf.path}: download {wf.url} and save it as {Path(models_dir) / wf.path}"
-    ew = EVAL_FILES[key]
-    return f"- {ew.path}: download {ew.url} and save it as {Path(models_dir) / ew.path}"
+    wf = selva_weights.FILES.get(key) or EVAL_FILES[key]
+    return f"- {wf.path}: download {wf.url} and save it as {Path(models_dir) / wf.path}"
 
 
 def resolve_metric_weights(metrics: Iterable[str], models_dir: Path, *,
