@@ -73,13 +73,9 @@ def adaptable_layers(generator: nn.Module) -> dict[str, nn.Module]:
 
 
 def _matches(name: str, suffix: str) -> bool:
-    """``suffix`` names the layer itself or a container above it, component-wise."""
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        sub = ".".join(parts[:end])
-        if sub == suffix or sub.endswith("." + suffix):
-            return True
-    return False
+    """``suffix`` names the layer itself or a container above it, component-wise (``attn.qkv``
+    matches ``...attn.qkv``, ``attn`` matches ``...attn.qkv``, ``tn.qkv`` matches nothing)."""
+    return f".{suffix}." in f".{name}."
 
 
 def target_suffixes(generator: nn.Module) -> list[str]:
@@ -98,15 +94,12 @@ def target_suffixes(generator: nn.Module) -> list[str]:
 def find_targets(generator: nn.Module, targets: Sequence[str]) -> list[str]:
     """Names of the adaptable layers matched by any suffix; a suffix matching none is an error."""
     layers = adaptable_layers(generator)
-    found: list[str] = []
     for suffix in targets:
-        hits = [n for n in layers if _matches(n, suffix)]
-        if not hits:
+        if not any(_matches(n, suffix) for n in layers):
             raise SelvaError(f"LoRA target {suffix!r} matches no Linear or sequence-conv layer of "
                              f"the generator. Suffixes that exist: "
                              f"{', '.join(target_suffixes(generator))}.")
-        found.extend(h for h in hits if h not in found)
-    return sorted(found, key=list(layers).index)
+    return [n for n in layers if any(_matches(n, s) for s in targets)]  # in the generator's order
 
 
 def _check_fits(name: str, module: nn.Module, down_shape: tuple, up_shape: tuple, what: str) -> None:
