@@ -80,14 +80,14 @@ def _matches(name: str, suffix: str) -> bool:
 
 def target_suffixes(generator: nn.Module) -> list[str]:
     """Short suffixes that exist (block indices dropped), for error messages and docs."""
-    seen: dict[str, None] = {}
+    seen: set[str] = set()
     for name in adaptable_layers(generator):
         parts = name.split(".")
         while len(parts) > 1 and parts[-1].isdigit():  # adaLN_modulation.1 -> adaLN_modulation
             parts.pop()
         digits = [i for i, p in enumerate(parts) if p.isdigit()]
         tail = parts[digits[-1] + 1:] if digits else parts
-        seen.setdefault(".".join(tail[-2:]), None)
+        seen.add(".".join(tail[-2:]))
     return sorted(seen)
 
 
