@@ -185,8 +185,8 @@ class LoraSet(nn.Module):
     # ------------------------------------------------------------------------ trainable form
     @classmethod
     def create(cls, generator: nn.Module, config: LoraConfig, *, state: Optional[dict] = None,
-               rng: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> "LoraSet":
-        """A trainable set for ``config.targets`` of ``generator`` (float32 parameters by default).
+               rng: Optional[torch.Generator] = None) -> "LoraSet":
+        """A trainable set for ``config.targets`` of ``generator`` (float32 parameters).
 
         ``init="default"``: down Kaiming-uniform (from ``rng``), up zero, so the start is the base.
         ``init="pissa"``: down/up from the top singular vectors of each weight and the base weight
@@ -204,7 +204,7 @@ class LoraSet(nn.Module):
                     down, up = cls._pissa_pair(name, module, config)
                 else:
                     down, up = cls._default_pair(module, config.rank, rng)
-                layer = LoraLayer(down.to(dtype), up.to(dtype), config.scale * config.rank,
+                layer = LoraLayer(down.float(), up.float(), config.scale * config.rank,
                                   trainable=True, conv_args=_conv_args(module))
                 if config.init == "pissa":
                     layer.register_buffer("init_down", layer.down.detach().clone())
