@@ -247,9 +247,6 @@ def compare_adapters(pipe, features, entries: Sequence[AdapterEntry], *, steps: 
 # ---------------------------------------------------------------------------------- outputs
 def comparison_image(comparison: Comparison) -> np.ndarray:
     """Spectrograms side by side (shared dB scale) over a metrics table: (H, W, 3) uint8."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

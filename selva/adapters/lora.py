@@ -73,40 +73,33 @@ def adaptable_layers(generator: nn.Module) -> dict[str, nn.Module]:
 
 
 def _matches(name: str, suffix: str) -> bool:
-    """``suffix`` names the layer itself or a container above it, component-wise."""
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        sub = ".".join(parts[:end])
-        if sub == suffix or sub.endswith("." + suffix):
-            return True
-    return False
+    """``suffix`` names the layer itself or a container above it, component-wise (``attn.qkv``
+    matches ``...attn.qkv``, ``attn`` matches ``...attn.qkv``, ``tn.qkv`` matches nothing)."""
+    return f".{suffix}." in f".{name}."
 
 
 def target_suffixes(generator: nn.Module) -> list[str]:
     """Short suffixes that exist (block indices dropped), for error messages and docs."""
-    seen: dict[str, None] = {}
+    seen: set[str] = set()
     for name in adaptable_layers(generator):
         parts = name.split(".")
         while len(parts) > 1 and parts[-1].isdigit():  # adaLN_modulation.1 -> adaLN_modulation
             parts.pop()
         digits = [i for i, p in enumerate(parts) if p.isdigit()]
         tail = parts[digits[-1] + 1:] if digits else parts
-        seen.setdefault(".".join(tail[-2:]), None)
+        seen.add(".".join(tail[-2:]))
     return sorted(seen)
 
 
 def find_targets(generator: nn.Module, targets: Sequence[str]) -> list[str]:
     """Names of the adaptable layers matched by any suffix; a suffix matching none is an error."""
     layers = adaptable_layers(generator)
-    found: list[str] = []
     for suffix in targets:
-        hits = [n for n in layers if _matches(n, suffix)]
-        if not hits:
+        if not any(_matches(n, suffix) for n in layers):
             raise SelvaError(f"LoRA target {suffix!r} matches no Linear or sequence-conv layer of "
                              f"the generator. Suffixes that exist: "
                              f"{', '.join(target_suffixes(generator))}.")
-        found.extend(h for h in hits if h not in found)
-    return sorted(found, key=list(layers).index)
+    return [n for n in layers if any(_matches(n, s) for s in targets)]  # in the generator's order
 
 
 def _check_fits(name: str, module: nn.Module, down_shape: tuple, up_shape: tuple, what: str) -> None:
@@ -192,8 +185,8 @@ class LoraSet(nn.Module):
     # ------------------------------------------------------------------------ trainable form
     @classmethod
     def create(cls, generator: nn.Module, config: LoraConfig, *, state: Optional[dict] = None,
-               rng: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> "LoraSet":
-        """A trainable set for ``config.targets`` of ``generator`` (float32 parameters by default).
+               rng: Optional[torch.Generator] = None) -> "LoraSet":
+        """A trainable set for ``config.targets`` of ``generator`` (float32 parameters).
 
         ``init="default"``: down Kaiming-uniform (from ``rng``), up zero, so the start is the base.
         ``init="pissa"``: down/up from the top singular vectors of each weight and the base weight
@@ -211,7 +204,7 @@ class LoraSet(nn.Module):
                     down, up = cls._pissa_pair(name, module, config)
                 else:
                     down, up = cls._default_pair(module, config.rank, rng)
-                layer = LoraLayer(down.to(dtype), up.to(dtype), config.scale * config.rank,
+                layer = LoraLayer(down.float(), up.float(), config.scale * config.rank,
                                   trainable=True, conv_args=_conv_args(module))
                 if config.init == "pissa":
                     layer.register_buffer("init_down", layer.down.detach().clone())

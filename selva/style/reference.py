@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -22,6 +20,7 @@ import torch
 from ..errors import SelvaError
 from ..features import content_hash
 from ..hooks import Hooks, NO_HOOKS
+from ..memo import LruCache
 
 if TYPE_CHECKING:
     from ..pipeline import SelvaPipeline
@@ -97,25 +96,17 @@ class ReferenceStatsCache:
     """Statistics per (model variant, reference set), most recent few kept."""
 
     def __init__(self, size: int = _CACHE_SIZE):
-        self._size = size
-        self._entries: OrderedDict[str, MelStats] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries = LruCache(max_items=size)
         self.computed = 0  # how often statistics were computed (tests check the cache works)
 
     def get_or_compute(self, pipe: "SelvaPipeline", files: Sequence[Path],
                        extra: Sequence[ReferenceAudio] = (), hooks: Hooks = NO_HOOKS) -> MelStats:
         key = reference_key(pipe, files, extra)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit
-        stats = compute_reference_stats(pipe, files, extra, hooks)
-        with self._lock:
+        stats = self._entries.get(key)
+        if stats is None:
+            stats = compute_reference_stats(pipe, files, extra, hooks)
             self.computed += 1
-            self._entries[key] = stats
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            self._entries.put(key, stats)
         return stats
 
 

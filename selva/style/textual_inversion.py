@@ -195,9 +195,8 @@ def with_t5_tokens(text_t5: torch.Tensor, text_t5_mask: torch.Tensor, tokens: to
         if not bool(real.any(dim=1).all()):
             raise SelvaError("The features' T5 sequence holds no real token; extract the features again.")
         positions = torch.arange(length, device=real.device).expand(b, -1)
-        last = torch.where(real, positions, torch.full_like(positions, -1)).max(dim=1).values
-        anchor = text_t5[torch.arange(b, device=text_t5.device), last.to(text_t5.device)]  # (B, D)
-        anchor = anchor.unsqueeze(1)
+        last = torch.where(real, positions, -1).max(dim=1).values
+        anchor = text_t5[torch.arange(b, device=text_t5.device), last.to(text_t5.device)].unsqueeze(1)  # (B, 1, D)
         extra = anchor + strength * (tokens - anchor)
     ones = torch.ones(b, n, dtype=text_t5_mask.dtype, device=text_t5_mask.device)
     return torch.cat([text_t5, extra], dim=1), torch.cat([text_t5_mask, ones], dim=1)
