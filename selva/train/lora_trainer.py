@@ -197,9 +197,7 @@ class LoraTask(TrainTask):
         return [{"params": downs, "lr": lr}, {"params": ups, "lr": lr * ratio}]
 
     def close(self) -> None:
-        if getattr(self, "_attached", None) is not None:
-            self._attached.close()
-            self._attached = None
+        self._attached.close()  # the loop calls close only after setup
 
     def trainable_parameters(self):
         return self.lora.trainable_parameters()
