@@ -101,7 +101,6 @@ def _discriminators_for(pipe, path: Path):
         from bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
 
     spec = pipe.variant
-    path = Path(path)
     if spec.vocoder == "bigvgan_v2":
         default = replace(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate=spec.sample_rate)
         snapshot_dir = _vocoder_snapshot(pipe)
@@ -113,7 +112,7 @@ def _discriminators_for(pipe, path: Path):
         default = DiscriminatorConfig(sampling_rate=spec.sample_rate, second="mrd")
     # a BigVGAN training run keeps its config.json beside its do_* discriminator files
     cfg = discriminator_config(path.parent / "config.json", default)
-    if not Path(path).is_file():
+    if not path.is_file():
         hint = ("SelVA's 16 kHz vocoder (best_netG.pt) was released WITHOUT discriminators: leave "
                 "discriminator_path empty to tune with the mel + STFT losses, or give a BigVGAN v1 "
                 "discriminator file (MPD + MRD) of your own."
