@@ -121,12 +121,3 @@ class LossTerms:
         if self.phase is not None:
             loss = loss + w.phase * self.phase
         return loss
-
-    def as_floats(self) -> dict[str, float]:
-        out = {"mel": float(self.mel.detach().mean()), "stft": float(self.stft.detach().mean()),
-               "l2sp": float(self.l2sp.detach())}
-        if self.feature_matching is not None:
-            out["feature_matching"] = float(self.feature_matching.detach().mean())
-        if self.phase is not None:
-            out["phase"] = float(self.phase.detach().mean())
-        return out
