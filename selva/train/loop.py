@@ -97,7 +97,7 @@ def lr_factor(cfg: LoopConfig, done: int) -> float:
     along half a cosine to ``COSINE_FLOOR_LR / lr``, reached exactly at the last step.
     """
     k = done + 1
-    warm = max(cfg.warmup_steps, 0)
+    warm = cfg.warmup_steps
     if cfg.lr_schedule == "constant" or k <= warm:
         return min(1.0, k / warm) if warm else 1.0
     floor = min(1.0, COSINE_FLOOR_LR / cfg.lr)
@@ -287,16 +287,12 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
+    random.setstate(state["python"])  # weights_only loading keeps its tuples
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # ------------------------------------------------------------------------------------ checkpoints

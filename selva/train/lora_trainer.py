@@ -197,9 +197,7 @@ class LoraTask(TrainTask):
         return [{"params": downs, "lr": lr}, {"params": ups, "lr": lr * ratio}]
 
     def close(self) -> None:
-        if getattr(self, "_attached", None) is not None:
-            self._attached.close()
-            self._attached = None
+        self._attached.close()  # the loop calls close only after setup
 
     def trainable_parameters(self):
         return self.lora.trainable_parameters()
@@ -288,7 +286,7 @@ class LoraTask(TrainTask):
 
     def reference_audio(self):
         """The eval clip's own recording (the first dataset clip, when no eval_features were given)."""
-        if not self.options.eval_samples or self._eval_given:
+        if self._eval_given:
             return None
         from .audio_files import audio_named, read_audio
 
@@ -302,8 +300,6 @@ class LoraTask(TrainTask):
             return None
 
     def eval_sample(self):
-        if not self.options.eval_samples:
-            return None
         feats = self.eval_features
         seq = self.pipe.variant.seq_lengths(feats.duration)
         latent = sample_latent_with(self.work, feats, None, steps=self.options.eval_steps,

@@ -49,9 +49,8 @@ def timestep_mode_at(mode: str, step: int, steps: int, curriculum_switch: float)
 def sample_time(mode: str, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
     """One flow time: ``logit_normal`` = sigmoid(sigma * N(0, 1)) (sigma 1 is how the model was
     trained; larger spreads the times toward 0 and 1), ``uniform`` = U(0, 1)."""
-    if mode == "logit_normal":
-        u = torch.randn((), generator=generator)
-        return torch.sigmoid(u if sigma == 1.0 else u * sigma)
+    if mode == "logit_normal":  # u * 1.0 is u exactly: sigma 1 draws what it always drew
+        return torch.sigmoid(torch.randn((), generator=generator) * sigma)
     if mode == "uniform":
         return torch.rand((), generator=generator)
     raise SelvaError(f"Unknown timestep_sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING)}.")

@@ -21,8 +21,6 @@ from typing import Any, Optional, Sequence
 
 from ..errors import SelvaError
 
-_MISSING = dataclasses.MISSING
-
 
 def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
             choices: Optional[Sequence[str]] = None, step: Optional[float] = None,

@@ -81,11 +81,10 @@ def comparison_image(curves: Mapping[str, Sequence[float]], title: str = "loss p
     return _to_image(fig)
 
 
-def spectrogram_image(waveform: torch.Tensor, sample_rate: int, title: str = "",
-                      n_fft: int = 1024) -> Image.Image:
+def spectrogram_image(waveform: torch.Tensor, sample_rate: int, title: str = "") -> Image.Image:
     """Log-magnitude STFT of the first channel of a (C, T) or (T,) waveform."""
     w = waveform.detach().float().cpu().reshape(-1, waveform.shape[-1])[0]
-    n_fft = min(n_fft, max(16, 1 << (max(len(w), 2) - 1).bit_length() >> 1))
+    n_fft = min(1024, max(16, 1 << (max(len(w), 2) - 1).bit_length() >> 1))
     spec = torch.stft(w, n_fft=n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft),
                       return_complex=True).abs()
     db = 20 * torch.log10(spec.clamp_min(1e-5))

@@ -56,12 +56,12 @@ def reweighted_pair(up: torch.Tensor, down: torch.Tensor, grad_up: torch.Tensor,
 
 
 def spectral_surgery(layers: Iterable[tuple[str, torch.nn.Parameter, torch.nn.Parameter, float]],
-                     calibrate: Callable[[int], torch.Tensor], samples: int) -> int:
+                     calibrate: Callable[[int], torch.Tensor], samples: int) -> None:
     """Re-weight every (name, up, down, scale) pair in place; ``calibrate(i)`` returns the loss
-    of calibration batch ``i`` (its gradients reach the ``up`` tensors). Returns the layer count."""
+    of calibration batch ``i`` (its gradients reach the ``up`` tensors)."""
     layers = list(layers)
     if not layers or samples < 1:
-        return 0
+        return
     for _, up, _, _ in layers:
         up.grad = None
     for i in range(samples):
@@ -77,4 +77,3 @@ def spectral_surgery(layers: Iterable[tuple[str, torch.nn.Parameter, torch.nn.Pa
     for _, up, down, _ in layers:
         up.grad = down.grad = None
     log.info("Spectral surgery: %d LoRA layers re-weighted from %d calibration batches.", len(layers), samples)
-    return len(layers)

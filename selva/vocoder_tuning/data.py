@@ -56,8 +56,6 @@ def read_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
 
 def segment_samples(segment_seconds: float, sample_rate: int, hop: int) -> int:
     """Samples per training segment: ``segment_seconds`` rounded to whole mel frames (at least 2)."""
-    if segment_seconds <= 0:
-        raise SelvaError(f"segment_seconds must be positive, got {segment_seconds}.")
     return max(2, int(round(segment_seconds * sample_rate / hop))) * hop
 
 

@@ -53,9 +53,9 @@ def mel_l1(mel: MelConverter, pred: torch.Tensor, target: torch.Tensor) -> torch
 class MultiResolutionSTFTLoss(nn.Module):
     """Spectral convergence plus log-magnitude L1, averaged over several STFT resolutions."""
 
-    def __init__(self, resolutions: Sequence[tuple[int, int, int]] = STFT_RESOLUTIONS) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.resolutions = tuple(resolutions)
+        self.resolutions = STFT_RESOLUTIONS
         for i, (_, _, win) in enumerate(self.resolutions):
             self.register_buffer(f"window_{i}", torch.hann_window(win), persistent=False)
 
@@ -75,20 +75,19 @@ class MultiResolutionSTFTLoss(nn.Module):
         return total / len(self.resolutions)
 
 
-def phase_aware_stft(pred: torch.Tensor, target: torch.Tensor,
-                     resolutions: Sequence[tuple[int, int, int]] = STFT_RESOLUTIONS) -> torch.Tensor:
+def phase_aware_stft(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-item L1 on the real part, imaginary part and magnitude of the STFT, averaged over the
     resolutions (FA-GAN's phase-aware loss): unlike magnitude losses it sees a right spectrum with
     the wrong phase (smeared transients), so it keeps attacks sharp."""
     pred, target = pred.squeeze(1).float(), target.squeeze(1).float()
     total = pred.new_zeros(pred.shape[0])
-    for n_fft, hop, win in resolutions:
+    for n_fft, hop, win in STFT_RESOLUTIONS:
         window = torch.hann_window(win, device=pred.device)
         p = torch.stft(pred, n_fft, hop_length=hop, win_length=win, window=window, return_complex=True)
         t = torch.stft(target, n_fft, hop_length=hop, win_length=win, window=window, return_complex=True)
         total = total + (_per_item_mean((p.real - t.real).abs()) + _per_item_mean((p.imag - t.imag).abs())
                          + _per_item_mean((p.abs() - t.abs()).abs()))
-    return total / (3 * len(resolutions))
+    return total / (3 * len(STFT_RESOLUTIONS))
 
 
 def l2sp(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -122,12 +121,3 @@ class LossTerms:
         if self.phase is not None:
             loss = loss + w.phase * self.phase
         return loss
-
-    def as_floats(self) -> dict[str, float]:
-        out = {"mel": float(self.mel.detach().mean()), "stft": float(self.stft.detach().mean()),
-               "l2sp": float(self.l2sp.detach())}
-        if self.feature_matching is not None:
-            out["feature_matching"] = float(self.feature_matching.detach().mean())
-        if self.phase is not None:
-            out["phase"] = float(self.phase.detach().mean())
-        return out

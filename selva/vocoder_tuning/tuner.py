@@ -101,7 +101,6 @@ def _discriminators_for(pipe, path: Path):
         from bigvgan.discriminators import BIGVGAN_V2_44K_DISCRIMINATORS, DiscriminatorConfig
 
     spec = pipe.variant
-    path = Path(path)
     if spec.vocoder == "bigvgan_v2":
         default = replace(BIGVGAN_V2_44K_DISCRIMINATORS, sampling_rate=spec.sample_rate)
         snapshot_dir = _vocoder_snapshot(pipe)
@@ -113,7 +112,7 @@ def _discriminators_for(pipe, path: Path):
         default = DiscriminatorConfig(sampling_rate=spec.sample_rate, second="mrd")
     # a BigVGAN training run keeps its config.json beside its do_* discriminator files
     cfg = discriminator_config(path.parent / "config.json", default)
-    if not Path(path).is_file():
+    if not path.is_file():
         hint = ("SelVA's 16 kHz vocoder (best_netG.pt) was released WITHOUT discriminators: leave "
                 "discriminator_path empty to tune with the mel + STFT losses, or give a BigVGAN v1 "
                 "discriminator file (MPD + MRD) of your own."
@@ -185,7 +184,6 @@ class VocoderTuner(TrainTask):
                 self.discriminators = _discriminators_for(pipe, Path(cfg.discriminator_path)).to(self.device)
         self.weights = LossWeights.for_run(cfg.lambda_l2sp, self.discriminators is not None, cfg.lambda_phase)
         self.identity = identity_of(pipe)
-        self.last_logs: dict[str, float] = {}
 
     # ------------------------------------------------------------------- the loop's task API
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -229,8 +227,7 @@ class VocoderTuner(TrainTask):
             y = torch.stack([a for _, a in cut])
         else:
             y = torch.stack([self.data.segment(idx, batch.generator(i)) for i, idx in enumerate(batch.indices)])
-        total, self.last_logs = self.losses(y[:, None].to(self.device), mel)
-        return total
+        return self.losses(y[:, None].to(self.device), mel)[0]
 
     @torch.no_grad()
     def eval_sample(self) -> Optional[tuple[torch.Tensor, int]]:
@@ -247,8 +244,8 @@ class VocoderTuner(TrainTask):
                                   self.metadata(self.step))
 
     # ------------------------------------------------------------------------------ losses
-    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-item totals and the mean of each term, of resynthesising the segments ``y``
+    def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, LossTerms]:
+        """Per-item totals and the terms they sum, of resynthesising the segments ``y``
         [B, 1, T] from their mels (``mel``: given ones, e.g. a LoRA-adapted generator's, instead
         of the segments' own)."""
         if mel is None:
@@ -263,8 +260,7 @@ class VocoderTuner(TrainTask):
             terms.feature_matching = feature_matching(self.discriminators.feature_maps(y_hat), real)
         if self.weights.phase > 0:
             terms.phase = phase_aware_stft(y_hat, y)
-        total = terms.total(self.weights)
-        return total, {"loss": float(total.detach().mean()), **terms.as_floats()}
+        return terms.total(self.weights), terms
 
     # ---------------------------------------------------------------------------- outputs
     def tensors(self) -> dict[str, torch.Tensor]:
