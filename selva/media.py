@@ -68,12 +68,12 @@ def _configure_audio_stream(stream: Any, channels: int, fmt: str) -> None:
 
 
 def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt: str) -> None:
-    """Encode (C, T) float32 samples into a configured ``stream`` (in the codec's format)."""
+    """Encode (C, T) contiguous float32 samples (as :func:`_audio_array` gives them) into a
+    configured ``stream`` (in the codec's format)."""
     import av
-    import numpy as np
 
     layout = _layout(data.shape[0])
-    frame = av.AudioFrame.from_ndarray(data.astype(np.float32), format="fltp", layout=layout)
+    frame = av.AudioFrame.from_ndarray(data, format="fltp", layout=layout)
     frame.sample_rate = sample_rate
     frame.pts = 0
     frame.time_base = Fraction(1, sample_rate)
