@@ -264,9 +264,9 @@ def _mask_stack(mask: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         mask = mask[None]
     if mask.ndim != 3:
         raise SelvaError(f"A mask must be (H, W) or (frames, H, W), got shape {tuple(mask.shape)}.")
-    if mask.shape[0] == 0 or mask.shape[1] == 0 or mask.shape[2] == 0:
+    if mask.numel() == 0:
         raise SelvaError(f"The mask is empty (shape {tuple(mask.shape)}).")
-    if mask.dtype == torch.bool or not mask.is_floating_point():
+    if not mask.is_floating_point():  # bool and integer masks
         mask = mask.to(torch.float32)
     return mask
 
