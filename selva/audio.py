@@ -95,23 +95,15 @@ def resample(wave: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def _stft(wave_nt: torch.Tensor, n_fft: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, dtype=wave_nt.dtype)
-    return torch.stft(wave_nt, n_fft, hop_length=n_fft // 4, window=window, return_complex=True,
-                      center=True, pad_mode="reflect")
-
-
-def _istft(spec: torch.Tensor, n_fft: int, length: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, dtype=torch.float32)
-    return torch.istft(spec, n_fft, hop_length=n_fft // 4, window=window, center=True, length=length)
-
-
 def _apply_frequency_gain(wave: torch.Tensor, gain_f: torch.Tensor, n_fft: int) -> torch.Tensor:
     """Multiply every STFT frame by a real per-bin gain (zero-phase filtering), same length out."""
     b, c, t = wave.shape
-    flat = wave.reshape(b * c, t)
-    spec = _stft(flat, n_fft) * gain_f.to(torch.float32)[None, :, None]
-    return _istft(spec, n_fft, t).reshape(b, c, t)
+    window = torch.hann_window(n_fft, dtype=torch.float32)
+    spec = torch.stft(wave.reshape(b * c, t), n_fft, hop_length=n_fft // 4, window=window,
+                      return_complex=True, center=True, pad_mode="reflect")
+    spec = spec * gain_f.to(torch.float32)[None, :, None]
+    out = torch.istft(spec, n_fft, hop_length=n_fft // 4, window=window, center=True, length=t)
+    return out.reshape(b, c, t)
 
 
 def _fft_size(t: int, preferred: int = 2048) -> int:

@@ -68,12 +68,12 @@ def _configure_audio_stream(stream: Any, channels: int, fmt: str) -> None:
 
 
 def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt: str) -> None:
-    """Encode (C, T) float32 samples into a configured ``stream`` (in the codec's format)."""
+    """Encode (C, T) contiguous float32 samples (as :func:`_audio_array` gives them) into a
+    configured ``stream`` (in the codec's format)."""
     import av
-    import numpy as np
 
     layout = _layout(data.shape[0])
-    frame = av.AudioFrame.from_ndarray(data.astype(np.float32), format="fltp", layout=layout)
+    frame = av.AudioFrame.from_ndarray(data, format="fltp", layout=layout)
     frame.sample_rate = sample_rate
     frame.pts = 0
     frame.time_base = Fraction(1, sample_rate)
@@ -117,7 +117,6 @@ class _Span:
 
     origin: int  # the stream's first timestamp: frame times count from here (as decode_video)
     shift: int  # pts of the first kept packet (a keyframe): it goes to 0 s in the output
-    count: int  # packets read from the seek point, the kept and the skipped
     keep: list[int]  # indices (in demux order from the seek point) of the packets kept
     dts: Optional[list[int]]  # derived decode times of the kept packets, when the source lacks some
 
@@ -139,11 +138,11 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     stamps: list[tuple[Optional[int], Optional[int]]] = []  # (pts, dts) of candidates
     indices: list[int] = []
     shift = None
-    count = 0
+    index = -1  # of the packet in demux order from the seek point (flush packets not counted)
     for packet in src.demux(v_in):
         if packet.size == 0 and packet.pts is None and packet.dts is None:
             continue  # the demuxer's flush packet
-        index, count = count, count + 1
+        index += 1
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None:
             raise _NotCopyable("a picture packet has neither a presentation nor a decode time")
@@ -175,7 +174,7 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
             raise _NotCopyable("picture packets without decode times share presentation times")
         delay = max(0, max(o - p for o, p in zip(ordered, pts)))
         dts = [o - delay for o in ordered]
-    return _Span(origin=origin, shift=shift, count=count, keep=[indices[i] for i in keep], dts=dts)
+    return _Span(origin=origin, shift=shift, keep=[indices[i] for i in keep], dts=dts)
 
 
 def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start: float,

@@ -163,29 +163,20 @@ def _typical_interval(times: Sequence[Fraction]) -> Optional[Fraction]:
 
 # -------------------------------------------------------------------------------- pixel helpers
 def resize_uint8(frames_u8: torch.Tensor, size: int) -> torch.Tensor:
-    """Square bicubic antialiased resize of uint8 frames, returned as ``(T, 3, size, size)`` uint8.
+    """Square bicubic antialiased resize of ``(T, H, W, 3)`` uint8 frames (checked by the callers,
+    :func:`prepare_frames` and :func:`decode_video`), returned as ``(T, 3, size, size)`` uint8.
 
     Bit-identical to torchvision's ``v2.Resize((size, size), BICUBIC, antialias=True)`` on a uint8
-    tensor on the CPU, which hands uint8 straight to ``interpolate``'s native uint8 kernel. Input
-    ``(T, H, W, 3)`` or ``(T, 3, H, W)``; a trailing dimension of 3 is read as channels-last.
+    tensor on the CPU, which hands uint8 straight to ``interpolate``'s native uint8 kernel.
     The work is always done on the CPU because that kernel is what the reference ran.
     """
     if frames_u8.dtype != torch.uint8:
         raise SelvaError(f"resize_uint8 needs uint8 frames, got {frames_u8.dtype}.")
-    if frames_u8.ndim != 4:
-        raise SelvaError(f"Expected a (T, H, W, 3) or (T, 3, H, W) frame stack, got shape {tuple(frames_u8.shape)}.")
-    thwc = frames_u8 if frames_u8.shape[-1] == 3 else frames_u8.permute(0, 2, 3, 1)
-    if thwc.shape[-1] != 3:
-        raise SelvaError(f"Expected RGB frames (3 channels), got shape {tuple(frames_u8.shape)}.")
-    if min(thwc.shape[1], thwc.shape[2]) < 1:
-        raise SelvaError(f"Frames have an empty size: {tuple(frames_u8.shape)}.")
     # The reference resizes HWC frames viewed as NCHW (channels-last memory); feed the kernel the
     # same layout so that it takes the same code path.
-    nchw = thwc.cpu().contiguous().permute(0, 3, 1, 2)
+    nchw = frames_u8.cpu().contiguous().permute(0, 3, 1, 2)
     if nchw.shape[-2:] == (size, size):
         return nchw.contiguous()
-    if nchw.shape[0] == 0:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8)
     out = F.interpolate(nchw, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     return out.contiguous()
 
@@ -264,9 +255,9 @@ def _mask_stack(mask: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         mask = mask[None]
     if mask.ndim != 3:
         raise SelvaError(f"A mask must be (H, W) or (frames, H, W), got shape {tuple(mask.shape)}.")
-    if mask.shape[0] == 0 or mask.shape[1] == 0 or mask.shape[2] == 0:
+    if mask.numel() == 0:
         raise SelvaError(f"The mask is empty (shape {tuple(mask.shape)}).")
-    if mask.dtype == torch.bool or not mask.is_floating_point():
+    if not mask.is_floating_point():  # bool and integer masks
         mask = mask.to(torch.float32)
     return mask
 

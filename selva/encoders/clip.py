@@ -167,10 +167,9 @@ def load_clip_weights(model: nn.Module, state_dict: dict, source: str, image: bo
     if not image:
         del model.visual
     wanted = {k for k in expected if image or not k.startswith(IMAGE_PREFIX)}
-    dtype = torch.float32
     # Assigned as they are (fp32 in the release): the network uses the memory-mapped file's pages
     # directly, like every other stage, so loading never holds two copies of the text tower.
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v
+    tensors = {k: v.float() if v.is_floating_point() else v
                for k, v in state_dict.items() if k in wanted}
     model.load_state_dict(tensors, strict=True, assign=True)
     _rebuild_causal_mask(model)

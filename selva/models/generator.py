@@ -164,9 +164,6 @@ class SelvaGenerator(nn.Module):
         self.empty_clip_feat = nn.Parameter(torch.zeros(1, cfg.clip_dim))
         self.empty_sync_feat = nn.Parameter(torch.zeros(1, cfg.sync_dim))
 
-        self._latent_seq_len = 0
-        self._clip_seq_len = 0
-        self._sync_seq_len = 0
         self.set_seq_lengths(latent_seq_len, clip_seq_len, sync_seq_len)
 
     # ----------------------------------------------------------------------------------------

@@ -239,23 +239,6 @@ def attention(q: torch.Tensor,
     return out.permute(0, 2, 1, 3).reshape(b, n, h * d).contiguous()
 
 
-def attention_mask(batch: int,
-                   q_len: int,
-                   k_len: int,
-                   device: torch.device,
-                   q_mask: Optional[torch.Tensor] = None,
-                   k_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boolean ``(batch, 1, q_len, k_len)`` mask: True where query i may attend key j.
-
-    A query row whose own mask is False is fully masked; SDPA then returns zeros for it.
-    """
-    if q_mask is None:
-        q_mask = torch.ones((batch, q_len), dtype=torch.bool, device=device)
-    if k_mask is None:
-        k_mask = torch.ones((batch, k_len), dtype=torch.bool, device=device)
-    return q_mask[:, None, :, None] * k_mask[:, None, None, :]
-
-
 def _split_heads(x: torch.Tensor, nheads: int, parts: int) -> tuple[torch.Tensor, ...]:
     """``(b, n, heads*head_dim*parts)`` -> ``parts`` tensors ``(b, heads, n, head_dim)``.
 
@@ -289,7 +272,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Queries from ``x``, keys/values from a context sequence; rotary on the queries only."""
+    """Queries from ``x``, keys/values from a context sequence."""
 
     def __init__(self, dim: int, nheads: int) -> None:
         super().__init__()
@@ -299,55 +282,37 @@ class CrossAttention(nn.Module):
         self.q_norm = nn.RMSNorm(dim // nheads)
         self.k_norm = nn.RMSNorm(dim // nheads)
 
-    def pre_attention(
-            self, x: torch.Tensor, context: torch.Tensor,
-            rot: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pre_attention(self, x: torch.Tensor,
+                      context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         (q,) = _split_heads(self.q_proj(x), self.nheads, 1)
         k, v = _split_heads(self.kv_proj(context), self.nheads, 2)
-        q = rms_norm(self.q_norm, q)
-        k = rms_norm(self.k_norm, k)
-        if rot is not None:
-            q = apply_rope(q, rot)
-        return q, k, v
+        return rms_norm(self.q_norm, q), rms_norm(self.k_norm, k), v
 
 
 class MMCrossAttentionBlock(nn.Module):
     """Cross-attention block of the text-conditioned Synchformer.
 
-    ``x + LN1(proj(attn(x, context)))`` (or without the residual), then ``+ ffn(LN2(.))``. Note
-    the reference normalises the attention *output*, not the block input.
+    ``x + LN1(linear1(attn(x, context)))``, then ``+ ffn(LN2(.))``. Note the reference normalises
+    the attention *output*, not the block input.
     """
 
-    def __init__(self,
-                 dim: int,
-                 nhead: int,
-                 mlp_ratio: float = 4.0,
-                 kernel_size: int = 7,
-                 padding: int = 3,
-                 residual: bool = True) -> None:
+    def __init__(self, dim: int, nhead: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=True)
         self.attn = CrossAttention(dim, nhead)
-        self.linear1 = output_projection(dim, kernel_size, padding)
+        self.linear1 = Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=True)
-        self.ffn = feed_forward(dim, mlp_ratio, kernel_size, padding)
-        self.residual = residual
+        self.ffn = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self,
-                x: torch.Tensor,
-                context: torch.Tensor,
-                rot: Optional[torch.Tensor] = None,
-                x_mask: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        """``context_mask`` (B, context length) is True where a context token may be attended."""
         in_dtype = x.dtype
         stream = upcast_half(x)
-        q, k, v = self.attn.pre_attention(x, context, rot)
-        mask = None
-        if x_mask is not None or context_mask is not None:
-            mask = attention_mask(q.shape[0], q.shape[-2], k.shape[-2], q.device, x_mask,
-                                  context_mask)
+        q, k, v = self.attn.pre_attention(x, context)
+        mask = context_mask[:, None, None, :].expand(-1, 1, q.shape[-2], -1)
         attn_out = layer_norm(self.norm1, upcast_half(self.linear1(attention(q, k, v, mask))))
-        stream = stream + attn_out if self.residual else attn_out
+        stream = stream + attn_out
         stream = stream + upcast_half(self.ffn(layer_norm(self.norm2, stream)))
         return cast_to(stream, in_dtype)
 

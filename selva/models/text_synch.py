@@ -83,8 +83,7 @@ class TextSynchformer(nn.Module):
             MLP(dim, dim * 4),
         )
         self.synch_text_cross_blocks = nn.ModuleList(
-            MMCrossAttentionBlock(dim, bb.num_heads, mlp_ratio=bb.mlp_ratio, kernel_size=1, padding=0,
-                                  residual=True)
+            MMCrossAttentionBlock(dim, bb.num_heads, mlp_ratio=bb.mlp_ratio)
             for _ in range(cfg.xattn_depth))
         if cfg.num_sup_text_tokens > 0:
             self.sup_text_feat = nn.Parameter(torch.zeros(cfg.num_sup_text_tokens, cfg.text_dim))
@@ -183,7 +182,7 @@ class TextSynchformer(nn.Module):
             x = tokens[start:start + step].to(param.device)
             r = rows[start:start + step]
             for block in self.synch_text_cross_blocks:
-                x = block(x, text[r], None, None, mask[r])
+                x = block(x, text[r], mask[r])
             outputs.append(self.vfeat_extractor.aggregate(x))  # (n, slots, D)
         features = torch.cat(outputs, dim=0)
         return features.reshape(b, per_clip * features.shape[1], features.shape[2])

@@ -150,20 +150,19 @@ class ResnetBlock1D(nn.Module):
 class AttnBlock1D(nn.Module):
     """Single-head self-attention over time with cosine-normalised q, k, v."""
 
-    def __init__(self, channels: int, num_heads: int = 1) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.num_heads = num_heads
         self.qkv = MPConv1D(channels, channels * 3, 1)
         self.proj_out = MPConv1D(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, length = x.shape
         y = self.qkv(x)
-        # qkv channels are interleaved per channel: index = (head, c, [q|k|v])
-        y = y.reshape(b, self.num_heads, -1, 3, length)
-        q, k, v = mp_normalize(y, dim=2).unbind(3)  # each [B, heads, C, L]
+        # qkv channels are interleaved per channel: index = (c, [q|k|v]); one head
+        y = y.reshape(b, 1, -1, 3, length)
+        q, k, v = mp_normalize(y, dim=2).unbind(3)  # each [B, 1, C, L]
         h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
-                                           v.transpose(-1, -2))  # [B, heads, L, C]
+                                           v.transpose(-1, -2))  # [B, 1, L, C]
         h = h.transpose(-1, -2).reshape(b, -1, length)
         return mp_sum(x, self.proj_out(h), _RES_BLEND)
 
@@ -340,21 +339,18 @@ class AudioVAE(nn.Module):
     def unnormalize(self, mel: torch.Tensor) -> torch.Tensor:
         return mel * self.data_std + self.data_mean
 
-    def encode(self, mel: torch.Tensor, normalize: bool = True) -> GaussianPosterior:
+    def encode(self, mel: torch.Tensor) -> GaussianPosterior:
         """Log-mel [B, data_dim, T] -> posterior over latents [B, embed_dim, T / 2]."""
         if self.encoder is None:
             raise SelvaError("this VAE was loaded without its encoder (decoder-only mode)")
-        if normalize:
-            mel = self.normalize(mel)
-        return GaussianPosterior.from_moments(self.encoder(mel))
+        return GaussianPosterior.from_moments(self.encoder(self.normalize(mel)))
 
-    def decode(self, latent: torch.Tensor, unnormalize: bool = True) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent [B, embed_dim, L] (channels first) -> log-mel [B, data_dim, 2 L]."""
         if latent.ndim != 3 or latent.shape[1] != self.cfg.embed_dim:
             raise SelvaError(f"expected a latent [B, {self.cfg.embed_dim}, L], got "
                              f"{tuple(latent.shape)} (transpose a [B, L, C] sequence first)")
-        mel = self.decoder(latent)
-        return self.unnormalize(mel) if unnormalize else mel
+        return self.unnormalize(self.decoder(latent))
 
     def mp_convs(self) -> Iterator[MPConv1D]:
         return (m for m in self.modules() if isinstance(m, MPConv1D))
