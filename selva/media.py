@@ -121,6 +121,15 @@ class _Span:
     dts: Optional[list[int]]  # derived decode times of the kept packets, when the source lacks some
 
 
+def _seek(src: Any, v_in: Any, start: float) -> None:
+    """Seek to the keyframe at or before ``start`` seconds from the stream's start time. The
+    packet plan and the copy both seek through here: from the same point they read the same
+    packets (a stream without a start time counts from 0 in both, not from a first pts that
+    only one of them has seen)."""
+    if start > 0:
+        src.seek(int((v_in.start_time or 0) + start / v_in.time_base), stream=v_in, backward=True)
+
+
 def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     """Which packets to copy, read from the packets' timestamps only (nothing is decoded).
 
@@ -133,8 +142,7 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     gets DTS derived from its pts: the sorted pts moved back by the reorder depth.
     """
     origin = v_in.start_time
-    if start > 0:
-        src.seek(int((origin or 0) + start / v_in.time_base), stream=v_in, backward=True)
+    _seek(src, v_in, start)
     stamps: list[tuple[Optional[int], Optional[int]]] = []  # (pts, dts) of candidates
     indices: list[int] = []
     shift = None
@@ -194,8 +202,7 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
             raise _NotCopyable(f"a {tmp.suffix} file cannot hold this picture's codec ({e})") from e
         a_out = _aac_stream(dst, sample_rate, tmp.suffix)
         _configure_audio_stream(a_out, data.shape[0], "fltp")
-        if start > 0:  # the same seek as the plan: the same packets in the same order
-            src.seek(int((span.origin or 0) + start / v_in.time_base), stream=v_in, backward=True)
+        _seek(src, v_in, start)  # the plan's seek: the same packets in the same order
         wanted = iter(enumerate(span.keep))
         nxt = next(wanted, None)
         index = 0
@@ -239,8 +246,7 @@ def _reencode_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, st
         v_out.options = {"preset": "veryfast", "crf": "18"}
         _configure_audio_stream(a_out, data.shape[0], "fltp")
         origin = v_in.start_time
-        if start > 0:
-            src.seek(int((origin or 0) + start / v_in.time_base), stream=v_in, backward=True)
+        _seek(src, v_in, start)
         first = None
         for frame in src.decode(v_in):
             if frame.pts is None:

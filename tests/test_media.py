@@ -172,3 +172,19 @@ def test_the_node_container_is_mp4_when_it_can_hold_the_picture(tmp_path):
     assert media.copy_suffix(_clip(tmp_path / "obs.mkv", "libx264", 3)) == ".mp4"
     assert media.copy_suffix(_clip(tmp_path / "vp9.webm", "libvpx-vp9")) == ".mp4"
     assert media.copy_suffix(_clip(tmp_path / "raw.avi", "rawvideo")) == ".mkv"
+
+
+def test_plan_and_copy_seek_to_the_same_point_without_a_stream_start_time():
+    # The packet plan and the stream copy must read the same packets. A stream without a start
+    # time (PyAV's None) once had the copy seek from the first packet's pts the plan had seen
+    # (here 5 s in) while the plan sought from 0: the copy then read other packets.
+    from types import SimpleNamespace
+
+    _seek = media._seek
+    seeks = []
+    src = SimpleNamespace(seek=lambda offset, stream, backward: seeks.append(offset))
+    stream = SimpleNamespace(start_time=None, time_base=Fraction(1, 1000))
+    _seek(src, stream, 2.0)
+    _seek(src, SimpleNamespace(start_time=7200, time_base=Fraction(1, 90000)), 1.0)
+    _seek(src, stream, 0.0)  # from the start: no seek at all
+    assert seeks == [2000, 7200 + 90000]
