@@ -62,19 +62,16 @@ def project(gen: SelvaGenerator, inputs: ConditionInputs) -> Conditions:
     return gen.preprocess_conditions(clip, sync, inputs.text)
 
 
-def unconditional(gen: SelvaGenerator, negative_text_clip: Optional[torch.Tensor],
-                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Conditions:
+def unconditional(gen: SelvaGenerator, negative_text_clip: Optional[torch.Tensor], device: torch.device,
+                  dtype: torch.dtype) -> Conditions:
     """The unconditional branch: learned empty video sequences, and the negative prompt's CLIP
     text (None = the learned empty string, what training drops in for "no text")."""
-    negative = None
-    if negative_text_clip is not None:
-        negative = negative_text_clip.to(device or gen.device, dtype or gen.dtype)
+    negative = None if negative_text_clip is None else negative_text_clip.to(device, dtype)
     return gen.empty_conditions(1, negative_text_clip_f=negative)
 
 
 def guided(gen: SelvaGenerator, inputs: ConditionInputs, negative_text_clip: Optional[torch.Tensor],
-           device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
-           ) -> tuple[Conditions, Conditions]:
+           device: torch.device, dtype: torch.dtype) -> tuple[Conditions, Conditions]:
     """(conditional, unconditional) branches for classifier-free guidance at the generator's
     current sequence lengths."""
     return project(gen, inputs), unconditional(gen, negative_text_clip, device, dtype)

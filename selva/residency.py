@@ -114,9 +114,9 @@ class HostCopy:
 
     def __post_init__(self) -> None:
         self.module.to("cpu")
-        self._slots = self._collect(pin=self.pin)
+        self._slots = self._collect()
 
-    def _collect(self, pin: bool) -> list[_Slot]:
+    def _collect(self) -> list[_Slot]:
         slots = []
         for owner in self.module.modules():
             for table, is_param in ((owner._parameters, True), (owner._buffers, False)):
@@ -124,7 +124,7 @@ class HostCopy:
                     if t is None:
                         continue
                     master = t.data if is_param else t
-                    if pin and not master.is_pinned():
+                    if self.pin and not master.is_pinned():
                         master = _pinned(master)
                         self._assign(owner, name, is_param, master)
                     slots.append(_Slot(owner, name, is_param, master))
@@ -190,7 +190,7 @@ class HostCopy:
         """Pick up tensors the module gained or lost since the last upload (while on the CPU)."""
         known = {(id(s.owner), s.name, s.is_param): s for s in self._slots}
         fresh = []
-        for slot in self._collect(pin=self.pin):
+        for slot in self._collect():
             old = known.get((id(slot.owner), slot.name, slot.is_param))
             fresh.append(old if old is not None and old.master is slot.master else slot)
         self._slots = fresh
