@@ -159,8 +159,7 @@ class HostCopy:
             copy = slot.master.to(device, non_blocking=slot.master.is_pinned(), copy=True)
             self._assign(slot.owner, slot.name, slot.is_param, copy)
             slot.installed = copy
-            current = self._current(slot)
-            slot.version = _version(current) if current is not None else None
+            slot.version = _version(self._current(slot))  # the slot just assigned: never empty
         self.on_device = device
 
     def drop(self) -> None:
