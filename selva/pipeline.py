@@ -96,9 +96,8 @@ class SelvaPipeline:
         self.generator_patches: tuple[GeneratorPatch, ...] = ()
         self.stage_overrides: dict[str, str] = {}
         files = builders.feature_encoder_files if builders is not None else list
-        self.encoding = Encoders(variant.name, manager, CacheKeys(variant.name, options.clip_frames, files,
-                                                                   manager.dtype),
-                                 clip_frames=options.clip_frames, tf32=options.tf32)
+        self.encoding = Encoders(manager, CacheKeys(variant.name, options.clip_frames, files, manager.dtype),
+                                 tf32=options.tf32)
         self.decoding = Decoders(variant, manager, builders, tf32=options.tf32)
 
     # ------------------------------------------------------------------------------- views
