@@ -42,7 +42,7 @@ _DEFAULT_DURATION = 8.0
 
 
 def stage_dtypes(precision_dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """Compute dtype per stage.
+    """Every stage a pipeline registers (in this order), with its compute dtype.
 
     fp16 overflows in T5 (its feed-forward activations exceed 65504) and in the VAE decoder and
     vocoder (large convolution sums), so under fp16 those run in fp32; the transformer stages
@@ -238,15 +238,11 @@ def _vocoder_from_file(path: Path, load: Callable[..., nn.Module]) -> nn.Module:
     return model
 
 
-STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")
-
-
 def register_stages(manager: "OffloadManager", builders: StageBuilders,
                     precision_dtype: torch.dtype) -> None:
     """Register every stage ``builders`` can make with ``manager``, to be built on first use.
 
     This module knows nothing of the pipeline (the pipeline imports it, never the reverse).
     """
-    dtypes = stage_dtypes(precision_dtype)
-    for name in STAGES:
-        manager.add_lazy(name, getattr(builders, name), dtypes[name])
+    for name, dtype in stage_dtypes(precision_dtype).items():
+        manager.add_lazy(name, getattr(builders, name), dtype)
