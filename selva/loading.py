@@ -101,10 +101,9 @@ def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool,
     if allow_download and not W.downloads_disabled():
         try:
             resolve_all(spec, models_dir, allow_download=True, hooks=hooks)
-            return
         except W.MissingWeightsError as e:  # no network: stages with their files may still run
             log.warning("%s", e)
-            return
+        return
     missing = W.check_available(required_files(spec), required_snapshots(spec), models_dir)
     if missing:
         log.warning("Some SelVA weights are missing; the stages that need them will fail:\n%s",
