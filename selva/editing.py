@@ -163,7 +163,6 @@ def plan_edit(decoding, edit: EditOptions, latent_frames: int, duration: float,
         hold = torch.zeros(latent_frames, dtype=torch.bool)
         hold[:length // unit] = True  # frames wholly inside the input
         log.info("Continuing %.2f s of audio to %.2f s", length / decoding.sample_rate, duration)
-    fade = 0
-    if region is not None:
-        fade = min(round(CROSSFADE_SECONDS * decoding.sample_rate), (region[1] - region[0]) // 2)
+    fade = 0 if region is None else min(round(CROSSFADE_SECONDS * decoding.sample_rate),
+                                        (region[1] - region[0]) // 2)
     return EditPlan(wave, known.float().cpu(), 1.0 - float(edit.denoise), hold, region, fade, length)

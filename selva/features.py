@@ -195,10 +195,9 @@ class FeatureCache:
         try:
             features = Features.load(path)
         except SelvaError as e:
-            aside = path.with_suffix(".corrupt")
             log.warning("Ignoring unreadable feature cache entry %s (%s); recomputing.", path, e)
             with contextlib.suppress(OSError):
-                os.replace(path, aside)
+                os.replace(path, path.with_suffix(".corrupt"))
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # the modification time is the last use (atime is often not kept)
