@@ -55,11 +55,8 @@ class Residency(Protocol):
 
 def module_bytes(module: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Bytes of the module's tensors (as ``dtype`` for floating-point ones, when given)."""
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        size = torch.empty(0, dtype=dtype).element_size() if dtype and t.is_floating_point() else t.element_size()
-        total += t.numel() * size
-    return total
+    return sum(t.numel() * dtype.itemsize if dtype and t.is_floating_point() else t.nbytes
+               for t in (*module.parameters(), *module.buffers()))
 
 
 def empty_cache(device: torch.device) -> None:
@@ -147,7 +144,7 @@ class HostCopy:
         return table.get(slot.name)
 
     def nbytes(self) -> int:
-        return sum(s.master.numel() * s.master.element_size() for s in self._slots)
+        return sum(s.master.nbytes for s in self._slots)
 
     def upload(self, device: torch.device) -> None:
         """Make the device copy (nothing to do when it is there already). Callers skip this for
