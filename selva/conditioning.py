@@ -49,9 +49,7 @@ def condition_inputs(features: Features, seq: SeqLengths, device: torch.device,
     if sync.shape[1] != seq.sync:
         raise SelvaError(f"The features hold {features.sync_features.shape[1]} sync tokens but "
                          f"{seq.duration:.2f} s needs {seq.sync}: extract the features again.")
-    clip = None
-    if features.clip_features is not None:
-        clip = features.clip_features[:, :seq.clip].to(device, dtype)
+    clip = None if features.clip_features is None else features.clip_features[:, :seq.clip].to(device, dtype)
     return ConditionInputs(clip, sync.to(device, dtype), features.text_clip.to(device, dtype))
 
 

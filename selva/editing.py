@@ -90,9 +90,7 @@ class EditPlan:
     def start_state(self, gen, noise: torch.Tensor) -> tuple[torch.Tensor, FlowSchedule]:
         """The state at ``start`` from the seed's ``noise`` (B, L, C, normalised space) and the
         schedule that holds the known frames."""
-        known = gen.normalize(self.known.to(noise.device, noise.dtype))
-        if known.shape[0] != noise.shape[0]:
-            known = known.expand(noise.shape[0], -1, -1)
+        known = gen.normalize(self.known.to(noise.device, noise.dtype)).expand(noise.shape[0], -1, -1)
         t0 = torch.tensor(self.start, dtype=torch.float32)
         x = ((1 - t0) * noise + t0 * known).to(noise.dtype)
         return x, FlowSchedule(self.start, known if self.hold is not None else None,
