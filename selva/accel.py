@@ -42,12 +42,12 @@ def tf32(device: torch.device, enabled: bool = True) -> Iterator[None]:
 _COMPILED_ATTR = "_selva_compiled_predict_flow"
 
 
-def compiled_velocity(generator: torch.nn.Module, backend: str = "inductor") -> Callable:
+def compiled_velocity(generator: torch.nn.Module) -> Callable:
     """The generator's ``predict_flow``, compiled once per generator object (a rebuilt generator,
     e.g. after ComfyUI unloaded it, compiles again)."""
     fn = getattr(generator, _COMPILED_ATTR, None)
     if fn is None:
-        log.info("Compiling the SelVA generator (torch.compile, backend %s): the first run is slow", backend)
-        fn = torch.compile(generator.predict_flow, backend=backend)
+        log.info("Compiling the SelVA generator (torch.compile, backend inductor): the first run is slow")
+        fn = torch.compile(generator.predict_flow, backend="inductor")
         object.__setattr__(generator, _COMPILED_ATTR, fn)
     return fn

@@ -153,10 +153,8 @@ def read_pt(path: Path, what: str, *, fix: str = "", mmap: bool = False) -> Any:
         raise SelvaError(f"{what} file {path} does not exist.")
     try:
         if mmap:
-            try:
+            with contextlib.suppress(Exception):  # the plain read below says what is wrong, if anything is
                 return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # the plain read below says what is wrong, if anything is
-                pass
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         advice = f" {fix[0].upper()}{fix[1:]}." if fix else ""

@@ -97,13 +97,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--offline", action="store_true", help="never download; fail if weights are missing")
 
 
-def _add_feature_args(p: argparse.ArgumentParser, prompt_required: bool = True,
-                      video_required: bool = True) -> None:
+def _add_feature_args(p: argparse.ArgumentParser, video_required: bool = True) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--video", type=Path, required=video_required,
                    help="input video file" + ("" if video_required else
                                               " (none: text to audio, --duration required)"))
-    g.add_argument("--prompt", required=prompt_required, default="", help="the sound to generate")
+    g.add_argument("--prompt", required=True, default="", help="the sound to generate")
     g.add_argument("--duration", type=float, default=None,
                    help="seconds from --start (0 = to the end of the video; default: 8)")
     g.add_argument("--start", type=float, default=0.0,

@@ -49,9 +49,7 @@ def condition_inputs(features: Features, seq: SeqLengths, device: torch.device,
     if sync.shape[1] != seq.sync:
         raise SelvaError(f"The features hold {features.sync_features.shape[1]} sync tokens but "
                          f"{seq.duration:.2f} s needs {seq.sync}: extract the features again.")
-    clip = None
-    if features.clip_features is not None:
-        clip = features.clip_features[:, :seq.clip].to(device, dtype)
+    clip = None if features.clip_features is None else features.clip_features[:, :seq.clip].to(device, dtype)
     return ConditionInputs(clip, sync.to(device, dtype), features.text_clip.to(device, dtype))
 
 
@@ -62,19 +60,16 @@ def project(gen: SelvaGenerator, inputs: ConditionInputs) -> Conditions:
     return gen.preprocess_conditions(clip, sync, inputs.text)
 
 
-def unconditional(gen: SelvaGenerator, negative_text_clip: Optional[torch.Tensor],
-                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> Conditions:
+def unconditional(gen: SelvaGenerator, negative_text_clip: Optional[torch.Tensor], device: torch.device,
+                  dtype: torch.dtype) -> Conditions:
     """The unconditional branch: learned empty video sequences, and the negative prompt's CLIP
     text (None = the learned empty string, what training drops in for "no text")."""
-    negative = None
-    if negative_text_clip is not None:
-        negative = negative_text_clip.to(device or gen.device, dtype or gen.dtype)
+    negative = None if negative_text_clip is None else negative_text_clip.to(device, dtype)
     return gen.empty_conditions(1, negative_text_clip_f=negative)
 
 
 def guided(gen: SelvaGenerator, inputs: ConditionInputs, negative_text_clip: Optional[torch.Tensor],
-           device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
-           ) -> tuple[Conditions, Conditions]:
+           device: torch.device, dtype: torch.dtype) -> tuple[Conditions, Conditions]:
     """(conditional, unconditional) branches for classifier-free guidance at the generator's
     current sequence lengths."""
     return project(gen, inputs), unconditional(gen, negative_text_clip, device, dtype)

@@ -64,11 +64,8 @@ class DistContext:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+        for p, summed in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = summed.view_as(p).clone()
 
     def any_flag(self, flag: bool) -> bool:
         """True on every process when it is true on any (stop requests, skips)."""

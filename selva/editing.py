@@ -90,9 +90,7 @@ class EditPlan:
     def start_state(self, gen, noise: torch.Tensor) -> tuple[torch.Tensor, FlowSchedule]:
         """The state at ``start`` from the seed's ``noise`` (B, L, C, normalised space) and the
         schedule that holds the known frames."""
-        known = gen.normalize(self.known.to(noise.device, noise.dtype))
-        if known.shape[0] != noise.shape[0]:
-            known = known.expand(noise.shape[0], -1, -1)
+        known = gen.normalize(self.known.to(noise.device, noise.dtype)).expand(noise.shape[0], -1, -1)
         t0 = torch.tensor(self.start, dtype=torch.float32)
         x = ((1 - t0) * noise + t0 * known).to(noise.dtype)
         return x, FlowSchedule(self.start, known if self.hold is not None else None,
@@ -163,7 +161,6 @@ def plan_edit(decoding, edit: EditOptions, latent_frames: int, duration: float,
         hold = torch.zeros(latent_frames, dtype=torch.bool)
         hold[:length // unit] = True  # frames wholly inside the input
         log.info("Continuing %.2f s of audio to %.2f s", length / decoding.sample_rate, duration)
-    fade = 0
-    if region is not None:
-        fade = min(round(CROSSFADE_SECONDS * decoding.sample_rate), (region[1] - region[0]) // 2)
+    fade = 0 if region is None else min(round(CROSSFADE_SECONDS * decoding.sample_rate),
+                                        (region[1] - region[0]) // 2)
     return EditPlan(wave, known.float().cpu(), 1.0 - float(edit.denoise), hold, region, fade, length)

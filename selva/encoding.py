@@ -108,10 +108,11 @@ class CacheKeys:
 class Encoders:
     """T5, CLIP and the TextSynchformer of one pipeline (or view), with the shared memo caches."""
 
-    def __init__(self, variant_name: str, manager: OffloadManager, keys: CacheKeys, *, clip_frames: bool,
-                 tf32: bool, encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
-        self.variant_name, self.manager, self.keys = variant_name, manager, keys
-        self.clip_frames, self.tf32 = clip_frames, tf32
+    def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool,
+                 encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
+        self.manager, self.keys, self.tf32 = manager, keys, tf32
+        # the variant and whether CLIP sees frames are the keys' own (every key depends on them)
+        self.variant_name, self.clip_frames = keys.variant, keys.clip_frames
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
         self._encodings = encodings if encodings is not None else LruCache(max_items=8)
         # the last clip's backbone tokens, if not too large
@@ -119,9 +120,8 @@ class Encoders:
 
     def with_key_parts(self, parts: Sequence) -> "Encoders":
         """The same encoders and caches, with ``parts`` joining every key (a view's)."""
-        return Encoders(self.variant_name, self.manager, self.keys.with_extra(parts),
-                        clip_frames=self.clip_frames, tf32=self.tf32, encodings=self._encodings,
-                        backbone=self._backbone)
+        return Encoders(self.manager, self.keys.with_extra(parts), tf32=self.tf32,
+                        encodings=self._encodings, backbone=self._backbone)
 
     @property
     def device(self) -> torch.device:

@@ -195,10 +195,9 @@ class FeatureCache:
         try:
             features = Features.load(path)
         except SelvaError as e:
-            aside = path.with_suffix(".corrupt")
             log.warning("Ignoring unreadable feature cache entry %s (%s); recomputing.", path, e)
             with contextlib.suppress(OSError):
-                os.replace(path, aside)
+                os.replace(path, path.with_suffix(".corrupt"))
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # the modification time is the last use (atime is often not kept)
@@ -240,15 +239,14 @@ class FeatureCache:
             aside = 0
         return CacheInfo(self.directory, len(entries), sum(e.size for e in entries), self.max_bytes, aside)
 
-    def prune(self, max_bytes: Optional[int] = None, keep: Optional[Path] = None) -> list[Path]:
-        """Remove least recently used entries until the cache fits ``max_bytes`` (default: its
-        cap). ``keep`` (the entry just written) stays even if it alone is larger."""
-        limit = self.max_bytes if max_bytes is None else int(max_bytes)
+    def prune(self, keep: Optional[Path] = None) -> list[Path]:
+        """Remove least recently used entries until the cache fits its cap. ``keep`` (the entry
+        just written) stays even if it alone is larger."""
         entries = self.entries()
         total = sum(e.size for e in entries)
         removed = []
         for entry in entries:
-            if total <= limit:
+            if total <= self.max_bytes:
                 break
             if keep is not None and entry.path == keep:
                 continue
@@ -261,5 +259,5 @@ class FeatureCache:
             removed.append(entry.path)
         if removed:
             log.info("Feature cache %s: removed %d least recently used entries (cap %.1f MB)",
-                     self.directory, len(removed), limit / 1024**2)
+                     self.directory, len(removed), self.max_bytes / 1024**2)
         return removed

@@ -170,11 +170,7 @@ def release_idle_pages(tensors: Iterable[torch.Tensor]) -> int:
         mapping = None if span is None else mapping_holding(span, mappings)
         if mapping is not None:
             by_mapping.setdefault(mapping, []).append(span)
-    dropped = 0
-    for spans in by_mapping.values():
-        for span in _merged(spans):
-            dropped += drop_clean_pages(span)
-    return dropped
+    return sum(drop_clean_pages(span) for spans in by_mapping.values() for span in _merged(spans))
 
 
 def module_tensors(module: nn.Module) -> list[torch.Tensor]:

@@ -42,7 +42,7 @@ _DEFAULT_DURATION = 8.0
 
 
 def stage_dtypes(precision_dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """Compute dtype per stage.
+    """Every stage a pipeline registers (in this order), with its compute dtype.
 
     fp16 overflows in T5 (its feed-forward activations exceed 65504) and in the VAE decoder and
     vocoder (large convolution sums), so under fp16 those run in fp32; the transformer stages
@@ -101,10 +101,9 @@ def prefetch(spec: "VariantSpec", models_dir: Path, allow_download: bool,
     if allow_download and not W.downloads_disabled():
         try:
             resolve_all(spec, models_dir, allow_download=True, hooks=hooks)
-            return
         except W.MissingWeightsError as e:  # no network: stages with their files may still run
             log.warning("%s", e)
-            return
+        return
     missing = W.check_available(required_files(spec), required_snapshots(spec), models_dir)
     if missing:
         log.warning("Some SelVA weights are missing; the stages that need them will fail:\n%s",
@@ -238,15 +237,11 @@ def _vocoder_from_file(path: Path, load: Callable[..., nn.Module]) -> nn.Module:
     return model
 
 
-STAGES = ("t5", "clip", "text_synch", "generator", "vae", "vocoder", "mel")
-
-
 def register_stages(manager: "OffloadManager", builders: StageBuilders,
                     precision_dtype: torch.dtype) -> None:
     """Register every stage ``builders`` can make with ``manager``, to be built on first use.
 
     This module knows nothing of the pipeline (the pipeline imports it, never the reverse).
     """
-    dtypes = stage_dtypes(precision_dtype)
-    for name in STAGES:
-        manager.add_lazy(name, getattr(builders, name), dtypes[name])
+    for name, dtype in stage_dtypes(precision_dtype).items():
+        manager.add_lazy(name, getattr(builders, name), dtype)

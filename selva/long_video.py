@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from . import sampling
 from .blending import Span, even_spans, overlap_weights
 from .errors import SelvaError
 from .variants import CLIP_FPS, LATENT_DOWNSAMPLE, SYNC_FPS, SYNC_STEP, SYNC_TOKENS_PER_SEGMENT, \
@@ -30,7 +31,6 @@ from .variants import CLIP_FPS, LATENT_DOWNSAMPLE, SYNC_FPS, SYNC_STEP, SYNC_TOK
 
 if TYPE_CHECKING:
     from .conditioning import ConditionInputs
-    from .sampling import FlowSchedule
 
 UNIT = Fraction(SYNC_STEP, SYNC_FPS)  # 0.32 s between sync segment starts
 DEFAULT_WINDOW_SECONDS = 8.0  # the training clip length
@@ -161,12 +161,11 @@ def default_decode_spans(variant: VariantSpec, latent_frames: int) -> list[Span]
 
 
 # ---------------------------------------------------------------------------------- sampling
-VelocityFn = Callable[[float, torch.Tensor], torch.Tensor]
 WindowVelocity = Callable[[int, float, torch.Tensor], torch.Tensor]
 
 
 def blended_velocity(plan: WindowPlan, window_velocity: WindowVelocity,
-                     on_window: Optional[Callable[[], None]] = None) -> VelocityFn:
+                     on_window: Optional[Callable[[], None]] = None) -> sampling.VelocityFn:
     """The whole clip's velocity: each window's, weighted by :meth:`WindowPlan.weights`.
 
     ``window_velocity(i, t, x_i)`` returns window ``i``'s velocity for its latent slice ``x_i``;
@@ -196,7 +195,8 @@ def blended_velocity(plan: WindowPlan, window_velocity: WindowVelocity,
 
 def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, inputs: "ConditionInputs",
                    neg_clip: Optional[torch.Tensor], steps: int, cfg_strength: float, hooks,
-                   velocity: Optional[Callable] = None, schedule: Optional["FlowSchedule"] = None) -> torch.Tensor:
+                   velocity: Optional[Callable] = None,
+                   schedule: Optional[sampling.FlowSchedule] = None) -> torch.Tensor:
     """Euler-sample the whole clip's latent ``x0`` (B, L, C) window by window (normalised space).
 
     ``inputs`` (selva/conditioning.py) cover the whole clip; ``neg_clip`` is the negative
@@ -207,7 +207,6 @@ def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, inputs: "ConditionIn
     cancel stops after the current window.
     """
     from .conditioning import window_conditions
-    from .sampling import euler_sample
 
     conds = window_conditions(gen, plan.windows, inputs, neg_clip, x0.device, x0.dtype)
 
@@ -219,4 +218,4 @@ def sample_windows(gen, plan: WindowPlan, x0: torch.Tensor, inputs: "ConditionIn
     total = steps * len(plan.windows)
     done = itertools.count(1)  # windows sampled so far: progress counts windows x steps
     blended = blended_velocity(plan, window_velocity, lambda: hooks.step("sampling", next(done), total))
-    return euler_sample(blended, x0, steps, schedule=schedule)
+    return sampling.euler_sample(blended, x0, steps, schedule=schedule)

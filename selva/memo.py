@@ -21,7 +21,7 @@ import torch
 
 
 def _nbytes(item: Any) -> int:
-    return item.numel() * item.element_size() if isinstance(item, torch.Tensor) else 0
+    return item.nbytes if isinstance(item, torch.Tensor) else 0
 
 
 class LruCache:

@@ -41,11 +41,11 @@ from torch import nn
 from . import host_memory
 from .errors import SelvaError
 from .precision import PRECISIONS, resolve_dtype  # re-exported: callers read all device policy here
-from .residency import MakeRoom, Residency, default_residency, empty_cache, module_bytes
+from .residency import MakeRoom, Residency, default_residency, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
            "resolve_dtype", "resolve_offload", "releases_after_use", "returns_idle_memory",
-           "free_bytes", "empty_cache", "module_bytes"]
+           "free_bytes", "module_bytes"]
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``SamplingOptions`` travels through :meth:`SelvaPipeline.generate`, ``sample_latent`` and the
 editing paths; ``MaskOptions`` through feature extraction. Both are frozen: a caller changes a
-setting with :meth:`SamplingOptions.with_changes` (which names an unknown setting clearly).
+setting with :meth:`SamplingOptions.of` (which names an unknown setting clearly).
 """
 from __future__ import annotations
 
@@ -46,19 +46,17 @@ class SamplingOptions:
         if self.batch_size < 1:
             raise SelvaError(f"batch_size must be at least 1, got {self.batch_size}.")
 
-    def with_changes(self, **changes: Any) -> "SamplingOptions":
-        """A copy with ``changes`` applied; an unknown name is an error, not silently dropped."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise SelvaError(f"Unknown {type(self).__name__} setting(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(known))}.")
-        return replace(self, **changes) if changes else self
-
     @classmethod
     def of(cls, options: Optional["SamplingOptions"], **changes: Any) -> "SamplingOptions":
-        """``options`` (default: all defaults) with ``changes``: the keyword form callers use."""
-        return (options if options is not None else cls()).with_changes(**changes)
+        """``options`` (default: all defaults) with ``changes``: the keyword form callers use. An
+        unknown name is an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SelvaError(f"Unknown {cls.__name__} setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}.")
+        options = options if options is not None else cls()
+        return replace(options, **changes) if changes else options
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def add_sampling_arguments(group: Any) -> None:
     defaults and help read from :class:`SamplingOptions` so the two never disagree.
 
     Sets ``steps``, ``cfg``, ``no_normalize``, ``target_lufs``, ``window_seconds`` and
-    ``overlap_seconds`` on the parsed namespace; :func:`sampling_from_args` reads them back.
+    ``overlap_seconds`` on the parsed namespace; :func:`windows_from_args` reads the last two back.
     """
     helps = {f.name: f.metadata["help"] for f in fields(SamplingOptions)}
     d = SamplingOptions()

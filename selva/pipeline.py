@@ -71,15 +71,15 @@ def _masks_for(frames: video_ops.PreparedFrames, options: MaskOptions,
     """
     if not options.active:
         return None, None
-    mask, mask_clip, mask_sync = options.mask, options.mask_clip and clip_frames, options.mask_sync
+    mask = options.mask
     video_ops.warn_if_mask_stretched(mask, frames.source_size)
     # Selecting validates the mask against the video even when the sync path is switched off.
     sync = video_ops.mask_for_indices(mask, frames.sync_indices, frames.n_source_frames)
     clip = None
-    if mask_clip:
+    if options.mask_clip and clip_frames:
         picked = video_ops.mask_for_indices(mask, frames.clip_indices, frames.n_source_frames)
         clip = video_ops.resize_mask(picked, video_ops.CLIP_SIZE)
-    return (video_ops.resize_mask(sync, video_ops.SYNC_SIZE) if mask_sync else None, clip)
+    return (video_ops.resize_mask(sync, video_ops.SYNC_SIZE) if options.mask_sync else None, clip)
 
 
 class SelvaPipeline:
@@ -96,9 +96,8 @@ class SelvaPipeline:
         self.generator_patches: tuple[GeneratorPatch, ...] = ()
         self.stage_overrides: dict[str, str] = {}
         files = builders.feature_encoder_files if builders is not None else list
-        self.encoding = Encoders(variant.name, manager, CacheKeys(variant.name, options.clip_frames, files,
-                                                                   manager.dtype),
-                                 clip_frames=options.clip_frames, tf32=options.tf32)
+        self.encoding = Encoders(manager, CacheKeys(variant.name, options.clip_frames, files, manager.dtype),
+                                 tf32=options.tf32)
         self.decoding = Decoders(variant, manager, builders, tf32=options.tf32)
 
     # ------------------------------------------------------------------------------- views
@@ -260,10 +259,8 @@ class SelvaPipeline:
         options = SamplingOptions.of(options, **changes)
         hooks = or_default(hooks)
         plan = self.plan(features, options.duration, options.windows)
-        todo = None
-        if edit is not None:
-            todo = editing.plan_edit(self.decoding, edit, plan.total.latent, plan.total.duration,
-                                     options.batch_size)
+        todo = None if edit is None else editing.plan_edit(self.decoding, edit, plan.total.latent,
+                                                           plan.total.duration, options.batch_size)
         latent = self.sample_latent(features, replace(options, duration=plan.total.duration), hooks=hooks,
                                     extra_patches=extra_patches, noise=noise, edit=todo)
         wave = self.decode(latent, hooks, spans=[w.latent for w in plan.windows])

@@ -94,9 +94,9 @@ def choose_precision(precision: str, caps: DeviceCaps) -> tuple[str, Optional[st
 _logged: set[tuple[str, str, str]] = set()
 
 
-def resolve_dtype(precision: str, device: torch.device, caps: Optional[DeviceCaps] = None) -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``; the choice is logged once per process."""
-    caps = device_caps(device) if caps is None else caps
+    caps = device_caps(device)
     chosen, warning = choose_precision(precision, caps)
     key = (precision, str(device), chosen)
     if warning:

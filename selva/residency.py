@@ -55,11 +55,8 @@ class Residency(Protocol):
 
 def module_bytes(module: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Bytes of the module's tensors (as ``dtype`` for floating-point ones, when given)."""
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        size = torch.empty(0, dtype=dtype).element_size() if dtype and t.is_floating_point() else t.element_size()
-        total += t.numel() * size
-    return total
+    return sum(t.numel() * dtype.itemsize if dtype and t.is_floating_point() else t.nbytes
+               for t in (*module.parameters(), *module.buffers()))
 
 
 def empty_cache(device: torch.device) -> None:
@@ -114,9 +111,9 @@ class HostCopy:
 
     def __post_init__(self) -> None:
         self.module.to("cpu")
-        self._slots = self._collect(pin=self.pin)
+        self._slots = self._collect()
 
-    def _collect(self, pin: bool) -> list[_Slot]:
+    def _collect(self) -> list[_Slot]:
         slots = []
         for owner in self.module.modules():
             for table, is_param in ((owner._parameters, True), (owner._buffers, False)):
@@ -124,7 +121,7 @@ class HostCopy:
                     if t is None:
                         continue
                     master = t.data if is_param else t
-                    if pin and not master.is_pinned():
+                    if self.pin and not master.is_pinned():
                         master = _pinned(master)
                         self._assign(owner, name, is_param, master)
                     slots.append(_Slot(owner, name, is_param, master))
@@ -147,7 +144,7 @@ class HostCopy:
         return table.get(slot.name)
 
     def nbytes(self) -> int:
-        return sum(s.master.numel() * s.master.element_size() for s in self._slots)
+        return sum(s.master.nbytes for s in self._slots)
 
     def upload(self, device: torch.device) -> None:
         """Make the device copy (nothing to do when it is there already). Callers skip this for
@@ -159,8 +156,7 @@ class HostCopy:
             copy = slot.master.to(device, non_blocking=slot.master.is_pinned(), copy=True)
             self._assign(slot.owner, slot.name, slot.is_param, copy)
             slot.installed = copy
-            current = self._current(slot)
-            slot.version = _version(current) if current is not None else None
+            slot.version = _version(self._current(slot))  # the slot just assigned: never empty
         self.on_device = device
 
     def drop(self) -> None:
@@ -190,7 +186,7 @@ class HostCopy:
         """Pick up tensors the module gained or lost since the last upload (while on the CPU)."""
         known = {(id(s.owner), s.name, s.is_param): s for s in self._slots}
         fresh = []
-        for slot in self._collect(pin=self.pin):
+        for slot in self._collect():
             old = known.get((id(slot.owner), slot.name, slot.is_param))
             fresh.append(old if old is not None and old.master is slot.master else slot)
         self._slots = fresh
