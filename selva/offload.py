@@ -85,11 +85,15 @@ def free_bytes(device: torch.device) -> Optional[int]:
     return None
 
 
-def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = None) -> bool:
-    """Whether stages should go back to the CPU after running."""
+def _check_strategy(strategy: str) -> None:
     if strategy not in OFFLOAD_STRATEGIES:
         raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
                          f"{', '.join(OFFLOAD_STRATEGIES)}.")
+
+
+def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = None) -> bool:
+    """Whether stages should go back to the CPU after running."""
+    _check_strategy(strategy)
     if device.type == "cpu" or strategy == "keep_in_vram":
         return False
     if strategy == "offload_to_cpu":
@@ -104,7 +108,7 @@ def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = N
 def releases_after_use(strategy: str, device: torch.device) -> bool:
     """Whether stages are dropped after each use and rebuilt on the next (``offload_to_cpu`` on a
     CPU-only device, where keeping a "CPU copy" would keep everything)."""
-    resolve_offload(strategy, device)  # validates the name
+    _check_strategy(strategy)  # only the name: resolving "auto" again would query and log twice
     return device.type == "cpu" and strategy == "offload_to_cpu"
 
 

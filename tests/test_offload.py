@@ -87,8 +87,17 @@ def test_release_after_use_applies_to_offload_to_cpu_on_a_cpu_only_device():
     assert O.releases_after_use("auto", cpu) is False
     assert O.releases_after_use("keep_in_vram", cpu) is False
     assert O.releases_after_use("offload_to_cpu", cuda) is False  # there it is a CPU master copy
-    with pytest.raises(SelvaError, match="offload"):
+    with pytest.raises(SelvaError, match=r"^Unknown offload strategy 'sometimes'; choose one of "):
         O.releases_after_use("sometimes", cpu)
+
+
+def test_release_after_use_does_not_resolve_auto_a_second_time(monkeypatch):
+    # Loading resolves "auto" once (it reads the free memory and logs the choice); asking whether
+    # stages are released must not query and log it again.
+    queried = []
+    monkeypatch.setattr(O, "free_bytes", lambda device: queried.append(device) or 64 * 1024**3)
+    assert O.releases_after_use("auto", torch.device("cuda")) is False
+    assert queried == []
 
 
 def test_release_after_use_rebuilds_a_lazy_stage_once_its_last_user_is_done():
