@@ -43,6 +43,8 @@ from ..sampling import initial_noise, time_grid
 from .. import conditioning
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..pipeline import SelvaPipeline
 
 log = logging.getLogger(__name__)
