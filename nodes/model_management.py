@@ -28,6 +28,7 @@ GPU itself, so those stages never leave it; on ``--cpu`` ComfyUI still lists the
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator, Optional
 
 import torch
@@ -36,16 +37,13 @@ from torch import nn
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
 
-_PATCHER_CLASSES: dict[type, type] = {}
 _EVERYTHING = 1e30  # bytes: more than any device holds, so free_memory unloads all it may
 
 
+@functools.cache
 def stage_patcher_class(base: type) -> type:
-    """A ``ModelPatcher`` subclass (of ``base``) that loads and unloads one whole SelVA stage."""
-    cls = _PATCHER_CLASSES.get(base)
-    if cls is not None:
-        return cls
-
+    """A ``ModelPatcher`` subclass (of ``base``, made once per base) that loads and unloads one
+    whole SelVA stage."""
     class SelvaStagePatcher(base):  # type: ignore[misc, valid-type]
         def __init__(self, stage: str, module: nn.Module, load_device: torch.device,
                      offload_device: torch.device, size: int):
@@ -87,7 +85,6 @@ def stage_patcher_class(base: type) -> type:
             return self.model
 
     SelvaStagePatcher.__qualname__ = SelvaStagePatcher.__name__
-    _PATCHER_CLASSES[base] = SelvaStagePatcher
     return SelvaStagePatcher
 
 
