@@ -5,7 +5,6 @@ written inside ComfyUI's output folder.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from . import comfy_compat, paths
@@ -205,9 +204,9 @@ class SelvaDatasetBrowser:
             raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "
                              f"(0 .. {max(total - 1, 0)}).")
         clip = clips[index]
-        audio = Path(clip.audio)
         frames = str(root / clip.frames_dir) if clip.frames_dir else ""
-        return (clip.video, str(audio if audio.is_absolute() else root / audio), frames, clip.label, total)
+        # an absolute audio path stays as it is: joining onto an absolute path gives that path
+        return (clip.video, str(root / clip.audio), frames, clip.label, total)
 
 
 # ---------------------------------------------------------------------------------- HTTP route
