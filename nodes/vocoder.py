@@ -13,11 +13,6 @@ log = logging.getLogger(__name__)
 _LOG_EVERY = 25  # steps between loss lines in ComfyUI's console
 
 
-def _optional_path(text: str, what: str):
-    text = (text or "").strip()
-    return resolve(text, what) if text else None
-
-
 def _log_step(info: Any) -> None:
     if info.step == 1 or info.step % _LOG_EVERY == 0 or info.step == info.steps:
         log.info("BigVGAN tuning step %d/%d: loss %.4f (%.2f steps/s)", info.step, info.steps, info.loss,
@@ -85,7 +80,8 @@ class SelvaBigvganTrainer:
             cfg = from_inputs(VocoderTuningConfig, settings,
                               lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
-                              discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
+                              discriminator_path=(resolve(discriminator_path, "discriminator_path")
+                                                  if discriminator_path.strip() else None),
                               resume=resume_arg(resume))
             # the progress bar's preview shows the live loss curve
             path, _ = tune_vocoder(model, cfg, make_hooks(preview=True), on_step=_log_step)
