@@ -34,6 +34,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
+from ..selva.offload import OFFLOAD_STRATEGIES
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
 
@@ -98,15 +99,13 @@ def _normalised(device: Any) -> torch.device:
 class ComfyResidency:
     """SelVA's residency backend (selva/residency.py) inside ComfyUI: see the module docstring."""
 
-    STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
-
     def __init__(self, strategy: str, model_management: Any, patcher_base: type,
                  device: Optional[Any] = None):
         from ..selva.errors import SelvaError
 
-        if strategy not in self.STRATEGIES:
+        if strategy not in OFFLOAD_STRATEGIES:
             raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
-                             f"{', '.join(self.STRATEGIES)}.")
+                             f"{', '.join(OFFLOAD_STRATEGIES)}.")
         self.strategy = strategy
         self.mm = model_management
         self.device = _normalised(device if device is not None else model_management.get_torch_device())
