@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,7 @@ def output_directory() -> Path:
 class StageProgress:
     """Feeds (stage, done, total) reports into one ComfyUI progress bar per stage."""
 
-    def __init__(self, bar_factory: Optional[Callable[[int], Any]] = None) -> None:
-        self._factory = bar_factory if bar_factory is not None else ProgressBar
+    def __init__(self) -> None:
         self._stage: Optional[str] = None
         self._bar: Any = None
 
@@ -182,7 +181,7 @@ class StageProgress:
         """``image`` (a PIL image, e.g. the live loss curve) shows as the node's preview."""
         if stage != self._stage:
             self._stage = stage
-            self._bar = self._factory(max(int(total), 1)) if self._factory is not None else None
+            self._bar = ProgressBar(max(int(total), 1)) if ProgressBar is not None else None
             log.debug("SelVA stage: %s", stage)
         if self._bar is not None:
             preview = ("PNG", image, PREVIEW_MAX_SIZE) if image is not None else None

@@ -25,9 +25,12 @@ def outputs(*sockets: tuple[str, str, str]) -> tuple[tuple[str, ...], ...]:
     return tuple(zip(*sockets))
 
 
-def make_hooks() -> Hooks:
-    """Progress into ComfyUI's progress bar, cancel from ComfyUI's interrupt button."""
-    return Hooks(progress=comfy_compat.StageProgress(),
+def make_hooks(preview: bool = False) -> Hooks:
+    """Progress into ComfyUI's progress bar, cancel from ComfyUI's interrupt button; with
+    ``preview`` (the trainers) the images a run reports, e.g. the live loss curve, show as the
+    bar's preview."""
+    progress = comfy_compat.StageProgress()
+    return Hooks(progress=progress, preview=progress if preview else None,
                  interrupted=comfy_compat.processing_interrupted)
 
 

@@ -5,9 +5,9 @@ import logging
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, outputs
+from .common import (CATEGORY, FEATURES_TYPE, MODEL_TYPE, audio_input, audio_output, comfy_run, make_hooks,
+                     outputs)
 from .sampler import MAX_SEED
-from .training import make_training_hooks
 from .steering import steering_inputs, steering_patches
 from .textual_inversion import features_with_ti, ti_inputs
 
@@ -123,7 +123,7 @@ class SelvaDittoOptimizer:
                                  cfg_strength=float(cfg_strength), seed=int(seed),
                                  anchor_weight=float(anchor_weight))
             config.validate()  # before reading any audio
-            hooks = make_training_hooks()  # the progress preview shows the loss curve
+            hooks = make_hooks(preview=True)  # the progress preview shows the loss curve
             patches = steering_patches(steering_vectors, steering_strength, steering_blocks)
             features, prompt = features_with_ti(model, features, prompt, textual_inversion, ti_strength, hooks)
             target = reference_set(model, reference_dir, reference_audio, hooks)

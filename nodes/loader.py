@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 # The last pipeline built, so a graph edit elsewhere (which makes ComfyUI re-run the loader when
 # its cache was dropped) does not reload gigabytes of weights. One entry: SelVA models are big.
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # re-entrant: load_pipeline clears the cache while holding it
 _LOADED: dict[tuple, Any] = {}
 
 
@@ -47,9 +47,7 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
         cached = _LOADED.get(key)
         if cached is not None:
             return cached
-        for old in _LOADED.values():  # free the previous model before loading another one
-            old.release()  # (this also returns the cached VRAM: no separate flush)
-        _LOADED.clear()
+        clear_cache()  # free the previous model before loading another one (returns its VRAM too)
         log.info("Loading SelVA %s (%s, offload %s) from %s", variant, precision,
                  offload_strategy, models_dir)
         # Inside ComfyUI its model management owns the stages (nodes/model_management.py).

@@ -28,24 +28,23 @@ GPU itself, so those stages never leave it; on ``--cpu`` ComfyUI still lists the
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..selva.offload import OFFLOAD_STRATEGIES
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
 
-_PATCHER_CLASSES: dict[type, type] = {}
 _EVERYTHING = 1e30  # bytes: more than any device holds, so free_memory unloads all it may
 
 
+@functools.cache
 def stage_patcher_class(base: type) -> type:
-    """A ``ModelPatcher`` subclass (of ``base``) that loads and unloads one whole SelVA stage."""
-    cls = _PATCHER_CLASSES.get(base)
-    if cls is not None:
-        return cls
-
+    """A ``ModelPatcher`` subclass (of ``base``, made once per base) that loads and unloads one
+    whole SelVA stage."""
     class SelvaStagePatcher(base):  # type: ignore[misc, valid-type]
         def __init__(self, stage: str, module: nn.Module, load_device: torch.device,
                      offload_device: torch.device, size: int):
@@ -87,7 +86,6 @@ def stage_patcher_class(base: type) -> type:
             return self.model
 
     SelvaStagePatcher.__qualname__ = SelvaStagePatcher.__name__
-    _PATCHER_CLASSES[base] = SelvaStagePatcher
     return SelvaStagePatcher
 
 
@@ -101,15 +99,13 @@ def _normalised(device: Any) -> torch.device:
 class ComfyResidency:
     """SelVA's residency backend (selva/residency.py) inside ComfyUI: see the module docstring."""
 
-    STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
-
     def __init__(self, strategy: str, model_management: Any, patcher_base: type,
                  device: Optional[Any] = None):
         from ..selva.errors import SelvaError
 
-        if strategy not in self.STRATEGIES:
+        if strategy not in OFFLOAD_STRATEGIES:
             raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
-                             f"{', '.join(self.STRATEGIES)}.")
+                             f"{', '.join(OFFLOAD_STRATEGIES)}.")
         self.strategy = strategy
         self.mm = model_management
         self.device = _normalised(device if device is not None else model_management.get_torch_device())

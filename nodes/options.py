@@ -5,22 +5,16 @@ else (type, default, limits, tooltip) comes from the setting's one declaration.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 _WIDGET = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
 
 
-def option_inputs(cls: type, names: Iterable[str],
-                  overrides: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, tuple]:
-    """``{name: (widget type or choice list, options)}`` for the settings ``names`` of ``cls``.
-
-    ``overrides``: per-name widget options a node needs beyond the setting (e.g. a default that
-    differs on the node), merged last.
-    """
+def option_inputs(cls: type, names: Iterable[str]) -> dict[str, tuple]:
+    """``{name: (widget type or choice list, options)}`` for the settings ``names`` of ``cls``."""
     from ..selva.train.options import meta, settings_of
 
     fields = settings_of(cls)
-    overrides = overrides or {}
     out: dict[str, tuple] = {}
     for name in names:
         if name not in fields:
@@ -33,7 +27,6 @@ def option_inputs(cls: type, names: Iterable[str],
                 opts[key] = m[key]
         if m["seed"]:
             opts["control_after_generate"] = True
-        opts.update(overrides.get(name, {}))
         kind = list(m["choices"]) if m["choices"] else _WIDGET[m["kind"]]
         out[name] = (kind, opts)
     return out

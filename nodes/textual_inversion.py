@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import paths
-from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run, outputs
+from .common import CATEGORY, MODEL_TYPE, TEXTUAL_INVERSION_TYPE, comfy_run, make_hooks, outputs
 from .options import option_inputs
-from .training import make_training_hooks
 
 
 def ti_inputs() -> dict:
@@ -88,7 +87,7 @@ class SelvaTextualInversionTrainer:
             options = from_inputs(TiTrainOptions, settings)
             run = train_textual_inversion(model, paths.resolve_existing(data_dir, "data_dir"),
                                           paths.resolve(output_path, "output_path"), options,
-                                          resume=paths.resume_arg(resume), hooks=make_training_hooks())
+                                          resume=paths.resume_arg(resume), hooks=make_hooks(preview=True))
         return (str(run.embedding.path), image_tensor(run.result.loss_curve))
 
 
@@ -153,6 +152,6 @@ class SelvaTiScheduler:
 
         with comfy_run():
             result = run_ti_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
-                                  paths.resolve(output_path, "output_path"), hooks=make_training_hooks(),
+                                  paths.resolve(output_path, "output_path"), hooks=make_hooks(preview=True),
                                   resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"))
         return (str(result.summary_path), image_tensor(result.comparison))

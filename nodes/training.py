@@ -5,20 +5,12 @@ written inside ComfyUI's output folder.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from . import comfy_compat, paths
-from .common import CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, comfy_run, image_output, outputs
+from .common import (CATEGORY, FEATURES_TYPE, LORA_TYPE, MODEL_TYPE, comfy_run, image_output, make_hooks,
+                     outputs)
 from .options import option_inputs
-
-
-def make_training_hooks():
-    """ComfyUI progress bar (with the live loss curve as its preview) and cancel button."""
-    from ..selva.hooks import Hooks
-
-    progress = comfy_compat.StageProgress()
-    return Hooks(progress=progress, preview=progress, interrupted=comfy_compat.processing_interrupted)
 
 
 def _image(pil) -> Any:
@@ -81,7 +73,8 @@ class SelvaLoraTrainer:
         with comfy_run():
             run = train_lora(model, paths.resolve_existing(data_dir, "data_dir"),
                              paths.resolve(output_dir, "output_dir", "selva_lora"), options,
-                             resume=paths.resume_arg(resume), eval_features=eval_features, hooks=make_training_hooks())
+                             resume=paths.resume_arg(resume), eval_features=eval_features,
+                             hooks=make_hooks(preview=True))
         comfy_compat.empty_cache()
         return run.adapter, str(run.summary_path), _image(run.result.loss_curve)
 
@@ -141,7 +134,7 @@ class SelvaLoraScheduler:
             result = run_sweep(model, paths.resolve_existing(experiments_file, "experiments_file"),
                                paths.resolve(output_dir, "output_dir", "selva_sweeps"),
                                resolve_data_dir=lambda text: paths.resolve_existing(text, "data_dir"),
-                               hooks=make_training_hooks(), rank=rank)
+                               hooks=make_hooks(preview=True), rank=rank)
         comfy_compat.empty_cache()
         if result.metrics_chart is None:  # not ranked this time (an earlier ranking may stay in the file)
             return str(result.summary_path), _image(result.comparison), "", _image(None)
@@ -211,9 +204,9 @@ class SelvaDatasetBrowser:
             raise SelvaError(f"index {index} is out of range: {path} holds {total} clip(s) "
                              f"(0 .. {max(total - 1, 0)}).")
         clip = clips[index]
-        audio = Path(clip.audio)
         frames = str(root / clip.frames_dir) if clip.frames_dir else ""
-        return (clip.video, str(audio if audio.is_absolute() else root / audio), frames, clip.label, total)
+        # an absolute audio path stays as it is: joining onto an absolute path gives that path
+        return (clip.video, str(root / clip.audio), frames, clip.label, total)
 
 
 # ---------------------------------------------------------------------------------- HTTP route

@@ -25,7 +25,6 @@ class VideoSource:
     frames: Any = None
     stream: Union[str, Any, None] = None
     fps: Optional[float] = None  # None: the core reads the rate from the stream
-    description: str = ""
 
 
 def fps_from_video_info(video_info: Any) -> Optional[float]:
@@ -56,19 +55,17 @@ def _image_source(frames: Any) -> VideoSource:
         frames = frames[..., :3]
     elif frames.shape[-1] == 1:  # greyscale
         frames = frames.expand(-1, -1, -1, 3)
-    return VideoSource(frames=frames, description=f"IMAGE batch of {frames.shape[0]} frames")
+    return VideoSource(frames=frames)
 
 
 def _video_object_source(video: Any) -> VideoSource:
     name = type(video).__name__
     if name != "VideoFromComponents" and hasattr(video, "get_stream_source"):
-        stream = video.get_stream_source()
-        return VideoSource(stream=stream, description=f"video {stream if isinstance(stream, str) else name}")
+        return VideoSource(stream=video.get_stream_source())
     if hasattr(video, "get_components"):
         comp = video.get_components()
         src = _image_source(comp.images)
         src.fps = float(comp.frame_rate) if comp.frame_rate else None
-        src.description = f"{name} of {comp.images.shape[0]} frames"
         return src
     raise SelvaError(f"video must be an IMAGE batch or a ComfyUI VIDEO; got {name}.")
 

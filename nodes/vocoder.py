@@ -4,19 +4,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .common import CATEGORY, MODEL_TYPE, comfy_run, outputs
+from .common import CATEGORY, MODEL_TYPE, comfy_run, make_hooks, outputs
 from .options import option_inputs
 from .paths import resolve, resolve_existing, resume_arg
-from .training import make_training_hooks
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY = 25  # steps between loss lines in ComfyUI's console
-
-
-def _optional_path(text: str, what: str):
-    text = (text or "").strip()
-    return resolve(text, what) if text else None
 
 
 def _log_step(info: Any) -> None:
@@ -86,10 +80,11 @@ class SelvaBigvganTrainer:
             cfg = from_inputs(VocoderTuningConfig, settings,
                               lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
-                              discriminator_path=_optional_path(discriminator_path, "discriminator_path"),
+                              discriminator_path=(resolve(discriminator_path, "discriminator_path")
+                                                  if discriminator_path.strip() else None),
                               resume=resume_arg(resume))
             # the progress bar's preview shows the live loss curve
-            path, _ = tune_vocoder(model, cfg, make_training_hooks(), on_step=_log_step)
+            path, _ = tune_vocoder(model, cfg, make_hooks(preview=True), on_step=_log_step)
         return (str(path),)
 
 
@@ -160,7 +155,7 @@ class SelvaBigvganScheduler:
 
         with comfy_run():
             result = run_vocoder_sweep(model, resolve(experiments_file, "experiments_file"),
-                                       resolve(output_dir, "output_dir"), hooks=make_training_hooks(),
+                                       resolve(output_dir, "output_dir"), hooks=make_hooks(preview=True),
                                        resolve=lambda p: resolve(p, "path in the experiments file"),
                                        on_step=_log_step)
         return (str(result.summary_path), image_tensor(result.comparison))
