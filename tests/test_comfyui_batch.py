@@ -49,7 +49,8 @@ def test_batch_template_writes_every_row_and_previews_the_first(comfy, object_in
 def test_cancel_keeps_finished_rows_and_a_requeue_continues(comfy, object_info):
     folder = comfy.input_dir / "selva_batch_cancel"
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(8):
+    count = 12  # enough that the interrupt lands while rows remain, even on a loaded machine
+    for i in range(count):
         write_video(folder / f"clip{i}.mp4", frames(1.0, seed=10 + i), fps=25)
     out = comfy.output_dir / "selva_batch_cancel_out"
     prompt = _prompt(comfy, object_info, str(folder), "selva_batch_cancel_out", steps=60)  # absolute folder
@@ -62,11 +63,11 @@ def test_cancel_keeps_finished_rows_and_a_requeue_continues(comfy, object_info):
     assert entry["status"]["status_str"] == "error"
     assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
     finished = sorted(p.name for p in out.glob("*.wav"))
-    assert 1 <= len(finished) < 8, "the interrupt should land while rows remain"
+    assert 1 <= len(finished) < count, "the interrupt should land while rows remain"
     assert not list(out.glob(".*")), "no half-written file is left behind"
     rows = _results(out / "results.jsonl")
     assert [r["name"] + ".wav" for r in rows if r["status"] == "done"] == finished
     comfy.run(prompt)  # queued again: the finished rows are skipped, the rest made
     rows = _results(out / "results.jsonl")
-    assert [r["status"] for r in rows] == ["skipped"] * len(finished) + ["done"] * (8 - len(finished))
-    assert len(list(out.glob("*.wav"))) == 8
+    assert [r["status"] for r in rows] == ["skipped"] * len(finished) + ["done"] * (count - len(finished))
+    assert len(list(out.glob("*.wav"))) == count
