@@ -109,3 +109,13 @@ def dog_features(model, cache_dir) -> object:
                            fps=25.0, duration=0.0, cache_dir=str(cache_dir),
                            mask_strength=1.0, mask_clip=True, mask_sync=True)
     return feats
+
+
+def sampler_waveform(model, features, **inputs) -> torch.Tensor:
+    """The Sampler node's waveform with the suites' usual inputs (2 steps, seed 0, no loudness
+    normalisation); ``inputs`` override or add any of its inputs."""
+    args = dict(model=model, features=features, prompt="", negative_prompt="", duration=0.0, steps=2,
+                cfg_strength=4.5, seed=0, normalize=False, batch_size=1)
+    args.update(inputs)
+    (audio,) = run_node("SelvaSampler", **args)
+    return audio["waveform"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import dog_features, run_node
+from node_helpers import dog_features, run_node, sampler_waveform as sample
 
 SelvaError = pack_module("selva.errors").SelvaError
 adapters = pack_module("selva.adapters")
@@ -40,13 +40,6 @@ def output(tmp_path, monkeypatch, adapter):
     monkeypatch.setenv("SELVA_OUTPUT_DIR", str(tmp_path))
     adapters.save_adapter(adapter, tmp_path / "lora" / "adapter_final.safetensors")
     return tmp_path
-
-
-def sample(model, features, seed=0):
-    (audio,) = run_node("SelvaSampler", model=model, features=features, prompt="", negative_prompt="",
-                        duration=0.0, steps=2, cfg_strength=4.5, seed=seed, normalize=False,
-                        batch_size=1)
-    return audio["waveform"]
 
 
 def load(model, path="lora/adapter_final.safetensors", strength=1.0, **kw):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import frames, run_node
+from node_helpers import frames, run_node, sampler_waveform as sample
 from style_helpers import reference_dir
 
 SelvaError = pack_module("selva.errors").SelvaError
@@ -35,14 +35,6 @@ def extracted(model, dataset, tmp_path_factory):
     path, chart = run_node("SelvaActivationSteeringExtractor", model=model, data_dir=str(dataset[0]),
                            output_path=str(out), n_samples=4, seed=0, n_timesteps=3)
     return path, chart
-
-
-def sample(model, features, **kw):
-    args = dict(model=model, features=features, prompt="", negative_prompt="", duration=0.0, steps=2,
-                cfg_strength=4.5, seed=0, normalize=False, batch_size=1)
-    args.update(kw)
-    (audio,) = run_node("SelvaSampler", **args)
-    return audio["waveform"]
 
 
 def test_extractor_writes_vectors_and_chart(model, extracted):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from comfy_pack import pack_module
-from node_helpers import frames, run_node
+from node_helpers import frames, run_node, sampler_waveform as sample
 
 SelvaError = pack_module("selva.errors").SelvaError
 steering = pack_module("selva.style.steering")
@@ -26,14 +26,6 @@ def dataset(model, tmp_path_factory):
         f.save(root / f"clip{i}.npz")
         feats.append(f)
     return root, feats
-
-
-def sample(model, features, **kw):
-    args = dict(model=model, features=features, prompt="", negative_prompt="", duration=0.0, steps=2,
-                cfg_strength=4.5, seed=0, normalize=False, batch_size=1)
-    args.update(kw)
-    (audio,) = run_node("SelvaSampler", **args)
-    return audio["waveform"]
 
 
 def _blocks(gen):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfy_pack import pack_module
-from node_helpers import run_node
+from node_helpers import run_node, sampler_waveform as sample
 from train_data import make_dataset
 
 SelvaError = pack_module("selva.errors").SelvaError
@@ -97,14 +97,6 @@ def test_bad_options_are_refused(model, data_dir, tmp_path):
 @pytest.fixture(scope="module")
 def features(model, data_dir):
     return Features.load(sorted(data_dir.glob("*.npz"))[0])
-
-
-def sample(model, features, **kw):
-    args = dict(model=model, features=features, prompt="", negative_prompt="", duration=0.0, steps=2,
-                cfg_strength=4.5, seed=0, normalize=False, batch_size=1)
-    args.update(kw)
-    (audio,) = run_node("SelvaSampler", **args)
-    return audio["waveform"]
 
 
 def test_trainer_node_writes_tokens_and_a_curve(model, data_dir, tmp_path):
