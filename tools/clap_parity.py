@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from clap_parity_weights import parity_value  # noqa: E402
+from parity_results import read_both, run_and_keep_ours, scalar_agrees  # noqa: E402
 
 CLIPS = (
     {"name": "clip_a", "duration": 5.0, "rate": 16000, "channels": 1,
@@ -253,21 +254,10 @@ def main() -> int:
             return 1
         subprocess.run(ref + ["run", str(work), str(clap_src), str(avb)], check=True)
         print(f"reference: {time.time() - start:.0f} s")
-        start = time.time()
-        ours, ours_arrays = run_ours(work)
-        print(f"ours: {time.time() - start:.0f} s")
-        np.savez(work / "ours.npz", **ours_arrays)
-        (work / "ours.json").write_text(json.dumps(ours, indent=2))
-    ours = json.loads((work / "ours.json").read_text())
-    ours_arrays = dict(np.load(work / "ours.npz"))
-    ref = json.loads((work / "ref.json").read_text())
-    ref_arrays = dict(np.load(work / "ref.npz"))
+        run_and_keep_ours(work, run_ours)
+    ours, ours_arrays, ref, ref_arrays = read_both(work)
 
-    ok = True
-    r, o = ref["LAION-CLAP-Score"], ours["LAION-CLAP-Score"]
-    rel = abs(o - r) / max(abs(r), 1e-12)
-    ok &= rel <= a.rtol
-    print(f"LAION-CLAP-Score   reference {r:.8g}  ours {o:.8g}  rel {rel:.2e}  {'ok' if rel <= a.rtol else 'DIFFERS'}")
+    ok = scalar_agrees("LAION-CLAP-Score", ref["LAION-CLAP-Score"], ours["LAION-CLAP-Score"], a.rtol)
     for name, rv in ref["per_clip"].items():
         ov = ours["per_clip"][name]
         print(f"  {name}: reference {rv:.8g}  ours {ov:.8g}  diff {abs(ov - rv):.2e}")

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from parity_weights import parity_state, parity_tensor  # noqa: E402
+from parity_results import read_both, run_and_keep_ours, scalar_agrees  # noqa: E402
 
 NAMES = ("clip_a", "clip_b")
 SHARED_VIDEO = "shared_video_features"  # file name when both sides skip the video branch
@@ -184,22 +185,12 @@ def main() -> int:
         subprocess.run([str(a.ref_python), str(ROOT / "tools" / "metrics_parity_ref.py"), str(work),
                         str(avb), str(passt_src)], check=True)
         print(f"reference: {time.time() - start:.0f} s")
-        start = time.time()
-        ours, ours_arrays = run_ours(work)
-        print(f"ours: {time.time() - start:.0f} s")
-        np.savez(work / "ours.npz", **ours_arrays)
-        (work / "ours.json").write_text(json.dumps(ours, indent=2))
-    ours = json.loads((work / "ours.json").read_text())
-    ours_arrays = dict(np.load(work / "ours.npz"))
-    ref = json.loads((work / "ref.json").read_text())
-    ref_arrays = dict(np.load(work / "ref.npz"))
+        run_and_keep_ours(work, run_ours)
+    ours, ours_arrays, ref, ref_arrays = read_both(work)
 
     ok = True
     for key in ("DeSync", "FD-PASST", "KL-PASST-softmax"):
-        r, o = ref[key], ours[key]
-        rel = abs(o - r) / max(abs(r), 1e-12)
-        ok &= rel <= a.rtol
-        print(f"{key:18s} reference {r:.8g}  ours {o:.8g}  rel {rel:.2e}  {'ok' if rel <= a.rtol else 'DIFFERS'}")
+        ok &= scalar_agrees(key, ref[key], ours[key], a.rtol)
     same_offsets = ref["offsets"] == ours["offsets"]
     ok &= same_offsets
     print(f"per-clip offsets   {'equal' if same_offsets else 'DIFFER'}: reference {ref['offsets']} ours {ours['offsets']}")
