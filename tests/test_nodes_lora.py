@@ -156,3 +156,11 @@ def test_adapter_list_forms(tmp_path):
         compare.read_adapter_list("[3]")
     with pytest.raises(SelvaError, match="JSON list"):
         compare.read_adapter_list('{"a": 1}')
+
+
+def test_adapter_list_strength_must_be_a_number():
+    for value in ('"half"', "null", "[1]"):
+        with pytest.raises(SelvaError) as e:
+            adapters.compare.read_adapter_list(f'["", {{"path": "x.safetensors", "strength": {value}}}]')
+        assert str(e.value) == (f"adapters_file item 1: strength must be a number, got "
+                                f"{json.loads(value)!r}.")
