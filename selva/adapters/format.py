@@ -105,13 +105,10 @@ class LoraAdapter:
     def name(self) -> str:
         return self.path.name if self.path is not None else "adapter from the trainer"
 
-    def against(self, generator: Optional[torch.nn.Module]) -> "LoraAdapter":
+    def against(self, generator: torch.nn.Module) -> "LoraAdapter":
         """The adapter to apply to ``generator`` (itself, unless it is an earlier PiSSA file)."""
         if not self.base_residuals:
             return self
-        if generator is None:
-            raise SelvaError(f"{self.name} is an earlier-pack PiSSA adapter: it can only be applied "
-                             f"once the generator's weights are known.")
         from ..compat.adapters import pissa_against_base
 
         pairs = pissa_against_base(self, generator)

@@ -273,19 +273,14 @@ class LoraSet(nn.Module):
 
     # --------------------------------------------------------------------------- frozen form
     @classmethod
-    def from_adapter(cls, adapter: LoraAdapter, generator: Optional[nn.Module] = None) -> "LoraSet":
-        """A frozen set holding ``adapter``'s weights; checked against ``generator`` when given."""
-        if generator is not None:
-            check_adapter(adapter, generator)
+    def from_adapter(cls, adapter: LoraAdapter, generator: nn.Module) -> "LoraSet":
+        """A frozen set holding ``adapter``'s weights, checked against ``generator`` (whose convs
+        give the pairs their stride, padding and dilation)."""
+        check_adapter(adapter, generator)
         adapter = adapter.against(generator)
-        layers = {}
-        for name, w in adapter.modules.items():
-            conv_args = None
-            if w.is_conv:
-                conv_args = (_conv_args(generator.get_submodule(name)) if generator is not None
-                             else {"stride": 1, "padding": w.down.shape[-1] // 2, "dilation": 1})
-            layers[name] = LoraLayer(w.down.detach().float(), w.up.detach().float(), w.alpha,
-                                     trainable=False, conv_args=conv_args)
+        layers = {name: LoraLayer(w.down.detach().float(), w.up.detach().float(), w.alpha, trainable=False,
+                                  conv_args=_conv_args(generator.get_submodule(name)))
+                  for name, w in adapter.modules.items()}
         meta = adapter.meta
         config = LoraConfig(rank=max(meta.rank, 1), alpha=max(meta.alpha, 1e-12),
                             targets=meta.targets or ("?",), init="default", rslora=meta.rslora)
