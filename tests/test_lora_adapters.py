@@ -388,3 +388,19 @@ def test_damaged_header_numbers_name_the_file_and_key(gen, tmp_path):
     torch.save({"state_dict": peft, "meta": {"rank": "two"}}, tmp_path / "bad_rank.pt")
     with pytest.raises(SelvaError, match=r"^bad_rank\.pt: its header says rank = 'two', which is not a whole number"):
         load_adapter(tmp_path / "bad_rank.pt")
+
+
+def test_header_rank_and_alpha_are_notes_the_patch_does_not_need(gen, tmp_path):
+    """Each module carries its own alpha: a header alpha/rank that no LoraConfig would accept
+    (another tool's 0 or nan) changes nothing in what the patch adds."""
+    adapter = _trained_adapter(gen)
+    want = _output(gen, adapter)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    for alpha, rank in (("nan", "2"), ("-1.0", "2"), ("4.0", "-3")):
+        odd = tmp_path / f"odd_{alpha}_{rank}.safetensors"
+        save_file(load_file(str(path)), str(odd), metadata={**header, "alpha": alpha, "rank": rank})
+        assert torch.equal(_output(gen, load_adapter(odd)), want)

@@ -169,10 +169,12 @@ def _flat(weight: torch.Tensor) -> torch.Tensor:
 class LoraSet(nn.Module):
     """LoRA pairs for named generator layers; :meth:`attach` hooks them onto a generator."""
 
-    def __init__(self, layers: dict[str, LoraLayer], config: LoraConfig) -> None:
+    def __init__(self, layers: dict[str, LoraLayer], config: Optional[LoraConfig] = None) -> None:
         super().__init__()
         self.names = list(layers)
         self.layers = nn.ModuleDict({_key(n): layer for n, layer in layers.items()})
+        # how a trainable set was made; None for a frozen one, whose layers' alphas say everything
+        # (the file's header rank / alpha are only notes, see format.py)
         self.config = config
 
     def layer(self, name: str) -> LoraLayer:
@@ -281,10 +283,7 @@ class LoraSet(nn.Module):
         layers = {name: LoraLayer(w.down.detach().float(), w.up.detach().float(), w.alpha, trainable=False,
                                   conv_args=_conv_args(generator.get_submodule(name)))
                   for name, w in adapter.modules.items()}
-        meta = adapter.meta
-        config = LoraConfig(rank=max(meta.rank, 1), alpha=max(meta.alpha, 1e-12),
-                            targets=meta.targets or ("?",), init="default", rslora=meta.rslora)
-        return cls(layers, config)
+        return cls(layers)
 
     # ------------------------------------------------------------------------------ attaching
     @contextlib.contextmanager
