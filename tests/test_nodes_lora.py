@@ -164,3 +164,12 @@ def test_adapter_list_strength_must_be_a_number():
             adapters.compare.read_adapter_list(f'["", {{"path": "x.safetensors", "strength": {value}}}]')
         assert str(e.value) == (f"adapters_file item 1: strength must be a number, got "
                                 f"{json.loads(value)!r}.")
+
+
+def test_loader_reads_a_quoted_path_like_every_path_input(model, features, output):
+    """A path pasted with quotes (Windows' "Copy as path", a file manager's 'path') is the path,
+    as for every other node input (nodes/paths.py) and the Loader's own IS_CHANGED."""
+    want = sample(load(model), features)
+    for quoted in ('"lora/adapter_final.safetensors"', "'lora/adapter_final.safetensors'",
+                   f"'{output / 'lora' / 'adapter_final.safetensors'}'"):
+        assert torch.equal(sample(load(model, path=quoted), features), want)
