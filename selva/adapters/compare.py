@@ -122,7 +122,7 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
         return [AdapterEntry(BASELINE, None)]
     json_dir: Optional[Path] = None
     if not text.startswith("["):
-        path = Path(text).expanduser()
+        path = Path(text.strip('"').strip("'").strip()).expanduser()  # quotes as a copied path has them
         if not path.is_absolute() and base_dir is not None and not path.is_file():
             path = Path(base_dir) / path
         if not path.is_file():
