@@ -290,11 +290,8 @@ class LoraSet(nn.Module):
     def attach(self, generator: nn.Module, strength: float = 1.0) -> Iterator[None]:
         """Hook every layer onto ``generator`` for the block: out += strength * delta(input).
 
-        Strength 0 installs nothing (the output is the base output bit for bit).
+        Strength 0 is :class:`LoraPatch`'s to skip (it attaches nothing, not even this set).
         """
-        if strength == 0:
-            yield
-            return
         device = next(generator.parameters()).device
         if next(self.parameters()).device != device:
             self.to(device)  # keeps the Parameter objects (an optimizer's references stay valid)
