@@ -404,3 +404,15 @@ def test_header_rank_and_alpha_are_notes_the_patch_does_not_need(gen, tmp_path):
         odd = tmp_path / f"odd_{alpha}_{rank}.safetensors"
         save_file(load_file(str(path)), str(odd), metadata={**header, "alpha": alpha, "rank": rank})
         assert torch.equal(_output(gen, load_adapter(odd)), want)
+
+
+def test_upper_case_suffixes_read_like_lower_case(gen, tmp_path):
+    """Windows keeps a file's name as the tool wrote it: ADAPTER.SAFETENSORS, OLD.PT."""
+    adapter = _trained_adapter(gen)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    upper = path.rename(tmp_path / "ADAPTER.SAFETENSORS")
+    assert torch.equal(_output(gen, load_adapter(upper)), _output(gen, adapter))
+    state = {f"{n}.lora_A": w.down for n, w in adapter.modules.items()}
+    state.update({f"{n}.lora_B": w.up for n, w in adapter.modules.items()})
+    torch.save({"state_dict": state, "meta": {"rank": 2, "alpha": 4.0}}, tmp_path / "OLD.PT")
+    assert torch.equal(_output(gen, load_adapter(tmp_path / "OLD.PT")), _output(gen, adapter))

@@ -174,9 +174,10 @@ def load_adapter(path: Path) -> LoraAdapter:
     if not path.is_file():
         raise SelvaError(f"LoRA adapter not found: {path}.")
     residuals: dict[str, torch.Tensor] = {}
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # ADAPTER.SAFETENSORS, OLD.PT: names as a Windows tool wrote them
+    if suffix == ".safetensors":
         tensors, header = load_safetensors(path, "LoRA adapter")
-    elif path.suffix in (".pt", ".pth", ".bin"):
+    elif suffix in (".pt", ".pth", ".bin"):
         tensors, header = _read_torch(path)
         if header.get("source_format") == "selva-pt":  # the earlier pack's names and PiSSA files
             from ..compat.adapters import split_residuals, translate_meta
