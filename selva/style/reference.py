@@ -51,11 +51,16 @@ class ReferenceAudio:
 
 
 def find_audio_files(directory: Path) -> list[Path]:
-    """Every audio file under ``directory`` (recursively), sorted so the order is stable."""
+    """Every audio file under ``directory`` (recursively), sorted so the order is stable.
+
+    Hidden files and folders are skipped, as the dataset readers skip them: a Mac's ``._a.wav``
+    resource forks are not audio, a trash folder's clips are not meant.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise SelvaError(f"Reference folder {directory} does not exist or is not a folder.")
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
 def load_audio_file(path: Path) -> ReferenceAudio:
