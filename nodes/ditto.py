@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: Any):
-    """The cached mel statistics of the reference folder and/or the connected AUDIO."""
+    """The cached mel statistics of the reference folder and/or the connected AUDIO (with neither,
+    the core says "No reference audio")."""
     from ..selva.errors import SelvaError
     from ..selva.style.reference import REFERENCE_CACHE, ReferenceAudio, find_audio_files
 
@@ -33,9 +34,6 @@ def reference_set(model: Any, reference_dir: str, reference_audio: Any, hooks: A
     if reference_audio is not None:
         wave, rate = audio_input(reference_audio, "reference_audio")
         extra = [ReferenceAudio(f"reference_audio[{i}]", w, rate) for i, w in enumerate(wave)]
-    if not files and not extra:
-        raise SelvaError("No reference audio: set reference_dir to a folder of clips or connect "
-                         "reference_audio.")
     return REFERENCE_CACHE.get_or_compute(model, files, extra, hooks)
 
 

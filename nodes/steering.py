@@ -33,8 +33,7 @@ def steering_patches(steering_vectors: Any = None, steering_strength: Optional[f
 
     if steering_vectors is None or not steering_strength:
         return []
-    blocks = parse_blocks(steering_blocks or "all", steering_vectors)
-    return [SteeringPatch(steering_vectors, float(steering_strength), blocks)]
+    return [SteeringPatch(steering_vectors, float(steering_strength), parse_blocks(steering_blocks, steering_vectors))]
 
 
 class SelvaActivationSteeringExtractor:

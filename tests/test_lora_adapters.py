@@ -367,3 +367,52 @@ def test_non_adaptable_module_and_newer_format(gen, tmp_path):
     save_file(load_file(str(path)), str(tmp_path / "new.safetensors"), metadata={**header, "format_version": "9"})
     with pytest.raises(SelvaError, match="format version 9.*Update ComfyUI-SelVA"):
         load_adapter(tmp_path / "new.safetensors")
+
+
+def test_damaged_header_numbers_name_the_file_and_key(gen, tmp_path):
+    path = save_adapter(_trained_adapter(gen), tmp_path / "a.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    for key, value, kind in (("format_version", "one", "a whole number"), ("rank", "8.5", "a whole number"),
+                             ("alpha", "big", "a number"), ("steps", "many", "a whole number")):
+        bad = tmp_path / f"bad_{key}.safetensors"
+        save_file(load_file(str(path)), str(bad), metadata={**header, key: value})
+        with pytest.raises(SelvaError) as e:
+            load_adapter(bad)
+        assert str(e.value) == (f"{bad.name}: its header says {key} = {value!r}, which is not {kind}; "
+                                f"the file is damaged or was not written as a LoRA adapter.")
+    peft = {k.replace("lora_down.weight", "lora_A.weight").replace("lora_up.weight", "lora_B.weight"): v
+            for k, v in load_file(str(path)).items() if not k.endswith(".alpha")}
+    torch.save({"state_dict": peft, "meta": {"rank": "two"}}, tmp_path / "bad_rank.pt")
+    with pytest.raises(SelvaError, match=r"^bad_rank\.pt: its header says rank = 'two', which is not a whole number"):
+        load_adapter(tmp_path / "bad_rank.pt")
+
+
+def test_header_rank_and_alpha_are_notes_the_patch_does_not_need(gen, tmp_path):
+    """Each module carries its own alpha: a header alpha/rank that no LoraConfig would accept
+    (another tool's 0 or nan) changes nothing in what the patch adds."""
+    adapter = _trained_adapter(gen)
+    want = _output(gen, adapter)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    for alpha, rank in (("nan", "2"), ("-1.0", "2"), ("4.0", "-3")):
+        odd = tmp_path / f"odd_{alpha}_{rank}.safetensors"
+        save_file(load_file(str(path)), str(odd), metadata={**header, "alpha": alpha, "rank": rank})
+        assert torch.equal(_output(gen, load_adapter(odd)), want)
+
+
+def test_upper_case_suffixes_read_like_lower_case(gen, tmp_path):
+    """Windows keeps a file's name as the tool wrote it: ADAPTER.SAFETENSORS, OLD.PT."""
+    adapter = _trained_adapter(gen)
+    path = save_adapter(adapter, tmp_path / "a.safetensors")
+    upper = path.rename(tmp_path / "ADAPTER.SAFETENSORS")
+    assert torch.equal(_output(gen, load_adapter(upper)), _output(gen, adapter))
+    state = {f"{n}.lora_A": w.down for n, w in adapter.modules.items()}
+    state.update({f"{n}.lora_B": w.up for n, w in adapter.modules.items()})
+    torch.save({"state_dict": state, "meta": {"rank": 2, "alpha": 4.0}}, tmp_path / "OLD.PT")
+    assert torch.equal(_output(gen, load_adapter(tmp_path / "OLD.PT")), _output(gen, adapter))

@@ -156,3 +156,31 @@ def test_adapter_list_forms(tmp_path):
         compare.read_adapter_list("[3]")
     with pytest.raises(SelvaError, match="JSON list"):
         compare.read_adapter_list('{"a": 1}')
+
+
+def test_adapter_list_strength_must_be_a_number():
+    compare = pack_module("selva.adapters.compare")
+    for value in ('"half"', "null", "[1]"):
+        with pytest.raises(SelvaError) as e:
+            compare.read_adapter_list(f'["", {{"path": "x.safetensors", "strength": {value}}}]')
+        assert str(e.value) == (f"adapters_file item 1: strength must be a number, got "
+                                f"{json.loads(value)!r}.")
+
+
+def test_loader_reads_a_quoted_path_like_every_path_input(model, features, output):
+    """A path pasted with quotes (Windows' "Copy as path", a file manager's 'path') is the path,
+    as for every other node input (nodes/paths.py) and the Loader's own IS_CHANGED."""
+    want = sample(load(model), features)
+    for quoted in ('"lora/adapter_final.safetensors"', "'lora/adapter_final.safetensors'",
+                   f"'{output / 'lora' / 'adapter_final.safetensors'}'"):
+        assert torch.equal(sample(load(model, path=quoted), features), want)
+
+
+def test_adapter_list_file_path_may_be_quoted(tmp_path):
+    listing = tmp_path / "runs.json"
+    listing.write_text(json.dumps(["", "a/x.safetensors"]))
+    compare = pack_module("selva.adapters.compare")
+    for quoted in (f'"{listing}"', f"'{listing}'", ' "runs.json" '):
+        entries = compare.read_adapter_list(quoted, tmp_path)
+        assert [(e.name, e.path) for e in entries] == [("baseline", None),
+                                                       ("x.safetensors", tmp_path / "a" / "x.safetensors")]

@@ -242,3 +242,15 @@ def test_progress_shows_the_loss_curve(model, features, refs):
         ditto.optimise_noise(model, features, target, config, hooks=hooks)
     assert seen and seen[-1][:2] == ("DITTO", 3)  # the last step always re-draws
     assert seen[-1][2].size[0] > 100
+
+
+def test_hidden_files_in_the_reference_folder_are_not_clips(model, features, tmp_path):
+    """A folder copied from a Mac holds ``._name.wav`` resource forks (not audio); a trash or cache
+    folder is hidden too: like the dataset readers, the reference set skips them."""
+    folder = tmp_path / "refs"
+    write_wav(folder / "a.wav", freq=330.0)
+    write_wav(folder / "nested" / "b.wav", freq=660.0, seed=2)
+    (folder / "._a.wav").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    write_wav(folder / ".Trash-1000" / "old.wav", freq=110.0)
+    assert reference.find_audio_files(folder) == [folder / "a.wav", folder / "nested" / "b.wav"]
+    run_ditto(model, features, folder, n_opt_steps=1)  # the resource fork is never decoded

@@ -209,3 +209,18 @@ def test_per_position_steering_works_in_ditto(model, dataset, extracted, tmp_pat
     assert torch.isfinite(tuned["waveform"]).all()
     gen = model.manager.get("generator")
     assert "cfg_velocity" not in vars(gen)
+
+
+def test_unnamed_models_vectors_that_do_not_fit_say_so(model):
+    """An earlier-pack file records no variant: the mismatch message must not read 'made with  ('."""
+    gen = model.manager.get("generator")
+    full = _random_vectors(gen, 4)
+    n = full.n_blocks - 1
+    odd = steering.SteeringVectors(full.vectors[:n], full.magnitudes[:n], full.hidden_norms[:n], "",
+                                   full.block_names[:n])
+    with pytest.raises(SelvaError) as e:
+        with steering.SteeringPatch(odd, 1.0, (0,)).attach(gen):
+            pass
+    assert str(e.value) == (f"These steering vectors were made with a model the file does not name ({n} "
+                            f"blocks of width {gen.cfg.hidden_dim}), but the model's generator has {n + 1} "
+                            f"blocks of width {gen.cfg.hidden_dim}. Extract vectors with this model.")

@@ -387,3 +387,12 @@ def test_trainer_node_and_sweep_take_clip_t5(model, data_dir, tmp_path):
     assert result.summary["runs"]["t5"]["status"] == "finished"
     made = ti_mod.TextualInversion.load(next((tmp_path / "sweep" / "ti_t5_sweep").glob("t5_*/embeddings_final.safetensors")))
     assert made.path_kind == "clip_t5"
+
+
+def test_width_mismatch_of_an_unnamed_models_tokens_says_so():
+    """An earlier-pack file records no variant: the message must not read 'trained on  ('."""
+    ti = ti_mod.TextualInversion(torch.zeros(4, 768), "")
+    with pytest.raises(SelvaError) as e:
+        ti_mod.check_compatible(ti, "tiny_16k", torch.Size([1, 77, 32]))
+    assert str(e.value) == ("This textual inversion was trained on a model the file does not name (token "
+                            "width 768), but the model is tiny_16k (width 32). Train one for this model.")

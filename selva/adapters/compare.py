@@ -122,7 +122,7 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
         return [AdapterEntry(BASELINE, None)]
     json_dir: Optional[Path] = None
     if not text.startswith("["):
-        path = Path(text).expanduser()
+        path = Path(text.strip('"').strip("'").strip()).expanduser()  # quotes as a copied path has them
         if not path.is_absolute() and base_dir is not None and not path.is_file():
             path = Path(base_dir) / path
         if not path.is_file():
@@ -161,7 +161,11 @@ def read_adapter_list(spec: str, base_dir: Optional[Path] = None) -> list[Adapte
 def _entry(item: Any, index: int, json_dir: Optional[Path], base_dir: Optional[Path]) -> Optional[AdapterEntry]:
     strength, name = 1.0, None
     if isinstance(item, dict):
-        strength = float(item.get("strength", 1.0))
+        try:
+            strength = float(item.get("strength", 1.0))
+        except (TypeError, ValueError):
+            raise SelvaError(f"adapters_file item {index}: strength must be a number, got "
+                             f"{item.get('strength')!r}.") from None
         name = item.get("name")
         item = item.get("path", "")
     if not isinstance(item, str):

@@ -105,13 +105,10 @@ class LoraAdapter:
     def name(self) -> str:
         return self.path.name if self.path is not None else "adapter from the trainer"
 
-    def against(self, generator: Optional[torch.nn.Module]) -> "LoraAdapter":
+    def against(self, generator: torch.nn.Module) -> "LoraAdapter":
         """The adapter to apply to ``generator`` (itself, unless it is an earlier PiSSA file)."""
         if not self.base_residuals:
             return self
-        if generator is None:
-            raise SelvaError(f"{self.name} is an earlier-pack PiSSA adapter: it can only be applied "
-                             f"once the generator's weights are known.")
         from ..compat.adapters import pissa_against_base
 
         pairs = pissa_against_base(self, generator)
@@ -177,9 +174,10 @@ def load_adapter(path: Path) -> LoraAdapter:
     if not path.is_file():
         raise SelvaError(f"LoRA adapter not found: {path}.")
     residuals: dict[str, torch.Tensor] = {}
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # ADAPTER.SAFETENSORS, OLD.PT: names as a Windows tool wrote them
+    if suffix == ".safetensors":
         tensors, header = load_safetensors(path, "LoRA adapter")
-    elif path.suffix in (".pt", ".pth", ".bin"):
+    elif suffix in (".pt", ".pth", ".bin"):
         tensors, header = _read_torch(path)
         if header.get("source_format") == "selva-pt":  # the earlier pack's names and PiSSA files
             from ..compat.adapters import split_residuals, translate_meta
@@ -191,11 +189,11 @@ def load_adapter(path: Path) -> LoraAdapter:
                          f"{', '.join(ADAPTER_SUFFIXES)}).")
     if any(k.endswith(("lora_down.weight", "lora_up.weight")) for k in tensors):
         modules = _comfy_modules(tensors, path)
-        meta = _meta_from_header(header, modules)
+        meta = _meta_from_header(header, modules, path)
     elif any(".lora_A" in k or ".lora_B" in k for k in tensors):
         config = _peft_config(path, header)
         modules = _peft_modules(tensors, path, config)
-        meta = _meta_from_header(config, modules)
+        meta = _meta_from_header(config, modules, path)
     else:
         sample = ", ".join(sorted(tensors)[:3]) or "none"
         raise SelvaError(f"{path.name} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B "
@@ -274,8 +272,8 @@ def _peft_modules(tensors: Mapping[str, torch.Tensor], path: Path,
         if "A" not in p or "B" not in p:
             raise SelvaError(f"{path.name}: module {name} has no lora_{'A' if 'A' not in p else 'B'}.")
         rank = int(p["A"].shape[0])
-        alpha = float(config.get("alpha") or rank)
-        if rank != int(config.get("rank") or rank):
+        alpha = _header_number(config, "alpha", float, rank, path)
+        if rank != _header_number(config, "rank", int, rank, path):
             raise SelvaError(f"{path.name}: module {name} has rank {rank} but the file says "
                              f"{config.get('rank')}.")
         if _truthy(config.get("rslora")):
@@ -309,11 +307,23 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights]) -> AdapterMeta:
-    version = header.get("format_version")
-    if header.get("format") == FORMAT and version is not None and int(version) > FORMAT_VERSION:
-        raise SelvaError(f"This adapter uses format version {version}; this pack reads up to "
-                         f"{FORMAT_VERSION}. Update ComfyUI-SelVA.")
+def _header_number(header: Mapping[str, Any], key: str, kind: type, default: Any, path: Path) -> Any:
+    """``header[key]`` as ``kind`` (``default`` when absent or empty); a clear error otherwise."""
+    value = header.get(key) or default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SelvaError(f"{path.name}: its header says {key} = {value!r}, which is not "
+                         f"{'a whole number' if kind is int else 'a number'}; the file is damaged "
+                         f"or was not written as a LoRA adapter.") from None
+
+
+def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeights], path: Path) -> AdapterMeta:
+    if header.get("format") == FORMAT:
+        version = _header_number(header, "format_version", int, 0, path)
+        if version > FORMAT_VERSION:
+            raise SelvaError(f"This adapter uses format version {version}; this pack reads up to "
+                             f"{FORMAT_VERSION}. Update ComfyUI-SelVA.")
     targets = header.get("targets", header.get("target"))
     if isinstance(targets, str):
         try:
@@ -321,14 +331,14 @@ def _meta_from_header(header: Mapping[str, Any], modules: Mapping[str, LoraWeigh
         except json.JSONDecodeError:
             targets = targets.replace(",", " ").split()
     first = next(iter(modules.values()))
-    rank = int(header.get("rank") or first.rank)
+    rank = _header_number(header, "rank", int, first.rank, path)
     init = str(header.get("init") or "default")
     known = {"format", "format_version", "variant", "rank", "alpha", "targets", "target", "init",
              "rslora", "steps", "dataset_digest", "module_ranks", "source_format"}
     return AdapterMeta(
         variant=str(header["variant"]) if header.get("variant") else None,
-        rank=rank, alpha=float(header.get("alpha") or rank),
+        rank=rank, alpha=_header_number(header, "alpha", float, rank, path),
         targets=tuple(targets) if targets else tuple(sorted({n.rsplit(".", 1)[-1] for n in modules})),
         init=init, rslora=_truthy(header.get("rslora", False)),
-        steps=int(header.get("steps") or 0), dataset_digest=str(header.get("dataset_digest") or ""),
+        steps=_header_number(header, "steps", int, 0, path), dataset_digest=str(header.get("dataset_digest") or ""),
         extra={k: str(v) for k, v in header.items() if k not in known and isinstance(v, (str, int, float))})

@@ -169,10 +169,12 @@ def _flat(weight: torch.Tensor) -> torch.Tensor:
 class LoraSet(nn.Module):
     """LoRA pairs for named generator layers; :meth:`attach` hooks them onto a generator."""
 
-    def __init__(self, layers: dict[str, LoraLayer], config: LoraConfig) -> None:
+    def __init__(self, layers: dict[str, LoraLayer], config: Optional[LoraConfig] = None) -> None:
         super().__init__()
         self.names = list(layers)
         self.layers = nn.ModuleDict({_key(n): layer for n, layer in layers.items()})
+        # how a trainable set was made; None for a frozen one, whose layers' alphas say everything
+        # (the file's header rank / alpha are only notes, see format.py)
         self.config = config
 
     def layer(self, name: str) -> LoraLayer:
@@ -273,34 +275,23 @@ class LoraSet(nn.Module):
 
     # --------------------------------------------------------------------------- frozen form
     @classmethod
-    def from_adapter(cls, adapter: LoraAdapter, generator: Optional[nn.Module] = None) -> "LoraSet":
-        """A frozen set holding ``adapter``'s weights; checked against ``generator`` when given."""
-        if generator is not None:
-            check_adapter(adapter, generator)
+    def from_adapter(cls, adapter: LoraAdapter, generator: nn.Module) -> "LoraSet":
+        """A frozen set holding ``adapter``'s weights, checked against ``generator`` (whose convs
+        give the pairs their stride, padding and dilation)."""
+        check_adapter(adapter, generator)
         adapter = adapter.against(generator)
-        layers = {}
-        for name, w in adapter.modules.items():
-            conv_args = None
-            if w.is_conv:
-                conv_args = (_conv_args(generator.get_submodule(name)) if generator is not None
-                             else {"stride": 1, "padding": w.down.shape[-1] // 2, "dilation": 1})
-            layers[name] = LoraLayer(w.down.detach().float(), w.up.detach().float(), w.alpha,
-                                     trainable=False, conv_args=conv_args)
-        meta = adapter.meta
-        config = LoraConfig(rank=max(meta.rank, 1), alpha=max(meta.alpha, 1e-12),
-                            targets=meta.targets or ("?",), init="default", rslora=meta.rslora)
-        return cls(layers, config)
+        layers = {name: LoraLayer(w.down.detach().float(), w.up.detach().float(), w.alpha, trainable=False,
+                                  conv_args=_conv_args(generator.get_submodule(name)))
+                  for name, w in adapter.modules.items()}
+        return cls(layers)
 
     # ------------------------------------------------------------------------------ attaching
     @contextlib.contextmanager
     def attach(self, generator: nn.Module, strength: float = 1.0) -> Iterator[None]:
         """Hook every layer onto ``generator`` for the block: out += strength * delta(input).
 
-        Strength 0 installs nothing (the output is the base output bit for bit).
+        Strength 0 is :class:`LoraPatch`'s to skip (it attaches nothing, not even this set).
         """
-        if strength == 0:
-            yield
-            return
         device = next(generator.parameters()).device
         if next(self.parameters()).device != device:
             self.to(device)  # keeps the Parameter objects (an optimizer's references stay valid)

@@ -52,7 +52,7 @@ def resolve_adapter(adapter: Optional[LoraAdapter], path: Union[str, Path, None]
             raise SelvaError(f"adapter must be a SELVA_LORA (from the LoRA trainer), got "
                              f"{type(adapter).__name__}.")
         return adapter
-    text = str(path or "").strip().strip('"')
+    text = str(path or "").strip().strip('"').strip("'").strip()  # quotes as a copied path has them
     if not text:
         raise SelvaError("No adapter: set adapter_path to an adapter file (relative paths start in "
                          "ComfyUI's output folder) or connect a trainer's adapter output.")

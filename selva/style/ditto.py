@@ -100,14 +100,11 @@ def ditto_generate(pipe: "SelvaPipeline", features: Features, target: MelStats, 
     """Optimise x0 toward ``target`` and sample from it; interrupt raises before any output."""
     hooks = hooks or NO_HOOKS
     config.validate()
-    if config.n_opt_steps == 0:
-        wave = pipe.generate(features, prompt=prompt, negative_prompt=negative_prompt,
-                             steps=config.steps, cfg_strength=config.cfg_strength, seed=config.seed,
-                             hooks=hooks, extra_patches=extra_patches)
-        return DittoResult(wave)
     features = pipe.encoding.features_for_prompt(features, prompt, hooks)
-    x0, losses, best = optimise_noise(pipe, features, target, config, negative_prompt=negative_prompt,
-                                      extra_patches=extra_patches, hooks=hooks)
+    x0, losses, best = None, [], None  # n_opt_steps 0: the Sampler's own noise for the seed
+    if config.n_opt_steps:
+        x0, losses, best = optimise_noise(pipe, features, target, config, negative_prompt=negative_prompt,
+                                          extra_patches=extra_patches, hooks=hooks)
     wave = pipe.generate(features, negative_prompt=negative_prompt, steps=config.steps,
                          cfg_strength=config.cfg_strength, seed=config.seed, hooks=hooks,
                          extra_patches=extra_patches, noise=x0)

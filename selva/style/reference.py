@@ -51,11 +51,16 @@ class ReferenceAudio:
 
 
 def find_audio_files(directory: Path) -> list[Path]:
-    """Every audio file under ``directory`` (recursively), sorted so the order is stable."""
+    """Every audio file under ``directory`` (recursively), sorted so the order is stable.
+
+    Hidden files and folders are skipped, as the dataset readers skip them: a Mac's ``._a.wav``
+    resource forks are not audio, a trash folder's clips are not meant.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise SelvaError(f"Reference folder {directory} does not exist or is not a folder.")
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
 def load_audio_file(path: Path) -> ReferenceAudio:
@@ -69,19 +74,6 @@ def load_audio_file(path: Path) -> ReferenceAudio:
     if wave.shape[-1] == 0:
         raise SelvaError(f"The audio file {path} holds no samples; remove it from the reference folder.")
     return ReferenceAudio(str(path), wave, rate)
-
-
-def mel_moments(mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sum over frames and sum of per-frame outer products of (n_mels, frames) log-mels (float64)."""
-    m = mel.double()
-    return m.sum(dim=-1), m @ m.T, m.shape[-1]
-
-
-def stats_from_moments(total: torch.Tensor, outer: torch.Tensor, frames: int, clips: int) -> MelStats:
-    mean = total / frames
-    # covariance = E[x x^T] - mu mu^T: the Gram matrix of the mean-removed bands
-    gram = outer / frames - torch.outer(mean, mean)
-    return MelStats(mean.float(), gram.float(), frames, clips)
 
 
 def differentiable_stats(mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +131,13 @@ def compute_reference_stats(pipe: "SelvaPipeline", files: Sequence[Path],
         if mono.shape[-1] < needed:
             raise SelvaError(f"Reference clip {ref.name} is too short ({mono.shape[-1]} samples at "
                              f"{ref.sample_rate} Hz); use clips of at least a quarter second.")
-        mel = pipe.decoding.log_mel(mono, ref.sample_rate)[0]  # (n_mels, frames)
-        s, o, f = mel_moments(mel)
-        total += s
-        outer += o
-        frames += f
+        mel = pipe.decoding.log_mel(mono, ref.sample_rate)[0].double()  # (n_mels, frames)
+        total += mel.sum(dim=-1)
+        outer += mel @ mel.T  # the sum of the frames' outer products
+        frames += mel.shape[-1]
         hooks.step("reference audio", i, items)
     log.info("Reference set: %d clips, %d mel frames", items, frames)
-    return stats_from_moments(total, outer, frames, items)
+    mean = total / frames
+    # covariance = E[x x^T] - mu mu^T: the Gram matrix of the mean-removed bands
+    gram = outer / frames - torch.outer(mean, mean)
+    return MelStats(mean.float(), gram.float(), frames, items)

@@ -185,8 +185,9 @@ class SteeringPatch:
         names = block_names(generator)
         hidden = generator.cfg.hidden_dim
         if len(names) != self.steering.n_blocks or hidden != self.steering.hidden_dim:
+            made_with = self.steering.variant or "a model the file does not name"  # earlier .pt files
             raise SelvaError(
-                f"These steering vectors were made with {self.steering.variant} ({self.steering.n_blocks} "
+                f"These steering vectors were made with {made_with} ({self.steering.n_blocks} "
                 f"blocks of width {self.steering.hidden_dim}), but the model's generator has "
                 f"{len(names)} blocks of width {hidden}. Extract vectors with this model.")
 

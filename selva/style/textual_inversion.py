@@ -148,7 +148,8 @@ class TextualInversion:
 def check_compatible(ti: TextualInversion, variant: str, text_shape: torch.Size) -> None:
     seq_len, dim = int(text_shape[-2]), int(text_shape[-1])
     if (ti.variant and ti.variant != variant) or ti.embeddings.shape[1] != dim:
-        raise SelvaError(f"This textual inversion was trained on {ti.variant} (token width "
+        trained_on = ti.variant or "a model the file does not name"  # earlier .pt files
+        raise SelvaError(f"This textual inversion was trained on {trained_on} (token width "
                          f"{ti.embeddings.shape[1]}), but the model is {variant} (width {dim}). "
                          f"Train one for this model.")
     if not 1 <= ti.n_tokens < seq_len - 1:
