@@ -70,7 +70,14 @@ class Features:
                   "prompt": self.prompt, "duration": self.duration, "fps": self.fps,
                   "mask_strength": self.mask_strength, "start": self.start}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        write_atomic(path, lambda tmp: (np.savez_compressed if compress else np.savez)(tmp, **arrays))
+        save = np.savez_compressed if compress else np.savez
+
+        def write(tmp: Path) -> None:
+            # Through a file object: given a name, numpy appends ".npz" when it lacks that suffix.
+            with open(tmp, "wb") as f:
+                save(f, **arrays)
+
+        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: Path) -> "Features":

@@ -39,6 +39,16 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["f.npz"]
 
 
+@pytest.mark.parametrize("name", ["feats", "feats.bin"])
+def test_save_to_a_name_without_npz_writes_that_file(tmp_path, name):
+    # np.savez appends ".npz" to a path that lacks it: the features went into a stray temp file
+    # and the named file was left empty.
+    f = make_features(clip=False, weight=False)
+    f.save(tmp_path / name, compress=name == "feats")
+    assert os.listdir(tmp_path) == [name]
+    assert torch.equal(Features.load(tmp_path / name).text_clip, f.text_clip)
+
+
 def test_load_rejects_foreign_and_corrupt_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(SelvaError, match="other.npz"):
