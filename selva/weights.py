@@ -139,13 +139,15 @@ def verify(wf: WeightFile, path: Path) -> None:
 
 def _download_file(wf: WeightFile, models_dir: Path) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     last: Optional[Exception] = None
     for rel in (wf.path, *wf.alternative_paths):
         try:
             log.info("Downloading %s from %s", rel, wf.repo_id)
             got = Path(hf_hub_download(wf.repo_id, rel, local_dir=models_dir))
+        except LocalEntryNotFoundError:  # the Hub could not be reached: a failed download
+            raise
         except EntryNotFoundError as e:  # try the next published name
             last = e
             continue
