@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -153,8 +154,9 @@ def cache_max_bytes(max_gb: Optional[float] = None) -> int:
             max_gb = float(text) if text else DEFAULT_CACHE_MAX_GB
         except ValueError:
             raise SelvaError(f"{CACHE_MAX_ENV}={text!r} is not a number of gigabytes (e.g. 4 or 0.5).") from None
-    if not max_gb >= 0:
-        raise SelvaError(f"The feature cache size cap must be 0 GB or more, got {max_gb}.")
+    if not 0 <= max_gb < math.inf:
+        raise SelvaError(f"The feature cache size cap must be a finite number of GB, 0 GB or more, "
+                         f"got {max_gb}.")
     return int(max_gb * GB)
 
 

@@ -102,6 +102,12 @@ def test_cap_from_environment(monkeypatch):
         F.cache_max_bytes()
     with pytest.raises(SelvaError, match="0 GB or more"):
         F.cache_max_bytes(-1)
+    # inf used to escape as an OverflowError (int(inf)) from --max-gb inf or the variable
+    with pytest.raises(SelvaError, match=r"must be a finite number of GB, 0 GB or more, got inf\."):
+        F.cache_max_bytes(float("inf"))
+    monkeypatch.setenv(F.CACHE_MAX_ENV, "inf")
+    with pytest.raises(SelvaError, match="finite"):
+        F.cache_max_bytes()
 
 
 def test_cli_cache_info_and_prune(tmp_path, capsys):
