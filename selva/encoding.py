@@ -51,6 +51,7 @@ class TextFeatures:
     clip: torch.Tensor
 
 
+@dataclass(frozen=True)
 class CacheKeys:
     """Every cache key of the encoders, each built from exactly the inputs its result depends on.
 
@@ -59,17 +60,18 @@ class CacheKeys:
     (JSON-able values or tensors) are what a view adds because it changes the features.
     """
 
-    def __init__(self, variant: str, clip_frames: bool, files: Callable[[], list],
-                 dtype: Callable[[str], torch.dtype], extra: tuple = ()):
-        self.variant, self.clip_frames, self._files, self._dtype = variant, clip_frames, files, dtype
-        self.extra = tuple(extra)
+    variant: str
+    clip_frames: bool
+    files: Callable[[], list]
+    dtype: Callable[[str], torch.dtype]
+    extra: tuple = ()
 
     def with_extra(self, parts: Sequence) -> "CacheKeys":
-        return CacheKeys(self.variant, self.clip_frames, self._files, self._dtype, self.extra + tuple(parts))
+        return replace(self, extra=self.extra + tuple(parts))
 
     def identity(self) -> list:
         """The encoders' weights and dtypes plus the view's extra parts."""
-        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES], *self.extra]
+        return ["encoders", self.files(), [str(self.dtype(name)) for name in ENCODER_STAGES], *self.extra]
 
     def features(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
         """The on-disk feature cache key: every pixel and mask value, the prompt, the encoders,
@@ -91,12 +93,12 @@ class CacheKeys:
 
     def clip_text(self, text: str) -> str:
         """CLIP text features of a (negative) prompt: only CLIP reads it."""
-        return content_hash(["clip text", self.variant, self._files(), str(self._dtype("clip")), text])
+        return content_hash(["clip text", self.variant, self.files(), str(self.dtype("clip")), text])
 
     def sync_backbone(self, frames: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> str:
         """The sync encoder's text-independent backbone tokens: frames, mask and its weights only
         (no view parts: a learned prompt token cannot change them)."""
-        return content_hash(["sync backbone", self.variant, self._files(), str(self._dtype("text_synch")),
+        return content_hash(["sync backbone", self.variant, self.files(), str(self.dtype("text_synch")),
                              frames, mask, float(strength)])
 
     def sync_for_text(self, features: Features, t5: torch.Tensor, t5_mask: torch.Tensor) -> str:
@@ -110,9 +112,8 @@ class Encoders:
 
     def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool,
                  encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
+        # ``keys`` also hold the variant and whether CLIP sees frames (every key depends on them)
         self.manager, self.keys, self.tf32 = manager, keys, tf32
-        # the variant and whether CLIP sees frames are the keys' own (every key depends on them)
-        self.variant_name, self.clip_frames = keys.variant, keys.clip_frames
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
         self._encodings = encodings if encodings is not None else LruCache(max_items=8)
         # the last clip's backbone tokens, if not too large
@@ -154,12 +155,12 @@ class Encoders:
             sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                              prepared.mask_strength, text, hooks)
             clip_features = None
-            if self.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
+            if self.keys.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
                 with self.manager.use("clip") as clip:
                     clip_features = streamed_encode.encode_clip(
                         clip, prepared.frames.clip_u8, prepared.clip_mask, prepared.mask_strength,
                         self.manager.dtype("clip"), on_batch=lambda d, n: hooks.step("clip", d, n))
-        return Features(variant=self.variant_name, prompt=prompt, duration=prepared.duration,
+        return Features(variant=self.keys.variant, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
                         text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
                         sync_features=sync_features.float().cpu(),
@@ -211,7 +212,7 @@ class Encoders:
         No T5 runs: without frames nothing reads it."""
         if not duration or duration <= 0:
             raise SelvaError(f"Text to audio needs a positive duration in seconds, got {duration}.")
-        return Features(variant=self.variant_name, prompt=prompt, duration=float(duration), fps=0.0,
+        return Features(variant=self.keys.variant, prompt=prompt, duration=float(duration), fps=0.0,
                         text_t5=torch.zeros(1, 0, 0), text_t5_mask=torch.zeros(1, 0),
                         text_clip=self.clip_text(prompt).float(), sync_features=torch.zeros(1, 0, 0),
                         sync_frames_u8=torch.zeros(0, 224, 224, 3, dtype=torch.uint8))
@@ -284,9 +285,9 @@ class Encoders:
         backbone tokens of the frames are reused (:meth:`encode_sync`), so a re-run costs nothing.
         """
         hooks = or_default(hooks)
-        if features.variant != self.variant_name:
+        if features.variant != self.keys.variant:
             raise SelvaError(f"These features were extracted with {features.variant!r}, the model is "
-                             f"{self.variant_name!r}; extract them again with this model.")
+                             f"{self.keys.variant!r}; extract them again with this model.")
         t5 = text_t5.detach().float().cpu()
         mask = text_t5_mask.detach().cpu()
         key = self.keys.sync_for_text(features, t5, mask)
