@@ -35,6 +35,7 @@ FORMAT = "selva-features"
 FORMAT_VERSION = 1
 _REQUIRED = ("text_t5", "text_t5_mask", "text_clip", "sync_features", "sync_frames_u8")
 _TENSORS = _REQUIRED + ("clip_features", "sync_mask")
+_HEADER = ("variant", "prompt", "duration", "fps")  # header fields without a default
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Features:
                              f"(found {header.get('format')} v{header.get('version')}); extract "
                              f"the features again.")
         missing = [name for name in _REQUIRED if name not in arrays]
+        missing += [name for name in _HEADER if name not in header]
         if missing:
             raise SelvaError(f"{path} lacks {', '.join(missing)}; extract the features again.")
         return cls(variant=header["variant"], prompt=header["prompt"],
