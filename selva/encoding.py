@@ -2,14 +2,14 @@
 
 :class:`Encoders` runs them with their in-memory caches (re-encoded prompts, negative prompts,
 the sync backbone's tokens of the last clip); :class:`CacheKeys` builds every cache key, each
-from exactly what changes that result. A pipeline and all its views share the caches; a view
-that changes what the encoders produce (a textual-inversion embedding) carries its own keys.
+from exactly what changes that result. A pipeline and all its views share the encoders and
+their caches.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
@@ -56,26 +56,21 @@ class CacheKeys:
     """Every cache key of the encoders, each built from exactly the inputs its result depends on.
 
     The encoders' identity is their weight files (path, size, mtime) and the dtypes they really
-    run in (bf16 that fell back to fp16 is fp16), read when a key is built; ``extra`` parts
-    (JSON-able values or tensors) are what a view adds because it changes the features.
+    run in (bf16 that fell back to fp16 is fp16), read when a key is built.
     """
 
     variant: str
     clip_frames: bool
     files: Callable[[], list]
     dtype: Callable[[str], torch.dtype]
-    extra: tuple = ()
-
-    def with_extra(self, parts: Sequence) -> "CacheKeys":
-        return replace(self, extra=self.extra + tuple(parts))
 
     def identity(self) -> list:
-        """The encoders' weights and dtypes plus the view's extra parts."""
-        return ["encoders", self.files(), [str(self.dtype(name)) for name in ENCODER_STAGES], *self.extra]
+        """The encoders' weights and dtypes."""
+        return ["encoders", self.files(), [str(self.dtype(name)) for name in ENCODER_STAGES]]
 
-    def features(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
-        """The on-disk feature cache key: every pixel and mask value, the prompt, the encoders,
-        the view's parts and ``extra_key``. (Unchanged from earlier releases: caches stay valid.)"""
+    def features(self, prepared: PreparedInput, prompt: str) -> str:
+        """The on-disk feature cache key: every pixel and mask value, the prompt and the encoders.
+        (Unchanged from earlier releases: caches stay valid.)"""
         fr = prepared.frames
         use_clip = self.clip_frames
         return content_hash([
@@ -83,7 +78,7 @@ class CacheKeys:
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
             *([fr.start] if fr.start else []),  # keys of features from 0 s stay as they were
-            "extra", *extra_key,  # last: its length varies
+            "extra",  # ended the parts an adapter could add (none does now); kept: caches stay valid
         ])
 
     def prompt_features(self, features: Features, prompt: str) -> str:
@@ -110,19 +105,13 @@ class CacheKeys:
 class Encoders:
     """T5, CLIP and the TextSynchformer of one pipeline (or view), with the shared memo caches."""
 
-    def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool,
-                 encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
+    def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool):
         # ``keys`` also hold the variant and whether CLIP sees frames (every key depends on them)
         self.manager, self.keys, self.tf32 = manager, keys, tf32
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
-        self._encodings = encodings if encodings is not None else LruCache(max_items=8)
+        self._encodings = LruCache(max_items=8)
         # the last clip's backbone tokens, if not too large
-        self._backbone = backbone if backbone is not None else LruCache(max_items=1, max_bytes=1024**3)
-
-    def with_key_parts(self, parts: Sequence) -> "Encoders":
-        """The same encoders and caches, with ``parts`` joining every key (a view's)."""
-        return Encoders(self.manager, self.keys.with_extra(parts), tf32=self.tf32,
-                        encodings=self._encodings, backbone=self._backbone)
+        self._backbone = LruCache(max_items=1, max_bytes=1024**3)
 
     @property
     def device(self) -> torch.device:
@@ -133,14 +122,13 @@ class Encoders:
 
     # ------------------------------------------------------------------------------ features
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None,
-               cache: Optional[FeatureCache] = None, extra_key: Sequence = ()) -> Features:
+               cache: Optional[FeatureCache] = None) -> Features:
         """T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames; skipped when
-        ``cache`` already holds features for exactly this input (``extra_key``: parts of an
-        adapter that changes the features, see :meth:`CacheKeys.features`)."""
+        ``cache`` already holds features for exactly this input (see :meth:`CacheKeys.features`)."""
         hooks = or_default(hooks)
         if cache is None:
             return self._encode(prepared, prompt, hooks)
-        key = self.keys.features(prepared, prompt, extra_key)
+        key = self.keys.features(prepared, prompt)
         hit = cache.get(key)
         if hit is not None:
             log.info("Features loaded from cache %s", cache.path(key))
