@@ -91,8 +91,7 @@ class CacheKeys:
         return content_hash(["clip text", self.variant, self.files(), str(self.dtype("clip")), text])
 
     def sync_backbone(self, frames: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> str:
-        """The sync encoder's text-independent backbone tokens: frames, mask and its weights only
-        (no view parts: a learned prompt token cannot change them)."""
+        """The sync encoder's text-independent backbone tokens: frames, mask and its weights only."""
         return content_hash(["sync backbone", self.variant, self.files(), str(self.dtype("text_synch")),
                              frames, mask, float(strength)])
 
@@ -103,7 +102,7 @@ class CacheKeys:
 
 
 class Encoders:
-    """T5, CLIP and the TextSynchformer of one pipeline (or view), with the shared memo caches."""
+    """T5, CLIP and the TextSynchformer of one pipeline and its views, with their memo caches."""
 
     def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool):
         # ``keys`` also hold the variant and whether CLIP sees frames (every key depends on them)
