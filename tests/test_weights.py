@@ -87,8 +87,14 @@ def test_download_is_verified_against_md5(tmp_path, monkeypatch):
 
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    with pytest.raises(SelvaError, match="checksum"):
+    with pytest.raises(SelvaError, match="checksum") as e:
         W.resolve_file(wf, tmp_path)
+    # the bad download is set aside, and the message says where (it used to say "Delete it" of
+    # a file that was no longer there)
+    aside = tmp_path / "weights" / "x.pth.md5-mismatch"
+    assert aside.read_bytes() == b"bad" and not (tmp_path / "weights" / "x.pth").exists()
+    assert f"set aside as {aside}; run again to download it afresh" in str(e.value)
+    assert "Delete it" not in str(e.value)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, rel, local_dir: str(_fake_file(local_dir, rel, b"good")))
     assert W.resolve_file(wf, tmp_path).read_bytes() == b"good"
