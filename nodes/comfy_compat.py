@@ -81,18 +81,12 @@ def pick_models_dir(relative_files: Iterable[str], candidates: Optional[list[Pat
     return max(candidates, key=lambda directory: sum((directory / rel).is_file() for rel in rels))
 
 
-def temp_dir() -> Path:
-    """The system temp folder: ComfyUI empties its own temp folder at start-up, which would
-    throw the feature cache away every session."""
-    return Path(tempfile.gettempdir())
-
-
 def comfy_temp_dir() -> Path:
     """ComfyUI's own temp folder (emptied at each start; Save Video keeps what the user wants);
     outside ComfyUI the system temp folder."""
     if folder_paths is not None:
         return Path(folder_paths.get_temp_directory())
-    return temp_dir()
+    return Path(tempfile.gettempdir())
 
 
 def video_from_file(path: Path) -> Any:

@@ -4,21 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from . import comfy_compat, paths
+from . import paths
 from .common import CATEGORY, FEATURES_TYPE, MODEL_TYPE, VIDEO_TYPE, comfy_run, make_hooks, outputs
 from .dataset_clip import check_clip_name, save_named_clip
 from .video_input import decodable, resolve_video
 
 
-CACHE_SUBDIR = "selva_features"
-
-
 def cache_directory(cache_dir: str) -> Path:
     """The folder for cached features: ``cache_dir`` by the nodes' path rule (relative = inside
-    ComfyUI's output folder), or ``<system temp>/selva_features`` when empty (a cache only:
-    named dataset clips never go there, see :func:`.paths.dataset_folder`)."""
+    ComfyUI's output folder), or when empty the core's default, ``<system temp>/selva_features``,
+    which ``python -m selva cache`` reads (a cache only: named dataset clips never go there, see
+    :func:`.paths.dataset_folder`). Not ComfyUI's temp folder: ComfyUI empties it at start-up,
+    which would throw the cache away every session."""
+    from ..selva.features import default_cache_dir
+
     text = (cache_dir or "").strip()
-    return paths.resolve(text, "cache_dir") if text else comfy_compat.temp_dir() / CACHE_SUBDIR
+    return paths.resolve(text, "cache_dir") if text else default_cache_dir()
 
 
 def as_mask_stack(mask: Any) -> Any:

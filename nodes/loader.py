@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import astuple
 from typing import Any
 
 from . import comfy_compat
@@ -42,7 +43,7 @@ def load_pipeline(variant: str, precision: str, offload_strategy: str, clip_fram
     options = LoadOptions(variant=variant, precision=precision, offload=offload_strategy,
                           device=device, models_dir=models_dir, clip_frames=clip_frames,
                           compile=bool(compile))
-    key = (variant, precision, offload_strategy, device, str(models_dir), clip_frames, bool(compile))
+    key = astuple(options)
     with _CACHE_LOCK:
         cached = _LOADED.get(key)
         if cached is not None:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from ..selva.offload import OFFLOAD_STRATEGIES
+from ..selva.offload import check_strategy
 from ..selva.residency import HostCopy, module_bytes
 from . import comfy_compat
 
@@ -101,11 +101,7 @@ class ComfyResidency:
 
     def __init__(self, strategy: str, model_management: Any, patcher_base: type,
                  device: Optional[Any] = None):
-        from ..selva.errors import SelvaError
-
-        if strategy not in OFFLOAD_STRATEGIES:
-            raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
-                             f"{', '.join(OFFLOAD_STRATEGIES)}.")
+        check_strategy(strategy)
         self.strategy = strategy
         self.mm = model_management
         self.device = _normalised(device if device is not None else model_management.get_torch_device())

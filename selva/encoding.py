@@ -2,14 +2,14 @@
 
 :class:`Encoders` runs them with their in-memory caches (re-encoded prompts, negative prompts,
 the sync backbone's tokens of the last clip); :class:`CacheKeys` builds every cache key, each
-from exactly what changes that result. A pipeline and all its views share the caches; a view
-that changes what the encoders produce (a textual-inversion embedding) carries its own keys.
+from exactly what changes that result. A pipeline and all its views share the encoders and
+their caches.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
@@ -51,29 +51,26 @@ class TextFeatures:
     clip: torch.Tensor
 
 
+@dataclass(frozen=True)
 class CacheKeys:
     """Every cache key of the encoders, each built from exactly the inputs its result depends on.
 
     The encoders' identity is their weight files (path, size, mtime) and the dtypes they really
-    run in (bf16 that fell back to fp16 is fp16), read when a key is built; ``extra`` parts
-    (JSON-able values or tensors) are what a view adds because it changes the features.
+    run in (bf16 that fell back to fp16 is fp16), read when a key is built.
     """
 
-    def __init__(self, variant: str, clip_frames: bool, files: Callable[[], list],
-                 dtype: Callable[[str], torch.dtype], extra: tuple = ()):
-        self.variant, self.clip_frames, self._files, self._dtype = variant, clip_frames, files, dtype
-        self.extra = tuple(extra)
-
-    def with_extra(self, parts: Sequence) -> "CacheKeys":
-        return CacheKeys(self.variant, self.clip_frames, self._files, self._dtype, self.extra + tuple(parts))
+    variant: str
+    clip_frames: bool
+    files: Callable[[], list]
+    dtype: Callable[[str], torch.dtype]
 
     def identity(self) -> list:
-        """The encoders' weights and dtypes plus the view's extra parts."""
-        return ["encoders", self._files(), [str(self._dtype(name)) for name in ENCODER_STAGES], *self.extra]
+        """The encoders' weights and dtypes."""
+        return ["encoders", self.files(), [str(self.dtype(name)) for name in ENCODER_STAGES]]
 
-    def features(self, prepared: PreparedInput, prompt: str, extra_key: Sequence = ()) -> str:
-        """The on-disk feature cache key: every pixel and mask value, the prompt, the encoders,
-        the view's parts and ``extra_key``. (Unchanged from earlier releases: caches stay valid.)"""
+    def features(self, prepared: PreparedInput, prompt: str) -> str:
+        """The on-disk feature cache key: every pixel and mask value, the prompt and the encoders.
+        (Unchanged from earlier releases: caches stay valid.)"""
         fr = prepared.frames
         use_clip = self.clip_frames
         return content_hash([
@@ -81,7 +78,7 @@ class CacheKeys:
             prompt, fr.duration, fr.fps, fr.sync_u8, fr.clip_u8 if use_clip else None,
             prepared.sync_mask, prepared.clip_mask if use_clip else None, prepared.mask_strength,
             *([fr.start] if fr.start else []),  # keys of features from 0 s stay as they were
-            "extra", *extra_key,  # last: its length varies
+            "extra",  # ended the parts an adapter could add (none does now); kept: caches stay valid
         ])
 
     def prompt_features(self, features: Features, prompt: str) -> str:
@@ -91,12 +88,11 @@ class CacheKeys:
 
     def clip_text(self, text: str) -> str:
         """CLIP text features of a (negative) prompt: only CLIP reads it."""
-        return content_hash(["clip text", self.variant, self._files(), str(self._dtype("clip")), text])
+        return content_hash(["clip text", self.variant, self.files(), str(self.dtype("clip")), text])
 
     def sync_backbone(self, frames: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> str:
-        """The sync encoder's text-independent backbone tokens: frames, mask and its weights only
-        (no view parts: a learned prompt token cannot change them)."""
-        return content_hash(["sync backbone", self.variant, self._files(), str(self._dtype("text_synch")),
+        """The sync encoder's text-independent backbone tokens: frames, mask and its weights only."""
+        return content_hash(["sync backbone", self.variant, self.files(), str(self.dtype("text_synch")),
                              frames, mask, float(strength)])
 
     def sync_for_text(self, features: Features, t5: torch.Tensor, t5_mask: torch.Tensor) -> str:
@@ -106,22 +102,15 @@ class CacheKeys:
 
 
 class Encoders:
-    """T5, CLIP and the TextSynchformer of one pipeline (or view), with the shared memo caches."""
+    """T5, CLIP and the TextSynchformer of one pipeline and its views, with their memo caches."""
 
-    def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool,
-                 encodings: Optional[LruCache] = None, backbone: Optional[LruCache] = None):
+    def __init__(self, manager: OffloadManager, keys: CacheKeys, *, tf32: bool):
+        # ``keys`` also hold the variant and whether CLIP sees frames (every key depends on them)
         self.manager, self.keys, self.tf32 = manager, keys, tf32
-        # the variant and whether CLIP sees frames are the keys' own (every key depends on them)
-        self.variant_name, self.clip_frames = keys.variant, keys.clip_frames
         # Re-encodings for Sampler prompts (and negative prompts), shared with every view.
-        self._encodings = encodings if encodings is not None else LruCache(max_items=8)
+        self._encodings = LruCache(max_items=8)
         # the last clip's backbone tokens, if not too large
-        self._backbone = backbone if backbone is not None else LruCache(max_items=1, max_bytes=1024**3)
-
-    def with_key_parts(self, parts: Sequence) -> "Encoders":
-        """The same encoders and caches, with ``parts`` joining every key (a view's)."""
-        return Encoders(self.manager, self.keys.with_extra(parts), tf32=self.tf32,
-                        encodings=self._encodings, backbone=self._backbone)
+        self._backbone = LruCache(max_items=1, max_bytes=1024**3)
 
     @property
     def device(self) -> torch.device:
@@ -132,14 +121,13 @@ class Encoders:
 
     # ------------------------------------------------------------------------------ features
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None,
-               cache: Optional[FeatureCache] = None, extra_key: Sequence = ()) -> Features:
+               cache: Optional[FeatureCache] = None) -> Features:
         """T5 and CLIP on the prompt, TextSynchformer (and CLIP) on the frames; skipped when
-        ``cache`` already holds features for exactly this input (``extra_key``: parts of an
-        adapter that changes the features, see :meth:`CacheKeys.features`)."""
+        ``cache`` already holds features for exactly this input (see :meth:`CacheKeys.features`)."""
         hooks = or_default(hooks)
         if cache is None:
             return self._encode(prepared, prompt, hooks)
-        key = self.keys.features(prepared, prompt, extra_key)
+        key = self.keys.features(prepared, prompt)
         hit = cache.get(key)
         if hit is not None:
             log.info("Features loaded from cache %s", cache.path(key))
@@ -154,12 +142,12 @@ class Encoders:
             sync_features = self.encode_sync(prepared.frames.sync_u8, prepared.sync_mask,
                                              prepared.mask_strength, text, hooks)
             clip_features = None
-            if self.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
+            if self.keys.clip_frames:  # the clip mask is already one frame per clip frame (or 1)
                 with self.manager.use("clip") as clip:
                     clip_features = streamed_encode.encode_clip(
                         clip, prepared.frames.clip_u8, prepared.clip_mask, prepared.mask_strength,
                         self.manager.dtype("clip"), on_batch=lambda d, n: hooks.step("clip", d, n))
-        return Features(variant=self.variant_name, prompt=prompt, duration=prepared.duration,
+        return Features(variant=self.keys.variant, prompt=prompt, duration=prepared.duration,
                         fps=float(prepared.frames.fps or 0.0), text_t5=text.t5.float().cpu(),
                         text_t5_mask=text.t5_mask.cpu(), text_clip=text.clip.float().cpu(),
                         sync_features=sync_features.float().cpu(),
@@ -211,7 +199,7 @@ class Encoders:
         No T5 runs: without frames nothing reads it."""
         if not duration or duration <= 0:
             raise SelvaError(f"Text to audio needs a positive duration in seconds, got {duration}.")
-        return Features(variant=self.variant_name, prompt=prompt, duration=float(duration), fps=0.0,
+        return Features(variant=self.keys.variant, prompt=prompt, duration=float(duration), fps=0.0,
                         text_t5=torch.zeros(1, 0, 0), text_t5_mask=torch.zeros(1, 0),
                         text_clip=self.clip_text(prompt).float(), sync_features=torch.zeros(1, 0, 0),
                         sync_frames_u8=torch.zeros(0, 224, 224, 3, dtype=torch.uint8))
@@ -284,9 +272,9 @@ class Encoders:
         backbone tokens of the frames are reused (:meth:`encode_sync`), so a re-run costs nothing.
         """
         hooks = or_default(hooks)
-        if features.variant != self.variant_name:
+        if features.variant != self.keys.variant:
             raise SelvaError(f"These features were extracted with {features.variant!r}, the model is "
-                             f"{self.variant_name!r}; extract them again with this model.")
+                             f"{self.keys.variant!r}; extract them again with this model.")
         t5 = text_t5.detach().float().cpu()
         mask = text_t5_mask.detach().cpu()
         key = self.keys.sync_for_text(features, t5, mask)

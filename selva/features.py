@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -34,6 +35,7 @@ FORMAT = "selva-features"
 FORMAT_VERSION = 1
 _REQUIRED = ("text_t5", "text_t5_mask", "text_clip", "sync_features", "sync_frames_u8")
 _TENSORS = _REQUIRED + ("clip_features", "sync_mask")
+_HEADER = ("variant", "prompt", "duration", "fps")  # header fields without a default
 
 
 @dataclass
@@ -70,7 +72,14 @@ class Features:
                   "prompt": self.prompt, "duration": self.duration, "fps": self.fps,
                   "mask_strength": self.mask_strength, "start": self.start}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        write_atomic(path, lambda tmp: (np.savez_compressed if compress else np.savez)(tmp, **arrays))
+        save = np.savez_compressed if compress else np.savez
+
+        def write(tmp: Path) -> None:
+            # Through a file object: given a name, numpy appends ".npz" when it lacks that suffix.
+            with open(tmp, "wb") as f:
+                save(f, **arrays)
+
+        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: Path) -> "Features":
@@ -89,6 +98,7 @@ class Features:
                              f"(found {header.get('format')} v{header.get('version')}); extract "
                              f"the features again.")
         missing = [name for name in _REQUIRED if name not in arrays]
+        missing += [name for name in _HEADER if name not in header]
         if missing:
             raise SelvaError(f"{path} lacks {', '.join(missing)}; extract the features again.")
         return cls(variant=header["variant"], prompt=header["prompt"],
@@ -146,8 +156,9 @@ def cache_max_bytes(max_gb: Optional[float] = None) -> int:
             max_gb = float(text) if text else DEFAULT_CACHE_MAX_GB
         except ValueError:
             raise SelvaError(f"{CACHE_MAX_ENV}={text!r} is not a number of gigabytes (e.g. 4 or 0.5).") from None
-    if not max_gb >= 0:
-        raise SelvaError(f"The feature cache size cap must be 0 GB or more, got {max_gb}.")
+    if not 0 <= max_gb < math.inf:
+        raise SelvaError(f"The feature cache size cap must be a finite number of GB, 0 GB or more, "
+                         f"got {max_gb}.")
     return int(max_gb * GB)
 
 

@@ -56,17 +56,12 @@ def stage_dtypes(precision_dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def required_files(spec: "VariantSpec") -> list[W.WeightFile]:
-    files = [W.FILES[spec.video_enc_file], W.FILES[spec.generator_file], W.FILES[spec.vae_file]]
-    if spec.vocoder_file:
-        files.append(W.FILES[spec.vocoder_file])
-    return files
+    keys = (spec.video_enc_file, spec.generator_file, spec.vae_file, spec.vocoder_file)
+    return [W.FILES[key] for key in keys if key]  # a v2 vocoder is a snapshot, not a file
 
 
 def required_snapshots(spec: "VariantSpec") -> list[W.HubSnapshot]:
-    snaps = [W.HUB["t5"], W.HUB["clip"]]
-    if spec.vocoder_snapshot:
-        snaps.append(W.HUB[spec.vocoder_snapshot])
-    return snaps
+    return [W.HUB[key] for key in ("t5", "clip", spec.vocoder_snapshot) if key]
 
 
 def resolve_all(spec: "VariantSpec", models_dir: Path, allow_download: bool,

@@ -44,7 +44,7 @@ from .precision import PRECISIONS, resolve_dtype  # re-exported: callers read al
 from .residency import MakeRoom, Residency, default_residency, module_bytes
 
 __all__ = ["PRECISIONS", "OFFLOAD_STRATEGIES", "OffloadManager", "Stage", "pick_device",
-           "resolve_dtype", "resolve_offload", "releases_after_use", "returns_idle_memory",
+           "resolve_dtype", "resolve_offload", "check_strategy", "releases_after_use", "returns_idle_memory",
            "free_bytes", "module_bytes"]
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def free_bytes(device: torch.device) -> Optional[int]:
     return None
 
 
-def _check_strategy(strategy: str) -> None:
+def check_strategy(strategy: str) -> None:
+    """A clear error for an offload strategy that is not one of :data:`OFFLOAD_STRATEGIES`."""
     if strategy not in OFFLOAD_STRATEGIES:
         raise SelvaError(f"Unknown offload strategy {strategy!r}; choose one of "
                          f"{', '.join(OFFLOAD_STRATEGIES)}.")
@@ -93,7 +94,7 @@ def _check_strategy(strategy: str) -> None:
 
 def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = None) -> bool:
     """Whether stages should go back to the CPU after running."""
-    _check_strategy(strategy)
+    check_strategy(strategy)
     if device.type == "cpu" or strategy == "keep_in_vram":
         return False
     if strategy == "offload_to_cpu":
@@ -108,7 +109,7 @@ def resolve_offload(strategy: str, device: torch.device, free: Optional[int] = N
 def releases_after_use(strategy: str, device: torch.device) -> bool:
     """Whether stages are dropped after each use and rebuilt on the next (``offload_to_cpu`` on a
     CPU-only device, where keeping a "CPU copy" would keep everything)."""
-    _check_strategy(strategy)  # only the name: resolving "auto" again would query and log twice
+    check_strategy(strategy)  # only the name: resolving "auto" again would query and log twice
     return device.type == "cpu" and strategy == "offload_to_cpu"
 
 

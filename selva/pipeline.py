@@ -102,17 +102,14 @@ class SelvaPipeline:
 
     # ------------------------------------------------------------------------------- views
     def with_patches(self, generator: Sequence[GeneratorPatch] = (),
-                     stages: Optional[dict[str, str]] = None,
-                     feature_key: Sequence = ()) -> "SelvaPipeline":
+                     stages: Optional[dict[str, str]] = None) -> "SelvaPipeline":
         """A view of this pipeline with more generator patches and/or stage overrides.
 
-        The view shares every network (and the offload manager, and the encoders' caches) with
-        ``self``; ``self`` is not changed, so other branches of a graph keep the base behaviour.
-        ``feature_key`` parts (JSON-able values or tensors) join every feature cache key of the
-        view: a patch that changes the features (textual inversion) passes its digest here.
+        The view shares every network (and the offload manager, and the encoders with their
+        caches) with ``self``; ``self`` is not changed, so other branches of a graph keep the base
+        behaviour.
         """
         view = copy.copy(self)
-        view.encoding = self.encoding.with_key_parts(feature_key)
         view.generator_patches = self.generator_patches + tuple(generator)
         view.stage_overrides = {**self.stage_overrides, **(stages or {})}
         for logical, actual in view.stage_overrides.items():
@@ -237,9 +234,9 @@ class SelvaPipeline:
         return self.encode(prepared, prompt, hooks, cache=cache)
 
     def encode(self, prepared: PreparedInput, prompt: str, hooks: Optional[Hooks] = None,
-               cache: Optional[FeatureCache] = None, extra_key: Sequence = ()) -> Features:
-        """Run the encoders on prepared frames (see :meth:`Encoders.encode`, the view's keys)."""
-        return self.encoding.encode(prepared, prompt, hooks, cache, extra_key)
+               cache: Optional[FeatureCache] = None) -> Features:
+        """Run the encoders on prepared frames (see :meth:`Encoders.encode`)."""
+        return self.encoding.encode(prepared, prompt, hooks, cache)
 
     # ---------------------------------------------------------------------------- generation
     def generate(self, features: Features, options: Optional[SamplingOptions] = None, *,

@@ -151,7 +151,7 @@ class HostCopy:
         the CPU, where the master copy itself is usable; here a CPU copy is made if asked for."""
         if self.on_device is not None:
             return
-        self._refresh()
+        self._slots = self._collect()  # tensors the module gained or lost while on the CPU
         for slot in self._slots:
             copy = slot.master.to(device, non_blocking=slot.master.is_pinned(), copy=True)
             self._assign(slot.owner, slot.name, slot.is_param, copy)
@@ -165,7 +165,7 @@ class HostCopy:
             return
         for slot in self._slots:
             current = self._current(slot)
-            if current is None:  # removed while on the device: forget it at the next refresh
+            if current is None:  # removed while on the device: forgotten at the next upload
                 continue
             if self._replaced(slot, current):
                 slot.master = current.detach().to("cpu")
@@ -181,15 +181,6 @@ class HostCopy:
         if slot.is_param:
             return current.data_ptr() != slot.installed.data_ptr() or current.device != slot.installed.device
         return current is not slot.installed
-
-    def _refresh(self) -> None:
-        """Pick up tensors the module gained or lost since the last upload (while on the CPU)."""
-        known = {(id(s.owner), s.name, s.is_param): s for s in self._slots}
-        fresh = []
-        for slot in self._collect():
-            old = known.get((id(slot.owner), slot.name, slot.is_param))
-            fresh.append(old if old is not None and old.master is slot.master else slot)
-        self._slots = fresh
 
 
 class OnDevice:

@@ -125,36 +125,36 @@ def md5sum(path: Path, chunk: int = 16 * MIB) -> str:
     return h.hexdigest()
 
 
-def verify(wf: WeightFile, path: Path) -> None:
-    """Check a file against its published md5 (when known). Raises SelvaError on mismatch."""
+def _check_download(wf: WeightFile, path: Path) -> None:
+    """Check a fresh download against its published md5 (when known). A mismatch is set aside as
+    ``<name>.md5-mismatch`` (so that the next run fetches the file again) and raises SelvaError."""
     if wf.md5 is None:
         return
     got = md5sum(path)
     if got != wf.md5:
+        aside = path.with_name(path.name + ".md5-mismatch")
+        os.replace(path, aside)
         raise SelvaError(
-            f"{path} does not match the published checksum of {wf.path} (md5 {got}, expected "
-            f"{wf.md5}): the download is incomplete or the file is a different one. Delete it and "
-            f"run again to download it, or get it from {wf.url}.")
+            f"The download of {wf.path} does not match the published checksum (md5 {got}, expected "
+            f"{wf.md5}): it is incomplete or a different file. It was set aside as {aside}; run "
+            f"again to download it afresh, or get it from {wf.url}.")
 
 
 def _download_file(wf: WeightFile, models_dir: Path) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     last: Optional[Exception] = None
     for rel in (wf.path, *wf.alternative_paths):
         try:
             log.info("Downloading %s from %s", rel, wf.repo_id)
             got = Path(hf_hub_download(wf.repo_id, rel, local_dir=models_dir))
+        except LocalEntryNotFoundError:  # the Hub could not be reached: a failed download
+            raise
         except EntryNotFoundError as e:  # try the next published name
             last = e
             continue
-        try:
-            verify(wf, got)
-        except SelvaError:
-            # Set our own bad download aside so that the next run fetches it again.
-            os.replace(got, got.with_name(got.name + ".md5-mismatch"))
-            raise
+        _check_download(wf, got)
         return got
     tried = ", ".join((wf.path, *wf.alternative_paths))
     raise missing_error([_missing_line_file(wf, models_dir)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_named_clip_audio_that_cannot_be_aligned_is_refused(model, out_dir):
 
 def test_named_clip_without_cache_dir_goes_to_the_output_folder_not_temp(model, out_dir, monkeypatch, tmp_path):
     temp = tmp_path / "system_temp"
-    monkeypatch.setattr(pack_module("nodes.comfy_compat"), "temp_dir", lambda: temp)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     extract(model, name="door", audio=audio(sound(1.0, RATE)))
     assert sorted(p.name for p in (out_dir / "selva_datasets" / "door").iterdir()) == [
         ".selva_cache", "door_001.npz", "door_001.wav"]

@@ -39,6 +39,16 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["f.npz"]
 
 
+@pytest.mark.parametrize("name", ["feats", "feats.bin"])
+def test_save_to_a_name_without_npz_writes_that_file(tmp_path, name):
+    # np.savez appends ".npz" to a path that lacks it: the features went into a stray temp file
+    # and the named file was left empty.
+    f = make_features(clip=False, weight=False)
+    f.save(tmp_path / name, compress=name == "feats")
+    assert os.listdir(tmp_path) == [name]
+    assert torch.equal(Features.load(tmp_path / name).text_clip, f.text_clip)
+
+
 def test_load_rejects_foreign_and_corrupt_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(SelvaError, match="other.npz"):
@@ -46,6 +56,19 @@ def test_load_rejects_foreign_and_corrupt_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SelvaError, match="extract the features again"):
         Features.load(tmp_path / "junk.npz")
+
+
+def test_header_without_a_field_is_an_unreadable_entry_not_a_crash(tmp_path):
+    # A header lacking a field raised KeyError, which the cache (catching SelvaError) let through.
+    import json
+    arrays = {name: np.zeros((1, 2)) for name in ("text_t5", "text_t5_mask", "text_clip", "sync_features",
+                                                 "sync_frames_u8")}
+    header = json.dumps({"format": "selva-features", "version": 1, "prompt": "x", "duration": 1, "fps": 25})
+    cache = FeatureCache(tmp_path, max_bytes=10**9)
+    np.savez(cache.path("0" * 40), header=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(SelvaError, match=r"lacks variant; extract the features again\."):
+        Features.load(cache.path("0" * 40))
+    assert cache.get("0" * 40) is None and cache.path("0" * 40).with_suffix(".corrupt").is_file()
 
 
 def test_cache_hit_miss_and_corrupt_entry_set_aside(tmp_path):

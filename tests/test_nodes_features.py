@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 
 import pytest
 import torch
@@ -205,10 +206,11 @@ def test_unwritable_cache_dir_only_costs_the_cache(model, spy, tmp_path, caplog)
 
 
 def test_empty_cache_dir_uses_the_system_temp_folder(model, spy, monkeypatch, tmp_path):
-    compat = pack_module("nodes.comfy_compat")
-    monkeypatch.setattr(compat, "temp_dir", lambda: tmp_path / "systemp")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "systemp"))
     extract(model, frames(1.0, seed=7), "")
     assert list((tmp_path / "systemp" / "selva_features").glob("*.npz"))
+    # the folder `python -m selva cache` reads by default
+    assert pack_module("selva.features").default_cache_dir() == tmp_path / "systemp" / "selva_features"
 
 
 # ------------------------------------------------------------------------------------ masks

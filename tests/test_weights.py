@@ -87,8 +87,14 @@ def test_download_is_verified_against_md5(tmp_path, monkeypatch):
 
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    with pytest.raises(SelvaError, match="checksum"):
+    with pytest.raises(SelvaError, match="checksum") as e:
         W.resolve_file(wf, tmp_path)
+    # the bad download is set aside, and the message says where (it used to say "Delete it" of
+    # a file that was no longer there)
+    aside = tmp_path / "weights" / "x.pth.md5-mismatch"
+    assert aside.read_bytes() == b"bad" and not (tmp_path / "weights" / "x.pth").exists()
+    assert f"set aside as {aside}; run again to download it afresh" in str(e.value)
+    assert "Delete it" not in str(e.value)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, rel, local_dir: str(_fake_file(local_dir, rel, b"good")))
     assert W.resolve_file(wf, tmp_path).read_bytes() == b"good"
@@ -123,3 +129,24 @@ def test_file_absent_from_the_hub_lists_where_to_put_it(tmp_path, monkeypatch):
         W.resolve_file(wf, tmp_path)
     msg = str(e.value)
     assert wf.url in msg and str(tmp_path / wf.path) in msg and "generator_small_44khz_sup_5.pth" in msg
+
+
+def test_offline_hub_is_a_failed_download_not_an_absent_file(tmp_path, monkeypatch):
+    # huggingface_hub raises LocalEntryNotFoundError (an EntryNotFoundError) when it cannot reach
+    # the Hub: that is a failed download, not "the repository has none of these names".
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    tried = []
+
+    def unreachable(repo, rel, local_dir):
+        tried.append(rel)
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    wf = W.FILES["generator_small_44k"]
+    with pytest.raises(W.MissingWeightsError) as e:
+        W.resolve_file(wf, tmp_path)
+    assert "the download failed (cannot reach the Hub)" in str(e.value)
+    assert "has none of" not in str(e.value) and tried == [wf.path]
