@@ -140,6 +140,8 @@ def _check_start(walk: _Walk, requested: Optional[Fraction], interval: Optional[
     """A start past the end, or leaving less than one sync segment, is the user's to fix."""
     if walk.latest is None:
         raise SelvaError("The video has no frames.")
+    if walk.finished:
+        return  # the video goes on past the requested end: the start is not what is short
     step = interval or 0
     end = start + walk.latest + step  # how long the video lasts
     # the last start that still gives 16 sync frames and enough 8 fps frames to cover them
