@@ -61,10 +61,16 @@ class LogProgress:
 
 # ---------------------------------------------------------------------------------- outputs
 def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """Fail before any work when an output would replace an input or (without --overwrite) a file."""
+    """Fail before any work when an output would replace an input, another output of the run or
+    (without --overwrite) a file."""
+    written: set[Path] = set()
     for path in paths:
         if any(path.resolve() == Path(i).resolve() for i in inputs):
             raise SelvaError(f"{path} is an input of this run; choose another output path.")
+        if path.resolve() in written:
+            raise SelvaError(f"{path} would be written twice by this run (--out and --mux); give each "
+                             f"output its own path.")
+        written.add(path.resolve())
         if path.exists() and not overwrite:
             raise SelvaError(f"{path} already exists; pass --overwrite to replace it.")
 

@@ -177,6 +177,15 @@ def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_fil
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files
 
 
+def test_one_path_for_two_outputs_is_refused_before_any_work(models_dir, video_file, tmp_path, capfd):
+    # --out and --mux naming one file: the muxed video once replaced the audio just written there
+    out, same = tmp_path / "take.m4a", tmp_path / "sub" / ".." / "take.m4a"
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "rain", "--out", str(out),
+                   "--mux", str(same), *_common(models_dir)])
+    assert rc == 1 and not out.exists()
+    assert f"{same} would be written twice by this run (--out and --mux)" in capfd.readouterr().err
+
+
 def test_mux_starts_picture_and_sound_together(tmp_path):
     """A picture that starts at 2 s in its file (MPEG-TS) is muxed to start with the audio at 0 s."""
     import av
