@@ -121,16 +121,28 @@ class _Span:
     dts: Optional[list[int]]  # derived decode times of the kept packets, when the source lacks some
 
 
-def _seek(src: Any, v_in: Any, start: float) -> None:
-    """Seek to the keyframe at or before ``start`` seconds from the stream's start time. The
-    packet plan and the copy both seek through here: from the same point they read the same
-    packets (a stream without a start time counts from 0 in both, not from a first pts that
-    only one of them has seen)."""
+def _origin(video_in: Path, v_in: Any) -> int:
+    """The timestamp frame times count from (as :func:`selva.video.decode_video` counts them):
+    the stream's start time, else its first packet's (raw streams such as MJPEG have none). Read
+    from the file's beginning, never after a seek to ``start``."""
+    if v_in.start_time is not None:
+        return v_in.start_time
+    import av
+
+    with av.open(str(video_in)) as src:
+        first = next(src.demux(src.streams.video[0]), None)
+    stamp = None if first is None else first.pts if first.pts is not None else first.dts
+    return stamp if stamp is not None else 0
+
+
+def _seek(src: Any, v_in: Any, origin: int, start: float) -> None:
+    """Seek to the keyframe at or before ``start`` seconds from ``origin``. The packet plan and
+    the copy both seek through here with the same origin, so they read the same packets."""
     if start > 0:
-        src.seek(int((v_in.start_time or 0) + start / v_in.time_base), stream=v_in, backward=True)
+        src.seek(int(origin + start / v_in.time_base), stream=v_in, backward=True)
 
 
-def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
+def _plan_copy(src: Any, v_in: Any, origin: int, start: float, limit: float) -> _Span:
     """Which packets to copy, read from the packets' timestamps only (nothing is decoded).
 
     Kept: from the first keyframe at or after the seek point, every packet whose pts falls
@@ -141,8 +153,7 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     demuxer leaves it unset on the first frames of B-frame video) are kept, and the kept span
     gets DTS derived from its pts: the sorted pts moved back by the reorder depth.
     """
-    origin = v_in.start_time
-    _seek(src, v_in, start)
+    _seek(src, v_in, origin, start)
     stamps: list[tuple[Optional[int], Optional[int]]] = []  # (pts, dts) of candidates
     indices: list[int] = []
     shift = None
@@ -154,8 +165,6 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None:
             raise _NotCopyable("a picture packet has neither a presentation nor a decode time")
-        if origin is None:
-            origin = pts
         if shift is None:
             if not packet.is_keyframe:
                 continue  # a copied picture can only begin on a keyframe
@@ -193,7 +202,8 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
     with av.open(str(video_in)) as src:
         if not src.streams.video:
             raise SelvaError(f"{video_in} has no video stream to mux.")
-        span = _plan_copy(src, src.streams.video[0], start, limit)
+        v_in = src.streams.video[0]
+        span = _plan_copy(src, v_in, _origin(video_in, v_in), start, limit)
     with av.open(str(video_in)) as src, av.open(str(tmp), "w") as dst:
         v_in = src.streams.video[0]
         try:
@@ -202,7 +212,7 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
             raise _NotCopyable(f"a {tmp.suffix} file cannot hold this picture's codec ({e})") from e
         a_out = _aac_stream(dst, sample_rate, tmp.suffix)
         _configure_audio_stream(a_out, data.shape[0], "fltp")
-        _seek(src, v_in, start)  # the plan's seek: the same packets in the same order
+        _seek(src, v_in, span.origin, start)  # the plan's seek: the same packets in the same order
         wanted = iter(enumerate(span.keep))
         nxt = next(wanted, None)
         index = 0
@@ -245,14 +255,12 @@ def _reencode_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, st
         v_out.codec_context.time_base = v_in.time_base
         v_out.options = {"preset": "veryfast", "crf": "18"}
         _configure_audio_stream(a_out, data.shape[0], "fltp")
-        origin = v_in.start_time
-        _seek(src, v_in, start)
+        origin = _origin(video_in, v_in)
+        _seek(src, v_in, origin, start)
         first = None
         for frame in src.decode(v_in):
             if frame.pts is None:
                 continue
-            if origin is None:
-                origin = frame.pts
             t = float((frame.pts - origin) * v_in.time_base)
             if t < start - 1e-6:
                 continue

@@ -184,7 +184,21 @@ def test_plan_and_copy_seek_to_the_same_point_without_a_stream_start_time():
     seeks = []
     src = SimpleNamespace(seek=lambda offset, stream, backward: seeks.append(offset))
     stream = SimpleNamespace(start_time=None, time_base=Fraction(1, 1000))
-    _seek(src, stream, 2.0)
-    _seek(src, SimpleNamespace(start_time=7200, time_base=Fraction(1, 90000)), 1.0)
-    _seek(src, stream, 0.0)  # from the start: no seek at all
+    _seek(src, stream, 0, 2.0)
+    _seek(src, SimpleNamespace(start_time=7200, time_base=Fraction(1, 90000)), 7200, 1.0)
+    _seek(src, stream, 0, 0.0)  # from the start: no seek at all
     assert seeks == [2000, 7200 + 90000]
+
+
+def test_mux_from_a_later_start_of_a_stream_without_a_start_time(tmp_path):
+    """Raw MJPEG (as webcams write it) has no stream start time: frame times still count from its
+    first frame, not from the first frame after the seek to `start` (which once cut the picture
+    1.3 s too long and delayed the audio by 1.3 s)."""
+    import av
+
+    src = _clip(tmp_path / "cam.mjpeg", "mjpeg", pix_fmt="yuvj420p")
+    with av.open(str(src)) as c:  # the premise
+        assert c.streams.video[0].start_time is None
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / "out.mkv", duration=2.0, start=1.3)
+    _check(src, out, 1.3, 2.0, wave)
