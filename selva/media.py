@@ -267,7 +267,9 @@ def _reencode_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, st
             if t >= limit:
                 break
             first = frame.pts if first is None else first
-            out = frame.reformat(width=v_out.width, height=v_out.height, format="yuv420p")
+            # a full-range source (MJPEG, some phones) becomes the limited range H.264 is read as
+            out = frame.reformat(width=v_out.width, height=v_out.height, format="yuv420p",
+                                 src_color_range=frame.color_range, dst_color_range="MPEG")
             out.pts, out.time_base = frame.pts - first, v_in.time_base
             out.pict_type = av.video.frame.PictureType.NONE
             for packet in v_out.encode(out):

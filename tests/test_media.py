@@ -202,3 +202,18 @@ def test_mux_from_a_later_start_of_a_stream_without_a_start_time(tmp_path):
     wave = torch.full((1, 2 * RATE), 0.5)
     out = media.mux_video(src, wave, RATE, tmp_path / "out.mkv", duration=2.0, start=1.3)
     _check(src, out, 1.3, 2.0, wave)
+
+
+def test_a_full_range_picture_keeps_its_levels_when_re_encoded(tmp_path, monkeypatch):
+    """MJPEG (and some phones' video) is full range: the H.264 re-encode, tagged limited range,
+    once kept the full-range values, so players stretched every grey (20 + 2 * 10 read back as
+    frame 4's grey instead of frame 10's)."""
+    src = _clip(tmp_path / "cam.mjpeg", "mjpeg", pix_fmt="yuvj420p")
+
+    def refuse(*args):
+        raise media._NotCopyable("a re-encode is what this test checks")
+
+    monkeypatch.setattr(media, "_copy_picture", refuse)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / "out.mp4", duration=2.0, start=1.3)
+    _check(src, out, 1.3, 2.0, wave)
