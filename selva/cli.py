@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import SelvaError
-from .media import AUDIO_CODECS, mux_video, read_mask, write_audio
+from .media import audio_format, mux_video, read_mask, write_audio
 from .options import add_sampling_arguments, windows_from_args
 
 # Our package's logger ("selva" when run as ``python -m selva``); the root logger is left alone.
@@ -224,9 +224,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SelvaError("--mux needs --video: there is no video to put the audio into.")
     if args.video is not None and not args.video.is_file():
         raise SelvaError(f"Video file not found: {args.video}")
-    if args.out.suffix.lower() not in AUDIO_CODECS:
-        raise SelvaError(f"Unsupported audio format {args.out.suffix!r}; use one of "
-                         f"{', '.join(sorted(AUDIO_CODECS))}.")
+    audio_format(args.out)
     count = args.batch_size
     outputs = [numbered(args.out, i, count) for i in range(count)]
     if args.mux is not None:

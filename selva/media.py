@@ -33,15 +33,21 @@ def _audio_array(wave: Any) -> Any:
     return np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
 
 
+def audio_format(path: Path) -> tuple[str, str]:
+    """(codec, sample format) that :func:`write_audio` uses for ``path``'s suffix; a clear error
+    for a suffix it cannot write (callers check it before any work)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in AUDIO_CODECS:
+        raise SelvaError(f"Unsupported audio format {suffix!r}; use one of {', '.join(sorted(AUDIO_CODECS))}.")
+    return AUDIO_CODECS[suffix.lower()]
+
+
 def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
     """Write one (C, T) float clip in [-1, 1]; the format follows the file suffix."""
     import av
 
     path = Path(path)
-    codec, fmt = AUDIO_CODECS.get(path.suffix.lower(), (None, None))
-    if codec is None:
-        raise SelvaError(f"Unsupported audio format {path.suffix!r}; use one of "
-                         f"{', '.join(sorted(AUDIO_CODECS))}.")
+    codec, fmt = audio_format(path)
     data = _audio_array(wave)
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
