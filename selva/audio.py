@@ -38,6 +38,14 @@ def measure_lufs(wave_ct: torch.Tensor, sample_rate: int) -> float:
     return float(meter.integrated_loudness(data))
 
 
+def _loudness(clip: torch.Tensor, sample_rate: int) -> float:
+    """Integrated loudness of one (C, T) clip; -inf where it is undefined: silence, a clip
+    shorter than one 400 ms block, or one entirely under the -70 LUFS gate."""
+    if clip.shape[-1] < _MIN_LOUDNESS_SECONDS * sample_rate or float(clip.abs().max()) == 0:
+        return -math.inf
+    return measure_lufs(clip, sample_rate)
+
+
 def _limit_gain(wave_ct: torch.Tensor, gain: float) -> float:
     """The largest gain <= ``gain`` that keeps every sample inside [-1, 1]."""
     peak = float(wave_ct.abs().max())
@@ -61,12 +69,7 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
     wave = check_waveform(wave)
     out = torch.empty_like(wave)
     for i, clip in enumerate(wave):
-        peak = float(clip.abs().max())
-        if peak == 0.0:
-            out[i] = clip
-            continue
-        loud = (measure_lufs(clip, sample_rate)
-                if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate else -math.inf)
+        loud = _loudness(clip, sample_rate)
         if not math.isfinite(loud):
             log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
             out[i] = clip
@@ -233,9 +236,7 @@ def output_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = 
     ceiling = 10.0 ** (true_peak_dbtp / 20.0)
     out = torch.empty_like(wave)
     for i, clip in enumerate(wave):
-        loud = (measure_lufs(clip, sample_rate)
-                if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate and float(clip.abs().max()) > 0
-                else -math.inf)
+        loud = _loudness(clip, sample_rate)
         if not math.isfinite(loud):
             log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
             out[i] = clip
