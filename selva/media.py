@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .artifacts import atomic_path
 from .errors import SelvaError
@@ -142,10 +142,17 @@ def _origin(video_in: Path, v_in: Any) -> int:
 
 
 def _seek(src: Any, v_in: Any, origin: int, start: float) -> None:
-    """Seek to the keyframe at or before ``start`` seconds from ``origin``. The packet plan and
-    the copy both seek through here with the same origin, so they read the same packets."""
+    """Seek to the keyframe at or before ``start`` seconds from ``origin``."""
     if start > 0:
         src.seek(int(origin + start / v_in.time_base), stream=v_in, backward=True)
+
+
+def _packets(src: Any, v_in: Any, origin: int, start: float) -> Iterator[tuple[int, Any]]:
+    """The picture's packets from the seek to ``start``, numbered in demux order (the demuxer's
+    closing flush packet left out). The packet plan and the copy both read through here with
+    the same origin: one number is one packet in both."""
+    _seek(src, v_in, origin, start)
+    return enumerate(p for p in src.demux(v_in) if p.size or p.pts is not None or p.dts is not None)
 
 
 def _plan_copy(src: Any, v_in: Any, origin: int, start: float, limit: float) -> _Span:
@@ -159,15 +166,10 @@ def _plan_copy(src: Any, v_in: Any, origin: int, start: float, limit: float) -> 
     demuxer leaves it unset on the first frames of B-frame video) are kept, and the kept span
     gets DTS derived from its pts: the sorted pts moved back by the reorder depth.
     """
-    _seek(src, v_in, origin, start)
     stamps: list[tuple[Optional[int], Optional[int]]] = []  # (pts, dts) of candidates
-    indices: list[int] = []
+    indices: list[int] = []  # their numbers from _packets
     shift = None
-    index = -1  # of the packet in demux order from the seek point (flush packets not counted)
-    for packet in src.demux(v_in):
-        if packet.size == 0 and packet.pts is None and packet.dts is None:
-            continue  # the demuxer's flush packet
-        index += 1
+    for index, packet in _packets(src, v_in, origin, start):
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None:
             raise _NotCopyable("a picture packet has neither a presentation nor a decode time")
@@ -187,17 +189,16 @@ def _plan_copy(src: Any, v_in: Any, origin: int, start: float, limit: float) -> 
     inside = [i for i, t in enumerate(times) if float((t - origin) * v_in.time_base) < limit]
     if not inside:
         raise _NotCopyable("no picture packet falls inside the audio's span")
-    last = inside[-1]
-    keep = list(range(last + 1))
+    n = inside[-1] + 1  # kept: the candidates up to the last one inside
     dts = None
-    if any(d is None for _, d in stamps[:last + 1]):
-        pts = [times[i] for i in keep]
+    if any(d is None for _, d in stamps[:n]):
+        pts = times[:n]
         ordered = sorted(pts)
         if len(set(ordered)) != len(ordered):
             raise _NotCopyable("picture packets without decode times share presentation times")
         delay = max(0, max(o - p for o, p in zip(ordered, pts)))
         dts = [o - delay for o in ordered]
-    return _Span(origin=origin, shift=shift, keep=[indices[i] for i in keep], dts=dts)
+    return _Span(origin=origin, shift=shift, keep=indices[:n], dts=dts)
 
 
 def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start: float,
@@ -218,20 +219,14 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
             raise _NotCopyable(f"a {tmp.suffix} file cannot hold this picture's codec ({e})") from e
         a_out = _aac_stream(dst, sample_rate, tmp.suffix)
         _configure_audio_stream(a_out, data.shape[0], "fltp")
-        _seek(src, v_in, span.origin, start)  # the plan's seek: the same packets in the same order
-        wanted = iter(enumerate(span.keep))
-        nxt = next(wanted, None)
-        index = 0
-        for packet in src.demux(v_in):
-            if nxt is None:
+        place = {index: k for k, index in enumerate(span.keep)}  # packet number -> place in the span
+        for index, packet in _packets(src, v_in, span.origin, start):  # the plan's packets
+            if index > span.keep[-1]:
                 break
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue
-            index, current = index + 1, index
-            if current != nxt[1]:
+            if index not in place:
                 continue
             if span.dts is not None:
-                packet.dts = span.dts[nxt[0]]
+                packet.dts = span.dts[place[index]]
             if packet.pts is not None:
                 packet.pts -= span.shift
             packet.dts -= span.shift
@@ -240,7 +235,6 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
                 dst.mux(packet)
             except av.FFmpegError as e:
                 raise _NotCopyable(f"the muxer refused the copied picture ({e})") from e
-            nxt = next(wanted, None)
         gap = start - float((span.shift - span.origin) * v_in.time_base)
         _encode_audio(dst, a_out, _delay_audio(data, gap, sample_rate), int(sample_rate), "fltp")
 
