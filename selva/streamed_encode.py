@@ -33,9 +33,9 @@ def sync_segments(n_frames: int) -> int:
     return 0 if n_frames < SYNC_SEGMENT else (n_frames - SYNC_SEGMENT) // SYNC_STEP + 1
 
 
-def fits_one_chunk(n_frames: int, segments_per_chunk: int = SYNC_SEGMENTS_PER_CHUNK) -> bool:
+def fits_one_chunk(n_frames: int) -> bool:
     """Whether :func:`encode_sync` would encode these frames in one piece (up to ~8 s)."""
-    return sync_segments(n_frames) <= segments_per_chunk
+    return sync_segments(n_frames) <= SYNC_SEGMENTS_PER_CHUNK
 
 
 def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float,
