@@ -109,9 +109,9 @@ def _apply_frequency_gain(wave: torch.Tensor, gain_f: torch.Tensor, n_fft: int) 
     return out.reshape(b, c, t)
 
 
-def _fft_size(t: int, preferred: int = 2048) -> int:
-    # reflect padding needs n_fft // 2 < t
-    n = preferred
+def _fft_size(t: int) -> int:
+    # 2048, halved while reflect padding (which needs n_fft // 2 < t) could not pad ``t`` samples
+    n = 2048
     while n // 2 >= t and n > 16:
         n //= 2
     return n
@@ -221,9 +221,9 @@ def harmonic_exciter(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 30
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def true_peak(wave_ct: torch.Tensor, oversample: int = 4) -> float:
+def true_peak(wave_ct: torch.Tensor) -> float:
     """The clip's true peak (BS.1770-4 Annex 2: the maximum of the 4x oversampled signal), linear."""
-    up = resample(wave_ct[None].float(), 1, oversample)[0]
+    up = resample(wave_ct[None], 1, 4)[0]
     return float(max(up.abs().max(), wave_ct.abs().max()))
 
 
