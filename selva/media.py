@@ -379,7 +379,7 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
 
 
 def read_mask(path: Optional[Path]) -> Any:
-    """A mask image as (1, H, W) float in [0, 1] (its first channel; white = keep)."""
+    """A mask image as (1, H, W) float in [0, 1] (its brightness; white = keep)."""
     if path is None:
         return None
     import av
