@@ -518,10 +518,8 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
     (seconds from the start of the stream); anything it raises stops decoding and propagates
     unchanged (use it for progress and cancellation).
     """
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - av is a hard requirement of the pack
-        raise SelvaError("Decoding video files needs PyAV: pip install av") from e
+    import av
+
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
