@@ -108,7 +108,7 @@ def _add_feature_args(p: argparse.ArgumentParser, video_required: bool = True) -
     g.add_argument("--video", type=Path, required=video_required,
                    help="input video file" + ("" if video_required else
                                               " (none: text to audio, --duration required)"))
-    g.add_argument("--prompt", required=True, default="", help="the sound to generate")
+    g.add_argument("--prompt", required=True, help="the sound to generate")
     g.add_argument("--duration", type=float, default=None,
                    help="seconds from --start (0 = to the end of the video; default: 8)")
     g.add_argument("--start", type=float, default=0.0,
