@@ -25,6 +25,8 @@ AUDIO_CODECS = {
     ".mp3": ("libmp3lame", "fltp"),
     ".opus": ("libopus", "flt"),
 }
+# the rates libopus encodes; others are resampled to 48 kHz, the rate every Opus decoder gives back
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 def _audio_array(wave: Any) -> Any:
@@ -49,11 +51,13 @@ def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
     path = Path(path)
     codec, fmt = audio_format(path)
     data = _audio_array(wave)
+    rate = int(sample_rate)
+    encoded = 48000 if codec == "libopus" and rate not in _OPUS_RATES else rate
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
-            stream = container.add_stream(codec, rate=int(sample_rate))
+            stream = container.add_stream(codec, rate=encoded)
             _configure_audio_stream(stream, data.shape[0], fmt)
-            _encode_audio(container, stream, data, int(sample_rate), fmt)
+            _encode_audio(container, stream, data, rate, fmt)
     except av.FFmpegError as e:
         raise SelvaError(f"Could not write {path}: {e}") from e
     return path
@@ -74,8 +78,8 @@ def _configure_audio_stream(stream: Any, channels: int, fmt: str) -> None:
 
 
 def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt: str) -> None:
-    """Encode (C, T) contiguous float32 samples (as :func:`_audio_array` gives them) into a
-    configured ``stream`` (in the codec's format)."""
+    """Encode (C, T) contiguous float32 samples at ``sample_rate`` (as :func:`_audio_array`
+    gives them) into a configured ``stream`` (in the codec's format and rate)."""
     import av
 
     layout = _layout(data.shape[0])
@@ -83,8 +87,8 @@ def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt:
     frame.sample_rate = sample_rate
     frame.pts = 0
     frame.time_base = Fraction(1, sample_rate)
-    # PyAV's resampler converts to the codec's sample format and cuts codec-sized frames.
-    resampler = av.AudioResampler(format=fmt, layout=layout, rate=sample_rate,
+    # PyAV's resampler converts to the codec's sample format and rate and cuts codec-sized frames.
+    resampler = av.AudioResampler(format=fmt, layout=layout, rate=stream.rate,
                                   frame_size=stream.codec_context.frame_size or None)
     for chunk in resampler.resample(frame) + resampler.resample(None):
         for packet in stream.encode(chunk):

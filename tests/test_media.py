@@ -217,3 +217,21 @@ def test_a_full_range_picture_keeps_its_levels_when_re_encoded(tmp_path, monkeyp
     wave = torch.full((1, 2 * RATE), 0.5)
     out = media.mux_video(src, wave, RATE, tmp_path / "out.mp4", duration=2.0, start=1.3)
     _check(src, out, 1.3, 2.0, wave)
+
+
+@pytest.mark.parametrize("rate", [44100, 16000])
+def test_opus_is_written_at_a_rate_it_supports(tmp_path, rate):
+    """Opus encodes 8, 12, 16, 24 and 48 kHz only: a 44.1 kHz model's audio once failed with
+    'avcodec_open2("libopus", {})' returned 22; it is resampled to 48 kHz now."""
+    import av
+
+    t = torch.arange(rate) / rate
+    wave = 0.5 * torch.sin(2 * np.pi * 440 * t)[None]
+    path = media.write_audio(tmp_path / "out.opus", wave, rate)
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray() for f in c.decode(a)], axis=-1)[0]
+        encoded = a.codec_context.sample_rate
+    assert encoded == 48000  # what every Opus decoder gives back
+    assert abs(len(samples) / 48000 - 1.0) < 0.03  # one second, whatever the source rate
+    assert np.sqrt(np.mean(samples[4800:-4800] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
