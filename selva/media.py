@@ -107,14 +107,17 @@ def _delay_audio(data: Any, gap: float, sample_rate: int) -> Any:
     return np.ascontiguousarray(data[:, -samples:])
 
 
-def _aac_stream(dst: Any, sample_rate: int, suffix: str) -> Any:
+def _aac_stream(dst: Any, sample_rate: int, channels: int, suffix: str) -> Any:
+    """The muxed video's audio stream, configured; a clear error for a container without AAC."""
     import av
 
     try:
-        return dst.add_stream("aac", rate=int(sample_rate))
+        stream = dst.add_stream("aac", rate=int(sample_rate))
     except (av.FFmpegError, ValueError) as e:
         raise SelvaError(f"A {suffix} file cannot hold AAC audio; write the muxed video as .mp4, "
                          f".mkv or .mov instead.") from e
+    _configure_audio_stream(stream, channels, "fltp")
+    return stream
 
 
 class _NotCopyable(Exception):
@@ -221,8 +224,7 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
             v_out = dst.add_stream_from_template(v_in)
         except (av.FFmpegError, ValueError) as e:
             raise _NotCopyable(f"a {tmp.suffix} file cannot hold this picture's codec ({e})") from e
-        a_out = _aac_stream(dst, sample_rate, tmp.suffix)
-        _configure_audio_stream(a_out, data.shape[0], "fltp")
+        a_out = _aac_stream(dst, sample_rate, data.shape[0], tmp.suffix)
         place = {index: k for k, index in enumerate(span.keep)}  # packet number -> place in the span
         for index, packet in _packets(src, v_in, span.origin, start):  # the plan's packets
             if index > span.keep[-1]:
@@ -252,13 +254,12 @@ def _reencode_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, st
         v_in = src.streams.video[0]
         rate = v_in.average_rate or v_in.guessed_rate or 25
         v_out = dst.add_stream("libx264", rate=rate)
-        a_out = _aac_stream(dst, sample_rate, tmp.suffix)
+        a_out = _aac_stream(dst, sample_rate, data.shape[0], tmp.suffix)
         v_out.width = v_in.codec_context.width // 2 * 2  # 4:2:0 wants even sizes
         v_out.height = v_in.codec_context.height // 2 * 2
         v_out.pix_fmt = "yuv420p"
         v_out.codec_context.time_base = v_in.time_base
         v_out.options = {"preset": "veryfast", "crf": "18"}
-        _configure_audio_stream(a_out, data.shape[0], "fltp")
         origin = _origin(video_in, v_in)
         _seek(src, v_in, origin, start)
         first = None
