@@ -144,7 +144,9 @@ def _origin(video_in: Path, v_in: Any) -> int:
 
     with av.open(str(video_in)) as src:
         first = next(src.demux(src.streams.video[0]), None)
-    stamp = None if first is None else first.pts if first.pts is not None else first.dts
+    if first is None:  # no packet at all: the plan and the re-encode say so
+        return 0
+    stamp = first.pts if first.pts is not None else first.dts
     return stamp if stamp is not None else 0
 
 
