@@ -235,3 +235,50 @@ def test_opus_is_written_at_a_rate_it_supports(tmp_path, rate):
     assert encoded == 48000  # what every Opus decoder gives back
     assert abs(len(samples) / 48000 - 1.0) < 0.03  # one second, whatever the source rate
     assert np.sqrt(np.mean(samples[4800:-4800] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+
+
+def _recording(path: Path, codec: str, pix_fmt: str, times: np.ndarray, **options: str) -> Path:
+    """A clip whose frame i (shown at ``times[i]`` s) is a flat grey of 20 + 2 i, rotated 90
+    degrees by its display matrix as phones record portrait video."""
+    import av
+
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        stream.options = options
+        stream.codec_context.time_base = time_base
+        stream.set_display_rotation(90)
+        for i, t in enumerate(times):
+            rgb = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 2 * i, np.uint8), format="rgb24")
+            frame = rgb.reformat(format=pix_fmt)
+            frame.pts, frame.time_base = round(t / time_base), time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+_VFR = np.concatenate([[0.0], np.cumsum(np.random.default_rng(0).uniform(1 / 40, 1 / 20, 99))])
+
+
+@pytest.mark.parametrize("name,codec,pix_fmt,times,options", [
+    ("phone_vfr.mp4", "libx264", "yuv420p", _VFR, {"bf": "2"}),  # variable rate, B-frames
+    ("ten_bit.mkv", "libx264", "yuv420p10le", np.arange(100) / FPS, {"bf": "3"}),
+    ("prores.mov", "prores_ks", "yuv422p10le", np.arange(100) / FPS, {}),
+])
+def test_recordings_users_bring_decode_and_mux(tmp_path, name, codec, pix_fmt, times, options):
+    from comfyui_selva.selva import video
+
+    src = _recording(tmp_path / name, codec, pix_fmt, times, **options)
+    start = 0.7
+    frames = video.decode_video(src, 2.0, start=start)
+    first = int(np.searchsorted(times, start - 1e-9))  # the first frame shown at or after `start`
+    assert frames.sync_indices[0] == first and frames.duration == 2.0
+    grey = frames.sync_u8[0].float().mean().item()
+    assert grey == pytest.approx(20 + 2 * first, abs=2)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / f"out{media.copy_suffix(src)}", start=start)
+    assert media.check_playable(out) is None
+    _check(src, out, start, 2.0, wave)
