@@ -117,6 +117,12 @@ def _fft_size(t: int) -> int:
     return n
 
 
+def _check_cutoff(cutoff_hz: float, sample_rate: int) -> None:
+    nyquist = sample_rate / 2
+    if not 0.0 < cutoff_hz < nyquist:
+        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+
+
 def hf_smoother(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 6000.0,
                 blend: float = 0.5, transition_hz: float = 1000.0) -> torch.Tensor:
     """Tame harsh high frequencies: above ``cutoff_hz`` mix in a low-passed copy.
@@ -128,9 +134,7 @@ def hf_smoother(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 6000.0,
     wave = check_waveform(wave)
     if not 0.0 <= blend <= 1.0:
         raise SelvaError(f"blend must be within [0, 1], got {blend}.")
-    nyquist = sample_rate / 2
-    if not 0.0 < cutoff_hz < nyquist:
-        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+    _check_cutoff(cutoff_hz, sample_rate)
     if blend == 0.0:
         return wave.clone()
     n_fft = _fft_size(wave.shape[-1])
@@ -202,9 +206,7 @@ def harmonic_exciter(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 30
     from scipy.signal import butter, sosfiltfilt
 
     wave = check_waveform(wave)
-    nyquist = sample_rate / 2
-    if not 0.0 < cutoff_hz < nyquist:
-        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+    _check_cutoff(cutoff_hz, sample_rate)
     if drive < 1.0:
         raise SelvaError(f"drive must be 1 or more, got {drive}.")
     if not 0.0 <= mix <= 1.0:
