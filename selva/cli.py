@@ -63,14 +63,16 @@ class LogProgress:
 def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Fail before any work when an output would replace an input, another output of the run or
     (without --overwrite) a file."""
+    read = {Path(i).resolve() for i in inputs}
     written: set[Path] = set()
     for path in paths:
-        if any(path.resolve() == Path(i).resolve() for i in inputs):
+        target = path.resolve()
+        if target in read:
             raise SelvaError(f"{path} is an input of this run; choose another output path.")
-        if path.resolve() in written:
+        if target in written:
             raise SelvaError(f"{path} would be written twice by this run (--out and --mux); give each "
                              f"output its own path.")
-        written.add(path.resolve())
+        written.add(target)
         if path.exists() and not overwrite:
             raise SelvaError(f"{path} already exists; pass --overwrite to replace it.")
 
