@@ -72,7 +72,10 @@ def audio_input(audio: Any, what: str = "audio") -> tuple[Any, int]:
         wave = wave[None, None]
     elif wave.dim() == 2:
         wave = wave[None]
-    if wave.dim() != 3 or wave.shape[-1] == 0:
+    if wave.dim() != 3:
+        raise SelvaError(f"{what} must be shaped (batch, channels, samples), got waveform shape "
+                         f"{tuple(wave.shape)}.")
+    if wave.shape[-1] == 0:
         raise SelvaError(f"{what} holds no samples (waveform shape {tuple(wave.shape)}).")
     rate = int(audio["sample_rate"])
     if rate <= 0:

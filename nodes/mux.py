@@ -68,6 +68,5 @@ class SelvaMuxVideo:
                 raise SelvaError(f"variation {variation} does not exist: the audio holds {wave.shape[0]} "
                                  f"(0 to {wave.shape[0] - 1}).")
             out = next_numbered_path(comfy_compat.comfy_temp_dir(), MUX_STEM, copy_suffix(src), digits=5)
-            mux_video(src, wave[variation], rate, out, duration=wave.shape[-1] / rate,
-                      start=float(getattr(features, "start", 0.0)))
+            mux_video(src, wave[variation], rate, out, start=float(getattr(features, "start", 0.0)))
             return (comfy_compat.video_from_file(out),)

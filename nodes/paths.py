@@ -8,7 +8,6 @@ names both places instead of a bare "not found".
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -41,10 +40,11 @@ def resolve(path: Optional[str], what: str, default: str = "") -> Path:
 
 def old_rule_place(path: Optional[str]) -> Optional[Path]:
     """Where a relative ``path`` pointed under the old working-folder rule (None if absolute)."""
-    p = Path(_clean(path)).expanduser()
-    if not _clean(path) or p.is_absolute():
+    text = _clean(path)
+    p = Path(text).expanduser()
+    if not text or p.is_absolute():
         return None
-    return Path(os.getcwd()) / p
+    return Path.cwd() / p
 
 
 def moved_error(what: str, new: Path, old: Path):

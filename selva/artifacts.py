@@ -107,7 +107,7 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
     data = {}
     for key, value in tensors.items():
         t = value.detach().to("cpu").contiguous()
-        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        if t.untyped_storage().nbytes() != t.nbytes:
             t = t.clone()
         data[key] = t
     meta = {str(k): str(v) for k, v in metadata.items()}

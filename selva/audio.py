@@ -38,6 +38,14 @@ def measure_lufs(wave_ct: torch.Tensor, sample_rate: int) -> float:
     return float(meter.integrated_loudness(data))
 
 
+def _loudness(clip: torch.Tensor, sample_rate: int) -> float:
+    """Integrated loudness of one (C, T) clip; -inf where it is undefined: silence, a clip
+    shorter than one 400 ms block, or one entirely under the -70 LUFS gate."""
+    if clip.shape[-1] < _MIN_LOUDNESS_SECONDS * sample_rate or float(clip.abs().max()) == 0:
+        return -math.inf
+    return measure_lufs(clip, sample_rate)
+
+
 def _limit_gain(wave_ct: torch.Tensor, gain: float) -> float:
     """The largest gain <= ``gain`` that keeps every sample inside [-1, 1]."""
     peak = float(wave_ct.abs().max())
@@ -61,12 +69,7 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
     wave = check_waveform(wave)
     out = torch.empty_like(wave)
     for i, clip in enumerate(wave):
-        peak = float(clip.abs().max())
-        if peak == 0.0:
-            out[i] = clip
-            continue
-        loud = (measure_lufs(clip, sample_rate)
-                if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate else -math.inf)
+        loud = _loudness(clip, sample_rate)
         if not math.isfinite(loud):
             log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
             out[i] = clip
@@ -106,12 +109,18 @@ def _apply_frequency_gain(wave: torch.Tensor, gain_f: torch.Tensor, n_fft: int) 
     return out.reshape(b, c, t)
 
 
-def _fft_size(t: int, preferred: int = 2048) -> int:
-    # reflect padding needs n_fft // 2 < t
-    n = preferred
+def _fft_size(t: int) -> int:
+    # 2048, halved while reflect padding (which needs n_fft // 2 < t) could not pad ``t`` samples
+    n = 2048
     while n // 2 >= t and n > 16:
         n //= 2
     return n
+
+
+def _check_cutoff(cutoff_hz: float, sample_rate: int) -> None:
+    nyquist = sample_rate / 2
+    if not 0.0 < cutoff_hz < nyquist:
+        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
 
 
 def hf_smoother(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 6000.0,
@@ -125,9 +134,7 @@ def hf_smoother(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 6000.0,
     wave = check_waveform(wave)
     if not 0.0 <= blend <= 1.0:
         raise SelvaError(f"blend must be within [0, 1], got {blend}.")
-    nyquist = sample_rate / 2
-    if not 0.0 < cutoff_hz < nyquist:
-        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+    _check_cutoff(cutoff_hz, sample_rate)
     if blend == 0.0:
         return wave.clone()
     n_fft = _fft_size(wave.shape[-1])
@@ -199,9 +206,7 @@ def harmonic_exciter(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 30
     from scipy.signal import butter, sosfiltfilt
 
     wave = check_waveform(wave)
-    nyquist = sample_rate / 2
-    if not 0.0 < cutoff_hz < nyquist:
-        raise SelvaError(f"cutoff_hz must be between 0 and {nyquist:g} Hz (Nyquist), got {cutoff_hz}.")
+    _check_cutoff(cutoff_hz, sample_rate)
     if drive < 1.0:
         raise SelvaError(f"drive must be 1 or more, got {drive}.")
     if not 0.0 <= mix <= 1.0:
@@ -218,9 +223,9 @@ def harmonic_exciter(wave: torch.Tensor, sample_rate: int, cutoff_hz: float = 30
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def true_peak(wave_ct: torch.Tensor, oversample: int = 4) -> float:
+def true_peak(wave_ct: torch.Tensor) -> float:
     """The clip's true peak (BS.1770-4 Annex 2: the maximum of the 4x oversampled signal), linear."""
-    up = resample(wave_ct[None].float(), 1, oversample)[0]
+    up = resample(wave_ct[None], 1, 4)[0]
     return float(max(up.abs().max(), wave_ct.abs().max()))
 
 
@@ -233,9 +238,7 @@ def output_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = 
     ceiling = 10.0 ** (true_peak_dbtp / 20.0)
     out = torch.empty_like(wave)
     for i, clip in enumerate(wave):
-        loud = (measure_lufs(clip, sample_rate)
-                if clip.shape[-1] >= _MIN_LOUDNESS_SECONDS * sample_rate and float(clip.abs().max()) > 0
-                else -math.inf)
+        loud = _loudness(clip, sample_rate)
         if not math.isfinite(loud):
             log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
             out[i] = clip

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import SelvaError
-from .media import AUDIO_CODECS, mux_video, read_mask, write_audio
+from .media import audio_format, mux_video, read_mask, write_audio
 from .options import add_sampling_arguments, windows_from_args
 
 # Our package's logger ("selva" when run as ``python -m selva``); the root logger is left alone.
@@ -61,10 +61,18 @@ class LogProgress:
 
 # ---------------------------------------------------------------------------------- outputs
 def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """Fail before any work when an output would replace an input or (without --overwrite) a file."""
+    """Fail before any work when an output would replace an input, another output of the run or
+    (without --overwrite) a file."""
+    read = {Path(i).resolve() for i in inputs}
+    written: set[Path] = set()
     for path in paths:
-        if any(path.resolve() == Path(i).resolve() for i in inputs):
+        target = path.resolve()
+        if target in read:
             raise SelvaError(f"{path} is an input of this run; choose another output path.")
+        if target in written:
+            raise SelvaError(f"{path} would be written twice by this run (--out and --mux); give each "
+                             f"output its own path.")
+        written.add(target)
         if path.exists() and not overwrite:
             raise SelvaError(f"{path} already exists; pass --overwrite to replace it.")
 
@@ -102,7 +110,7 @@ def _add_feature_args(p: argparse.ArgumentParser, video_required: bool = True) -
     g.add_argument("--video", type=Path, required=video_required,
                    help="input video file" + ("" if video_required else
                                               " (none: text to audio, --duration required)"))
-    g.add_argument("--prompt", required=True, default="", help="the sound to generate")
+    g.add_argument("--prompt", required=True, help="the sound to generate")
     g.add_argument("--duration", type=float, default=None,
                    help="seconds from --start (0 = to the end of the video; default: 8)")
     g.add_argument("--start", type=float, default=0.0,
@@ -218,9 +226,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SelvaError("--mux needs --video: there is no video to put the audio into.")
     if args.video is not None and not args.video.is_file():
         raise SelvaError(f"Video file not found: {args.video}")
-    if args.out.suffix.lower() not in AUDIO_CODECS:
-        raise SelvaError(f"Unsupported audio format {args.out.suffix!r}; use one of "
-                         f"{', '.join(sorted(AUDIO_CODECS))}.")
+    audio_format(args.out)
     count = args.batch_size
     outputs = [numbered(args.out, i, count) for i in range(count)]
     if args.mux is not None:

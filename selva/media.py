@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .artifacts import atomic_path
 from .errors import SelvaError
@@ -25,6 +25,8 @@ AUDIO_CODECS = {
     ".mp3": ("libmp3lame", "fltp"),
     ".opus": ("libopus", "flt"),
 }
+# the rates libopus encodes; others are resampled to 48 kHz, the rate every Opus decoder gives back
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 def _audio_array(wave: Any) -> Any:
@@ -33,21 +35,29 @@ def _audio_array(wave: Any) -> Any:
     return np.ascontiguousarray(np.clip(wave.detach().cpu().float().numpy(), -1.0, 1.0))
 
 
+def audio_format(path: Path) -> tuple[str, str]:
+    """(codec, sample format) that :func:`write_audio` uses for ``path``'s suffix; a clear error
+    for a suffix it cannot write (callers check it before any work)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in AUDIO_CODECS:
+        raise SelvaError(f"Unsupported audio format {suffix!r}; use one of {', '.join(sorted(AUDIO_CODECS))}.")
+    return AUDIO_CODECS[suffix.lower()]
+
+
 def write_audio(path: Path, wave: Any, sample_rate: int) -> Path:
     """Write one (C, T) float clip in [-1, 1]; the format follows the file suffix."""
     import av
 
     path = Path(path)
-    codec, fmt = AUDIO_CODECS.get(path.suffix.lower(), (None, None))
-    if codec is None:
-        raise SelvaError(f"Unsupported audio format {path.suffix!r}; use one of "
-                         f"{', '.join(sorted(AUDIO_CODECS))}.")
+    codec, fmt = audio_format(path)
     data = _audio_array(wave)
+    rate = int(sample_rate)
+    encoded = 48000 if codec == "libopus" and rate not in _OPUS_RATES else rate
     try:
         with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
-            stream = container.add_stream(codec, rate=int(sample_rate))
+            stream = container.add_stream(codec, rate=encoded)
             _configure_audio_stream(stream, data.shape[0], fmt)
-            _encode_audio(container, stream, data, int(sample_rate), fmt)
+            _encode_audio(container, stream, data, rate, fmt)
     except av.FFmpegError as e:
         raise SelvaError(f"Could not write {path}: {e}") from e
     return path
@@ -68,8 +78,8 @@ def _configure_audio_stream(stream: Any, channels: int, fmt: str) -> None:
 
 
 def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt: str) -> None:
-    """Encode (C, T) contiguous float32 samples (as :func:`_audio_array` gives them) into a
-    configured ``stream`` (in the codec's format)."""
+    """Encode (C, T) contiguous float32 samples at ``sample_rate`` (as :func:`_audio_array`
+    gives them) into a configured ``stream`` (in the codec's format and rate)."""
     import av
 
     layout = _layout(data.shape[0])
@@ -77,8 +87,8 @@ def _encode_audio(container: Any, stream: Any, data: Any, sample_rate: int, fmt:
     frame.sample_rate = sample_rate
     frame.pts = 0
     frame.time_base = Fraction(1, sample_rate)
-    # PyAV's resampler converts to the codec's sample format and cuts codec-sized frames.
-    resampler = av.AudioResampler(format=fmt, layout=layout, rate=sample_rate,
+    # PyAV's resampler converts to the codec's sample format and rate and cuts codec-sized frames.
+    resampler = av.AudioResampler(format=fmt, layout=layout, rate=stream.rate,
                                   frame_size=stream.codec_context.frame_size or None)
     for chunk in resampler.resample(frame) + resampler.resample(None):
         for packet in stream.encode(chunk):
@@ -97,14 +107,17 @@ def _delay_audio(data: Any, gap: float, sample_rate: int) -> Any:
     return np.ascontiguousarray(data[:, -samples:])
 
 
-def _aac_stream(dst: Any, sample_rate: int, suffix: str) -> Any:
+def _aac_stream(dst: Any, sample_rate: int, channels: int, suffix: str) -> Any:
+    """The muxed video's audio stream, configured; a clear error for a container without AAC."""
     import av
 
     try:
-        return dst.add_stream("aac", rate=int(sample_rate))
+        stream = dst.add_stream("aac", rate=int(sample_rate))
     except (av.FFmpegError, ValueError) as e:
         raise SelvaError(f"A {suffix} file cannot hold AAC audio; write the muxed video as .mp4, "
                          f".mkv or .mov instead.") from e
+    _configure_audio_stream(stream, channels, "fltp")
+    return stream
 
 
 class _NotCopyable(Exception):
@@ -121,16 +134,37 @@ class _Span:
     dts: Optional[list[int]]  # derived decode times of the kept packets, when the source lacks some
 
 
-def _seek(src: Any, v_in: Any, start: float) -> None:
-    """Seek to the keyframe at or before ``start`` seconds from the stream's start time. The
-    packet plan and the copy both seek through here: from the same point they read the same
-    packets (a stream without a start time counts from 0 in both, not from a first pts that
-    only one of them has seen)."""
+def _origin(video_in: Path, v_in: Any) -> int:
+    """The timestamp frame times count from (as :func:`selva.video.decode_video` counts them):
+    the stream's start time, else its first packet's (raw streams such as MJPEG have none). Read
+    from the file's beginning, never after a seek to ``start``."""
+    if v_in.start_time is not None:
+        return v_in.start_time
+    import av
+
+    with av.open(str(video_in)) as src:
+        first = next(src.demux(src.streams.video[0]), None)
+    if first is None:  # no packet at all: the plan and the re-encode say so
+        return 0
+    stamp = first.pts if first.pts is not None else first.dts
+    return stamp if stamp is not None else 0
+
+
+def _seek(src: Any, v_in: Any, origin: int, start: float) -> None:
+    """Seek to the keyframe at or before ``start`` seconds from ``origin``."""
     if start > 0:
-        src.seek(int((v_in.start_time or 0) + start / v_in.time_base), stream=v_in, backward=True)
+        src.seek(int(origin + start / v_in.time_base), stream=v_in, backward=True)
 
 
-def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
+def _packets(src: Any, v_in: Any, origin: int, start: float) -> Iterator[tuple[int, Any]]:
+    """The picture's packets from the seek to ``start``, numbered in demux order (the demuxer's
+    closing flush packet left out). The packet plan and the copy both read through here with
+    the same origin: one number is one packet in both."""
+    _seek(src, v_in, origin, start)
+    return enumerate(p for p in src.demux(v_in) if p.size or p.pts is not None or p.dts is not None)
+
+
+def _plan_copy(src: Any, v_in: Any, origin: int, start: float, limit: float) -> _Span:
     """Which packets to copy, read from the packets' timestamps only (nothing is decoded).
 
     Kept: from the first keyframe at or after the seek point, every packet whose pts falls
@@ -141,21 +175,13 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     demuxer leaves it unset on the first frames of B-frame video) are kept, and the kept span
     gets DTS derived from its pts: the sorted pts moved back by the reorder depth.
     """
-    origin = v_in.start_time
-    _seek(src, v_in, start)
     stamps: list[tuple[Optional[int], Optional[int]]] = []  # (pts, dts) of candidates
-    indices: list[int] = []
+    indices: list[int] = []  # their numbers from _packets
     shift = None
-    index = -1  # of the packet in demux order from the seek point (flush packets not counted)
-    for packet in src.demux(v_in):
-        if packet.size == 0 and packet.pts is None and packet.dts is None:
-            continue  # the demuxer's flush packet
-        index += 1
+    for index, packet in _packets(src, v_in, origin, start):
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None:
             raise _NotCopyable("a picture packet has neither a presentation nor a decode time")
-        if origin is None:
-            origin = pts
         if shift is None:
             if not packet.is_keyframe:
                 continue  # a copied picture can only begin on a keyframe
@@ -172,17 +198,16 @@ def _plan_copy(src: Any, v_in: Any, start: float, limit: float) -> _Span:
     inside = [i for i, t in enumerate(times) if float((t - origin) * v_in.time_base) < limit]
     if not inside:
         raise _NotCopyable("no picture packet falls inside the audio's span")
-    last = inside[-1]
-    keep = list(range(last + 1))
+    n = inside[-1] + 1  # kept: the candidates up to the last one inside
     dts = None
-    if any(d is None for _, d in stamps[:last + 1]):
-        pts = [times[i] for i in keep]
+    if any(d is None for _, d in stamps[:n]):
+        pts = times[:n]
         ordered = sorted(pts)
         if len(set(ordered)) != len(ordered):
             raise _NotCopyable("picture packets without decode times share presentation times")
         delay = max(0, max(o - p for o, p in zip(ordered, pts)))
         dts = [o - delay for o in ordered]
-    return _Span(origin=origin, shift=shift, keep=[indices[i] for i in keep], dts=dts)
+    return _Span(origin=origin, shift=shift, keep=indices[:n], dts=dts)
 
 
 def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start: float,
@@ -193,29 +218,23 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
     with av.open(str(video_in)) as src:
         if not src.streams.video:
             raise SelvaError(f"{video_in} has no video stream to mux.")
-        span = _plan_copy(src, src.streams.video[0], start, limit)
+        v_in = src.streams.video[0]
+        span = _plan_copy(src, v_in, _origin(video_in, v_in), start, limit)
     with av.open(str(video_in)) as src, av.open(str(tmp), "w") as dst:
         v_in = src.streams.video[0]
         try:
             v_out = dst.add_stream_from_template(v_in)
         except (av.FFmpegError, ValueError) as e:
             raise _NotCopyable(f"a {tmp.suffix} file cannot hold this picture's codec ({e})") from e
-        a_out = _aac_stream(dst, sample_rate, tmp.suffix)
-        _configure_audio_stream(a_out, data.shape[0], "fltp")
-        _seek(src, v_in, start)  # the plan's seek: the same packets in the same order
-        wanted = iter(enumerate(span.keep))
-        nxt = next(wanted, None)
-        index = 0
-        for packet in src.demux(v_in):
-            if nxt is None:
+        a_out = _aac_stream(dst, sample_rate, data.shape[0], tmp.suffix)
+        place = {index: k for k, index in enumerate(span.keep)}  # packet number -> place in the span
+        for index, packet in _packets(src, v_in, span.origin, start):  # the plan's packets
+            if index > span.keep[-1]:
                 break
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue
-            index, current = index + 1, index
-            if current != nxt[1]:
+            if index not in place:
                 continue
             if span.dts is not None:
-                packet.dts = span.dts[nxt[0]]
+                packet.dts = span.dts[place[index]]
             if packet.pts is not None:
                 packet.pts -= span.shift
             packet.dts -= span.shift
@@ -224,7 +243,6 @@ def _copy_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, start:
                 dst.mux(packet)
             except av.FFmpegError as e:
                 raise _NotCopyable(f"the muxer refused the copied picture ({e})") from e
-            nxt = next(wanted, None)
         gap = start - float((span.shift - span.origin) * v_in.time_base)
         _encode_audio(dst, a_out, _delay_audio(data, gap, sample_rate), int(sample_rate), "fltp")
 
@@ -238,28 +256,27 @@ def _reencode_picture(video_in: Path, tmp: Path, data: Any, sample_rate: int, st
         v_in = src.streams.video[0]
         rate = v_in.average_rate or v_in.guessed_rate or 25
         v_out = dst.add_stream("libx264", rate=rate)
-        a_out = _aac_stream(dst, sample_rate, tmp.suffix)
+        a_out = _aac_stream(dst, sample_rate, data.shape[0], tmp.suffix)
         v_out.width = v_in.codec_context.width // 2 * 2  # 4:2:0 wants even sizes
         v_out.height = v_in.codec_context.height // 2 * 2
         v_out.pix_fmt = "yuv420p"
         v_out.codec_context.time_base = v_in.time_base
         v_out.options = {"preset": "veryfast", "crf": "18"}
-        _configure_audio_stream(a_out, data.shape[0], "fltp")
-        origin = v_in.start_time
-        _seek(src, v_in, start)
+        origin = _origin(video_in, v_in)
+        _seek(src, v_in, origin, start)
         first = None
         for frame in src.decode(v_in):
             if frame.pts is None:
                 continue
-            if origin is None:
-                origin = frame.pts
             t = float((frame.pts - origin) * v_in.time_base)
             if t < start - 1e-6:
                 continue
             if t >= limit:
                 break
             first = frame.pts if first is None else first
-            out = frame.reformat(width=v_out.width, height=v_out.height, format="yuv420p")
+            # a full-range source (MJPEG, some phones) becomes the limited range H.264 is read as
+            out = frame.reformat(width=v_out.width, height=v_out.height, format="yuv420p",
+                                 src_color_range=frame.color_range, dst_color_range="MPEG")
             out.pts, out.time_base = frame.pts - first, v_in.time_base
             out.pict_type = av.video.frame.PictureType.NONE
             for packet in v_out.encode(out):
@@ -369,7 +386,7 @@ def mux_video(video_in: Path, wave: Any, sample_rate: int, video_out: Path,
 
 
 def read_mask(path: Optional[Path]) -> Any:
-    """A mask image as (1, H, W) float in [0, 1] (its first channel; white = keep)."""
+    """A mask image as (1, H, W) float in [0, 1] (its brightness; white = keep)."""
     if path is None:
         return None
     import av

@@ -8,7 +8,7 @@ encodes frame by frame.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -33,9 +33,9 @@ def sync_segments(n_frames: int) -> int:
     return 0 if n_frames < SYNC_SEGMENT else (n_frames - SYNC_SEGMENT) // SYNC_STEP + 1
 
 
-def fits_one_chunk(n_frames: int, segments_per_chunk: int = SYNC_SEGMENTS_PER_CHUNK) -> bool:
+def fits_one_chunk(n_frames: int) -> bool:
     """Whether :func:`encode_sync` would encode these frames in one piece (up to ~8 s)."""
-    return sync_segments(n_frames) <= segments_per_chunk
+    return sync_segments(n_frames) <= SYNC_SEGMENTS_PER_CHUNK
 
 
 def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float,
@@ -47,16 +47,8 @@ def encode_sync(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], stre
     ``net`` is the TextSynchformer; ``text_f`` / ``text_mask`` already carry its supplementary
     tokens. ``on_batch(done, total)`` counts segments.
     """
-    total = sync_segments(frames_u8.shape[0])
-    if total == 0:  # let the network say what is wrong
-        return net.encode(sync_input(net, frames_u8, mask, strength), text_f, text_mask)
-    outputs = []
-    for done, chunk in _input_chunks(net, frames_u8, mask, strength, total, segments_per_chunk):
-        outputs.append(net.encode(chunk, text_f, text_mask))
-        del chunk
-        if on_batch is not None:
-            on_batch(done, total)
-    return torch.cat(outputs, dim=1)
+    return _by_chunks(lambda x: net.encode(x, text_f, text_mask), net, frames_u8, mask, strength,
+                      segments_per_chunk, dim=1, on_batch=on_batch)
 
 
 def sync_backbone_tokens(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float, *,
@@ -65,25 +57,27 @@ def sync_backbone_tokens(net, frames_u8: torch.Tensor, mask: Optional[torch.Tens
     frames (T, 3, 224, 224), masked as for :func:`encode_sync`; ``net.encode_tokens`` turns them
     into sync features for any prompt. Converted to float a chunk at a time (segments never
     interact, so the result equals one call over all frames)."""
+    return _by_chunks(net.backbone_tokens, net, frames_u8, mask, strength, segments_per_chunk, dim=0)
+
+
+def _by_chunks(run: Callable[[torch.Tensor], torch.Tensor], net, frames_u8: torch.Tensor,
+               mask: Optional[torch.Tensor], strength: float, segments_per_chunk: int, *, dim: int,
+               on_batch: Optional[OnBatch] = None) -> torch.Tensor:
+    """``run`` on the network input of a chunk of whole segments at a time (they overlap by
+    ``SYNC_SEGMENT - SYNC_STEP`` frames), its outputs joined along ``dim``."""
     total = sync_segments(frames_u8.shape[0])
     if total == 0:  # let the network say what is wrong
-        return net.backbone_tokens(sync_input(net, frames_u8, mask, strength))
+        return run(sync_input(net, frames_u8, mask, strength))
     outputs = []
-    for _, chunk in _input_chunks(net, frames_u8, mask, strength, total, segments_per_chunk):
-        outputs.append(net.backbone_tokens(chunk))
-        del chunk
-    return torch.cat(outputs, dim=0)
-
-
-def _input_chunks(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float, total: int,
-                  segments_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(segments done after this chunk, the chunk's network input) for ``total`` segments, a
-    chunk of whole segments at a time (they overlap by ``SYNC_SEGMENT - SYNC_STEP`` frames)."""
     for first in range(0, total, segments_per_chunk):
         count = min(segments_per_chunk, total - first)
         a = first * SYNC_STEP
         b = a + (count - 1) * SYNC_STEP + SYNC_SEGMENT
-        yield first + count, sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)
+        # the float input of one chunk lives only while ``run`` uses it
+        outputs.append(run(sync_input(net, frames_u8[a:b], _mask_rows(mask, a, b), strength)))
+        if on_batch is not None:
+            on_batch(first + count, total)
+    return torch.cat(outputs, dim=dim)
 
 
 def sync_input(net, frames_u8: torch.Tensor, mask: Optional[torch.Tensor], strength: float) -> torch.Tensor:

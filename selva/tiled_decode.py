@@ -24,7 +24,8 @@ def decode_tiles(decode: Decoder, x: torch.Tensor, spans: Sequence[Span], factor
 
     ``spans`` are tiles in ``x``'s frames (covering [0, N), sorted, overlapping); ``decode``
     turns n frames into exactly ``n * factor``. The joined result is gathered on ``out_device``
-    (default: ``x``'s device) in float32; ``on_tile(done, total)`` runs after each tile.
+    (default: ``x``'s device) in float32; a single tile covering ``x`` is returned as ``decode``
+    gives it. ``on_tile(done, total)`` runs after each tile.
     """
     n = x.shape[-1]
     if len(spans) == 1 and tuple(spans[0]) == (0, n):

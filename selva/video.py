@@ -140,6 +140,8 @@ def _check_start(walk: _Walk, requested: Optional[Fraction], interval: Optional[
     """A start past the end, or leaving less than one sync segment, is the user's to fix."""
     if walk.latest is None:
         raise SelvaError("The video has no frames.")
+    if walk.finished:
+        return  # the video goes on past the requested end: the start is not what is short
     step = interval or 0
     end = start + walk.latest + step  # how long the video lasts
     # the last start that still gives 16 sync frames and enough 8 fps frames to cover them
@@ -328,10 +330,10 @@ def _frame_stack(frames: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
 def _resize_selected(frames: torch.Tensor, clip_idx: list[int], sync_idx: list[int],
                      on_frame: Optional[Callable[[int], None]] = None):
     """Convert and resize only the source frames that are used, each once."""
-    used = sorted(set(clip_idx) | set(sync_idx))
+    clip_set, sync_set = set(clip_idx), set(sync_idx)
+    used = sorted(clip_set | sync_set)
     clip_of: dict[int, torch.Tensor] = {}
     sync_of: dict[int, torch.Tensor] = {}
-    clip_set, sync_set = set(clip_idx), set(sync_idx)
     for start in range(0, len(used), _RESIZE_CHUNK):
         chunk = used[start:start + _RESIZE_CHUNK]
         u8 = _to_uint8_thwc(frames[chunk])
@@ -428,17 +430,11 @@ class _Decoded:
     size: Optional[tuple[int, int]] = None
 
 
-def _stream_start(stream) -> Optional[Fraction]:
-    """Time of the stream's first frame, when the container says it."""
-    if stream.start_time is None or stream.time_base is None:
+def _seconds(stamp: Optional[int], time_base) -> Optional[Fraction]:
+    """A container timestamp in exact seconds; None when it (or its unit) is not set."""
+    if stamp is None or time_base is None:
         return None
-    return Fraction(stream.start_time) * Fraction(stream.time_base)
-
-
-def _pts_time(frame) -> Optional[Fraction]:
-    if frame.pts is None or frame.time_base is None:
-        return None
-    return Fraction(frame.pts) * Fraction(frame.time_base)
+    return Fraction(stamp) * Fraction(time_base)
 
 
 def _is_frame_packet(packet) -> bool:
@@ -465,14 +461,14 @@ def _walk_stream(container, stream, walk: _Walk, offset: Fraction, rate: Optiona
     demux the rest of the stream to count its frames (otherwise reading stops there)."""
     out = _Decoded()
     # Times count from the stream's start: MPEG-TS and stream-copied cuts begin well after 0 s.
-    base = _stream_start(stream)
+    base = _seconds(stream.start_time, stream.time_base)
     packets = container.demux(stream)
     for packet in packets:
         out.n_packets += _is_frame_packet(packet)
         for frame in packet.decode():
             index = out.n_decoded
             out.n_decoded += 1
-            pts = _pts_time(frame)
+            pts = _seconds(frame.pts, frame.time_base)
             if base is None:
                 base = pts if pts is not None else Fraction(0)
             if pts is not None:
@@ -522,10 +518,8 @@ def decode_video(source: Union[str, Path, BinaryIO], duration: Optional[Number] 
     (seconds from the start of the stream); anything it raises stops decoding and propagates
     unchanged (use it for progress and cancellation).
     """
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - av is a hard requirement of the pack
-        raise SelvaError("Decoding video files needs PyAV: pip install av") from e
+    import av
+
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():

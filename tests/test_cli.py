@@ -151,14 +151,19 @@ def test_mask_image_is_read_as_a_static_mask(models_dir, video_file, tmp_path):
     assert rc == 0
 
 
-def test_write_audio_formats(tmp_path):
+def test_write_audio_formats(tmp_path, capfd):
     wave = 0.2 * torch.sin(torch.linspace(0, 400, 8000))[None]
     for suffix in (".wav", ".flac", ".m4a"):
         path = pack_module("selva.media").write_audio(tmp_path / f"a{suffix}", wave, 16000)
         rate, samples = _read_audio(path)
         assert rate == 16000 and samples >= 8000
-    with pytest.raises(pack_module("selva.errors").SelvaError):
+    unsupported = r"Unsupported audio format '.xyz'; use one of .aac, .flac, .m4a, .mp3, .opus, .wav\.$"
+    with pytest.raises(pack_module("selva.errors").SelvaError, match=unsupported):
         pack_module("selva.media").write_audio(tmp_path / "a.xyz", wave, 16000)
+    # generate refuses it before any work (the video is there, the weights are not)
+    rc = cli.main(["generate", "--video", str(tmp_path / "a.wav"), "--prompt", "x", "--out",
+                   str(tmp_path / "o.xyz"), "--models-dir", str(tmp_path / "none"), "--offline"])
+    assert rc == 1 and "Unsupported audio format '.xyz'" in capfd.readouterr().err
 
 
 def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_file, tmp_path):
@@ -175,6 +180,15 @@ def test_existing_outputs_and_inputs_are_never_overwritten(models_dir, video_fil
     assert cli.main([*args, "--out", str(out), "--overwrite"]) == 0
     assert _read_audio(out)[0] == 16000
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files
+
+
+def test_one_path_for_two_outputs_is_refused_before_any_work(models_dir, video_file, tmp_path, capfd):
+    # --out and --mux naming one file: the muxed video once replaced the audio just written there
+    out, same = tmp_path / "take.m4a", tmp_path / "sub" / ".." / "take.m4a"
+    rc = cli.main(["generate", "--video", str(video_file), "--prompt", "rain", "--out", str(out),
+                   "--mux", str(same), *_common(models_dir)])
+    assert rc == 1 and not out.exists()
+    assert f"{same} would be written twice by this run (--out and --mux)" in capfd.readouterr().err
 
 
 def test_mux_starts_picture_and_sound_together(tmp_path):

@@ -184,7 +184,101 @@ def test_plan_and_copy_seek_to_the_same_point_without_a_stream_start_time():
     seeks = []
     src = SimpleNamespace(seek=lambda offset, stream, backward: seeks.append(offset))
     stream = SimpleNamespace(start_time=None, time_base=Fraction(1, 1000))
-    _seek(src, stream, 2.0)
-    _seek(src, SimpleNamespace(start_time=7200, time_base=Fraction(1, 90000)), 1.0)
-    _seek(src, stream, 0.0)  # from the start: no seek at all
+    _seek(src, stream, 0, 2.0)
+    _seek(src, SimpleNamespace(start_time=7200, time_base=Fraction(1, 90000)), 7200, 1.0)
+    _seek(src, stream, 0, 0.0)  # from the start: no seek at all
     assert seeks == [2000, 7200 + 90000]
+
+
+def test_mux_from_a_later_start_of_a_stream_without_a_start_time(tmp_path):
+    """Raw MJPEG (as webcams write it) has no stream start time: frame times still count from its
+    first frame, not from the first frame after the seek to `start` (which once cut the picture
+    1.3 s too long and delayed the audio by 1.3 s)."""
+    import av
+
+    src = _clip(tmp_path / "cam.mjpeg", "mjpeg", pix_fmt="yuvj420p")
+    with av.open(str(src)) as c:  # the premise
+        assert c.streams.video[0].start_time is None
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / "out.mkv", duration=2.0, start=1.3)
+    _check(src, out, 1.3, 2.0, wave)
+
+
+def test_a_full_range_picture_keeps_its_levels_when_re_encoded(tmp_path, monkeypatch):
+    """MJPEG (and some phones' video) is full range: the H.264 re-encode, tagged limited range,
+    once kept the full-range values, so players stretched every grey (20 + 2 * 10 read back as
+    frame 4's grey instead of frame 10's)."""
+    src = _clip(tmp_path / "cam.mjpeg", "mjpeg", pix_fmt="yuvj420p")
+
+    def refuse(*args):
+        raise media._NotCopyable("a re-encode is what this test checks")
+
+    monkeypatch.setattr(media, "_copy_picture", refuse)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / "out.mp4", duration=2.0, start=1.3)
+    _check(src, out, 1.3, 2.0, wave)
+
+
+@pytest.mark.parametrize("rate", [44100, 16000])
+def test_opus_is_written_at_a_rate_it_supports(tmp_path, rate):
+    """Opus encodes 8, 12, 16, 24 and 48 kHz only: a 44.1 kHz model's audio once failed with
+    'avcodec_open2("libopus", {})' returned 22; it is resampled to 48 kHz now."""
+    import av
+
+    t = torch.arange(rate) / rate
+    wave = 0.5 * torch.sin(2 * np.pi * 440 * t)[None]
+    path = media.write_audio(tmp_path / "out.opus", wave, rate)
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray() for f in c.decode(a)], axis=-1)[0]
+        encoded = a.codec_context.sample_rate
+    assert encoded == 48000  # what every Opus decoder gives back
+    assert abs(len(samples) / 48000 - 1.0) < 0.03  # one second, whatever the source rate
+    assert np.sqrt(np.mean(samples[4800:-4800] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+
+
+def _recording(path: Path, codec: str, pix_fmt: str, times: np.ndarray, **options: str) -> Path:
+    """A clip whose frame i (shown at ``times[i]`` s) is a flat grey of 20 + 2 i, rotated 90
+    degrees by its display matrix as phones record portrait video."""
+    import av
+
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        stream.options = options
+        stream.codec_context.time_base = time_base
+        stream.set_display_rotation(90)
+        for i, t in enumerate(times):
+            rgb = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 2 * i, np.uint8), format="rgb24")
+            frame = rgb.reformat(format=pix_fmt)
+            frame.pts, frame.time_base = round(t / time_base), time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+_VFR = np.concatenate([[0.0], np.cumsum(np.random.default_rng(0).uniform(1 / 40, 1 / 20, 99))])
+
+
+@pytest.mark.parametrize("name,codec,pix_fmt,times,options", [
+    ("phone_vfr.mp4", "libx264", "yuv420p", _VFR, {"bf": "2"}),  # variable rate, B-frames
+    ("ten_bit.mkv", "libx264", "yuv420p10le", np.arange(100) / FPS, {"bf": "3"}),
+    ("prores.mov", "prores_ks", "yuv422p10le", np.arange(100) / FPS, {}),
+])
+def test_recordings_users_bring_decode_and_mux(tmp_path, name, codec, pix_fmt, times, options):
+    from comfyui_selva.selva import video
+
+    src = _recording(tmp_path / name, codec, pix_fmt, times, **options)
+    start = 0.7
+    frames = video.decode_video(src, 2.0, start=start)
+    first = int(np.searchsorted(times, start - 1e-9))  # the first frame shown at or after `start`
+    assert frames.sync_indices[0] == first and frames.duration == 2.0
+    grey = frames.sync_u8[0].float().mean().item()
+    assert grey == pytest.approx(20 + 2 * first, abs=2)
+    wave = torch.full((1, 2 * RATE), 0.5)
+    out = media.mux_video(src, wave, RATE, tmp_path / f"out{media.copy_suffix(src)}", start=start)
+    assert media.check_playable(out) is None
+    _check(src, out, start, 2.0, wave)

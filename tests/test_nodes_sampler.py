@@ -182,6 +182,18 @@ def test_audio_input_of_two_dims_is_accepted():
     assert out["waveform"].dim() == 3
 
 
+def test_audio_input_of_wrong_shape_says_what_is_wrong():
+    # a 4-D waveform has samples: it once got "audio holds no samples"
+    tone = _tone(rate=16000, channels=1)["waveform"]
+    with pytest.raises(SelvaError, match=r"audio must be shaped \(batch, channels, samples\), got waveform "
+                                         r"shape \(1, 1, 1, \d+\)"):
+        run_node("SelvaHfSmoother", audio={"waveform": tone[None], "sample_rate": 16000}, cutoff_hz=4000.0,
+                 blend=0.5)
+    with pytest.raises(SelvaError, match=r"audio holds no samples \(waveform shape \(1, 1, 0\)\)"):
+        run_node("SelvaHfSmoother", audio={"waveform": tone[..., :0], "sample_rate": 16000}, cutoff_hz=4000.0,
+                 blend=0.5)
+
+
 def _init_audio(seconds, rate=16000):
     t = torch.arange(int(seconds * rate)) / rate
     return {"waveform": (0.3 * torch.sin(2 * math.pi * 440 * t))[None, None].repeat(1, 2, 1), "sample_rate": rate}

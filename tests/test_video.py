@@ -451,6 +451,21 @@ def test_decode_with_start(mp4):
     assert nearest_colour(p.sync_u8[0]) == 20
 
 
+def test_a_short_duration_after_a_start_blames_the_duration_not_the_start(mp4):
+    # The video goes on past start + duration, so the start is not what is short: the error once
+    # said "start 0.50 s leaves only 0.42 s of the 0.96 s video; ... choose a start of at most
+    # 0.29 s", taking the first frame past the requested end for the end of a 2 s video.
+    frames = random_video(50, 8, 8)  # 2 s at 25 fps, as mp4
+    for prepare in (lambda: V.prepare_frames(frames, 25, 0.4, start=0.5),
+                    lambda: V.decode_video(mp4, 0.4, start=0.5)):
+        with pytest.raises(SelvaError, match=r"only 0.400 s could be used\. Use a longer clip or a "
+                                             r"longer duration"):
+            prepare()
+    # a gap in the frames right after the start: none lies in the span, though the video goes on
+    with pytest.raises(SelvaError, match="No video frame lies inside the requested time span"):
+        V.prepare_frames(frames[:3], duration=0.1, start=0.5, frame_times=[0.0, 0.2, 1.5])
+
+
 def test_decode_errors(tmp_path):
     with pytest.raises(SelvaError, match="not found"):
         V.decode_video(tmp_path / "missing.mp4")
