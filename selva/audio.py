@@ -38,9 +38,9 @@ def measure_lufs(wave_ct: torch.Tensor, sample_rate: int) -> float:
     return float(meter.integrated_loudness(data))
 
 
-def _loudness(clip: torch.Tensor, sample_rate: int) -> float:
+def loudness(clip: torch.Tensor, sample_rate: int) -> float:
     """Integrated loudness of one (C, T) clip; -inf where it is undefined: silence, a clip
-    shorter than one 400 ms block, or one entirely under the -70 LUFS gate."""
+    shorter than one 400 ms block (or empty), or one entirely under the -70 LUFS gate."""
     if clip.shape[-1] < _MIN_LOUDNESS_SECONDS * sample_rate or float(clip.abs().max()) == 0:
         return -math.inf
     return measure_lufs(clip, sample_rate)
@@ -69,7 +69,7 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
     wave = check_waveform(wave)
     out = torch.empty_like(wave)
     for i, clip in enumerate(wave):
-        loud = _loudness(clip, sample_rate)
+        loud = loudness(clip, sample_rate)
         if not math.isfinite(loud):
             log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
             out[i] = clip
@@ -232,22 +232,26 @@ def true_peak(wave_ct: torch.Tensor) -> float:
 def output_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float = -14.0,
                      true_peak_dbtp: float = -1.0) -> torch.Tensor:
     """Each clip to ``target_lufs`` integrated loudness, then scaled down (never up) so its true
-    peak stays at or below ``true_peak_dbtp``. A clip whose loudness is undefined (silence, under
-    the -70 LUFS gate, shorter than one 400 ms block) passes unchanged."""
+    peak stays at or below ``true_peak_dbtp`` (:func:`normalize_clip`)."""
     wave = check_waveform(wave)
+    return torch.stack([normalize_clip(clip, sample_rate, target_lufs, true_peak_dbtp, f"Clip {i}")
+                        for i, clip in enumerate(wave)])
+
+
+def normalize_clip(clip: torch.Tensor, sample_rate: int, target_lufs: float, true_peak_dbtp: float,
+                   label: str) -> torch.Tensor:
+    """One (C, T) clip to ``target_lufs``, then turned down where its true peak would pass
+    ``true_peak_dbtp``. A clip whose loudness is undefined (silence, under the -70 LUFS gate,
+    shorter than one 400 ms block) is returned as it is. ``label`` names the clip in the log."""
+    loud = loudness(clip, sample_rate)
+    if not math.isfinite(loud):
+        log.info("%s is too quiet or too short to measure its loudness; left unchanged.", label)
+        return clip
+    scaled = clip * 10.0 ** ((target_lufs - loud) / 20.0)
     ceiling = 10.0 ** (true_peak_dbtp / 20.0)
-    out = torch.empty_like(wave)
-    for i, clip in enumerate(wave):
-        loud = _loudness(clip, sample_rate)
-        if not math.isfinite(loud):
-            log.info("Clip %d is too quiet or too short to measure its loudness; left unchanged.", i)
-            out[i] = clip
-            continue
-        scaled = clip * 10.0 ** ((target_lufs - loud) / 20.0)
-        peak = true_peak(scaled)
-        if peak > ceiling:
-            log.info("Clip %d: the true peak %.2f dBTP is limited to %.2f dBTP (the loudness ends "
-                     "below the target).", i, 20 * math.log10(peak), true_peak_dbtp)
-            scaled = scaled * (ceiling / peak)
-        out[i] = scaled
-    return out
+    peak = true_peak(scaled)
+    if peak > ceiling:
+        log.info("%s: the true peak %.2f dBTP is limited to %.2f dBTP (the loudness ends below the "
+                 "target).", label, 20 * math.log10(peak), true_peak_dbtp)
+        scaled = scaled * (ceiling / peak)
+    return scaled

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from comfyui_selva.selva.audio import measure_lufs
+from comfyui_selva.selva.audio import measure_lufs, output_normalize, true_peak
 from comfyui_selva.selva.datasets import chain as C
 from comfyui_selva.selva.datasets import read_dataset
 from comfyui_selva.selva.errors import SelvaError
@@ -61,7 +61,10 @@ def test_lufs_normalizer_reaches_the_target_under_the_true_peak_ceiling():
     assert measure_lufs(out[0]["waveform"][0], RATE) == pytest.approx(-20.0, abs=0.1)
     assert torch.equal(out[1]["waveform"], data[1]["waveform"])  # unmeasurable: left as it is
     (loud,) = run_node("SelvaDatasetLUFSNormalizer", dataset=data[:1], target_lufs=-6.0, true_peak_dbtp=-3.0)
-    assert C.true_peak(loud[0]["waveform"][0], RATE) == pytest.approx(10 ** (-3 / 20), rel=1e-3)
+    assert true_peak(loud[0]["waveform"][0]) == pytest.approx(10 ** (-3 / 20), rel=1e-3)
+    # the Output Normalizer's rule, to the sample: a dataset is levelled as the Sampler's audio is
+    wave = data[0]["waveform"]
+    assert torch.equal(loud[0]["waveform"], output_normalize(wave, RATE, -6.0, -3.0))
 
 
 def test_compressor_turns_down_loud_parts_only_and_mix_zero_is_dry():

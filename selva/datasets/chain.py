@@ -21,7 +21,7 @@ import torch
 from ..errors import SelvaError
 from ..hooks import Hooks, or_default
 from ..train.audio_files import AUDIO_EXTENSIONS, read_audio
-from .measure import SILENT_FRAME_DBFS, clip_loudness
+from .measure import SILENT_FRAME_DBFS
 from .reader import PROMPTS_FILE, read_prompts_file
 
 log = logging.getLogger(__name__)
@@ -104,31 +104,15 @@ def resample(clips: Sequence[AudioClip], rate: int, hooks: Optional[Hooks] = Non
 
 
 # ------------------------------------------------------------------------------ loudness
-def true_peak(wave: torch.Tensor, rate: int) -> float:
-    """Peak of the 4x oversampled signal (BS.1770 annex 2): inter-sample peaks included."""
-    from ..audio import resample as resample_wave
-
-    if wave.numel() == 0:
-        return 0.0
-    return float(resample_wave(wave[None], rate, rate * 4)[0].abs().max())
-
-
 def normalize_loudness(clips: Sequence[AudioClip], target_lufs: float, true_peak_dbtp: float = -1.0,
                        hooks: Optional[Hooks] = None) -> list[AudioClip]:
     """Each clip scaled to ``target_lufs`` (BS.1770, the Sampler's meter), then turned down
-    where its true peak would pass ``true_peak_dbtp``. Silent or too short clips stay as they are."""
-    ceiling = 10.0 ** (true_peak_dbtp / 20.0)
+    where its true peak would pass ``true_peak_dbtp``: the Output Normalizer's rule
+    (:func:`..audio.normalize_clip`). Silent or too short clips stay as they are."""
+    from ..audio import normalize_clip
 
     def one(c: AudioClip) -> AudioClip:
-        loud = clip_loudness(c.waveform, c.sample_rate)
-        if not math.isfinite(loud):
-            log.info("%s: loudness cannot be measured (silent or under 0.4 s); left as it is.", c.name)
-            return c
-        wave = c.waveform * 10.0 ** ((target_lufs - loud) / 20.0)
-        peak = true_peak(wave, c.sample_rate)
-        if peak > ceiling:
-            wave = wave * (ceiling / peak)
-        return replace(c, waveform=wave)
+        return replace(c, waveform=normalize_clip(c.waveform, c.sample_rate, target_lufs, true_peak_dbtp, c.name))
 
     return _each(clips, one, "loudness", hooks)
 

@@ -25,11 +25,11 @@ from typing import Any, Optional
 
 import torch
 
+from ..audio import loudness
 from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from ..train.audio_files import read_audio
 from ..train.files import write_json, write_wav
-from .measure import clip_loudness
 from .reader import audio_beside
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def _make_clip(pipe: Any, clip: _Clip, wave: torch.Tensor, rate: int, opts: Prep
                                                      clip.prompt, clip.audio_source)
     a = int(round(start * rate))
     span = wave[:, a:a + int(round(length * rate))]
-    loud = clip_loudness(span, rate) if span.shape[-1] else -math.inf
+    loud = loudness(span, rate)
     if span.shape[-1] == 0:
         reason = f"no audio at {start:.2f} s ({source} is shorter than the video)"
     elif not math.isfinite(loud):

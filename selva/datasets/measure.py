@@ -9,21 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audio import loudness
 from ..errors import SelvaError
 
 CLIPPED_LEVEL = 0.999  # a sample at or above this magnitude counts as clipped (16-bit full scale)
 SILENT_FRAME_DBFS = -60.0  # a 50 ms frame quieter than this (RMS) is silent
 FRAME_SECONDS = 0.05
-
-
-def clip_loudness(wave: torch.Tensor, rate: int) -> float:
-    """Integrated loudness (BS.1770, as the Sampler measures) of a (C, T) clip; -inf for silence
-    or a clip shorter than one 400 ms block."""
-    from ..audio import measure_lufs
-
-    if wave.shape[-1] < int(0.4 * rate) or float(wave.abs().max()) == 0.0:
-        return -math.inf
-    return measure_lufs(wave, rate)
 
 
 def features_header(path: Path) -> dict:
@@ -38,7 +29,7 @@ def features_header(path: Path) -> dict:
 def audio_stats(wave: torch.Tensor, rate: int) -> dict[str, Any]:
     """Loudness, peak, clipped samples and silent fraction of a (C, T) float clip."""
     peak = float(wave.abs().max()) if wave.numel() else 0.0
-    loud = clip_loudness(wave, rate) if wave.numel() else -math.inf
+    loud = loudness(wave, rate) if wave.numel() else -math.inf
     frame = max(int(FRAME_SECONDS * rate), 1)
     mono = wave.float().pow(2).mean(dim=0)
     n = mono.shape[-1] // frame
