@@ -204,11 +204,16 @@ def _hooks() -> Any:
     return Hooks(progress=LogProgress())
 
 
-def _features(pipe: Any, args: argparse.Namespace) -> Any:
-    from .features import FeatureCache, cache_max_bytes
+def _mask(args: argparse.Namespace) -> Any:
+    """The --mask options, read before any model loads so that a bad mask file fails at once."""
     from .options import MaskOptions
 
-    mask = MaskOptions(read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
+    return MaskOptions(read_mask(args.mask), args.mask_strength, not args.no_mask_clip, not args.no_mask_sync)
+
+
+def _features(pipe: Any, args: argparse.Namespace, mask: Any) -> Any:
+    from .features import FeatureCache, cache_max_bytes
+
     return pipe.extract_features(
         args.video, None, args.prompt, duration=8.0 if args.duration is None else args.duration or None, mask=mask,
         cache=FeatureCache(args.cache_dir, cache_max_bytes(args.cache_max_gb)) if args.cache_dir else None,
@@ -222,8 +227,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.video is None and not args.duration:
         raise SelvaError("Without --video (text to audio), --duration is required: the seconds of audio to make.")
-    if args.video is None and args.mux is not None:
-        raise SelvaError("--mux needs --video: there is no video to put the audio into.")
+    if args.video is None:  # text to audio: the video options have nothing to act on
+        for given, message in ((args.mux is not None, "--mux needs --video: there is no video to put the audio into."),
+                               (args.mask is not None, "--mask needs --video: there is no video to mask."),
+                               (args.start, "--start needs --video: there is no video to start into.")):
+            if given:
+                raise SelvaError(message)
     if args.video is not None and not args.video.is_file():
         raise SelvaError(f"Video file not found: {args.video}")
     audio_format(args.out)
@@ -233,8 +242,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         outputs += [numbered(args.mux, i, count) for i in range(count)]
     refuse_to_overwrite(outputs, args.overwrite, inputs=[p for p in (args.video, args.init_audio) if p])
     edit = edit_from_args(args)
+    mask = _mask(args)
     pipe = SelvaPipeline.load(load_options(args), hooks=_hooks())
-    feats = _features(pipe, args) if args.video is not None else pipe.encoding.text_features(args.prompt,
+    feats = _features(pipe, args, mask) if args.video is not None else pipe.encoding.text_features(args.prompt,
                                                                                              args.duration)
     wave = pipe.generate(feats, negative_prompt=args.negative_prompt, steps=args.steps,
                          cfg_strength=args.cfg, seed=args.seed, batch_size=args.batch_size,
@@ -270,8 +280,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .pipeline import SelvaPipeline
 
     refuse_to_overwrite([args.out], args.overwrite, inputs=[args.video])
+    mask = _mask(args)
     pipe = SelvaPipeline.load(load_options(args), hooks=_hooks())
-    feats = _features(pipe, args)
+    feats = _features(pipe, args, mask)
     feats.save(args.out)
     log.info("Wrote %s (%.2f s, prompt %r)", args.out, feats.duration, feats.prompt)
     return 0

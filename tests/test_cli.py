@@ -151,6 +151,21 @@ def test_mask_image_is_read_as_a_static_mask(models_dir, video_file, tmp_path):
     assert rc == 0
 
 
+def test_video_options_are_checked_before_any_model_loads(video_file, tmp_path, capfd):
+    # no weights under --models-dir: an error about them would mean the model was loaded first
+    none = ["--models-dir", str(tmp_path / "none"), "--offline", "--variant", "tiny_16k"]
+    for cmd, out in (("generate", "o.wav"), ("features", "f.npz")):
+        rc = cli.main([cmd, "--video", str(video_file), "--prompt", "x", "--out", str(tmp_path / out),
+                       "--mask", str(tmp_path / "missing.png"), *none])
+        assert rc == 1 and f"Could not read the mask image {tmp_path / 'missing.png'}" in capfd.readouterr().err
+    # text to audio: a video option has no video to act on; it was silently ignored
+    for flag, value, why in (("--mask", str(tmp_path / "m.png"), "--mask needs --video: there is no video to mask."),
+                             ("--start", "2", "--start needs --video: there is no video to start into.")):
+        rc = cli.main(["generate", "--prompt", "x", "--duration", "1", "--out", str(tmp_path / "t.wav"),
+                       flag, value, *none])
+        assert rc == 1 and why in capfd.readouterr().err
+
+
 def test_write_audio_formats(tmp_path, capfd):
     wave = 0.2 * torch.sin(torch.linspace(0, 400, 8000))[None]
     for suffix in (".wav", ".flac", ".m4a"):
