@@ -404,6 +404,25 @@ def test_cancel_saves_a_checkpoint_and_stops(model, data_dir, tmp_path):
     assert not (run / "vocoder_final.safetensors").exists()
 
 
+def test_continuing_a_stopped_run_keeps_its_final_file(model, data_dir, tmp_path):
+    """A run ended early (a sweep's skip) exported vocoder_final; continuing it in the same run
+    folder writes its new final file beside that one and never over it."""
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    steps_done = []
+    with torch.inference_mode():
+        first, result = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0),
+                                     on_step=lambda info: steps_done.append(info.step),
+                                     should_stop=lambda: len(steps_done) >= 2)
+        assert result.status == "stopped" and ck.read_tuned_vocoder(first).steps == 2
+        second, resumed = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0, resume=result.run_dir))
+        assert resumed.run_dir == result.run_dir and second != first
+        assert ck.read_tuned_vocoder(first).steps == 2 and ck.read_tuned_vocoder(second).steps == 4
+        # the numbered final file resumes like vocoder_final.safetensors (from the newest checkpoint)
+        third, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0, steps=5, resume=second))
+    assert ck.read_tuned_vocoder(third).steps == 5
+
+
 # ------------------------------------------------------------------------------------ CLI
 def test_command_line_trains_and_resumes(models_dir, data_dir, tmp_path, capsys):
     import subprocess

@@ -7,6 +7,7 @@ pipeline's own vocoder is never changed.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..artifacts import unique_path
 from ..errors import SelvaError
 from ..hooks import NO_HOOKS, Hooks
 from ..loading import bigvgan_errors
@@ -239,8 +241,10 @@ class VocoderTuner(TrainTask):
         return self.vocoder(mel).float().cpu()[0], self.sample_rate
 
     def export(self, run_dir: Path, tag: str) -> Optional[Path]:
-        """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input)."""
-        return save_tuned_vocoder(Path(run_dir) / f"vocoder_{tag}.safetensors", self.tensors(),
+        """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input). A run continued in
+        its folder (after a sweep's skip) finds its earlier final file there: that file may be in
+        use, so the new one goes beside it (``vocoder_final_00001.safetensors``)."""
+        return save_tuned_vocoder(unique_path(Path(run_dir) / f"vocoder_{tag}.safetensors"), self.tensors(),
                                   self.metadata(self.step))
 
     # ------------------------------------------------------------------------------ losses
@@ -288,7 +292,7 @@ def resume_target(resume: Optional[Path]) -> Optional[str]:
     if path.suffix == ".safetensors":
         tag = path.stem[len("vocoder_"):] if path.stem.startswith("vocoder_") else ""
         ckpt = path.parent / "checkpoints" / f"{tag}.pt"
-        if tag == "final":
+        if re.fullmatch(r"final(_\d+)?", tag):  # vocoder_final.safetensors or a later, numbered one
             ckpt = (list_checkpoints(path.parent) or [ckpt])[-1]
         if not ckpt.is_file():
             raise SelvaError(f"resume: {path} has no training checkpoint beside it ({ckpt}); give a "
