@@ -44,7 +44,7 @@ from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from . import plots
 from ..distributed import SINGLE, DistContext
-from .files import atomic_write, fresh_run_dir, latest_run_dir, save_torch, write_json, write_wav
+from .files import atomic_write, fresh_run_dir, run_dirs, save_torch, write_json, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +348,14 @@ def _exported_file_message(path: Path) -> str:
 
 
 def resolve_resume(resume: Optional[str], output_dir: Path, run_name: str) -> Optional[Path]:
-    """``None``/"" -> no resume; "latest" -> newest checkpoint of the newest run folder;
-    a run folder -> its newest checkpoint; else the checkpoint file itself."""
+    """``None``/"" -> no resume; "latest" -> newest checkpoint of the newest run folder that has
+    one (a run that failed before its first save has none); a run folder -> its newest
+    checkpoint; else the checkpoint file itself."""
     text = (resume or "").strip()
     if not text:
         return None
     if text == "latest":
-        run = latest_run_dir(output_dir, run_name)
-        found = list_checkpoints(run) if run else []
+        found = [ckpt for run in run_dirs(output_dir, run_name) for ckpt in list_checkpoints(run)]
         if not found:
             raise SelvaError(f"resume=latest: no checkpoint found under {output_dir} "
                              f"({run_name}_NNN/checkpoints/step_*.pt). Start without resume.")
