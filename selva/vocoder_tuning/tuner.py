@@ -244,8 +244,9 @@ class VocoderTuner(TrainTask):
         """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input). A run continued in
         its folder (after a sweep's skip) finds its earlier final file there: that file may be in
         use, so the new one goes beside it (``vocoder_final_00001.safetensors``)."""
-        return save_tuned_vocoder(unique_path(Path(run_dir) / f"vocoder_{tag}.safetensors"), self.tensors(),
-                                  self.metadata(self.step))
+        meta = metadata(self.identity, mode=self.cfg.train_mode, steps=self.step, variant=self.pipe.variant.name)
+        return save_tuned_vocoder(unique_path(Path(run_dir) / f"vocoder_{tag}.safetensors"),
+                                  tuned_tensors(self.vocoder, self.cfg.train_mode), meta)
 
     # ------------------------------------------------------------------------------ losses
     def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, LossTerms]:
@@ -265,13 +266,6 @@ class VocoderTuner(TrainTask):
         if self.weights.phase > 0:
             terms.phase = phase_aware_stft(y_hat, y)
         return terms.total(self.weights), terms
-
-    # ---------------------------------------------------------------------------- outputs
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return tuned_tensors(self.vocoder, self.cfg.train_mode)
-
-    def metadata(self, steps: int) -> dict[str, str]:
-        return metadata(self.identity, mode=self.cfg.train_mode, steps=steps, variant=self.pipe.variant.name)
 
 
 def loop_config(cfg: VocoderTuningConfig) -> LoopConfig:
