@@ -570,13 +570,9 @@ def _between_steps(run: _Run, call: Callable[[], None]) -> None:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    """``obj`` as its JSON reads back (tuples as lists, paths as text): what a checkpoint records
+    compares equal to the same settings read from it later."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _divergence_message(step: int, loss: float, last: Optional[Path], cfg: LoopConfig) -> str:
