@@ -152,6 +152,15 @@ def test_audio_of_any_format_is_found_recursively_and_resampled(tmp_path):
     assert read_audio(files[0], 44100).shape[0] == pytest.approx(11025, abs=2)
 
 
+def test_hidden_files_and_folders_are_not_training_audio(tmp_path):
+    """macOS leaves an AppleDouble ``._name.wav`` beside each file copied to some drives: it is
+    not audio, and neither is anything in a hidden folder; they must not fail the run."""
+    write_tone(tmp_path / "mono.wav", 0.25, 22050, 300.0)
+    (tmp_path / "._mono.wav").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    write_tone(tmp_path / ".trash" / "deleted.wav", 0.25, 22050, 300.0)
+    assert [f.name for f in find_audio_files(tmp_path)] == ["mono.wav"]
+
+
 def test_segments_depend_only_on_their_generator(data_dir):
     data = AudioSegments.from_folder(data_dir, 16000, 256 * 10)
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
