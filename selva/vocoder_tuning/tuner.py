@@ -153,14 +153,12 @@ class VocoderTuner(TrainTask):
             self.data = self.pairs
         else:
             # a sweep decodes each folder once (audio_cache), whatever the runs' segment lengths
+            audio_cache = {} if audio_cache is None else audio_cache
             key = (str(Path(cfg.data_dir).resolve()), self.sample_rate)
-            cached = audio_cache.get(key) if audio_cache is not None else None
-            if cached is None:
-                cached = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
-                                                   on_file=lambda d, n: hooks.step("reading audio", d, n))
-                if audio_cache is not None:
-                    audio_cache[key] = cached
-            self.data = replace(cached, length=length)
+            if key not in audio_cache:
+                audio_cache[key] = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                                             on_file=lambda d, n: hooks.step("reading audio", d, n))
+            self.data = replace(audio_cache[key], length=length)
         # the base weights come from the loaded stage, else straight from the file on the CPU: the
         # stage itself is not put on the GPU just to be copied
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
