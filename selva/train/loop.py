@@ -605,8 +605,8 @@ def run_training(task: TrainTask, cfg: LoopConfig, output_dir: Path, *,
         run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
         task.setup(ckpt["task"] if ckpt is not None else None)
         try:
-            return _train_set_up(task, cfg, ckpt, resume_from, run_dir, ctx, hooks, should_stop, on_step,
-                                 extra_meta or {})
+            run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta or {})
+            return _train_set_up(run, ckpt, resume_from, should_stop, on_step)
         finally:
             task.close()
 
@@ -639,10 +639,9 @@ def _can_continue_in(ckpt: Path) -> bool:
         return True
 
 
-def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume_from: Optional[Path],
-                  run_dir: Path, ctx: DistContext, hooks: Hooks, should_stop, on_step,
-                  extra_meta: dict) -> TrainResult:
-    run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta)
+def _train_set_up(run: _Run, ckpt: Optional[dict], resume_from: Optional[Path], should_stop,
+                  on_step) -> TrainResult:
+    task, cfg, ctx, run_dir = run.task, run.cfg, run.ctx, run.run_dir
     if ckpt is not None:
         run.restore(ckpt)
         log.info("Resuming %s from step %d (%s)", run_dir, run.step, resume_from)
@@ -660,7 +659,7 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
         if ctx.any_flag(should_stop is not None and should_stop()):
             status = "stopped"
             break
-        _between_steps(run, hooks.check)
+        _between_steps(run, run.hooks.check)
         lr = run.optimizer.param_groups[0]["lr"]  # this step's (the scheduler moves on after it)
         loss = run.train_step()
         if not math.isfinite(loss):
