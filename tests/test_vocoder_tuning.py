@@ -391,6 +391,20 @@ def test_resume_is_exact(model, data_dir, tmp_path):
     assert not torch.equal(ck.read_tuned_vocoder(half).tensors[k], a.tensors[k])
 
 
+def test_resume_from_another_kind_of_safetensors_says_what_it_is(model, data_dir, tmp_path):
+    """A LoRA adapter given as resume is named as an exported file, not looked for as
+    'checkpoints/.pt'."""
+    from safetensors.torch import save_file
+
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    adapter = tmp_path / "adapter_final.safetensors"
+    save_file({"x": torch.zeros(1)}, str(adapter))
+    with torch.inference_mode(), pytest.raises(SelvaError, match=r"is an exported adapter .* not a training "
+                                                                 r"checkpoint.*SelVA LoRA Loader"):
+        tune_vocoder(model, _run_cfg(data_dir, tmp_path, resume=adapter))
+
+
 def test_resume_refuses_another_train_mode(model, data_dir, tmp_path):
     from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
 

@@ -277,12 +277,13 @@ def loop_config(cfg: VocoderTuningConfig) -> LoopConfig:
 
 def resume_target(resume: Optional[Path]) -> Optional[str]:
     """What the loop resumes from: a step checkpoint (.pt), a run folder, "latest", or the
-    ``vocoder_step_NNNNNN.safetensors`` a save wrote (mapped to that step's checkpoint)."""
+    ``vocoder_step_NNNNNN.safetensors`` a save wrote (mapped to that step's checkpoint). Other
+    files go to the loop as given: it says what they are."""
     if resume is None or not str(resume).strip():
         return None
     path = Path(resume)
-    if path.suffix == ".safetensors":
-        tag = path.stem[len("vocoder_"):] if path.stem.startswith("vocoder_") else ""
+    if path.suffix == ".safetensors" and path.stem.startswith("vocoder_"):
+        tag = path.stem[len("vocoder_"):]
         ckpt = path.parent / "checkpoints" / f"{tag}.pt"
         if re.fullmatch(r"final(_\d+)?", tag):  # vocoder_final.safetensors or a later, numbered one
             ckpt = (list_checkpoints(path.parent) or [ckpt])[-1]
