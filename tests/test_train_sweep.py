@@ -118,3 +118,29 @@ def test_eval_features_of_a_sweep_file_follow_the_same_path_rule_as_its_data_dir
     result = S.run_sweep(pipe, exp_file, tmp_path / "sweeps", train=train, resolve_data_dir=lambda text: root / text)
     assert result.summary["runs"]["one"]["status"] == "finished", result.summary["runs"]["one"]["error"]
     assert given[0].prompt == PROMPTS[1]
+
+
+def test_a_summary_of_another_sweep_in_the_folder_is_refused_and_kept(pipe, tmp_path):
+    """Two kinds of sweep pointed at one folder: the second refuses instead of reading the first's
+    runs as its own (skipping them as done) or replacing its experiment_summary.json."""
+    from comfyui_selva.selva.vocoder_tuning.sweep import run_vocoder_sweep
+
+    exp_file = tmp_path / "shared.json"
+    exp_file.write_text(json.dumps({"base": {"data_dir": "x", "steps": 1}, "experiments": [{"name": "a"}]}))
+    folder = tmp_path / "out" / "shared"
+    folder.mkdir(parents=True)
+    summary = folder / S.SUMMARY_NAME
+    for kind, run in (("vocoder", lambda: S.run_sweep(pipe, exp_file, tmp_path / "out")),
+                      (None, lambda: run_vocoder_sweep(pipe, exp_file, tmp_path / "out"))):
+        text = json.dumps({"format": "selva-sweep", "version": 1, **({"kind": kind} if kind else {}),
+                           "runs": {"a": {"status": "finished"}}})
+        summary.write_text(text)
+        with pytest.raises(SelvaError, match=r"is the summary of a (vocoder|LoRA / textual inversion) sweep, not "
+                                             r"of this .* sweep; it is left as it is\. Run this sweep into another "
+                                             r"output folder"):
+            run()
+        assert summary.read_text() == text
+    summary.write_text("{not a summary")  # nor is a file this version cannot read replaced
+    with pytest.raises(SelvaError, match="is not a sweep summary this version reads"):
+        S.run_sweep(pipe, exp_file, tmp_path / "out")
+    assert summary.read_text() == "{not a summary"
