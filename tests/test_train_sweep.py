@@ -136,8 +136,8 @@ def test_a_summary_of_another_sweep_in_the_folder_is_refused_and_kept(pipe, tmp_
                            "runs": {"a": {"status": "finished"}}})
         summary.write_text(text)
         with pytest.raises(SelvaError, match=r"is the summary of a (vocoder|LoRA / textual inversion) sweep, not "
-                                             r"of this .* sweep; it is left as it is\. Run this sweep into another "
-                                             r"output folder"):
+                                             r"of this .* sweep; it is left as it is\. Move it away, or run this "
+                                             r"sweep into another output folder"):
             run()
         assert summary.read_text() == text
     summary.write_text("{not a summary")  # nor is a file this version cannot read replaced

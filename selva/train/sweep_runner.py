@@ -182,9 +182,9 @@ def open_summary(sweep_dir: Path, header: dict[str, Any], kind: Optional[str] = 
         summary = read_summary(path)
         if not summary or summary.get("kind") != kind:
             found = (f"the summary of a {summary.get('kind') or 'LoRA / textual inversion'} sweep" if summary
-                     else "not a sweep summary this version reads")
+                     else "not a sweep summary this version reads (e.g. the earlier SelVA pack's)")
             raise SelvaError(f"{path} is {found}, not of this {kind or 'LoRA / textual inversion'} sweep; it is "
-                             f"left as it is. Run this sweep into another output folder.")
+                             f"left as it is. Move it away, or run this sweep into another output folder.")
     summary.update(header)
     summary.setdefault("runs", {})
     return summary
