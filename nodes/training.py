@@ -230,7 +230,7 @@ def register_routes() -> bool:
             body = await request.json() if request.can_read_body else {}
         except ValueError:
             body = {}
-        folder = str((body or {}).get("sweep_dir", "")).strip()
+        folder = str(body.get("sweep_dir", "")).strip() if isinstance(body, dict) else ""
         try:
             flag = request_skip(paths.resolve(folder, "sweep_dir") if folder else None)
         except SelvaError as e:

@@ -78,9 +78,9 @@ class SelvaBigvganTrainer:
         adapter = str(settings.pop("lora_adapter", "") or "").strip()
         with comfy_run():
             cfg = from_inputs(VocoderTuningConfig, settings,
-                              lora_adapter=str(resolve(adapter, "lora_adapter")) if adapter else "",
+                              lora_adapter=str(resolve_existing(adapter, "lora_adapter")) if adapter else "",
                               data_dir=resolve_existing(data_dir, "data_dir"), output_path=resolve(output_path, "output_path"),
-                              discriminator_path=(resolve(discriminator_path, "discriminator_path")
+                              discriminator_path=(resolve_existing(discriminator_path, "discriminator_path")
                                                   if discriminator_path.strip() else None),
                               resume=resume_arg(resume))
             # the progress bar's preview shows the live loss curve
@@ -112,7 +112,7 @@ class SelvaBigvganLoader:
         from ..selva.vocoder_tuning.stage import with_tuned_vocoder
 
         with comfy_run():
-            return (with_tuned_vocoder(model, resolve(path, "path")),)
+            return (with_tuned_vocoder(model, resolve_existing(path, "path")),)
 
 
 class SelvaBigvganScheduler:
@@ -154,7 +154,7 @@ class SelvaBigvganScheduler:
         from ..selva.vocoder_tuning.sweep import run_vocoder_sweep
 
         with comfy_run():
-            result = run_vocoder_sweep(model, resolve(experiments_file, "experiments_file"),
+            result = run_vocoder_sweep(model, resolve_existing(experiments_file, "experiments_file"),
                                        resolve(output_dir, "output_dir"), hooks=make_hooks(preview=True),
                                        resolve=lambda p: resolve(p, "path in the experiments file"),
                                        on_step=_log_step)

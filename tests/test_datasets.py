@@ -110,6 +110,11 @@ NODE_PATH_INPUTS = [  # (node, path input, other inputs) -- each reads a dataset
     ("SelvaDatasetBrowser", "dataset_json", {}),
     ("SelvaDatasetFromFolder", "videos_dir", {}),
     ("SelvaBigvganTrainer", "data_dir", {}),
+    ("SelvaBigvganTrainer", "discriminator_path", {}),
+    ("SelvaBigvganTrainer", "lora_adapter", {}),
+    ("SelvaBigvganLoader", "path", {}),
+    ("SelvaBigvganScheduler", "experiments_file", {}),
+    ("SelvaLoraScheduler", "experiments_file", {}),
 ]
 
 

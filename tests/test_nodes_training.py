@@ -155,10 +155,12 @@ def test_skip_route_on_comfyuis_server(tmp_path, monkeypatch):
         app.add_routes(routes)
         async with TestClient(TestServer(app)) as client:
             none = await client.post("/selva/skip", json={})
+            odd = await client.post("/selva/skip", json=["not", "an", "object"])  # read as no folder given
             ok = await client.post("/selva/skip", json={"sweep_dir": str(tmp_path)})
-            return none.status, await none.json(), ok.status, await ok.json()
+            return none.status, await none.json(), odd.status, await odd.json(), ok.status, await ok.json()
 
-    s1, body1, s2, body2 = asyncio.run(go())
+    s1, body1, s3, body3, s2, body2 = asyncio.run(go())
     assert s1 == 409 and "No sweep is running" in body1["error"]
+    assert s3 == 409 and "No sweep is running" in body3["error"]
     assert s2 == 200 and body2["flag_path"] == str(tmp_path / sweep.SKIP_FLAG)
     assert (tmp_path / sweep.SKIP_FLAG).is_file()

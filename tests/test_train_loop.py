@@ -138,6 +138,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert json.loads((run / "meta.json").read_text())["status"] == "diverged"
 
 
+def test_latest_passes_over_a_newer_run_that_failed_before_any_checkpoint(tmp_path):
+    """'latest' is the newest checkpoint: a run folder that holds none (a run that diverged or
+    crashed before its first save) does not hide the older run's."""
+    done = {"n": 0}
+    hooks = Hooks(progress=lambda stage, d, n: done.update(n=d), interrupted=lambda: done["n"] >= 7)
+    with pytest.raises(Interrupted):
+        L.run_training(Regression(), cfg(), tmp_path, hooks=hooks)
+    with pytest.raises(L.TrainingDiverged):
+        L.run_training(Regression(nan_at=2), cfg(), tmp_path)
+    assert not L.list_checkpoints(tmp_path / "toy_002")
+    result = L.run_training(Regression(), cfg(), tmp_path, resume="latest")
+    assert result.run_dir == tmp_path / "toy_001" and result.steps_done == 12
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     first = L.run_training(Regression(dim=4), cfg(steps=4), tmp_path)
     with pytest.raises(SelvaError, match="dim: checkpoint 4, this run 3"):

@@ -229,6 +229,20 @@ def test_eval_samples_are_measured_against_the_eval_clips_recording(pipe, data_d
     assert meta["eval_metrics"] == metrics
 
 
+def test_eval_clip_with_glob_characters_in_its_name_is_still_measured(pipe, data_dir, tmp_path):
+    """The reference recording is the clip's own audio file, whatever its name holds ("[1]" is
+    not read as a pattern)."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in data_dir.glob("clip_*.*"):  # clip_000 -> "a take [1]", the first clip by name
+        shutil.copy(src, data / src.name.replace("clip_000", "a take [1]"))
+    run = train_lora(pipe, data, tmp_path / "out", opts(steps=1, eval_samples=True, eval_steps=2))
+    assert run.dataset.clips[0].name == "a take [1]"
+    metrics = json.loads((run.result.run_dir / "samples" / "metrics.json").read_text())
+    assert set(metrics) == {"0", "1"}
+
 def test_the_earlier_vocoder_finetune_sweep_runs_once_its_names_are_mapped(pipe, data_dir, tmp_path):
     """The layout of the earlier pack's experiments/vocoder_finetune.json (a LoRA sweep run beside a
     tuned vocoder), steps cut to 2, data pointed at the test dataset. Every option it sets is one of

@@ -13,7 +13,7 @@ from comfyui_selva.selva.pipeline import LoadOptions, SelvaPipeline
 from comfyui_selva.selva.train import sweep as S
 from comfyui_selva.selva.train.lora_trainer import train_lora
 
-from train_data import make_dataset
+from train_data import PROMPTS, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,53 @@ def test_bad_experiment_files_are_clear_errors(tmp_path):
         S.read_experiments(bad)
     with pytest.raises(SelvaError, match="not a sweep folder"):
         S.request_skip(tmp_path)
+
+
+def test_eval_features_of_a_sweep_file_follow_the_same_path_rule_as_its_data_dir(pipe, tmp_path):
+    """A node resolves the file's relative paths inside ComfyUI's output folder: eval_features
+    too, not only data_dir (it was read from the working folder)."""
+    import shutil
+
+    root = tmp_path / "output"
+    make_dataset(pipe, root / "data", clips=2)
+    shutil.copy(root / "data" / "clip_001.npz", root / "eval.npz")
+    exp_file = tmp_path / "sweep.json"
+    exp_file.write_text(json.dumps({"base": {"data_dir": "data", "eval_features": "eval.npz", "steps": 1, "rank": 2,
+                                             "save_every": 0, "warmup_steps": 0, "grad_accum": 1,
+                                             "eval_samples": False},
+                                    "experiments": [{"name": "one"}]}))
+    given = []
+
+    def train(*a, **kw):
+        given.append(kw["eval_features"])
+        return train_lora(*a, **kw)
+
+    result = S.run_sweep(pipe, exp_file, tmp_path / "sweeps", train=train, resolve_data_dir=lambda text: root / text)
+    assert result.summary["runs"]["one"]["status"] == "finished", result.summary["runs"]["one"]["error"]
+    assert given[0].prompt == PROMPTS[1]
+
+
+def test_a_summary_of_another_sweep_in_the_folder_is_refused_and_kept(pipe, tmp_path):
+    """Two kinds of sweep pointed at one folder: the second refuses instead of reading the first's
+    runs as its own (skipping them as done) or replacing its experiment_summary.json."""
+    from comfyui_selva.selva.vocoder_tuning.sweep import run_vocoder_sweep
+
+    exp_file = tmp_path / "shared.json"
+    exp_file.write_text(json.dumps({"base": {"data_dir": "x", "steps": 1}, "experiments": [{"name": "a"}]}))
+    folder = tmp_path / "out" / "shared"
+    folder.mkdir(parents=True)
+    summary = folder / S.SUMMARY_NAME
+    for kind, run in (("vocoder", lambda: S.run_sweep(pipe, exp_file, tmp_path / "out")),
+                      (None, lambda: run_vocoder_sweep(pipe, exp_file, tmp_path / "out"))):
+        text = json.dumps({"format": "selva-sweep", "version": 1, **({"kind": kind} if kind else {}),
+                           "runs": {"a": {"status": "finished"}}})
+        summary.write_text(text)
+        with pytest.raises(SelvaError, match=r"is the summary of a (vocoder|LoRA / textual inversion) sweep, not "
+                                             r"of this .* sweep; it is left as it is\. Move it away, or run this "
+                                             r"sweep into another output folder"):
+            run()
+        assert summary.read_text() == text
+    summary.write_text("{not a summary")  # nor is a file this version cannot read replaced
+    with pytest.raises(SelvaError, match="is not a sweep summary this version reads"):
+        S.run_sweep(pipe, exp_file, tmp_path / "out")
+    assert summary.read_text() == "{not a summary"

@@ -152,6 +152,15 @@ def test_audio_of_any_format_is_found_recursively_and_resampled(tmp_path):
     assert read_audio(files[0], 44100).shape[0] == pytest.approx(11025, abs=2)
 
 
+def test_hidden_files_and_folders_are_not_training_audio(tmp_path):
+    """macOS leaves an AppleDouble ``._name.wav`` beside each file copied to some drives: it is
+    not audio, and neither is anything in a hidden folder; they must not fail the run."""
+    write_tone(tmp_path / "mono.wav", 0.25, 22050, 300.0)
+    (tmp_path / "._mono.wav").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    write_tone(tmp_path / ".trash" / "deleted.wav", 0.25, 22050, 300.0)
+    assert [f.name for f in find_audio_files(tmp_path)] == ["mono.wav"]
+
+
 def test_segments_depend_only_on_their_generator(data_dir):
     data = AudioSegments.from_folder(data_dir, 16000, 256 * 10)
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
@@ -287,8 +296,9 @@ def test_16k_vocoder_accepts_a_users_mpd_mrd_file_and_trains_with_feature_matchi
 
 
 # ------------------------------------------------------------------------------ tuned files
-def _saved(tuner, tmp_path, steps=3):
-    return ck.save_tuned_vocoder(tmp_path / "tuned.safetensors", tuner.tensors(), tuner.metadata(steps))
+def _saved(tuner, tmp_path):
+    """The tuned file the run's export writes (it records the steps trained so far)."""
+    return tuner.export(tmp_path, "test")
 
 
 def test_tuned_file_round_trips_with_metadata(model, data_dir, tmp_path):
@@ -296,7 +306,7 @@ def test_tuned_file_round_trips_with_metadata(model, data_dir, tmp_path):
     _train(tuner, 2)
     path = _saved(tuner, tmp_path)
     tuned = ck.read_tuned_vocoder(path)
-    assert (tuned.mode, tuned.steps, tuned.variant) == ("snake_alpha_only", 3, "tiny_16k")
+    assert (tuned.mode, tuned.steps, tuned.variant) == ("snake_alpha_only", 2, "tiny_16k")
     assert tuned.identity == ck.VocoderIdentity("bigvgan_v1", 16000, 80)
     assert set(tuned.tensors) == set(tuner.params)
     for k, v in tuner.params.items():
@@ -381,6 +391,20 @@ def test_resume_is_exact(model, data_dir, tmp_path):
     assert not torch.equal(ck.read_tuned_vocoder(half).tensors[k], a.tensors[k])
 
 
+def test_resume_from_another_kind_of_safetensors_says_what_it_is(model, data_dir, tmp_path):
+    """A LoRA adapter given as resume is named as an exported file, not looked for as
+    'checkpoints/.pt'."""
+    from safetensors.torch import save_file
+
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    adapter = tmp_path / "adapter_final.safetensors"
+    save_file({"x": torch.zeros(1)}, str(adapter))
+    with torch.inference_mode(), pytest.raises(SelvaError, match=r"is an exported adapter .* not a training "
+                                                                 r"checkpoint.*SelVA LoRA Loader"):
+        tune_vocoder(model, _run_cfg(data_dir, tmp_path, resume=adapter))
+
+
 def test_resume_refuses_another_train_mode(model, data_dir, tmp_path):
     from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
 
@@ -402,6 +426,25 @@ def test_cancel_saves_a_checkpoint_and_stops(model, data_dir, tmp_path):
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run / "checkpoints" / "step_000003.pt").is_file()
     assert not (run / "vocoder_final.safetensors").exists()
+
+
+def test_continuing_a_stopped_run_keeps_its_final_file(model, data_dir, tmp_path):
+    """A run ended early (a sweep's skip) exported vocoder_final; continuing it in the same run
+    folder writes its new final file beside that one and never over it."""
+    from comfyui_selva.selva.vocoder_tuning.tuner import tune_vocoder
+
+    steps_done = []
+    with torch.inference_mode():
+        first, result = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0),
+                                     on_step=lambda info: steps_done.append(info.step),
+                                     should_stop=lambda: len(steps_done) >= 2)
+        assert result.status == "stopped" and ck.read_tuned_vocoder(first).steps == 2
+        second, resumed = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0, resume=result.run_dir))
+        assert resumed.run_dir == result.run_dir and second != first
+        assert ck.read_tuned_vocoder(first).steps == 2 and ck.read_tuned_vocoder(second).steps == 4
+        # the numbered final file resumes like vocoder_final.safetensors (from the newest checkpoint)
+        third, _ = tune_vocoder(model, _run_cfg(data_dir, tmp_path, save_every=0, steps=5, resume=second))
+    assert ck.read_tuned_vocoder(third).steps == 5
 
 
 # ------------------------------------------------------------------------------------ CLI

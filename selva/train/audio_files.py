@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -11,11 +10,6 @@ from .. import audio as audio_ops
 from ..errors import SelvaError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
-
-
-def audio_named(folder: Path, name: str) -> Optional[Path]:
-    """The audio file ``<name>.<ext>`` in ``folder`` (the first by file name), or None."""
-    return next((p for p in sorted(Path(folder).glob(f"{name}.*")) if p.suffix.lower() in AUDIO_EXTENSIONS), None)
 
 
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:

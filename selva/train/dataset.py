@@ -56,6 +56,7 @@ class TrainClip:
     latent_std: torch.Tensor  # (L, C)
     conditions: ClipConditions
     features: Features  # with the training prompt (for eval samples)
+    audio_path: Path  # the recording the latents were encoded from (eval samples are measured against it)
 
     @property
     def seq_key(self) -> tuple[int, int, int]:
@@ -166,7 +167,7 @@ def load_dataset(pipe, data_dir: Path, *, cache_dir: Optional[Path] = None,
             cache.put(key, *cached)
         mean, std = cached
         clips.append(TrainClip(clip.stem, prompt, seq, mean, std, _conditions(features, seq, clip.stem),
-                               features))
+                               features, clip.audio_path))
         digest.update(f"{clip.stem}|{file_digest(clip.features_path)}|{audio_digest}|{prompt}\n".encode())
         hooks.step("dataset", i, len(files))
     return TrainDataset(clips, digest.hexdigest(), data_dir)

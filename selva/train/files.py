@@ -12,7 +12,7 @@ import os
 import tempfile
 import wave
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +86,6 @@ def fresh_run_dir(output_dir: Path, name: str) -> Path:
             continue
 
 
-def latest_run_dir(output_dir: Path, name: str) -> Optional[Path]:
-    runs = [p for _, p in _artifacts.numbered_paths(output_dir, name) if p.is_dir()]
-    return runs[-1] if runs else None
+def run_dirs(output_dir: Path, name: str) -> list[Path]:
+    """The run folders ``<name>_NNN`` of ``output_dir``, oldest first."""
+    return [p for _, p in _artifacts.numbered_paths(output_dir, name) if p.is_dir()]

@@ -44,7 +44,7 @@ from ..errors import SelvaError
 from ..hooks import Hooks, Interrupted, or_default
 from . import plots
 from ..distributed import SINGLE, DistContext
-from .files import atomic_write, fresh_run_dir, latest_run_dir, save_torch, write_json, write_wav
+from .files import atomic_write, fresh_run_dir, run_dirs, save_torch, write_json, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +348,14 @@ def _exported_file_message(path: Path) -> str:
 
 
 def resolve_resume(resume: Optional[str], output_dir: Path, run_name: str) -> Optional[Path]:
-    """``None``/"" -> no resume; "latest" -> newest checkpoint of the newest run folder;
-    a run folder -> its newest checkpoint; else the checkpoint file itself."""
+    """``None``/"" -> no resume; "latest" -> newest checkpoint of the newest run folder that has
+    one (a run that failed before its first save has none); a run folder -> its newest
+    checkpoint; else the checkpoint file itself."""
     text = (resume or "").strip()
     if not text:
         return None
     if text == "latest":
-        run = latest_run_dir(output_dir, run_name)
-        found = list_checkpoints(run) if run else []
+        found = [ckpt for run in run_dirs(output_dir, run_name) for ckpt in list_checkpoints(run)]
         if not found:
             raise SelvaError(f"resume=latest: no checkpoint found under {output_dir} "
                              f"({run_name}_NNN/checkpoints/step_*.pt). Start without resume.")
@@ -570,13 +570,9 @@ def _between_steps(run: _Run, call: Callable[[], None]) -> None:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    """``obj`` as its JSON reads back (tuples as lists, paths as text): what a checkpoint records
+    compares equal to the same settings read from it later."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _divergence_message(step: int, loss: float, last: Optional[Path], cfg: LoopConfig) -> str:
@@ -609,8 +605,8 @@ def run_training(task: TrainTask, cfg: LoopConfig, output_dir: Path, *,
         run_dir = _pick_run_dir(cfg, output_dir, resume_from, run_dir, ctx)
         task.setup(ckpt["task"] if ckpt is not None else None)
         try:
-            return _train_set_up(task, cfg, ckpt, resume_from, run_dir, ctx, hooks, should_stop, on_step,
-                                 extra_meta or {})
+            run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta or {})
+            return _train_set_up(run, ckpt, resume_from, should_stop, on_step)
         finally:
             task.close()
 
@@ -643,10 +639,9 @@ def _can_continue_in(ckpt: Path) -> bool:
         return True
 
 
-def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume_from: Optional[Path],
-                  run_dir: Path, ctx: DistContext, hooks: Hooks, should_stop, on_step,
-                  extra_meta: dict) -> TrainResult:
-    run = _Run(task, cfg, run_dir, ctx, hooks, extra_meta)
+def _train_set_up(run: _Run, ckpt: Optional[dict], resume_from: Optional[Path], should_stop,
+                  on_step) -> TrainResult:
+    task, cfg, ctx, run_dir = run.task, run.cfg, run.ctx, run.run_dir
     if ckpt is not None:
         run.restore(ckpt)
         log.info("Resuming %s from step %d (%s)", run_dir, run.step, resume_from)
@@ -664,7 +659,7 @@ def _train_set_up(task: TrainTask, cfg: LoopConfig, ckpt: Optional[dict], resume
         if ctx.any_flag(should_stop is not None and should_stop()):
             status = "stopped"
             break
-        _between_steps(run, hooks.check)
+        _between_steps(run, run.hooks.check)
         lr = run.optimizer.param_groups[0]["lr"]  # this step's (the scheduler moves on after it)
         loss = run.train_step()
         if not math.isfinite(loss):

@@ -288,13 +288,10 @@ class LoraTask(TrainTask):
         """The eval clip's own recording (the first dataset clip, when no eval_features were given)."""
         if self._eval_given:
             return None
-        from .audio_files import audio_named, read_audio
+        from .audio_files import read_audio
 
-        path = audio_named(self.dataset.data_dir, self.dataset.clips[0].name)
-        if path is None:
-            return None
         try:
-            return read_audio(path)
+            return read_audio(self.dataset.clips[0].audio_path)
         except SelvaError as e:
             log.warning("No reference metrics: %s", e)
             return None

@@ -71,10 +71,11 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
 
     ``train`` / ``options_cls``: another trainer with the same call shape as ``train_lora`` and
     its options dataclass (with ``from_dict`` and ``validate``), e.g. textual inversion.
-    ``resolve_data_dir``: turns each experiment's ``data_dir`` text into a folder (the nodes' path
-    rule); by default it is used as given (relative = from the working folder). ``rank``: keys of
-    the file's ``"evaluation"`` object set here instead (the node's held_out_dir / rank_by); with a
-    held_out_dir the finished sweep is ranked on those clips (:mod:`.sweep_ranking`)."""
+    ``resolve_data_dir``: turns each experiment's ``data_dir`` and ``eval_features`` text into a
+    path (the nodes' path rule); by default it is used as given (relative = from the working
+    folder). ``rank``: keys of the file's ``"evaluation"`` object set here instead (the node's
+    held_out_dir / rank_by); with a held_out_dir the finished sweep is ranked on those clips
+    (:mod:`.sweep_ranking`)."""
     from .dataset import load_dataset
     from .lora_trainer import LoraTrainOptions, train_lora
 
@@ -108,7 +109,7 @@ def run_sweep(pipe, experiments_file: Path, output_dir: Path, *, hooks: Optional
             eval_features = None
             if eval_path:
                 from ..features import Features
-                eval_features = Features.load(Path(eval_path))
+                eval_features = Features.load(resolve(str(eval_path)))
             result = train(pipe, data_dir, sweep_dir, options, resume=None if resume is None else str(resume),
                            eval_features=eval_features, dataset=datasets[key], hooks=hooks,
                            should_stop=should_stop, run_dir=run_dir).result

@@ -79,11 +79,11 @@ def registered(sweep_dir: Path) -> Iterator[None]:
                 _ACTIVE.remove(sweep_dir)
 
 
-def read_summary(path: Path, kind: Optional[str] = None) -> dict:
-    """The sweep summary at ``path`` if it is one (of ``kind``, when given), else {}."""
+def read_summary(path: Path) -> dict:
+    """The sweep summary at ``path`` if it is one, else {}."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") == SUMMARY_FORMAT and (kind is None or data.get("kind") == kind):
+        if data.get("format") == SUMMARY_FORMAT:
             return data
     except (OSError, ValueError, AttributeError):
         pass
@@ -173,9 +173,18 @@ class SweepResult:
 
 
 def open_summary(sweep_dir: Path, header: dict[str, Any], kind: Optional[str] = None) -> dict:
-    """The folder's summary read back (or a new one), with ``header`` written over its top keys."""
-    summary = read_summary(Path(sweep_dir) / SUMMARY_NAME, kind) or {
-        "format": SUMMARY_FORMAT, "version": 1, **({"kind": kind} if kind else {})}
+    """The folder's summary read back (or a new one), with ``header`` written over its top keys.
+    A file there that is not this kind of sweep's summary is refused, never read as this sweep's
+    runs nor replaced (two kinds of sweep pointed at one folder)."""
+    path = Path(sweep_dir) / SUMMARY_NAME
+    summary = {"format": SUMMARY_FORMAT, "version": 1, **({"kind": kind} if kind else {})}
+    if path.exists():
+        summary = read_summary(path)
+        if not summary or summary.get("kind") != kind:
+            found = (f"the summary of a {summary.get('kind') or 'LoRA / textual inversion'} sweep" if summary
+                     else "not a sweep summary this version reads (e.g. the earlier SelVA pack's)")
+            raise SelvaError(f"{path} is {found}, not of this {kind or 'LoRA / textual inversion'} sweep; it is "
+                             f"left as it is. Move it away, or run this sweep into another output folder.")
     summary.update(header)
     summary.setdefault("runs", {})
     return summary

@@ -26,12 +26,14 @@ _MIN_SECONDS = 0.05
 
 
 def find_audio_files(data_dir: Union[str, Path]) -> list[Path]:
-    """Every audio file under ``data_dir`` (recursively), sorted."""
+    """Every audio file under ``data_dir`` (recursively), sorted; hidden ones (a name or folder
+    starting with ".", e.g. macOS's ``._name.wav`` companions, which are not audio) are left out."""
     root = Path(data_dir)
     if not root.is_dir():
         raise SelvaError(f"data_dir {root} is not a folder. Point it at a folder of audio files "
                          f"({', '.join(AUDIO_EXTENSIONS)}; sub-folders are searched too).")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise SelvaError(f"No audio files found under {root}. Put the recordings whose sound the vocoder "
                          f"should learn there ({', '.join(AUDIO_EXTENSIONS)}).")

@@ -53,7 +53,7 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
                    hooks: Hooks = NO_HOOKS) -> MelAudioPairs:
     """The (adapted generator's mel, recording) pair of every clip of ``data_dir``."""
     from ..adapters import LoraPatch, load_adapter
-    from ..train.audio_files import audio_named, fit_audio, read_audio
+    from ..train.audio_files import fit_audio, read_audio
     from ..train.dataset import load_dataset
     from ..train.sampling import sample_latent_with
 
@@ -74,11 +74,7 @@ def lora_mel_pairs(pipe, data_dir: Path, adapter_path: Path, *, seed: int, segme
             with pipe.manager.use(pipe.stage_name("vae")) as vae:
                 mel = vae.decode(latent.to(pipe.device, pipe.stage_dtype("vae")).transpose(1, 2))
             mel = mel[0].float().cpu()
-            recording = audio_named(dataset.data_dir, clip.name)
-            if recording is None:
-                raise SelvaError(f"Clip {clip.name} of {dataset.data_dir} has no same-name audio file; "
-                                 f"lora_adapter training needs the LoRA dataset's features .npz + audio pairs.")
-            wave, rate = read_audio(recording)
+            wave, rate = read_audio(clip.audio_path)
             audio = fit_audio(wave, rate, pipe.sample_rate, mel.shape[-1] * hop)[0]
             mels.append(mel)
             audios.append(audio.clamp(-1.0, 1.0))

@@ -7,6 +7,7 @@ pipeline's own vocoder is never changed.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..artifacts import unique_path
 from ..errors import SelvaError
 from ..hooks import NO_HOOKS, Hooks
 from ..loading import bigvgan_errors
@@ -151,14 +153,12 @@ class VocoderTuner(TrainTask):
             self.data = self.pairs
         else:
             # a sweep decodes each folder once (audio_cache), whatever the runs' segment lengths
+            audio_cache = {} if audio_cache is None else audio_cache
             key = (str(Path(cfg.data_dir).resolve()), self.sample_rate)
-            cached = audio_cache.get(key) if audio_cache is not None else None
-            if cached is None:
-                cached = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
-                                                   on_file=lambda d, n: hooks.step("reading audio", d, n))
-                if audio_cache is not None:
-                    audio_cache[key] = cached
-            self.data = replace(cached, length=length)
+            if key not in audio_cache:
+                audio_cache[key] = AudioSegments.from_folder(cfg.data_dir, self.sample_rate, length,
+                                                             on_file=lambda d, n: hooks.step("reading audio", d, n))
+            self.data = replace(audio_cache[key], length=length)
         # the base weights come from the loaded stage, else straight from the file on the CPU: the
         # stage itself is not put on the GPU just to be copied
         base = pipe.manager.get("vocoder") if pipe.manager.is_loaded("vocoder") else fresh_base_vocoder(pipe)
@@ -239,9 +239,12 @@ class VocoderTuner(TrainTask):
         return self.vocoder(mel).float().cpu()[0], self.sample_rate
 
     def export(self, run_dir: Path, tag: str) -> Optional[Path]:
-        """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input)."""
-        return save_tuned_vocoder(Path(run_dir) / f"vocoder_{tag}.safetensors", self.tensors(),
-                                  self.metadata(self.step))
+        """``vocoder_<tag>.safetensors`` in the run folder (the Loader's input). A run continued in
+        its folder (after a sweep's skip) finds its earlier final file there: that file may be in
+        use, so the new one goes beside it (``vocoder_final_00001.safetensors``)."""
+        meta = metadata(self.identity, mode=self.cfg.train_mode, steps=self.step, variant=self.pipe.variant.name)
+        return save_tuned_vocoder(unique_path(Path(run_dir) / f"vocoder_{tag}.safetensors"),
+                                  tuned_tensors(self.vocoder, self.cfg.train_mode), meta)
 
     # ------------------------------------------------------------------------------ losses
     def losses(self, y: torch.Tensor, mel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, LossTerms]:
@@ -262,13 +265,6 @@ class VocoderTuner(TrainTask):
             terms.phase = phase_aware_stft(y_hat, y)
         return terms.total(self.weights), terms
 
-    # ---------------------------------------------------------------------------- outputs
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return tuned_tensors(self.vocoder, self.cfg.train_mode)
-
-    def metadata(self, steps: int) -> dict[str, str]:
-        return metadata(self.identity, mode=self.cfg.train_mode, steps=steps, variant=self.pipe.variant.name)
-
 
 def loop_config(cfg: VocoderTuningConfig) -> LoopConfig:
     """How the shared loop runs a vocoder tuning (BigVGAN's own optimiser settings)."""
@@ -281,14 +277,15 @@ def loop_config(cfg: VocoderTuningConfig) -> LoopConfig:
 
 def resume_target(resume: Optional[Path]) -> Optional[str]:
     """What the loop resumes from: a step checkpoint (.pt), a run folder, "latest", or the
-    ``vocoder_step_NNNNNN.safetensors`` a save wrote (mapped to that step's checkpoint)."""
+    ``vocoder_step_NNNNNN.safetensors`` a save wrote (mapped to that step's checkpoint). Other
+    files go to the loop as given: it says what they are."""
     if resume is None or not str(resume).strip():
         return None
     path = Path(resume)
-    if path.suffix == ".safetensors":
-        tag = path.stem[len("vocoder_"):] if path.stem.startswith("vocoder_") else ""
+    if path.suffix == ".safetensors" and path.stem.startswith("vocoder_"):
+        tag = path.stem[len("vocoder_"):]
         ckpt = path.parent / "checkpoints" / f"{tag}.pt"
-        if tag == "final":
+        if re.fullmatch(r"final(_\d+)?", tag):  # vocoder_final.safetensors or a later, numbered one
             ckpt = (list_checkpoints(path.parent) or [ckpt])[-1]
         if not ckpt.is_file():
             raise SelvaError(f"resume: {path} has no training checkpoint beside it ({ckpt}); give a "
