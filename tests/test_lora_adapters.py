@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_selva.selva.adapters import (AdapterMeta, LoraAdapter, LoraConfig, LoraPatch,
+from comfyui_selva.selva.adapters import (LoraAdapter, LoraConfig, LoraPatch,
                                           LoraSet, LoraWeights, check_adapter_for, find_targets,
                                           load_adapter, parse_targets, save_adapter)
 from comfyui_selva.selva.errors import SelvaError

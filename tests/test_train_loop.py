@@ -151,6 +151,7 @@ def test_latest_passes_over_a_newer_run_that_failed_before_any_checkpoint(tmp_pa
     result = L.run_training(Regression(), cfg(), tmp_path, resume="latest")
     assert result.run_dir == tmp_path / "toy_001" and result.steps_done == 12
 
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     first = L.run_training(Regression(dim=4), cfg(steps=4), tmp_path)
     with pytest.raises(SelvaError, match="dim: checkpoint 4, this run 3"):
